@@ -1,0 +1,235 @@
+"""Configuration: one frozen dataclass per stage, YAML presets, and the resolved record of a run.
+
+Each stage's options live in a frozen dataclass whose attribute docstrings are its documentation (and the CLI's
+help). Validation happens in ``__post_init__`` through :func:`check_types` and explicit range checks, so the
+Python API and the CLI reject the same values with the same message. Precedence: defaults < ``--config`` file
+< command-line flags. A YAML file is either a flat mapping of one stage's options or a mapping of stage names
+to such mappings (``prompts: {fraction: 0.3}``); unknown keys are errors, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import functools
+import inspect
+import os
+import tempfile
+import textwrap
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from diffcoremix.errors import ConfigError, UnknownNameError
+
+C = TypeVar("C")
+
+PRESET_DIR = Path(__file__).with_name("configs")
+"""Where the shipped YAML presets live (``configs/`` at the repository root links here)."""
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass: the string literal that follows each field's annotation."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body[0]
+        assert isinstance(body, ast.ClassDef)
+        statements = body.body
+        for node, after in zip(statements, statements[1:]):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "a string"
+    if hint is bool:
+        return "true or false"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin is tuple:
+        return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
+    if origin in (Union, types.UnionType):
+        parts = [_describe(a) for a in typing.get_args(hint) if a is not type(None)]
+        return " or ".join(parts) + " (or null)"
+    return str(hint)
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return isinstance(value, tuple) and all(_matches(v, item) for v in value)
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(hint))
+    return isinstance(value, hint)
+
+
+def _coerce(value: Any, hint: Any) -> Any:
+    """YAML and argparse give lists where a config holds tuples, and ints where it holds floats."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in typing.get_args(hint) if a is not type(None)))
+    if origin is tuple and isinstance(value, list):
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def check_types(config: Any) -> None:
+    """Coerce and type-check every field of a frozen dataclass instance, in place.
+
+    Raises:
+        ConfigError: a field holds a value of the wrong type.
+    """
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        hint = hints[f.name]
+        value = _coerce(getattr(config, f.name), hint)
+        if not _matches(value, hint):
+            raise ConfigError(f.name, value, _describe(hint))
+        object.__setattr__(config, f.name, value)
+
+
+def require(condition: bool, field: str, value: Any, requirement: str) -> None:
+    """Raise :class:`ConfigError` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(field, value, requirement)
+
+
+def resolve_preset(path_or_name: str | Path) -> Path:
+    """A config file path, or the name of a shipped preset (``paper`` -> ``configs/paper.yaml``)."""
+    path = Path(path_or_name)
+    if path.exists():
+        return path
+    preset = PRESET_DIR / f"{path_or_name}.yaml"
+    if preset.exists():
+        return preset
+    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError("config", str(path_or_name), f"an existing YAML file or a preset name ({', '.join(known)})")
+
+
+def load_config_file(path_or_name: str | Path, section: str) -> dict[str, Any]:
+    """The options for ``section`` from a YAML file or preset (an empty dict if the file has none).
+
+    A file whose top-level keys include ``section`` (or any other stage name) is read as sectioned;
+    otherwise the whole mapping belongs to ``section``.
+    """
+    path = resolve_preset(path_or_name)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError("config", str(path), f"a readable YAML file ({err})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", str(path), "a YAML mapping of option names to values")
+    if any(isinstance(v, dict) for v in data.values()):
+        values = data.get(section, {})
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section} (in {path})", values, "a mapping of option names to values")
+        return dict(values)
+    return dict(data)
+
+
+def build_config(cls: type[C], *layers: Mapping[str, Any], section: str = "") -> C:
+    """Instantiate a stage config from layered mappings (later layers win); keys may use ``-`` or ``_``.
+
+    Raises:
+        UnknownNameError: a key is not an option of ``cls``.
+        ConfigError: a value is invalid.
+    """
+    assert dataclasses.is_dataclass(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                raise UnknownNameError(f"{section or cls.__name__} option", key, sorted(known))
+            merged[name] = value
+    return cls(**merged)
+
+
+def to_plain(value: Any) -> Any:
+    """A YAML/JSON-ready copy of a config value (dataclasses, tuples and paths turned into plain types)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file so that readers see the old or the new content, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_resolved_config(path: str | Path, stages: Mapping[str, Any], **extra: Any) -> Path:
+    """Write the resolved configuration of a run (one section per stage, plus ``extra`` facts) as YAML.
+
+    The file can be passed back with ``--config`` to repeat the run.
+    """
+    from diffcoremix import __version__
+
+    document = {name: to_plain(cfg) for name, cfg in stages.items()}
+    meta = {"diffcoremix_version": __version__, **to_plain(extra)}
+    text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+    text += "# run facts (not options)\n" + "\n".join(f"# {k}: {v}" for k, v in meta.items()) + "\n"
+    atomic_write_text(path, text)
+    return Path(path)

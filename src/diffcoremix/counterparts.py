@@ -1,0 +1,70 @@
+"""Which real images get generative counterparts, and the stable key and seed of each (METHOD.md §4).
+
+For a fraction ``f`` of each class's images, ``K`` counterparts each. The images of a class are ranked by a
+hash of (base seed, relative path), and the first ``round(f * n)`` (at least one) are taken: the choice does not
+depend on the listing order, and a larger fraction keeps every image a smaller one chose. Every candidate has
+a key ``<relative path>#<k>`` and a seed derived from (base seed, relative path, k), so any subset can be
+regenerated on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from diffcoremix.data.folder import DatasetListing, ImageItem
+from diffcoremix.seeds import derive_seed
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One planned generative counterpart of one real image."""
+
+    key: str
+    """Stable id: ``<source>#<k>``."""
+    source: str
+    """The real image's path relative to the dataset root."""
+    class_folder: str
+    label: int
+    k: int
+    """Index of this counterpart among the image's ``per_image`` ones."""
+    seed: int
+    """Generation seed, derived from (base seed, source, k)."""
+
+
+def count_for_fraction(n: int, fraction: float) -> int:
+    """How many of a class's ``n`` images get counterparts: ``round(f * n)`` half up, at least 1 (if n > 0)."""
+    if n == 0:
+        return 0
+    return min(n, max(1, math.floor(n * fraction + 0.5)))
+
+
+def select_sources(listing: DatasetListing, fraction: float, seed: int) -> list[ImageItem]:
+    """The images that get counterparts, in listing order."""
+    chosen: set[str] = set()
+    for items in listing.by_class().values():
+        ranked = sorted(items, key=lambda item: derive_seed(seed, "select", item.relpath))
+        chosen.update(item.relpath for item in ranked[: count_for_fraction(len(items), fraction)])
+    return [item for item in listing.items if item.relpath in chosen]
+
+
+def plan_candidates(
+    listing: DatasetListing, *, fraction: float = 1.0, per_image: int = 1, seed: int = 0
+) -> list[Candidate]:
+    """Every planned candidate, in listing order, then by k.
+
+    Example:
+        >>> plan = plan_candidates(list_images("data"), fraction=0.3, per_image=2)  # doctest: +SKIP
+    """
+    return [
+        Candidate(
+            key=f"{item.relpath}#{k}",
+            source=item.relpath,
+            class_folder=item.class_folder,
+            label=item.label,
+            k=k,
+            seed=derive_seed(seed, "generate", item.relpath, k),
+        )
+        for item in select_sources(listing, fraction, seed)
+        for k in range(per_image)
+    ]

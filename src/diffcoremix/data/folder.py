@@ -1,0 +1,208 @@
+"""Class-folder datasets as a deterministic listing.
+
+DATA holds one folder per class; every image file at any depth below a class folder belongs to that class.
+Image extensions match case-insensitively; symbolic links are followed (loops are detected and reported).
+Items come in the same order as torchvision's ``ImageFolder`` (classes sorted; within a class, directories by
+path, then file names), so labels and indices agree with it. Entries whose names start with a dot (``.DS_Store``,
+``.ipynb_checkpoints``) and files that are not images are not used, but every one is recorded in ``ignored``,
+never silently dropped.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffcoremix.data.classnames import class_names
+from diffcoremix.data.images import is_image_file
+from diffcoremix.errors import DatasetError
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image of the dataset."""
+
+    path: Path
+    """The file, as found under the dataset root (symbolic links not resolved)."""
+    relpath: str
+    """The path relative to the dataset root, with ``/`` separators: the image's stable id."""
+    label: int
+    """Index of the class in ``DatasetListing.classes``."""
+    class_folder: str
+    """Name of the class folder."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A listing-level observation: a problem (``kind`` like ``empty_class``) or an ignored entry."""
+
+    relpath: str
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DatasetListing:
+    """Every image of a class-folder dataset, with what was left out and why."""
+
+    root: Path
+    classes: tuple[str, ...]
+    """Class folder names, sorted; a label is an index into this."""
+    items: tuple[ImageItem, ...]
+    problems: tuple[Finding, ...] = ()
+    """Empty class folders, symbolic-link loops, broken links, unreadable directories."""
+    ignored: tuple[Finding, ...] = ()
+    """Hidden entries, non-image files, files outside any class folder."""
+    _by_class: dict[str, list[ImageItem]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for cls in self.classes:
+            self._by_class[cls] = []
+        for item in self.items:
+            self._by_class[item.class_folder].append(item)
+
+    def by_class(self) -> Mapping[str, list[ImageItem]]:
+        """Items grouped by class folder, in listing order (every class present, possibly empty)."""
+        return self._by_class
+
+    def class_names(self, class_map: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Prompt words per class folder (see :func:`diffcoremix.data.classnames.class_names`)."""
+        return class_names(self.classes, class_map)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _relpath(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def list_images(root: str | Path) -> DatasetListing:
+    """List a class-folder dataset without decoding anything.
+
+    Args:
+        root: the dataset folder (one sub-folder per class).
+
+    Returns:
+        The listing; it records every entry it does not use.
+
+    Raises:
+        DatasetError: ``root`` is missing, not a directory, unreadable, or has no class folders.
+
+    Example:
+        >>> listing = list_images("../shared/data/cub200_25")  # doctest: +SKIP
+        >>> len(listing.classes), len(listing)
+        (25, 411)
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset folder {root} does not exist")
+    if not root.is_dir():
+        raise DatasetError(f"dataset path {root} is not a directory")
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as err:
+        raise DatasetError(f"cannot read dataset folder {root}: {err}") from None
+
+    problems: list[Finding] = []
+    ignored: list[Finding] = []
+    classes: list[str] = []
+    for entry in entries:
+        rel = entry.name
+        if entry.name.startswith("."):
+            ignored.append(Finding(rel, "hidden", "hidden entry"))
+            continue
+        kind = _entry_kind(Path(entry.path))
+        if kind == "dir":
+            classes.append(entry.name)
+        elif kind == "file":
+            ignored.append(Finding(rel, "outside_class", "file at the dataset root, outside any class folder"))
+        else:
+            problems.append(Finding(rel, kind, _KIND_REASONS[kind]))
+    if not classes:
+        raise DatasetError(f"dataset folder {root} has no class sub-folders (expected DATA/<class>/<images>)")
+
+    items: list[ImageItem] = []
+    for label, cls in enumerate(classes):
+        found = _walk_class(root, root / cls, label, cls, problems, ignored)
+        if not found:
+            problems.append(Finding(cls, "empty_class", "class folder holds no image files"))
+        items.extend(found)
+    return DatasetListing(root, tuple(classes), tuple(items), tuple(problems), tuple(ignored))
+
+
+_KIND_REASONS = {
+    "symlink_loop": "symbolic link loop",
+    "broken_symlink": "symbolic link to a missing target",
+    "unreadable": "cannot be accessed (permission denied)",
+    "special": "not a regular file or directory",
+}
+
+
+def _entry_kind(path: Path) -> str:
+    """``dir``, ``file``, or a problem code, following symbolic links."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink_loop"
+        if err.errno == errno.ENOENT:
+            return "broken_symlink"
+        return "unreadable"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    if stat.S_ISREG(st.st_mode):
+        return "file"
+    return "special"
+
+
+def _walk_class(
+    root: Path, class_dir: Path, label: int, cls: str, problems: list[Finding], ignored: list[Finding]
+) -> list[ImageItem]:
+    """Images below one class folder, in torchvision ``ImageFolder`` order (directory path, then file name)."""
+    found: list[tuple[str, str, ImageItem]] = []
+    # Each stack entry carries the (device, inode) of its ancestors, so a link back up the tree is a loop,
+    # while a link to a sibling directory is simply followed.
+    stack: list[tuple[Path, frozenset[tuple[int, int]]]] = [(class_dir, frozenset())]
+    while stack:
+        directory, ancestors = stack.pop()
+        try:
+            st = os.stat(directory)
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as err:
+            problems.append(Finding(_relpath(directory, root), "unreadable", f"cannot list directory: {err}"))
+            continue
+        ident = (st.st_dev, st.st_ino)
+        if ident in ancestors:
+            problems.append(
+                Finding(_relpath(directory, root), "symlink_loop", "directory link points back to its ancestor")
+            )
+            continue
+        ancestors = ancestors | {ident}
+        subdirs: list[Path] = []
+        for entry in entries:
+            path = Path(entry.path)
+            rel = _relpath(path, root)
+            if entry.name.startswith("."):
+                ignored.append(Finding(rel, "hidden", "hidden entry"))
+                continue
+            kind = _entry_kind(path)
+            if kind == "dir":
+                subdirs.append(path)
+            elif kind == "file":
+                if is_image_file(path):
+                    item = ImageItem(path, rel, label, cls)
+                    found.append((str(directory), entry.name, item))
+                else:
+                    ignored.append(Finding(rel, "not_image_extension", f"extension {path.suffix!r} is not read"))
+            elif is_image_file(path) or kind != "broken_symlink":
+                problems.append(Finding(rel, kind, _KIND_REASONS[kind]))
+            else:
+                ignored.append(Finding(rel, kind, _KIND_REASONS[kind]))
+        stack.extend((d, ancestors) for d in reversed(subdirs))
+    found.sort(key=lambda t: (t[0], t[1]))
+    return [item for _, _, item in found]

@@ -1,0 +1,190 @@
+"""Contextual and negative prompts for every planned candidate: what ``diffcoremix prompts`` previews and what
+generation will use.
+
+Example:
+    >>> plan = build_prompts("data/cars", PromptsConfig(pack="paper", domain="car"))  # doctest: +SKIP
+    >>> plan.records[0].negative_prompt  # "car" dropped: it is the domain word  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffcoremix.config import atomic_write_text, check_types, require
+from diffcoremix.counterparts import plan_candidates
+from diffcoremix.data.classnames import load_class_map
+from diffcoremix.data.folder import DatasetListing, list_images
+from diffcoremix.prompts.context import CONTEXT_SELECTORS, ContextRequest, ContextSelector
+from diffcoremix.prompts.negatives import NegativeConflict, filter_negatives
+from diffcoremix.prompts.packs import PromptPack, load_pack
+from diffcoremix.seeds import derive_seed, stable_choice
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    """Options of the prompt stage (``diffcoremix prompts``; later also ``generate`` and ``augment``)."""
+
+    pack: str = "generic"
+    """Prompt pack: a shipped name (see ``diffcoremix packs``) or the path of a pack YAML file."""
+    domain: str | None = None
+    """Domain word filling ``{domain}``; null takes the pack's own (e.g. use "car" with the paper pack on cars)."""
+    context: str = "random"
+    """How a context is chosen per candidate: random (the pack's bank, uniformly) or fixed (from --contexts)."""
+    contexts: tuple[str, ...] = ()
+    """The user's contexts, for --context fixed."""
+    top_k: int = 3
+    """For similarity-based context selection: draw among the k best-matching contexts."""
+    fraction: float = 1.0
+    """Share of each class's images that get counterparts, in (0, 1]; the reference code used 0.3."""
+    per_image: int = 1
+    """Counterparts per selected image (K)."""
+    seed: int = 0
+    """Base seed: image selection, template, context and generation seeds all derive from it."""
+    class_map: str | None = None
+    """CSV (folder,name) or JSON ({folder: name}) file renaming classes in prompts."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        require(0.0 < self.fraction <= 1.0, "fraction", self.fraction, "in (0, 1]")
+        require(self.per_image >= 1, "per_image", self.per_image, ">= 1")
+        require(self.top_k >= 1, "top_k", self.top_k, ">= 1")
+        require(self.seed >= 0, "seed", self.seed, ">= 0")
+        known = CONTEXT_SELECTORS.names()
+        require(self.context in known, "context", self.context, "one of " + ", ".join(known))
+        require(self.domain is None or bool(self.domain.strip()), "domain", self.domain, "a non-empty word")
+        if self.context == "fixed":
+            require(bool(self.contexts), "contexts", self.contexts, "at least one context with context=fixed")
+        else:
+            require(not self.contexts, "contexts", self.contexts, "empty unless context=fixed")
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """The prompt of one planned candidate (one line of ``prompts.jsonl``)."""
+
+    key: str
+    source: str
+    class_folder: str
+    class_name: str
+    label: int
+    k: int
+    seed: int
+    """The generation seed of this candidate."""
+    prompt: str
+    negative_prompt: str
+    context: str
+    context_score: float | None
+    template: str
+    dropped_negatives: tuple[str, ...]
+
+    def to_json(self) -> str:
+        record: dict[str, Any] = asdict(self)
+        record["dropped_negatives"] = list(self.dropped_negatives)
+        return json.dumps(record, ensure_ascii=False)
+
+
+@dataclass
+class PromptPlan:
+    """The prompts of every planned candidate, and the negative terms dropped for contradicting them."""
+
+    records: list[PromptRecord]
+    pack: PromptPack
+    config: PromptsConfig
+    conflicts: Counter[NegativeConflict] = field(default_factory=Counter)
+    """How many prompts dropped each (term, where, text) conflict."""
+
+    def write_jsonl(self, path: str | Path) -> Path:
+        """Write one JSON record per line (atomically); the same plan gives the same bytes."""
+        atomic_write_text(path, "".join(r.to_json() + "\n" for r in self.records))
+        return Path(path)
+
+    def warn_conflicts(self) -> None:
+        """Log one warning per distinct conflict, with the number of prompts it affected."""
+        for conflict, count in sorted(self.conflicts.items(), key=lambda kv: (kv[0].term, kv[0].text)):
+            logger.warning("%s: dropped from %d prompt(s)", conflict.describe(), count)
+
+
+def build_prompts(
+    data: str | Path | DatasetListing,
+    config: PromptsConfig | None = None,
+    *,
+    selector: ContextSelector | None = None,
+) -> PromptPlan:
+    """Plan the candidates of a dataset and compose a prompt and a negative prompt for each.
+
+    Args:
+        data: a class-folder dataset, or its listing.
+        config: prompt options (defaults if omitted).
+        selector: a context selector instance to use instead of ``config.context``'s (for selectors that need
+            objects, such as an embedder, that a config cannot name).
+
+    Returns:
+        The plan; call ``warn_conflicts()`` to report dropped negative terms, ``write_jsonl()`` to save it.
+
+    Raises:
+        DatasetError, PackError, ClassMapError, UnknownNameError: bad dataset, pack or class map.
+    """
+    config = config or PromptsConfig()
+    listing = data if isinstance(data, DatasetListing) else list_images(data)
+    pack = load_pack(config.pack)
+    domain = config.domain or pack.domain
+    names = listing.class_names(load_class_map(config.class_map) if config.class_map else None)
+    candidates = plan_candidates(listing, fraction=config.fraction, per_image=config.per_image, seed=config.seed)
+    if selector is None:
+        selector = CONTEXT_SELECTORS.get(config.context)(pack, config.contexts, config.top_k)
+    requests = [
+        ContextRequest(
+            key=c.key,
+            source=listing.root / c.source,
+            class_name=names[c.class_folder],
+            seed=derive_seed(config.seed, "context", c.key),
+        )
+        for c in candidates
+    ]
+    choices = selector.choose(requests)
+    if len(choices) != len(requests):
+        raise RuntimeError(f"context selector returned {len(choices)} choices for {len(requests)} requests")
+
+    records: list[PromptRecord] = []
+    conflicts: Counter[NegativeConflict] = Counter()
+    for candidate, request, choice in zip(candidates, requests, choices):
+        template = pack.templates[stable_choice(len(pack.templates), config.seed, "template", candidate.key)]
+        prompt = " ".join(
+            template.format(name=request.class_name, domain=domain, context=choice.text).split()
+        )
+        template_text = template.replace("{name}", " ").replace("{domain}", " ").replace("{context}", " ")
+        kept, dropped = filter_negatives(
+            pack.negative,
+            [
+                ("class name", request.class_name),
+                ("domain word", domain if "{domain}" in template else ""),
+                ("context", choice.text if "{context}" in template else ""),
+                ("template", template_text),
+            ],
+        )
+        conflicts.update(dropped)
+        records.append(
+            PromptRecord(
+                key=candidate.key,
+                source=candidate.source,
+                class_folder=candidate.class_folder,
+                class_name=request.class_name,
+                label=candidate.label,
+                k=candidate.k,
+                seed=candidate.seed,
+                prompt=prompt,
+                negative_prompt=", ".join(kept),
+                context=choice.text,
+                context_score=choice.score,
+                template=template,
+                dropped_negatives=tuple(c.term for c in dropped),
+            )
+        )
+    return PromptPlan(records=records, pack=pack, config=config, conflicts=conflicts)

@@ -1,0 +1,77 @@
+"""Choosing a scene context for each candidate (METHOD.md §3).
+
+A context selector receives a batch of requests (so that one that embeds images can batch them) and returns one
+choice per request. Selectors are registered by name; a factory takes the pack and the list of user contexts.
+
+- ``random``: uniform over the pack's context bank (the reference code's rule), drawn from the candidate's
+  own derived seed, so a candidate's context does not depend on any other candidate.
+- ``fixed``: uniform over a user-given list (one entry means always that one).
+- ``sample`` (the method's default) ranks the bank by CLIP text-image similarity to the source image and
+  draws from the top-k; it needs an image-text embedder and is registered by the filter stage, with this
+  same interface (a ``score`` per choice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from diffcoremix.prompts.packs import PromptPack
+from diffcoremix.registry import Registry
+
+
+@dataclass(frozen=True)
+class ContextRequest:
+    """What a selector knows of one candidate."""
+
+    key: str
+    source: Path
+    """The real image file (a similarity-based selector reads it)."""
+    class_name: str
+    seed: int
+    """The candidate's context seed: the only randomness a selector may use."""
+
+
+@dataclass(frozen=True)
+class ContextChoice:
+    """The chosen context, and its similarity score where the selector computes one."""
+
+    text: str
+    score: float | None = None
+
+
+class ContextSelector(Protocol):
+    """Chooses one context per request, deterministically from the requests' seeds."""
+
+    def choose(self, requests: Sequence[ContextRequest]) -> list[ContextChoice]: ...
+
+
+SelectorFactory = Callable[[PromptPack, Sequence[str], int], ContextSelector]
+"""``factory(pack, user_contexts, top_k)`` -> selector."""
+
+CONTEXT_SELECTORS: Registry[SelectorFactory] = Registry("context selector")
+
+
+class UniformContext:
+    """Uniform choice over a list of contexts, one draw per request from its seed."""
+
+    def __init__(self, contexts: Sequence[str]) -> None:
+        if not contexts:
+            raise ValueError("UniformContext needs at least one context")
+        self.contexts = list(contexts)
+
+    def choose(self, requests: Sequence[ContextRequest]) -> list[ContextChoice]:
+        n = len(self.contexts)
+        return [ContextChoice(self.contexts[r.seed % n]) for r in requests]
+
+
+@CONTEXT_SELECTORS.register("random")
+def _random(pack: PromptPack, user_contexts: Sequence[str], top_k: int) -> ContextSelector:
+    return UniformContext(pack.contexts)
+
+
+@CONTEXT_SELECTORS.register("fixed")
+def _fixed(pack: PromptPack, user_contexts: Sequence[str], top_k: int) -> ContextSelector:
+    return UniformContext(user_contexts)
