@@ -1,5 +1,83 @@
-"""diffcoremix: context-guided, filtered diffusion augmentation for image classifiers (DiffCoRe-Mix)."""
+"""diffcoremix: context-guided, filtered diffusion augmentation for image classifiers (DiffCoRe-Mix).
+
+The stages live in packages named after the method's vocabulary: :mod:`diffcoremix.data` (reading and
+scanning class-folder datasets), :mod:`diffcoremix.prompts` (contextual and negative prompts), and
+:mod:`diffcoremix.counterparts` (which images get counterparts, with what seeds). The most used names are
+re-exported here.
+
+Example:
+    >>> import diffcoremix as dcm
+    >>> report = dcm.scan_dataset("../shared/data/cub200_25")  # doctest: +SKIP
+    >>> plan = dcm.build_prompts("../shared/data/cub200_25", dcm.PromptsConfig(pack="birds"))  # doctest: +SKIP
+    >>> plan.write_jsonl("prompts.jsonl")  # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 __version__ = "0.1.0"
+
+from diffcoremix.counterparts import Candidate, plan_candidates
+from diffcoremix.data import (
+    DatasetListing,
+    ScanConfig,
+    ScanReport,
+    list_images,
+    load_class_map,
+    open_image,
+    prompt_name,
+    scan_dataset,
+)
+from diffcoremix.data.sample import make_sample_dataset
+from diffcoremix.errors import (
+    ClassMapError,
+    ConfigError,
+    DatasetError,
+    DiffCoReMixError,
+    ImageReadError,
+    PackError,
+    UnknownNameError,
+)
+from diffcoremix.prompts import PromptPlan, PromptsConfig, build_prompts, list_packs, load_pack
+from diffcoremix.registry import Registry
+from diffcoremix.seeds import derive_seed
+
+__all__ = [
+    "Candidate",
+    "ClassFolderDataset",
+    "ClassMapError",
+    "ConfigError",
+    "DatasetError",
+    "DatasetListing",
+    "DiffCoReMixError",
+    "ImageReadError",
+    "PackError",
+    "PromptPlan",
+    "PromptsConfig",
+    "Registry",
+    "ScanConfig",
+    "ScanReport",
+    "UnknownNameError",
+    "__version__",
+    "build_prompts",
+    "derive_seed",
+    "list_images",
+    "list_packs",
+    "load_class_map",
+    "load_pack",
+    "make_sample_dataset",
+    "open_image",
+    "plan_candidates",
+    "prompt_name",
+    "scan_dataset",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The torch Dataset is imported on first use, so that the CLI's scan and prompts start without torch.
+    if name == "ClassFolderDataset":
+        from diffcoremix.data.dataset import ClassFolderDataset
+
+        return ClassFolderDataset
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,6 +13,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import itertools
 import os
 import tempfile
 import textwrap
@@ -46,7 +47,7 @@ def field_docs(cls: type) -> dict[str, str]:
         body = ast.parse(source).body[0]
         assert isinstance(body, ast.ClassDef)
         statements = body.body
-        for node, after in zip(statements, statements[1:]):
+        for node, after in itertools.pairwise(statements):
             if (
                 isinstance(node, ast.AnnAssign)
                 and isinstance(node.target, ast.Name)

@@ -8,8 +8,10 @@ same number on every machine, in every process, whatever else is being generated
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 SEED_BITS = 63
 """Derived seeds lie in [0, 2**63): valid for ``torch.Generator.manual_seed`` and NumPy alike."""
@@ -48,6 +50,8 @@ def derive_seed(*parts: int | str | bytes) -> int:
 
 def generator_for(*parts: int | str | bytes) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded with ``derive_seed(*parts)``."""
+    import torch  # here, so that the CLI's light commands start without loading torch
+
     generator = torch.Generator(device="cpu")
     generator.manual_seed(derive_seed(*parts))
     return generator

@@ -1,2 +1,107 @@
-def main() -> int:
-    return 0
+"""The ``diffcoremix`` entry point: argument parsing, logging handlers and exit codes, nothing else.
+
+Exit codes: 0 success; 1 the command ran and found a failure it was asked to fail on (``scan --strict``) or
+an unexpected error; 2 bad input (an invalid option value, a missing dataset, an unknown name); 130 interrupted.
+Errors are one line on stderr; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import NoReturn
+
+from diffcoremix import __version__
+from diffcoremix.cli.commands import COMMANDS, Command
+from diffcoremix.cli.options import option_name
+from diffcoremix.errors import ConfigError, DiffCoReMixError, ImageReadError
+
+PROG = "diffcoremix"
+BAD_INPUT = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _common_options() -> _Parser:
+    # Accepted before or after the subcommand: defaults are suppressed so that a later position does not reset
+    # an earlier one.
+    common = _Parser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("-v", "--verbose", action="count", help="more log output (-vv for debug messages)")
+    common.add_argument("-q", "--quiet", action="count", help="only errors (and no progress bars)")
+    common.add_argument("--debug", action="store_true", help="show the traceback of errors")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser, with one subparser per command."""
+    common = _common_options()
+    parser = _Parser(
+        prog=PROG,
+        description="Diffusion-based, context-guided and filtered data augmentation for image classifiers.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for command in COMMANDS:
+        child = sub.add_parser(command.name, help=command.help, description=command.help, parents=[common])
+        command.add_arguments(child)
+        child.set_defaults(_command=command)
+    return parser
+
+
+def configure_logging(verbose: int, quiet: int) -> None:
+    """Send the library's log records to stderr at a level set by ``-v``/``-q`` (the library adds no handlers)."""
+    level = logging.WARNING - 10 * verbose + 10 * quiet
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    root = logging.getLogger("diffcoremix")
+    root.handlers[:] = [handler]
+    root.setLevel(max(logging.DEBUG, min(level, logging.CRITICAL)))
+    root.propagate = False
+
+
+def _message(err: BaseException) -> str:
+    if isinstance(err, ConfigError) and err.field.isidentifier():
+        return err.for_option(option_name(err.field))
+    return str(err)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command: Command | None = getattr(args, "_command", None)
+    if command is None:
+        parser.print_help(sys.stderr)
+        return BAD_INPUT
+    configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
+    debug = getattr(args, "debug", False)
+    prefix = f"{PROG} {command.name}: error:"
+    try:
+        return command.run(args)
+    except KeyboardInterrupt:
+        print(f"{prefix} interrupted", file=sys.stderr)
+        return 130
+    except DiffCoReMixError as err:
+        if debug:
+            traceback.print_exc()
+        print(f"{prefix} {_message(err)}", file=sys.stderr)
+        return 1 if isinstance(err, ImageReadError) else BAD_INPUT
+    except Exception as err:  # a bug, not bad input: say so, and how to see more
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else " (rerun with --debug for the traceback)"
+        print(f"{prefix} unexpected {type(err).__name__}: {err}{hint}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

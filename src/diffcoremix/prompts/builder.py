@@ -154,11 +154,9 @@ def build_prompts(
 
     records: list[PromptRecord] = []
     conflicts: Counter[NegativeConflict] = Counter()
-    for candidate, request, choice in zip(candidates, requests, choices):
+    for candidate, request, choice in zip(candidates, requests, choices, strict=True):
         template = pack.templates[stable_choice(len(pack.templates), config.seed, "template", candidate.key)]
-        prompt = " ".join(
-            template.format(name=request.class_name, domain=domain, context=choice.text).split()
-        )
+        prompt = " ".join(template.format(name=request.class_name, domain=domain, context=choice.text).split())
         template_text = template.replace("{name}", " ").replace("{domain}", " ").replace("{context}", " ")
         kept, dropped = filter_negatives(
             pack.negative,

@@ -1,0 +1,162 @@
+"""The subcommands: each adds its arguments to a parser and maps them onto one library call.
+
+A command returns its exit status; errors propagate as :class:`~diffcoremix.errors.DiffCoReMixError` and are
+turned into one-line messages by :mod:`diffcoremix.cli.main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from diffcoremix.cli.options import add_config_options, config_from_args
+from diffcoremix.config import atomic_write_text, write_resolved_config
+from diffcoremix.data.sample import make_sample_dataset
+from diffcoremix.data.scan import ScanConfig, scan_dataset
+from diffcoremix.prompts.builder import PromptsConfig, build_prompts
+from diffcoremix.prompts.packs import list_packs, load_pack
+
+logger = logging.getLogger("diffcoremix.cli")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    config_class: type | None = None
+    """The stage config whose fields are options of this command (for error messages in CLI spelling)."""
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return sys.stderr.isatty() and getattr(args, "quiet", 0) == 0
+
+
+def _add_config_file(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE|PRESET",
+        help="YAML file (flat, or with one section per stage) or the name of a shipped preset",
+    )
+
+
+# --- scan -------------------------------------------------------------------------------------------------------
+
+
+def _scan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, help="class-folder dataset (one sub-folder per class)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    parser.add_argument(
+        "-o", "--output", type=Path, help="also write the JSON report to this file (and its config beside it)"
+    )
+    _add_config_file(parser)
+    add_config_options(parser, ScanConfig)
+
+
+def _scan(args: argparse.Namespace) -> int:
+    config = config_from_args(ScanConfig, args, "scan")
+    report = scan_dataset(args.data, config, progress=_progress(args))
+    document = report.to_dict()
+    if args.output:
+        atomic_write_text(args.output, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+        write_resolved_config(args.output.with_suffix(".config.yaml"), {"scan": config}, data=args.data)
+    print(json.dumps(document, indent=2, ensure_ascii=False) if args.json else report.to_text())
+    if report.problems:
+        logger.warning("%d problem(s) found in %s", len(report.problems), args.data)
+    return 1 if (config.strict and report.problems) else 0
+
+
+# --- prompts ----------------------------------------------------------------------------------------------------
+
+
+def _prompts_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, help="class-folder dataset")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="JSONL file to write (one record per candidate)"
+    )
+    _add_config_file(parser)
+    add_config_options(parser, PromptsConfig)
+
+
+def _prompts(args: argparse.Namespace) -> int:
+    config = config_from_args(PromptsConfig, args, "prompts")
+    plan = build_prompts(args.data, config)
+    plan.warn_conflicts()
+    plan.write_jsonl(args.output)
+    config_path = write_resolved_config(
+        args.output.with_suffix(".config.yaml"),
+        {"prompts": config},
+        data=args.data,
+        pack_file=plan.pack.source,
+    )
+    sources = len({r.source for r in plan.records})
+    print(f"wrote {len(plan.records)} prompts for {sources} source images to {args.output} (config: {config_path})")
+    return 0
+
+
+# --- packs ------------------------------------------------------------------------------------------------------
+
+
+def _packs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="show this pack (a name or a YAML file) in full")
+
+
+def _packs(args: argparse.Namespace) -> int:
+    if args.name is None:
+        packs = [load_pack(name) for name in list_packs()]
+        width = max(len(p.name) for p in packs)
+        for p in packs:
+            print(f"{p.name:<{width}}  {p.domain:<10} {len(p.contexts):>3} contexts  {p.description}")
+        return 0
+    pack = load_pack(args.name)
+    print(f"name: {pack.name}\nsource: {pack.source}\ndomain: {pack.domain}\ndescription: {pack.description}")
+    for title, values in (
+        ("templates", pack.templates),
+        ("contexts", pack.contexts),
+        ("negative", pack.negative),
+    ):
+        print(f"{title}:")
+        print("\n".join(f"  - {v}" for v in values))
+    return 0
+
+
+# --- sample-data ------------------------------------------------------------------------------------------------
+
+
+def _sample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="folder to create")
+    parser.add_argument("--per-class", type=int, default=8, metavar="N", help="images per class [default: 8]")
+    parser.add_argument("--size", type=int, default=96, metavar="PX", help="image side [default: 96]")
+    parser.add_argument("--seed", type=int, default=0, help="seed [default: 0]")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT if it is an earlier sample dataset (and nothing else)",
+    )
+
+
+def _sample(args: argparse.Namespace) -> int:
+    out = make_sample_dataset(
+        args.out, per_class=args.per_class, size=args.size, seed=args.seed, overwrite=args.overwrite
+    )
+    print(f"wrote a sample dataset of 3 classes x {args.per_class} images to {out}")
+    return 0
+
+
+COMMANDS = (
+    Command("scan", "check a class-folder dataset: counts, image sizes, and every bad file", _scan_arguments,
+            _scan, ScanConfig),
+    Command("prompts", "preview the contextual and negative prompts that generation would use",
+            _prompts_arguments, _prompts, PromptsConfig),
+    Command("packs", "list the prompt packs, or show one", _packs_arguments, _packs),
+    Command("sample-data", "write a small procedural class-folder dataset (for demos)", _sample_arguments,
+            _sample),
+)  # fmt: skip

@@ -1,0 +1,81 @@
+"""Command-line options generated from a stage's config dataclass, and the layering of config sources.
+
+Every field becomes ``--field-name`` (help from its attribute docstring, ``Literal`` fields get choices, bools
+get ``--x/--no-x``, tuples take several values). Options left off the command line are absent from the parsed
+namespace (``argparse.SUPPRESS``), so the precedence defaults < ``--config`` < flags is a plain dict merge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any, Literal, Union
+
+from diffcoremix.config import build_config, field_docs, load_config_file
+
+
+def option_name(field: str) -> str:
+    """``per_image`` -> ``--per-image``."""
+    return "--" + field.replace("_", "-")
+
+
+def _none_or(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in {"none", "null"} else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value" messages
+    return parse
+
+
+def _argument_kwargs(hint: Any) -> dict[str, Any]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        inner = next(a for a in args if a is not type(None))
+        kwargs = _argument_kwargs(inner)
+        if "type" in kwargs:
+            kwargs["type"] = _none_or(kwargs["type"])
+            kwargs["metavar"] = kwargs.get("metavar", inner.__name__.upper())
+        return kwargs
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is Literal:
+        return {"choices": list(args), "type": type(args[0])}
+    if origin is tuple:
+        return {"nargs": "*", "type": args[0]}
+    if hint in (int, float, str):
+        return {"type": hint, "metavar": hint.__name__.upper()}
+    raise TypeError(f"no command-line form for options of type {hint}")
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
+    """Add one option per field of the dataclass ``cls`` (except ``skip``), under a group named after it."""
+    assert dataclasses.is_dataclass(cls)
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    group = parser.add_argument_group(f"{cls.__name__} options (defaults < --config < flags)")
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default: Any = f.default
+        factory: Any = f.default_factory
+        if default is dataclasses.MISSING and factory is not dataclasses.MISSING:
+            default = factory()
+        shown = list(default) if isinstance(default, tuple) else default
+        group.add_argument(
+            option_name(f.name),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            help=f"{docs.get(f.name, '')} [default: {shown}]".replace("%", "%%"),
+            **_argument_kwargs(hints[f.name]),
+        )
+
+
+def config_from_args(cls: type, args: argparse.Namespace, section: str) -> Any:
+    """The stage config: the dataclass defaults, then ``--config`` (file or preset), then explicit flags."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    file_layer = load_config_file(args.config, section) if getattr(args, "config", None) else {}
+    return build_config(cls, file_layer, flags, section=section)

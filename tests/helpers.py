@@ -1,0 +1,38 @@
+"""Helpers shared by the tests: where the real photographs are, the real CLI in a subprocess, tiny datasets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """``$DIFFCOREMIX_SHARED_DATA``, else ``../shared/data`` beside the repository."""
+    return Path(os.environ.get("DIFFCOREMIX_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def run_cli(
+    *args: str | os.PathLike[str], cwd: Path | None = None, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m diffcoremix ARGS`` as a real subprocess (optionally under a wrapper command)."""
+    command = [*prefix, sys.executable, "-m", "diffcoremix", *map(str, args)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False)
+
+
+def make_class_folders(root: Path, counts: dict[str, int], size: int = 40) -> Path:
+    """Write ``counts[folder]`` small distinct PNGs into each class folder of ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder, n in counts.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / folder / f"img_{i:03d}.png")
+    return root
