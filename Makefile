@@ -23,8 +23,8 @@ demo: $(STAMP)
 	@head -n 3 $(DEMO_OUT)/prompts.jsonl
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
