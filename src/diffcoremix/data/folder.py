@@ -167,7 +167,11 @@ def _walk_class(
     found: list[tuple[str, str, ImageItem]] = []
     # Each stack entry carries the (device, inode) of its ancestors, so a link back up the tree is a loop,
     # while a link to a sibling directory is simply followed.
-    stack: list[tuple[Path, frozenset[tuple[int, int]]]] = [(class_dir, frozenset())]
+    # The dataset root counts as an ancestor: a link to it from inside a class would relabel other classes.
+    root_stat = os.stat(root)
+    stack: list[tuple[Path, frozenset[tuple[int, int]]]] = [
+        (class_dir, frozenset({(root_stat.st_dev, root_stat.st_ino)}))
+    ]
     while stack:
         directory, ancestors = stack.pop()
         try:

@@ -8,6 +8,7 @@ PIL's decompression-bomb guard kept (its warning level is treated as an error to
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import warnings
@@ -76,9 +77,14 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, max_pixels: int |
     return image
 
 
-def _gray_from_array(array: np.ndarray, scale: float) -> Image.Image:
+def _gray_from_array(array: np.ndarray, scale: float, transparent: object = None) -> Image.Image:
+    """8-bit gray from a wide-range array; pixels equal to ``transparent`` (a tRNS value) become transparent."""
     scaled = np.clip(np.rint(array.astype(np.float64) * scale), 0, 255).astype(np.uint8)
-    return Image.fromarray(scaled, mode="L")
+    gray = Image.fromarray(scaled, mode="L")
+    if isinstance(transparent, int) and not isinstance(transparent, bool):
+        alpha = np.where(array == transparent, 0, 255).astype(np.uint8)
+        gray = Image.merge("LA", (gray, Image.fromarray(alpha, mode="L")))
+    return gray
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -94,11 +100,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     except Exception as err:  # malformed EXIF must not cost the image
         logger.debug("ignoring unreadable EXIF orientation: %s", err)
     mode = image.mode
+    transparent = image.info.get("transparency")
     if mode.startswith("I;16"):
-        image = _gray_from_array(np.asarray(image), 255.0 / 65535.0)
+        image = _gray_from_array(np.asarray(image), 255.0 / 65535.0, transparent)
     elif mode == "I":
         array = np.asarray(image)
-        image = _gray_from_array(array, 255.0 / 65535.0 if array.max(initial=0) > 255 else 1.0)
+        image = _gray_from_array(array, 255.0 / 65535.0 if array.max(initial=0) > 255 else 1.0, transparent)
     elif mode == "F":
         array = np.asarray(image)
         image = _gray_from_array(array, 255.0 if array.max(initial=0.0) <= 1.0 else 1.0)
@@ -144,6 +151,6 @@ def read_bytes(path: str | Path) -> bytes:
     except IsADirectoryError:
         raise ImageReadError(path, "not_an_image", "a directory, not an image file") from None
     except OSError as err:
-        if err.errno == 40:  # ELOOP
+        if err.errno == errno.ELOOP:
             raise ImageReadError(path, "symlink_loop", "symbolic link loop") from None
         raise ImageReadError(path, "unreadable", f"cannot read file: {err}") from None
