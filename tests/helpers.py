@@ -11,8 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_data_dir() -> Path:
-    """``$DIFFCOREMIX_SHARED_DATA``, else ``../shared/data`` beside the repository."""
-    return Path(os.environ.get("DIFFCOREMIX_SHARED_DATA", REPO.parent / "shared" / "data"))
+    """``$DIFFCOREMIX_SHARED_DATA``, else the first ``shared/data`` beside the repository or one of its parents."""
+    if "DIFFCOREMIX_SHARED_DATA" in os.environ:
+        return Path(os.environ["DIFFCOREMIX_SHARED_DATA"])
+    for parent in REPO.parents:
+        if (parent / "shared" / "data").is_dir():
+            return parent / "shared" / "data"
+    return REPO.parent / "shared" / "data"
 
 
 def run_cli(

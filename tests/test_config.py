@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from diffcoremix import ConfigError, PromptsConfig, ScanConfig, UnknownNameError
+from diffcoremix.atomic import atomic_write_text
 from diffcoremix.config import (
     PRESET_DIR,
-    atomic_write_text,
     build_config,
     field_docs,
     load_config_file,

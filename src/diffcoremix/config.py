@@ -14,8 +14,6 @@ import dataclasses
 import functools
 import inspect
 import itertools
-import os
-import tempfile
 import textwrap
 import types
 import typing
@@ -25,6 +23,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
+from diffcoremix.atomic import atomic_write_text
 from diffcoremix.errors import ConfigError, UnknownNameError
 
 C = TypeVar("C")
@@ -71,6 +70,8 @@ def _describe(hint: Any) -> str:
         return "true or false"
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin is dict:
+        return "a mapping"
     if origin is tuple:
         return f"a list of {_describe(typing.get_args(hint)[0]).removeprefix('a ').removeprefix('an ')}s"
     if origin in (Union, types.UnionType):
@@ -95,6 +96,8 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, str)
     if origin is Literal:
         return value in typing.get_args(hint)
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value)
     if origin is tuple:
         item = typing.get_args(hint)[0]
         return isinstance(value, tuple) and all(_matches(v, item) for v in value)
@@ -203,22 +206,6 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a text file so that readers see the old or the new content, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_resolved_config(path: str | Path, stages: Mapping[str, Any], **extra: Any) -> Path:

@@ -14,10 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from diffcoremix.atomic import atomic_write_text
 from diffcoremix.cli.options import add_config_options, config_from_args
-from diffcoremix.config import atomic_write_text, write_resolved_config
+from diffcoremix.config import write_resolved_config
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.data.scan import ScanConfig, scan_dataset
+from diffcoremix.generate.config import GenerateConfig
+from diffcoremix.generate.manifest import MANIFEST_DIR
+from diffcoremix.generate.presets import GENERATOR_PRESETS
+from diffcoremix.generate.runner import generate
 from diffcoremix.prompts.builder import PromptsConfig, build_prompts
 from diffcoremix.prompts.packs import list_packs, load_pack
 
@@ -102,6 +107,43 @@ def _prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- generate -------------------------------------------------------------------------------------------------
+
+
+def _generate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, help="class-folder dataset (read only)")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="output folder (images, manifest, config; resumable)"
+    )
+    _add_config_file(parser)
+    add_config_options(parser, GenerateConfig)
+    add_config_options(parser, PromptsConfig)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    prompts = config_from_args(PromptsConfig, args, "prompts")
+    config = config_from_args(GenerateConfig, args, "generate")
+    summary = generate(args.data, args.output, prompts, config, progress=_progress(args))
+    print(
+        f"{summary.generated} generated, {summary.skipped} already done, {summary.failed} failed "
+        f"({summary.shard} of {summary.planned} candidates in this shard) in {summary.seconds:.1f} s -> "
+        f"{summary.out} (manifest: {summary.out / MANIFEST_DIR})"
+    )
+    return 0
+
+
+def _presets_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _presets(args: argparse.Namespace) -> int:
+    width = max(len(n) for n in GENERATOR_PRESETS.names())
+    for name in GENERATOR_PRESETS.names():
+        p = GENERATOR_PRESETS.get(name)
+        print(f"{name:<{width}}  {p.model or '(needs --model PATH)'}\n{'':<{width}}  {p.description}")
+    return 0
+
+
 # --- packs ------------------------------------------------------------------------------------------------------
 
 
@@ -156,6 +198,9 @@ COMMANDS = (
             _scan, ScanConfig),
     Command("prompts", "preview the contextual and negative prompts that generation would use",
             _prompts_arguments, _prompts, PromptsConfig),
+    Command("generate", "generate counterparts with a diffusers model (resumable, shardable)",
+            _generate_arguments, _generate, GenerateConfig),
+    Command("presets", "list the generator presets", _presets_arguments, _presets),
     Command("packs", "list the prompt packs, or show one", _packs_arguments, _packs),
     Command("sample-data", "write a small procedural class-folder dataset (for demos)", _sample_arguments,
             _sample),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from typing import Any, Literal, Union
@@ -29,6 +30,16 @@ def _none_or(kind: type) -> Any:
     return parse
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    value = json.loads(text)  # a ValueError here becomes argparse's "invalid _json_object value" message
+    if not isinstance(value, dict):
+        raise ValueError(text)
+    return value
+
+
+_json_object.__name__ = "JSON object"
+
+
 def _argument_kwargs(hint: Any) -> dict[str, Any]:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -45,6 +56,8 @@ def _argument_kwargs(hint: Any) -> dict[str, Any]:
         return {"choices": list(args), "type": type(args[0])}
     if origin is tuple:
         return {"nargs": "*", "type": args[0]}
+    if origin is dict:
+        return {"type": _json_object, "metavar": "JSON"}
     if hint in (int, float, str):
         return {"type": hint, "metavar": hint.__name__.upper()}
     raise TypeError(f"no command-line form for options of type {hint}")

@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffcoremix.config import atomic_write_text, check_types, require
+from diffcoremix.atomic import atomic_write_text
+from diffcoremix.config import check_types, require
 from diffcoremix.counterparts import plan_candidates
 from diffcoremix.data.classnames import load_class_map
 from diffcoremix.data.folder import DatasetListing, list_images

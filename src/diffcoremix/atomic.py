@@ -1,0 +1,52 @@
+"""Atomic file writes: a reader (or a run resumed after a crash) sees the old file or the new one, never a torn one.
+
+The content goes to a hidden temporary file in the same folder, is flushed to disk, and is renamed over the
+target. Temporary names start with ``.<target name>.`` and end with ``.tmp``, so a crashed run's leftovers are
+recognisable (:func:`remove_stale_temporaries`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+TMP_SUFFIX = ".tmp"
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "") -> None:
+    """Write ``data`` to ``path`` atomically; ``tag`` goes into the temporary name (e.g. a shard's rank)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag}", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str, *, tag: str = "") -> None:
+    """Write UTF-8 text (``\\n`` line ends) atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"), tag=tag)
+
+
+def remove_stale_temporaries(folder: str | Path, *, tag: str = "") -> int:
+    """Delete the temporary files a killed writer left below ``folder`` (only those whose name holds ``tag``).
+
+    Returns:
+        How many were removed.
+    """
+    removed = 0
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    for path in folder.rglob(f".*{TMP_SUFFIX}"):
+        if path.is_file() and (not tag or f".{tag}" in path.name):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -1,0 +1,28 @@
+"""Generation (METHOD.md §4-5): presets, the diffusers backend, and the resumable, sharded runner."""
+
+from __future__ import annotations
+
+from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator, ModelLoadError, load_pipeline
+from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
+from diffcoremix.generate.manifest import COLUMNS, read_manifest
+from diffcoremix.generate.presets import GENERATOR_PRESETS, GeneratorPreset
+from diffcoremix.generate.runner import GenerationError, GenerationSummary, RunConflictError, generate
+
+__all__ = [
+    "COLUMNS",
+    "GENERATOR_PRESETS",
+    "DiffusersGenerator",
+    "GenerateConfig",
+    "GenerationError",
+    "GenerationSettings",
+    "GenerationSummary",
+    "GeneratorPreset",
+    "ImageGenerator",
+    "ModelLoadError",
+    "RunConflictError",
+    "generate",
+    "load_pipeline",
+    "read_manifest",
+    "resolve_settings",
+    "resolve_shard",
+]

@@ -1,0 +1,210 @@
+"""Generators: what turns (prompt, negative prompt, seed) triples into images (METHOD.md §5).
+
+The contract is the :class:`ImageGenerator` protocol; the diffusers backend is the one shipped. It loads any
+text-to-image pipeline (hub id or local folder through ``AutoPipelineForText2Image``, single ``.safetensors`` /
+``.ckpt`` files through ``from_single_file``), swaps the scheduler by class name, and gives every image its own
+CPU ``torch.Generator`` so that an image depends on its seed only, not on the batch it ran in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+from diffcoremix.errors import DiffCoReMixError, UnknownNameError
+from diffcoremix.generate.config import GenerationSettings
+from diffcoremix.generate.presets import BUILTIN_PREFIX
+from diffcoremix.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".bin")
+
+
+class ModelLoadError(DiffCoReMixError):
+    """The model's weights cannot be had (offline, gated, missing file, not a pipeline)."""
+
+
+class ImageGenerator(Protocol):
+    """Makes one image per (prompt, negative prompt, seed); the same triple gives the same image."""
+
+    provenance: dict[str, Any]
+    """Model id, revision or file hash, pipeline and scheduler classes, dtype, device: saved with every image."""
+
+    def generate(
+        self, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int]
+    ) -> list[Image.Image]: ...
+
+
+def _tiny_builders() -> Registry[Callable[[int], Any]]:
+    from diffcoremix.generate.tiny import tiny_sd_pipeline, tiny_sdxl_pipeline
+
+    registry: Registry[Callable[[int], Any]] = Registry("built-in model")
+    registry.add("tiny-sd", tiny_sd_pipeline)
+    registry.add("tiny-sdxl", tiny_sdxl_pipeline)
+    return registry
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
+    """SHA-256 of a file, read in chunks (checkpoints are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load_failure(model: str, err: BaseException) -> ModelLoadError:
+    reason = " ".join(str(err).split())[:300] or type(err).__name__
+    return ModelLoadError(
+        f"cannot load model {model!r} ({reason}). Without network access or hub credentials, use "
+        "--preset tiny (built in, nothing to download) or --model PATH (a local diffusers folder or a "
+        ".safetensors checkpoint)"
+    )
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_pipeline(settings: GenerationSettings) -> tuple[Any, dict[str, Any]]:
+    """The diffusers pipeline of ``settings`` (on its device, in its dtype) and its provenance.
+
+    Raises:
+        ModelLoadError: the weights cannot be loaded; the message names ``--preset tiny`` and ``--model PATH``.
+        UnknownNameError: unknown built-in model or scheduler class.
+    """
+    model = settings.model
+    if model is None:
+        raise ModelLoadError(
+            f"preset {settings.preset!r} has no downloadable model: pass --model PATH (e.g. the CosXL checkpoint "
+            "cosxl.safetensors), or use --preset tiny for an offline run"
+        )
+    dtype = _torch_dtype(settings.dtype)
+    provenance: dict[str, Any] = {"model": model, "model_revision": settings.revision, "model_sha256": None}
+    if model.startswith(BUILTIN_PREFIX):
+        pipe = _tiny_builders().get(model.removeprefix(BUILTIN_PREFIX))(0)
+        if settings.dtype != "float32":  # built in float32
+            pipe.to(dtype=dtype)
+        provenance["model_revision"] = "random-weights-seed-0"
+    else:
+        pipe = _load_diffusers(model, settings, dtype, provenance)
+    if settings.scheduler is not None:
+        pipe.scheduler = _scheduler(settings.scheduler, pipe.scheduler.config, settings.scheduler_kwargs)
+    pipe.set_progress_bar_config(disable=True)  # the runner's bar counts images; per-step bars would interleave
+    provenance["pipeline"] = type(pipe).__name__
+    provenance["scheduler"] = type(pipe.scheduler).__name__
+    return pipe, provenance
+
+
+def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, provenance: dict[str, Any]) -> Any:
+    import diffusers
+
+    path = Path(model).expanduser()
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    try:
+        if settings.vae is not None:
+            kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(settings.vae, torch_dtype=dtype)
+        if path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_file():
+            if not path.is_file():
+                raise ModelLoadError(f"checkpoint file {path} does not exist")
+            cls = (
+                diffusers.StableDiffusionXLPipeline if settings.family == "sdxl" else diffusers.StableDiffusionPipeline
+            )
+            pipe = cls.from_single_file(str(path), **kwargs)
+            provenance["model_sha256"] = file_sha256(path)
+        else:
+            pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model, revision=settings.revision, **kwargs)
+            provenance["model_revision"] = settings.revision or _hub_commit(model)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, RuntimeError, ImportError) as err:
+        raise _load_failure(model, err) from err
+    return pipe
+
+
+def _hub_commit(model: str) -> str | None:
+    """The commit of a hub model's cached snapshot (its folder name), or None for local folders."""
+    if Path(model).is_dir():
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model, local_files_only=True)).name
+    except Exception:  # provenance is best effort: an unresolvable revision is recorded as unknown
+        return None
+
+
+def _scheduler(name: str, config: Any, kwargs: dict[str, Any]) -> Any:
+    import diffusers
+
+    known = sorted(n for n in dir(diffusers) if n.endswith("Scheduler") and not n.startswith("_"))
+    cls = getattr(diffusers, name, None) if name in known else None
+    if cls is None:
+        raise UnknownNameError("diffusers scheduler", name, known)
+    return cls.from_config(config, **kwargs)
+
+
+class DiffusersGenerator:
+    """An :class:`ImageGenerator` over a diffusers text-to-image pipeline.
+
+    Args:
+        pipe: the pipeline (see :func:`load_pipeline`).
+        settings: sampling settings (steps, guidance, size, device).
+        provenance: facts about the model, saved with every image.
+    """
+
+    def __init__(self, pipe: Any, settings: GenerationSettings, provenance: dict[str, Any]) -> None:
+        self.pipe = pipe
+        self.settings = settings
+        self.provenance = {**provenance, "dtype": settings.dtype, "device": settings.device}
+
+    @classmethod
+    def from_settings(
+        cls, settings: GenerationSettings, *, compile: bool = False, cpu_offload: bool = False
+    ) -> DiffusersGenerator:
+        """Load the pipeline and place it on the settings' device."""
+        import torch
+
+        pipe, provenance = load_pipeline(settings)
+        if cpu_offload:
+            pipe.enable_model_cpu_offload(device=settings.device)
+        else:
+            pipe.to(settings.device)
+        if compile:
+            pipe.unet = torch.compile(pipe.unet)
+        return cls(pipe, settings, provenance)
+
+    def generate(
+        self, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int]
+    ) -> list[Image.Image]:
+        """One image per prompt; noise for each is drawn on the CPU from its own seed.
+
+        Returns:
+            RGB ``PIL`` images of ``settings.height`` x ``settings.width``.
+        """
+        import torch
+
+        if not len(prompts) == len(negative_prompts) == len(seeds):
+            raise ValueError(f"got {len(prompts)} prompts, {len(negative_prompts)} negatives, {len(seeds)} seeds")
+        s = self.settings
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        with torch.inference_mode():
+            output = self.pipe(
+                prompt=list(prompts),
+                negative_prompt=list(negative_prompts) if s.guidance_scale > 1 else None,
+                num_inference_steps=s.num_inference_steps,
+                guidance_scale=s.guidance_scale,
+                height=s.height,
+                width=s.width,
+                generator=generators,
+                output_type="pil",
+            )
+        return [image.convert("RGB") for image in output.images]

@@ -1,0 +1,151 @@
+"""Options of the generation stage, and their resolution against a preset into concrete settings."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from diffcoremix.config import check_types, require
+from diffcoremix.generate.presets import GENERATOR_PRESETS, Family
+
+Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Options of ``diffcoremix generate``; unset (null) sampling options take the preset's value."""
+
+    preset: str = "sd15"
+    """Generator preset (see ``diffcoremix presets``): tiny, tiny-sdxl, sd15, sd21, sdxl, sdxl-turbo, paper."""
+    model: str | None = None
+    """Replaces the preset's model: a hub id, a local diffusers folder, or a .safetensors/.ckpt checkpoint."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) of the model."""
+    vae: str | None = None
+    """Replaces the preset's VAE (hub id or folder)."""
+    scheduler: str | None = None
+    """A diffusers scheduler class name (e.g. EulerDiscreteScheduler); null keeps the preset's."""
+    scheduler_kwargs: dict[str, Any] | None = None
+    """Keyword arguments of the scheduler (a JSON object on the command line); null keeps the preset's."""
+    num_inference_steps: int | None = None
+    """Denoising steps."""
+    guidance_scale: float | None = None
+    """Classifier-free guidance scale; at 1 or below the negative prompt has no effect."""
+    height: int | None = None
+    """Image height in pixels (a multiple of 8)."""
+    width: int | None = None
+    """Image width in pixels (a multiple of 8)."""
+    batch_size: int = 4
+    """Images per pipeline call; halved automatically on CUDA out-of-memory."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda, cuda:N or mps."""
+    dtype: Dtype = "auto"
+    """Weights' precision; auto is float16 on CUDA and float32 elsewhere."""
+    compile: bool = False
+    """torch.compile the UNet (faster after a warm-up on CUDA)."""
+    cpu_offload: bool = False
+    """Keep idle sub-models on the CPU (less GPU memory, slower; needs accelerate)."""
+    on_error: Literal["record", "stop"] = "record"
+    """A failing candidate is recorded with its error and the run goes on (record), or the run stops (stop)."""
+    rank: int | None = None
+    """This shard's index; null reads RANK / SLURM_PROCID from the environment, else 0."""
+    world_size: int | None = None
+    """Number of shards; null reads WORLD_SIZE / SLURM_NTASKS from the environment, else 1."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        known = GENERATOR_PRESETS.names()
+        require(self.preset in known, "preset", self.preset, "one of " + ", ".join(known))
+        require(self.model is None or bool(self.model.strip()), "model", self.model, "a non-empty id or path")
+        for name in ("num_inference_steps", "batch_size"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, name, value, ">= 1")
+        require(self.guidance_scale is None or self.guidance_scale >= 0, "guidance_scale", self.guidance_scale, ">= 0")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            require(value is None or (value >= 8 and value % 8 == 0), name, value, "a multiple of 8, >= 8")
+        require(self.world_size is None or self.world_size >= 1, "world_size", self.world_size, ">= 1")
+        require(self.rank is None or self.rank >= 0, "rank", self.rank, ">= 0")
+        if self.rank is not None and self.world_size is not None:
+            require(self.rank < self.world_size, "rank", self.rank, f"< world_size ({self.world_size})")
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything that determines the generated pixels (with the seeds): the preset merged with overrides."""
+
+    preset: str
+    model: str | None
+    revision: str | None
+    vae: str | None
+    family: Family
+    scheduler: str | None
+    scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    num_inference_steps: int = 1
+    guidance_scale: float = 1.0
+    height: int = 64
+    width: int = 64
+    dtype: str = "float32"
+    device: str = "cpu"
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_settings(config: GenerateConfig) -> GenerationSettings:
+    """Fill the config's unset options from its preset, and resolve ``auto`` device and dtype."""
+    preset = GENERATOR_PRESETS.get(config.preset)
+    device = resolve_device(config.device)
+    dtype = config.dtype
+    if dtype == "auto":
+        dtype = "float16" if device.startswith("cuda") else "float32"
+    require(dtype != "float16" or not device.startswith("cpu"), "dtype", dtype, "float32 or bfloat16 on a CPU device")
+    scheduler = config.scheduler if config.scheduler is not None else preset.scheduler
+    if config.scheduler_kwargs is not None:
+        scheduler_kwargs = dict(config.scheduler_kwargs)
+    else:
+        scheduler_kwargs = dict(preset.scheduler_kwargs) if scheduler == preset.scheduler else {}
+
+    def pick(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return GenerationSettings(
+        preset=preset.name,
+        model=pick(config.model, preset.model),
+        revision=config.revision,
+        vae=pick(config.vae, preset.vae),
+        family=preset.family,
+        scheduler=scheduler,
+        scheduler_kwargs=scheduler_kwargs,
+        num_inference_steps=pick(config.num_inference_steps, preset.num_inference_steps),
+        guidance_scale=float(pick(config.guidance_scale, preset.guidance_scale)),
+        height=pick(config.height, preset.height),
+        width=pick(config.width, preset.width),
+        dtype=dtype,
+        device=device,
+    )
+
+
+def resolve_shard(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """This process's (rank, world size): explicit values, else torchrun's or Slurm's variables, else (0, 1)."""
+
+    def from_env(*names: str) -> int | None:
+        for name in names:
+            value = os.environ.get(name)
+            if value is not None and value.strip().isdigit():
+                return int(value)
+        return None
+
+    world = world_size if world_size is not None else from_env("WORLD_SIZE", "SLURM_NTASKS")
+    index = rank if rank is not None else from_env("RANK", "SLURM_PROCID")
+    world, index = world or 1, index or 0
+    require(world >= 1, "world_size", world, ">= 1")
+    require(0 <= index < world, "rank", index, f"in [0, {world}) for world_size {world}")
+    return index, world

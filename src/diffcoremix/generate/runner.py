@@ -1,0 +1,352 @@
+"""The generation runner (METHOD.md §4-5): plan, shard, generate in batches, record, resume.
+
+The plan (which images, which prompts, which seeds) comes from :func:`diffcoremix.prompts.build_prompts`, so it
+is the same list in every process. Shard ``r`` of ``w`` takes candidates ``r, r + w, ...``; a rerun skips every
+candidate whose record and image are intact, and redoes the rest (failed ones included), so a killed run
+resumes where it stopped and ends with the same files and manifest as an uninterrupted one.
+
+Example:
+    >>> from diffcoremix import GenerateConfig, PromptsConfig, generate
+    >>> summary = generate("data", "out", PromptsConfig(pack="birds"), GenerateConfig(preset="tiny"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from diffcoremix.config import to_plain, write_resolved_config
+from diffcoremix.data.folder import list_images
+from diffcoremix.errors import DatasetError, DiffCoReMixError
+from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
+from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
+from diffcoremix.generate.manifest import (
+    IMAGES_DIR,
+    ManifestWriter,
+    latest_by_key,
+    read_records,
+    shard_path,
+)
+from diffcoremix.prompts.builder import PromptRecord, PromptsConfig, build_prompts
+
+logger = logging.getLogger(__name__)
+
+SETTINGS_FILE = "settings.json"
+
+
+class RunConflictError(DiffCoReMixError):
+    """The output folder holds a run made with settings that would give different images."""
+
+
+class GenerationError(DiffCoReMixError):
+    """A candidate failed and the error policy is ``stop``."""
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    """What one call of :func:`generate` did."""
+
+    out: Path
+    planned: int
+    """Candidates in the whole plan (all shards)."""
+    shard: int
+    """Candidates of this shard."""
+    skipped: int
+    """Of those, already complete from an earlier run."""
+    generated: int
+    failed: int
+    seconds: float
+
+
+def sha256_file(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def output_relpath(record: PromptRecord) -> str:
+    """Where a candidate's image goes, relative to OUT: ``images/<source path>.k<k>.png`` (a class-folder tree)."""
+    return f"{IMAGES_DIR}/{record.source}.k{record.k}.png"
+
+
+def _check_folders(data: Path, out: Path) -> None:
+    data_r, out_r = data.resolve(), out.resolve()
+    if out_r == data_r or data_r in out_r.parents:
+        raise DatasetError(f"output folder {out} is inside the dataset {data}: diffcoremix never writes into DATA")
+
+
+def _fingerprint(prompts: PromptsConfig, settings: GenerationSettings) -> dict[str, Any]:
+    # Everything that changes which candidates exist or their pixels; not batch size, shard or error policy.
+    return {"prompts": to_plain(prompts), "settings": to_plain(settings)}
+
+
+def _claim_folder(out: Path, fingerprint: dict[str, Any]) -> None:
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            previous = None
+        if previous is not None and previous != fingerprint:
+            diffs = [
+                f"{section}.{key}: {previous.get(section, {}).get(key)!r} -> {value!r}"
+                for section, values in fingerprint.items()
+                for key, value in values.items()
+                if previous.get(section, {}).get(key) != value
+            ]
+            raise RunConflictError(
+                f"{out} holds a run made with other settings ({'; '.join(diffs)}); "
+                "resume it with the same options, or choose another output folder"
+            )
+    atomic_write_text(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("diffcoremix", "torch", "diffusers", "transformers", "pillow"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _is_complete(out: Path, record: dict[str, Any]) -> bool:
+    if record.get("status") != "ok" or not record.get("output"):
+        return False
+    path = out / record["output"]
+    return path.is_file() and sha256_file(path) == record.get("output_sha256")
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # PNG of the same pixels is the same bytes: no timestamps in it
+    return buffer.getvalue()
+
+
+class _Batcher:
+    """Runs batches through a generator, halving the batch on CUDA out-of-memory and isolating failing items."""
+
+    def __init__(self, generator: ImageGenerator, batch_size: int) -> None:
+        self.generator = generator
+        self.batch_size = batch_size
+
+    def run(self, records: Sequence[PromptRecord]) -> list[Image.Image | BaseException]:
+        import torch
+
+        try:
+            return list(
+                self.generator.generate(
+                    [r.prompt for r in records], [r.negative_prompt for r in records], [r.seed for r in records]
+                )
+            )
+        except torch.OutOfMemoryError as err:
+            if len(records) == 1:
+                return [err]
+            self.batch_size = max(1, len(records) // 2)
+            logger.warning("CUDA out of memory at batch %d; going on with batch %d", len(records), self.batch_size)
+            torch.cuda.empty_cache()
+            half = len(records) // 2
+            return self.run(records[:half]) + self.run(records[half:])
+        except Exception as err:
+            if len(records) == 1:
+                return [err]
+            logger.warning("a batch failed (%s); retrying its %d candidates one by one", err, len(records))
+            return [result for r in records for result in self.run([r])]
+
+
+def generate(
+    data: str | Path,
+    out: str | Path,
+    prompts: PromptsConfig | None = None,
+    config: GenerateConfig | None = None,
+    *,
+    generator: ImageGenerator | None = None,
+    progress: bool = False,
+) -> GenerationSummary:
+    """Generate the counterparts of a class-folder dataset into ``out``, resuming whatever is already there.
+
+    Args:
+        data: the real dataset (read only).
+        out: the output folder (created; must not be inside ``data``).
+        prompts: prompt options (which images, how many counterparts, packs, seeds).
+        config: generation options (preset, model, sampling, batching, device, sharding).
+        generator: an already-built :class:`ImageGenerator` to use instead of loading ``config``'s model.
+        progress: show a progress bar (images/s and ETA) on stderr.
+
+    Returns:
+        A summary with counts; per-candidate results are in the manifest (:func:`read_manifest`).
+
+    Raises:
+        DatasetError, RunConflictError, ModelLoadError, ConfigError: bad inputs, detected before any work.
+        GenerationError: a candidate failed under ``on_error="stop"`` (its record is written first).
+    """
+    started = time.perf_counter()
+    data, out = Path(data), Path(out)
+    prompts = prompts or PromptsConfig()
+    config = config or GenerateConfig()
+    _check_folders(data, out)
+    settings = resolve_settings(config)
+    rank, world_size = resolve_shard(config.rank, config.world_size)
+    plan = build_prompts(list_images(data), prompts)
+    plan.warn_conflicts()
+
+    out.mkdir(parents=True, exist_ok=True)
+    _claim_folder(out, _fingerprint(prompts, settings))
+    shared = dataclasses.replace(config, rank=None, world_size=None)  # the same file from every shard
+    write_resolved_config(out / "config.yaml", {"prompts": prompts, "generate": shared}, data=data, **_versions())
+    tag = f"r{rank}-"
+    removed = remove_stale_temporaries(out, tag=tag)
+    if removed:
+        logger.info("removed %d temporary file(s) left by an interrupted run", removed)
+
+    indexed = list(enumerate(plan.records))
+    mine = indexed[rank::world_size]
+    previous = latest_by_key(read_records(out))
+    done = {key: record for key, record in previous.items() if _is_complete(out, record)}
+    todo = [(i, r) for i, r in mine if r.key not in done]
+    logger.info(
+        "shard %d/%d: %d candidates, %d already done, %d to generate",
+        rank,
+        world_size,
+        len(mine),
+        len(mine) - len(todo),
+        len(todo),
+    )
+
+    writer = ManifestWriter(shard_path(out, rank, world_size))
+    generated = failed = 0
+    if todo:
+        generator = generator or DiffusersGenerator.from_settings(
+            settings, compile=config.compile, cpu_offload=config.cpu_offload
+        )
+        generated, failed = _run(out, data, todo, generator, settings, config, writer, rank, tag, progress, len(mine))
+
+    final = latest_by_key(read_records(out))
+    writer.compact([final[r.key] for _, r in mine if r.key in final], tag=tag)
+    return GenerationSummary(
+        out=out,
+        planned=len(plan.records),
+        shard=len(mine),
+        skipped=len(mine) - len(todo),
+        generated=generated,
+        failed=failed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _run(
+    out: Path,
+    data: Path,
+    todo: list[tuple[int, PromptRecord]],
+    generator: ImageGenerator,
+    settings: GenerationSettings,
+    config: GenerateConfig,
+    writer: ManifestWriter,
+    rank: int,
+    tag: str,
+    progress: bool,
+    total: int,
+) -> tuple[int, int]:
+    source_hashes: dict[str, str | None] = {}
+    batcher = _Batcher(generator, config.batch_size)
+    generated = failed = 0
+    bar = tqdm(total=total, initial=total - len(todo), desc="generate", unit="img", disable=not progress)
+    try:
+        position = 0
+        while position < len(todo):
+            batch = todo[position : position + batcher.batch_size]
+            position += len(batch)
+            for _, record in batch:
+                if record.source not in source_hashes:
+                    try:
+                        source_hashes[record.source] = sha256_file(data / record.source)
+                    except OSError as err:  # vanished or unreadable since planning: recorded, not generated
+                        source_hashes[record.source] = None
+                        logger.warning("cannot read source image %s: %s", record.source, err)
+            runnable = [r for _, r in batch if source_hashes[r.source] is not None]
+            tick = time.perf_counter()
+            produced = iter(batcher.run(runnable) if runnable else [])
+            seconds = (time.perf_counter() - tick) / max(1, len(runnable))
+            results: list[Image.Image | BaseException] = [
+                next(produced) if source_hashes[r.source] is not None else OSError(f"cannot read source {r.source}")
+                for _, r in batch
+            ]
+            records = []
+            for (index, record), result in zip(batch, results, strict=True):
+                entry = _entry(index, record, settings, generator.provenance, rank, seconds, source_hashes)
+                if isinstance(result, BaseException):
+                    entry.update(status="error", error=f"{type(result).__name__}: {result}")
+                    failed += 1
+                else:
+                    relpath = output_relpath(record)
+                    payload = _png_bytes(result)
+                    atomic_write_bytes(out / relpath, payload, tag=tag)
+                    entry.update(output=relpath, output_sha256=hashlib.sha256(payload).hexdigest())
+                    generated += 1
+                records.append(entry)
+            writer.append(records)  # after the images are on disk: a record never names a missing file
+            bar.update(len(batch))
+            bar.set_postfix(failed=failed, refresh=False)
+            errors = [r for r in records if r["status"] == "error"]
+            if errors and config.on_error == "stop":
+                raise GenerationError(f"candidate {errors[0]['key']} failed: {errors[0]['error']}")
+    finally:
+        bar.close()
+    return generated, failed
+
+
+def _entry(
+    index: int,
+    record: PromptRecord,
+    settings: GenerationSettings,
+    provenance: dict[str, Any],
+    rank: int,
+    seconds: float,
+    source_hashes: dict[str, str | None],
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "key": record.key,
+        "status": "ok",
+        "error": None,
+        "source": record.source,
+        "source_sha256": source_hashes.get(record.source),
+        "class_folder": record.class_folder,
+        "class_name": record.class_name,
+        "label": record.label,
+        "k": record.k,
+        "seed": record.seed,
+        "prompt": record.prompt,
+        "negative_prompt": record.negative_prompt,
+        "context": record.context,
+        "context_score": record.context_score,
+        "dropped_negatives": list(record.dropped_negatives),
+        "model": provenance.get("model"),
+        "model_revision": provenance.get("model_revision"),
+        "model_sha256": provenance.get("model_sha256"),
+        "pipeline": provenance.get("pipeline"),
+        "scheduler": provenance.get("scheduler"),
+        "num_inference_steps": settings.num_inference_steps,
+        "guidance_scale": settings.guidance_scale,
+        "height": settings.height,
+        "width": settings.width,
+        "dtype": settings.dtype,
+        "device": settings.device,
+        "output": None,
+        "output_sha256": None,
+        "seconds": round(seconds, 6),
+        "rank": rank,
+    }
