@@ -19,8 +19,9 @@ demo: $(STAMP)
 	$(BIN)/diffcoremix sample-data $(DEMO_OUT)/data --overwrite
 	$(BIN)/diffcoremix scan $(DEMO_OUT)/data
 	$(BIN)/diffcoremix prompts $(DEMO_OUT)/data --pack generic --seed 0 -o $(DEMO_OUT)/prompts.jsonl
-	@echo "first prompts of $(DEMO_OUT)/prompts.jsonl:"
-	@head -n 3 $(DEMO_OUT)/prompts.jsonl
+	$(BIN)/diffcoremix generate $(DEMO_OUT)/data -o $(DEMO_OUT)/generated --preset tiny --pack generic --seed 0
+	@echo "manifest of $(DEMO_OUT)/generated (first rows):"
+	@$(BIN)/python -c "import diffcoremix as d; print(d.read_manifest('$(DEMO_OUT)/generated')[['key', 'status', 'prompt', 'output']].head().to_string())"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

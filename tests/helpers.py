@@ -20,12 +20,20 @@ def shared_data_dir() -> Path:
     return REPO.parent / "shared" / "data"
 
 
+def cli_command(*args: str | os.PathLike[str], prefix: tuple[str, ...] = ()) -> list[str]:
+    """The argv of ``python -m diffcoremix ARGS``."""
+    return [*prefix, sys.executable, "-m", "diffcoremix", *map(str, args)]
+
+
 def run_cli(
-    *args: str | os.PathLike[str], cwd: Path | None = None, prefix: tuple[str, ...] = ()
+    *args: str | os.PathLike[str],
+    cwd: Path | None = None,
+    prefix: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``python -m diffcoremix ARGS`` as a real subprocess (optionally under a wrapper command)."""
-    command = [*prefix, sys.executable, "-m", "diffcoremix", *map(str, args)]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200"}
+    command = cli_command(*args, prefix=prefix)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False)
 
 

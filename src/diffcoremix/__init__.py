@@ -39,6 +39,7 @@ from diffcoremix.errors import (
     PackError,
     UnknownNameError,
 )
+from diffcoremix.generate import GenerateConfig, GenerationSummary, generate, read_manifest
 from diffcoremix.prompts import PromptPlan, PromptsConfig, build_prompts, list_packs, load_pack
 from diffcoremix.registry import Registry
 from diffcoremix.seeds import derive_seed
@@ -51,6 +52,8 @@ __all__ = [
     "DatasetError",
     "DatasetListing",
     "DiffCoReMixError",
+    "GenerateConfig",
+    "GenerationSummary",
     "ImageReadError",
     "PackError",
     "PromptPlan",
@@ -62,6 +65,7 @@ __all__ = [
     "__version__",
     "build_prompts",
     "derive_seed",
+    "generate",
     "list_images",
     "list_packs",
     "load_class_map",
@@ -70,6 +74,7 @@ __all__ = [
     "open_image",
     "plan_candidates",
     "prompt_name",
+    "read_manifest",
     "scan_dataset",
 ]
 

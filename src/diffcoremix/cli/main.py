@@ -18,6 +18,7 @@ from diffcoremix import __version__
 from diffcoremix.cli.commands import COMMANDS, Command
 from diffcoremix.cli.options import option_name
 from diffcoremix.errors import ConfigError, DiffCoReMixError, ImageReadError
+from diffcoremix.generate.runner import GenerationError
 
 PROG = "diffcoremix"
 BAD_INPUT = 2
@@ -94,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"{prefix} {_message(err)}", file=sys.stderr)
-        return 1 if isinstance(err, ImageReadError) else BAD_INPUT
+        return 1 if isinstance(err, (ImageReadError, GenerationError)) else BAD_INPUT
     except Exception as err:  # a bug, not bad input: say so, and how to see more
         if debug:
             traceback.print_exc()

@@ -9,8 +9,10 @@ prompt, the denoising loop, VAE decoding, per-image generators) runs exactly as 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gzip
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,13 +93,19 @@ def _scheduler() -> Any:
     )
 
 
-def tiny_sd_pipeline(seed: int = 0) -> Any:
-    """A ``StableDiffusionPipeline`` (the SD 1.x family) with tiny, seeded random weights."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
+@contextlib.contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed the global generator that module initialisers draw from, restoring the caller's state afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
-    torch.manual_seed(seed)  # module initialisers draw from the global generator; seed it for equal weights
-    unet = UNet2DConditionModel(
+
+def _unet(**kwargs: Any) -> Any:
+    """A two-level UNet (one plain and one cross-attention block) with the family-specific ``kwargs``."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
         block_out_channels=(16, 32),
         layers_per_block=1,
         sample_size=16,
@@ -105,57 +113,53 @@ def tiny_sd_pipeline(seed: int = 0) -> Any:
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
         norm_num_groups=8,
+        **kwargs,
     )
-    pipe = StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config(32)),
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    return pipe
+
+
+def tiny_sd_pipeline(seed: int = 0) -> Any:
+    """A ``StableDiffusionPipeline`` (the SD 1.x family) with tiny, seeded random weights."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    with _seeded(seed):
+        return StableDiffusionPipeline(
+            vae=_vae(),
+            text_encoder=CLIPTextModel(_text_config(32)),
+            tokenizer=clip_tokenizer(),
+            unet=_unet(cross_attention_dim=32, attention_head_dim=4),
+            scheduler=_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
 
 
 def tiny_sdxl_pipeline(seed: int = 0) -> Any:
     """A ``StableDiffusionXLPipeline`` (two text encoders, size conditioning) with tiny, seeded random weights."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(seed)
     text_hidden, time_dim = 32, 8
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_dim,
-        transformer_layers_per_block=(1, 1),
-        # six size/crop ids embedded to time_dim each, plus text_encoder_2's pooled projection
-        projection_class_embeddings_input_dim=6 * time_dim + text_hidden,
-        cross_attention_dim=2 * text_hidden,  # the two encoders' hidden states, concatenated
-        norm_num_groups=8,
-    )
-    tokenizer = clip_tokenizer()
-    pipe = StableDiffusionXLPipeline(
-        vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config(text_hidden)),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(text_hidden, projection=text_hidden)),
-        tokenizer=tokenizer,
-        tokenizer_2=clip_tokenizer(),
-        unet=unet,
-        scheduler=_scheduler(),
-        force_zeros_for_empty_prompt=False,
-    )
-    return pipe
+    with _seeded(seed):
+        unet = _unet(
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=time_dim,
+            transformer_layers_per_block=(1, 1),
+            # six size/crop ids embedded to time_dim each, plus text_encoder_2's pooled projection
+            projection_class_embeddings_input_dim=6 * time_dim + text_hidden,
+            cross_attention_dim=2 * text_hidden,  # the two encoders' hidden states, concatenated
+        )
+        return StableDiffusionXLPipeline(
+            vae=_vae(),
+            text_encoder=CLIPTextModel(_text_config(text_hidden)),
+            text_encoder_2=CLIPTextModelWithProjection(_text_config(text_hidden, projection=text_hidden)),
+            tokenizer=clip_tokenizer(),
+            tokenizer_2=clip_tokenizer(),
+            unet=unet,
+            scheduler=_scheduler(),
+            force_zeros_for_empty_prompt=False,
+        )
