@@ -228,9 +228,10 @@ def test_on_error_stop_records_then_raises(data: Path, tmp_path: Path) -> None:
 def test_two_shards_together_equal_one_run(data: Path, tmp_path: Path) -> None:
     prompts = PromptsConfig(per_image=2)
     generate(data, tmp_path / "single", prompts, _tiny())
+    sizes = {}
     for rank in (1, 0):  # in any order, into one shared folder
-        summary = generate(data, tmp_path / "sharded", prompts, _tiny(rank=rank, world_size=2))
-        assert summary.shard == 5
+        sizes[rank] = generate(data, tmp_path / "sharded", prompts, _tiny(rank=rank, world_size=2)).shard
+    assert sizes == {0: 6, 1: 4}  # shards take whole batches of 4: candidates 0-3 and 8-9, and 4-7
     single, sharded = read_manifest(tmp_path / "single"), read_manifest(tmp_path / "sharded")
     assert sharded.key.tolist() == single.key.tolist()
     assert sharded.output_sha256.tolist() == single.output_sha256.tolist()

@@ -141,11 +141,14 @@ class _Batcher:
 
     def __init__(self, generator: ImageGenerator, batch_size: int) -> None:
         self.generator = generator
-        self.batch_size = batch_size
+        self.limit = batch_size
+        """The largest batch that fits; lowered for good after an out-of-memory error."""
 
     def run(self, records: Sequence[PromptRecord]) -> list[Image.Image | BaseException]:
         import torch
 
+        if len(records) > self.limit:
+            return [x for i in range(0, len(records), self.limit) for x in self.run(records[i : i + self.limit])]
         try:
             return list(
                 self.generator.generate(
@@ -155,11 +158,10 @@ class _Batcher:
         except torch.OutOfMemoryError as err:
             if len(records) == 1:
                 return [err]
-            self.batch_size = max(1, len(records) // 2)
-            logger.warning("CUDA out of memory at batch %d; going on with batch %d", len(records), self.batch_size)
+            self.limit = max(1, len(records) // 2)
+            logger.warning("CUDA out of memory at batch %d; going on with batch %d", len(records), self.limit)
             torch.cuda.empty_cache()
-            half = len(records) // 2
-            return self.run(records[:half]) + self.run(records[half:])
+            return self.run(records)
         except Exception as err:
             if len(records) == 1:
                 return [err]
@@ -212,18 +214,23 @@ def generate(
     if removed:
         logger.info("removed %d temporary file(s) left by an interrupted run", removed)
 
+    # Batches are fixed chunks of the plan, and shards take whole chunks: an image is computed in the same
+    # batch whichever shard runs it and however often the run was interrupted, so its bytes are the same.
     indexed = list(enumerate(plan.records))
-    mine = indexed[rank::world_size]
+    chunks = [indexed[i : i + config.batch_size] for i in range(0, len(indexed), config.batch_size)]
+    mine_chunks = chunks[rank::world_size]
+    mine = [item for chunk in mine_chunks for item in chunk]
     previous = latest_by_key(read_records(out))
-    done = {key: record for key, record in previous.items() if _is_complete(out, record)}
-    todo = [(i, r) for i, r in mine if r.key not in done]
+    done = {key for key, record in previous.items() if _is_complete(out, record)}
+    todo = [chunk for chunk in mine_chunks if any(r.key not in done for _, r in chunk)]
+    remaining = sum(r.key not in done for chunk in todo for _, r in chunk)
     logger.info(
         "shard %d/%d: %d candidates, %d already done, %d to generate",
         rank,
         world_size,
         len(mine),
-        len(mine) - len(todo),
-        len(todo),
+        len(mine) - remaining,
+        remaining,
     )
 
     writer = ManifestWriter(shard_path(out, rank, world_size))
@@ -232,7 +239,9 @@ def generate(
         generator = generator or DiffusersGenerator.from_settings(
             settings, compile=config.compile, cpu_offload=config.cpu_offload
         )
-        generated, failed = _run(out, data, todo, generator, settings, config, writer, rank, tag, progress, len(mine))
+        generated, failed = _run(
+            out, data, todo, done, generator, settings, config, writer, rank, tag, progress, len(mine)
+        )
 
     final = latest_by_key(read_records(out))
     writer.compact([final[r.key] for _, r in mine if r.key in final], tag=tag)
@@ -240,7 +249,7 @@ def generate(
         out=out,
         planned=len(plan.records),
         shard=len(mine),
-        skipped=len(mine) - len(todo),
+        skipped=len(mine) - remaining,
         generated=generated,
         failed=failed,
         seconds=time.perf_counter() - started,
@@ -250,7 +259,8 @@ def generate(
 def _run(
     out: Path,
     data: Path,
-    todo: list[tuple[int, PromptRecord]],
+    chunks: list[list[tuple[int, PromptRecord]]],
+    done: set[str],
     generator: ImageGenerator,
     settings: GenerationSettings,
     config: GenerateConfig,
@@ -263,29 +273,30 @@ def _run(
     source_hashes: dict[str, str | None] = {}
     batcher = _Batcher(generator, config.batch_size)
     generated = failed = 0
-    bar = tqdm(total=total, initial=total - len(todo), desc="generate", unit="img", disable=not progress)
+    missing = sum(r.key not in done for chunk in chunks for _, r in chunk)
+    bar = tqdm(total=total, initial=total - missing, desc="generate", unit="img", disable=not progress)
     try:
-        position = 0
-        while position < len(todo):
-            batch = todo[position : position + batcher.batch_size]
-            position += len(batch)
-            for _, record in batch:
+        for chunk in chunks:
+            for _, record in chunk:
                 if record.source not in source_hashes:
                     try:
                         source_hashes[record.source] = sha256_file(data / record.source)
                     except OSError as err:  # vanished or unreadable since planning: recorded, not generated
                         source_hashes[record.source] = None
                         logger.warning("cannot read source image %s: %s", record.source, err)
-            runnable = [r for _, r in batch if source_hashes[r.source] is not None]
+            # The whole chunk runs, done members included, so that every image sees the same batch as before.
+            runnable = [r for _, r in chunk if source_hashes[r.source] is not None]
             tick = time.perf_counter()
             produced = iter(batcher.run(runnable) if runnable else [])
             seconds = (time.perf_counter() - tick) / max(1, len(runnable))
             results: list[Image.Image | BaseException] = [
                 next(produced) if source_hashes[r.source] is not None else OSError(f"cannot read source {r.source}")
-                for _, r in batch
+                for _, r in chunk
             ]
             records = []
-            for (index, record), result in zip(batch, results, strict=True):
+            for (index, record), result in zip(chunk, results, strict=True):
+                if record.key in done:
+                    continue
                 entry = _entry(index, record, settings, generator.provenance, rank, seconds, source_hashes)
                 if isinstance(result, BaseException):
                     entry.update(status="error", error=f"{type(result).__name__}: {result}")
@@ -298,7 +309,7 @@ def _run(
                     generated += 1
                 records.append(entry)
             writer.append(records)  # after the images are on disk: a record never names a missing file
-            bar.update(len(batch))
+            bar.update(len(records))
             bar.set_postfix(failed=failed, refresh=False)
             errors = [r for r in records if r["status"] == "error"]
             if errors and config.on_error == "stop":
