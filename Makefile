@@ -24,8 +24,8 @@ demo: $(STAMP)
 	@$(BIN)/python -c "import diffcoremix as d; print(d.read_manifest('$(DEMO_OUT)/generated')[['key', 'status', 'prompt', 'output']].head().to_string())"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -35,6 +35,9 @@ test: lint typecheck
 
 test-all: lint typecheck
 	$(BIN)/pytest -m ''
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/generate.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ from PIL import Image
 from diffcoremix import PromptsConfig, build_prompts
 from diffcoremix.generate import (
     COLUMNS,
+    GENERATOR_PRESETS,
     DiffusersGenerator,
     GenerateConfig,
     GenerationError,
@@ -277,7 +279,11 @@ def test_pyarrow_table(data: Path, tmp_path: Path) -> None:
         (("--model", "no/such/model.safetensors"), {}, "checkpoint file no/such/model.safetensors does not exist"),
         (("--batch-size", "0"), {}, "error: --batch-size must be >= 1, got 0"),
         (("--height", "30"), {}, "error: --height must be a multiple of 8, >= 8, got 30"),
-        (("--preset", "nope"), {}, "error: --preset must be one of paper, sd15, sd21, sdxl, sdxl-turbo, tiny"),
+        (
+            ("--preset", "nope"),
+            {},
+            "error: --preset must be one of paper, sd15, sd15-random, sd21, sdxl, sdxl-random, sdxl-turbo, tiny",
+        ),
         (("--dtype", "float16", "--device", "cpu"), {}, "error: --dtype must be float32 or bfloat16 on a CPU"),
     ],
 )
@@ -317,3 +323,35 @@ def test_tiny_weights_are_seeded_and_leave_the_global_generator_alone() -> None:
     # The offline tokenizer is CLIP's: same ids as OpenAI's for a known phrase (start, "a", "photo", "of", ...).
     ids = clip_tokenizer()("a photo of a bird").input_ids
     assert ids == [49406, 320, 1125, 539, 320, 3329, 49407]
+
+
+@pytest.mark.parametrize("name", GENERATOR_PRESETS.names())
+def test_every_preset_resolves_to_valid_settings(name: str) -> None:
+    import diffusers
+
+    preset = GENERATOR_PRESETS.get(name)
+    settings = resolve_settings(GenerateConfig(preset=name, device="cpu"))
+    assert settings.height % 8 == 0
+    assert settings.width % 8 == 0
+    assert settings.num_inference_steps >= 1
+    assert preset.description
+    if settings.scheduler is not None:
+        getattr(diffusers, settings.scheduler)(**settings.scheduler_kwargs)  # the class exists and takes the kwargs
+    # user values win over the preset's
+    assert resolve_settings(GenerateConfig(preset=name, device="cpu", height=72)).height == 72
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["sd15-random", "sdxl-random"])
+def test_full_size_random_architectures_run(name: str, tmp_path: Path) -> None:
+    from diffcoremix.generate.fullsize import random_sd15_pipeline, random_sdxl_pipeline
+
+    build = random_sd15_pipeline if name == "sd15-random" else random_sdxl_pipeline
+    pipe = build(0)
+    unet_params = sum(p.numel() for p in pipe.unet.parameters())
+    assert unet_params == (859_520_964 if name == "sd15-random" else 2_567_463_684)
+    settings = dataclasses.replace(
+        resolve_settings(GenerateConfig(preset=name, device="cpu")), num_inference_steps=1, height=64, width=64
+    )
+    images = DiffusersGenerator(pipe, settings, {}).generate(["a bird"], [""], [0])
+    assert images[0].size == (64, 64)

@@ -41,12 +41,16 @@ class ImageGenerator(Protocol):
     ) -> list[Image.Image]: ...
 
 
-def _tiny_builders() -> Registry[Callable[[int], Any]]:
+def _builtin_models() -> Registry[Callable[[int], Any]]:
+    """``builtin:<name>`` models: pipelines built in-process with seeded random weights."""
+    from diffcoremix.generate.fullsize import random_sd15_pipeline, random_sdxl_pipeline
     from diffcoremix.generate.tiny import tiny_sd_pipeline, tiny_sdxl_pipeline
 
     registry: Registry[Callable[[int], Any]] = Registry("built-in model")
     registry.add("tiny-sd", tiny_sd_pipeline)
     registry.add("tiny-sdxl", tiny_sdxl_pipeline)
+    registry.add("sd15-random", random_sd15_pipeline)
+    registry.add("sdxl-random", random_sdxl_pipeline)
     return registry
 
 
@@ -90,7 +94,7 @@ def load_pipeline(settings: GenerationSettings) -> tuple[Any, dict[str, Any]]:
     dtype = _torch_dtype(settings.dtype)
     provenance: dict[str, Any] = {"model": model, "model_revision": settings.revision, "model_sha256": None}
     if model.startswith(BUILTIN_PREFIX):
-        pipe = _tiny_builders().get(model.removeprefix(BUILTIN_PREFIX))(0)
+        pipe = _builtin_models().get(model.removeprefix(BUILTIN_PREFIX))(0)
         if settings.dtype != "float32":  # built in float32
             pipe.to(dtype=dtype)
         provenance["model_revision"] = "random-weights-seed-0"

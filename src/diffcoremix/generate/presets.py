@@ -147,3 +147,27 @@ _add(
         vae="madebyollin/sdxl-vae-fp16-fix",
     )
 )
+_add(
+    GeneratorPreset(
+        "sd15-random",
+        "The SD 1.5 architecture at full size with random weights, built in-process (speed benchmarks only)",
+        "builtin:sd15-random",
+        "sd",
+        num_inference_steps=25,
+        guidance_scale=7.5,
+        height=512,
+        width=512,
+    )
+)
+_add(
+    GeneratorPreset(
+        "sdxl-random",
+        "The SDXL base architecture at full size with random weights, built in-process (speed benchmarks only)",
+        "builtin:sdxl-random",
+        "sdxl",
+        num_inference_steps=30,
+        guidance_scale=7.0,
+        height=1024,
+        width=1024,
+    )
+)

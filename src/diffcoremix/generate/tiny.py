@@ -94,7 +94,7 @@ def _scheduler() -> Any:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int) -> Iterator[None]:
+def seeded_init(seed: int) -> Iterator[None]:
     """Seed the global generator that module initialisers draw from, restoring the caller's state afterwards."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -123,7 +123,7 @@ def tiny_sd_pipeline(seed: int = 0) -> Any:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
-    with _seeded(seed):
+    with seeded_init(seed):
         return StableDiffusionPipeline(
             vae=_vae(),
             text_encoder=CLIPTextModel(_text_config(32)),
@@ -142,7 +142,7 @@ def tiny_sdxl_pipeline(seed: int = 0) -> Any:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     text_hidden, time_dim = 32, 8
-    with _seeded(seed):
+    with seeded_init(seed):
         unet = _unet(
             attention_head_dim=(2, 4),
             use_linear_projection=True,
