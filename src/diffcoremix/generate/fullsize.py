@@ -71,7 +71,7 @@ def random_sd15_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32) -> A
             block_out_channels=(320, 640, 1280, 1280),
             layers_per_block=2,
         )
-        pipe = StableDiffusionPipeline(
+        pipe: Any = StableDiffusionPipeline(
             vae=_vae(0.18215),
             text_encoder=_text_encoder(768, 12, 12),
             tokenizer=clip_tokenizer(),
@@ -103,7 +103,7 @@ def random_sdxl_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32) -> A
             addition_time_embed_dim=256,
             projection_class_embeddings_input_dim=2816,
         )
-        pipe = StableDiffusionXLPipeline(
+        pipe: Any = StableDiffusionXLPipeline(
             vae=_vae(0.13025),
             text_encoder=_text_encoder(768, 12, 12),
             text_encoder_2=_text_encoder(1280, 32, 20, projection=1280),
