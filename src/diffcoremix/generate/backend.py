@@ -122,6 +122,8 @@ def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, proven
             cls = (
                 diffusers.StableDiffusionXLPipeline if settings.family == "sdxl" else diffusers.StableDiffusionPipeline
             )
+            if settings.model_config is not None:
+                kwargs["config"] = settings.model_config
             pipe = cls.from_single_file(str(path), **kwargs)
             provenance["model_sha256"] = file_sha256(path)
         else:

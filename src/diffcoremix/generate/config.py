@@ -22,6 +22,9 @@ class GenerateConfig:
     """Replaces the preset's model: a hub id, a local diffusers folder, or a .safetensors/.ckpt checkpoint."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of the model."""
+    model_config: str | None = None
+    """For a single-file checkpoint: a diffusers folder (or hub id) holding the matching component configs;
+    without it diffusers fetches them from the hub, which an offline run cannot."""
     vae: str | None = None
     """Replaces the preset's VAE (hub id or folder)."""
     scheduler: str | None = None
@@ -82,6 +85,7 @@ class GenerationSettings:
     family: Family
     scheduler: str | None
     scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    model_config: str | None = None
     num_inference_steps: int = 1
     guidance_scale: float = 1.0
     height: int = 64
@@ -120,6 +124,7 @@ def resolve_settings(config: GenerateConfig) -> GenerationSettings:
         preset=preset.name,
         model=pick(config.model, preset.model),
         revision=config.revision,
+        model_config=config.model_config,
         vae=pick(config.vae, preset.vae),
         family=preset.family,
         scheduler=scheduler,
