@@ -19,6 +19,7 @@ from diffcoremix.cli.options import add_config_options, config_from_args
 from diffcoremix.config import write_resolved_config
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.data.scan import ScanConfig, scan_dataset
+from diffcoremix.filter.runner import FilterConfig, filter_run
 from diffcoremix.generate.config import GenerateConfig
 from diffcoremix.generate.manifest import MANIFEST_DIR
 from diffcoremix.generate.presets import GENERATOR_PRESETS
@@ -132,6 +133,23 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _filter_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="a generate output folder")
+    parser.add_argument("--data", type=Path, help="the real dataset [default: the one generate recorded]")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_config_file(parser)
+    add_config_options(parser, FilterConfig)
+
+
+def _filter(args: argparse.Namespace) -> int:
+    config = config_from_args(FilterConfig, args, "filter")
+    report = filter_run(args.out, config, data=args.data, progress=_progress(args))
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
+    if not config.calibrate:
+        print(f"accepted images: {args.out / 'train'}   rejected: {args.out / 'rejected'}")
+    return 0
+
+
 def _presets_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
@@ -200,6 +218,8 @@ COMMANDS = (
             _prompts_arguments, _prompts, PromptsConfig),
     Command("generate", "generate counterparts with a diffusers model (resumable, shardable)",
             _generate_arguments, _generate, GenerateConfig),
+    Command("filter", "keep the generated images close to their real reference in embedding space",
+            _filter_arguments, _filter, FilterConfig),
     Command("presets", "list the generator presets", _presets_arguments, _presets),
     Command("packs", "list the prompt packs, or show one", _packs_arguments, _packs),
     Command("sample-data", "write a small procedural class-folder dataset (for demos)", _sample_arguments,

@@ -66,6 +66,11 @@ COLUMNS = (
 batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the message and ``output`` is null)."""
 
 
+FILTER_FILE = "filter.jsonl"
+FILTER_COLUMNS = ("embedder", "reference_rule", "reference", "score", "threshold", "text_score", "accepted")
+"""Columns that ``diffcoremix filter`` adds: what each candidate was compared with, its score, the decision."""
+
+
 def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
     """The manifest file of one shard."""
     return Path(out) / MANIFEST_DIR / f"shard-{rank:05d}-of-{world_size:05d}.jsonl"
@@ -137,7 +142,13 @@ def read_manifest(out: str | Path, *, backend: str = "pandas") -> Any:
         >>> table[table.status == "ok"].output.head()  # doctest: +SKIP
     """
     rows = sorted(latest_by_key(read_records(out)).values(), key=lambda r: r["index"])
-    columns = {name: [r.get(name) for r in rows] for name in COLUMNS}
+    names = list(COLUMNS)
+    decisions = Path(out) / FILTER_FILE
+    if decisions.is_file():  # the filter's decisions, joined by key
+        by_key = {d["key"]: d for d in map(json.loads, decisions.read_text(encoding="utf-8").splitlines())}
+        rows = [{**r, **{c: by_key.get(r["key"], {}).get(c) for c in FILTER_COLUMNS}} for r in rows]
+        names += list(FILTER_COLUMNS)
+    columns = {name: [r.get(name) for r in rows] for name in names}
     if backend == "pyarrow":
         import pyarrow as pa
 
@@ -145,5 +156,5 @@ def read_manifest(out: str | Path, *, backend: str = "pandas") -> Any:
     if backend == "pandas":
         import pandas as pd
 
-        return pd.DataFrame(columns, columns=list(COLUMNS))
+        return pd.DataFrame(columns, columns=names)
     raise ValueError(f"backend must be 'pandas' or 'pyarrow', got {backend!r}")

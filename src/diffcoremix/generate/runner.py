@@ -208,6 +208,7 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     _claim_folder(out, _fingerprint(prompts, settings))
     shared = dataclasses.replace(config, rank=None, world_size=None)  # the same file from every shard
+    atomic_write_text(out / "run.json", json.dumps({"data": str(data.resolve())}, indent=2) + "\n", tag=f"r{rank}-")
     write_resolved_config(out / "config.yaml", {"prompts": prompts, "generate": shared}, data=data, **_versions())
     tag = f"r{rank}-"
     removed = remove_stale_temporaries(out, tag=tag)

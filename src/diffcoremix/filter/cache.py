@@ -1,0 +1,105 @@
+"""Embeddings of image files, batched, decoded in DataLoader workers, and cached on disk.
+
+The cache keys an embedding by the embedder's id and the file's SHA-256, so a renamed or copied image is not
+embedded twice, an edited one is, and a second run over the same real images computes nothing. Each entry is one
+small ``.npy`` file written atomically (a killed run leaves no torn entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from diffcoremix.atomic import atomic_write_bytes
+from diffcoremix.data.images import open_image
+from diffcoremix.filter.embedders import Embedder
+
+logger = logging.getLogger(__name__)
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class EmbeddingCache:
+    """``root/<embedder id hash>/<sha[:2]>/<sha>.npy``; ``hits`` and ``misses`` count lookups."""
+
+    def __init__(self, root: str | Path, embedder_id: str) -> None:
+        self.folder = Path(root) / hashlib.sha256(embedder_id.encode()).hexdigest()[:16]
+        self.embedder_id = embedder_id
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, digest: str) -> Path:
+        return self.folder / digest[:2] / f"{digest}.npy"
+
+    def get(self, digest: str) -> np.ndarray | None:
+        path = self._path(digest)
+        if path.is_file():
+            try:
+                value: np.ndarray = np.load(path)
+                self.hits += 1
+                return value
+            except (OSError, ValueError):  # a damaged entry is recomputed
+                logger.info("recomputing damaged cache entry %s", path)
+        self.misses += 1
+        return None
+
+    def put(self, digest: str, vector: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, vector.astype(np.float32))
+        atomic_write_bytes(self._path(digest), buffer.getvalue())
+
+
+class _Files(Dataset[torch.Tensor]):
+    def __init__(self, paths: Sequence[Path], embedder: Embedder) -> None:
+        self.paths = paths
+        self.embedder = embedder
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.embedder.preprocess(open_image(self.paths[index]))
+
+
+def embed_files(
+    embedder: Embedder,
+    paths: Sequence[str | Path],
+    cache: EmbeddingCache | None = None,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+    desc: str = "embed",
+) -> np.ndarray:
+    """``(N, D)`` unit-norm embeddings of image files, in order; cached ones are read, the rest computed.
+
+    Raises:
+        ImageReadError: a file cannot be decoded.
+    """
+    files = [Path(p) for p in paths]
+    digests = [file_sha256(p) for p in files]
+    vectors: list[np.ndarray | None] = [cache.get(d) if cache else None for d in digests]
+    todo = sorted({digests[i]: i for i, v in enumerate(vectors) if v is None}.values())  # one per content
+    if todo:
+        loader = DataLoader(_Files([files[i] for i in todo], embedder), batch_size=batch_size, num_workers=workers)
+        computed: list[np.ndarray] = []
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+            computed.extend(embedder.embed_images(batch).numpy())
+        by_digest = {digests[i]: v for i, v in zip(todo, computed, strict=True)}
+        for digest, vector in by_digest.items():
+            if cache:
+                cache.put(digest, vector)
+        vectors = [v if v is not None else by_digest[d] for v, d in zip(vectors, digests, strict=True)]
+    if not files:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack([np.asarray(v, dtype=np.float32) for v in vectors])

@@ -1,0 +1,191 @@
+"""Image (and text) embedders for the hard cosine filter (METHOD.md §6) and sample-based context (§3).
+
+One protocol: ``preprocess`` turns an RGB ``PIL`` image into a tensor, ``embed_images`` turns a batch of those
+into L2-normalised rows, ``embed_texts`` does the same for strings where the model has a text tower. Embedders
+are named by a spec string:
+
+- ``tiny``: a real open_clip ``CLIP`` at tiny size, random weights (seeded), built in-process: offline tests;
+- ``open_clip:<model>[:<pretrained>]``: e.g. ``open_clip:ViT-B-32:openai`` (the paper's, the default);
+  ``open_clip:ViT-B-32`` alone gives random weights (speed benchmarks);
+- ``resnet20:<path>``: the CIFAR-10 ResNet-20 of ``../shared/models`` (its 64-d pooled features; no text tower).
+
+``id`` names the model and its weights; the on-disk cache keys embeddings by it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from PIL import Image
+
+from diffcoremix.errors import DiffCoReMixError
+from diffcoremix.registry import Registry
+
+
+class EmbedderLoadError(DiffCoReMixError):
+    """The embedder's weights cannot be had (offline, missing file)."""
+
+
+class Embedder(Protocol):
+    """Maps images (and, where possible, texts) to L2-normalised vectors."""
+
+    id: str
+    """Names the model and its weights (cache key)."""
+    has_text: bool
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """An RGB image -> a ``(C, H, W)`` float tensor ready for :meth:`embed_images`."""
+        ...
+
+    def embed_images(self, batch: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> ``(B, D)`` float32, unit L2 norm, on the CPU."""
+        ...
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Strings -> ``(N, D)`` float32, unit L2 norm; raises for embedders without a text tower."""
+        ...
+
+
+def _normalise(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=-1).cpu()
+
+
+class OpenClipEmbedder:
+    """An open_clip ``CLIP`` model with its evaluation transform and tokenizer."""
+
+    has_text = True
+
+    def __init__(self, model: Any, transform: Callable[[Image.Image], torch.Tensor], tokenizer: Any, id: str,
+                 device: str = "cpu") -> None:  # fmt: skip
+        self.model = model.eval().to(device)
+        self.transform = transform
+        self.tokenizer = tokenizer
+        self.id = id
+        self.device = device
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    @torch.inference_mode()
+    def embed_images(self, batch: torch.Tensor) -> torch.Tensor:
+        return _normalise(self.model.encode_image(batch.to(self.device)))
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        return _normalise(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)))
+
+
+def tiny_open_clip(seed: int = 0, device: str = "cpu") -> OpenClipEmbedder:
+    """A real open_clip ``CLIP`` (ViT image tower, transformer text tower) at tiny size with seeded weights."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+
+    from diffcoremix.generate.tiny import seeded_init
+
+    with seeded_init(seed):
+        model = open_clip.CLIP(
+            embed_dim=32,
+            vision_cfg=CLIPVisionCfg(layers=2, width=64, head_width=16, patch_size=8, image_size=64),
+            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=4, layers=2),
+        )
+    transform = open_clip.image_transform(64, is_train=False)
+    return OpenClipEmbedder(model, transform, open_clip.tokenizer.SimpleTokenizer(), f"tiny-open-clip-seed{seed}",
+                            device)  # fmt: skip
+
+
+def open_clip_embedder(model_name: str, pretrained: str | None, device: str = "cpu") -> OpenClipEmbedder:
+    """An open_clip model by name; ``pretrained`` None gives random weights (seeded, for benchmarks)."""
+    import open_clip
+
+    from diffcoremix.generate.tiny import seeded_init
+
+    try:
+        with seeded_init(0):
+            model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+    except (RuntimeError, OSError, ValueError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise EmbedderLoadError(
+            f"cannot load open_clip model {model_name!r} with weights {pretrained!r} ({reason}). Without network "
+            "access, use --embedder tiny (built in) or --embedder resnet20:PATH, or put the weights file's path as "
+            "the pretrained tag (open_clip:ViT-B-32:/path/to/open_clip_pytorch_model.bin)"
+        ) from err
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return OpenClipEmbedder(model, transform, tokenizer, f"open_clip:{model_name}:{pretrained or 'random-seed0'}",
+                            device)  # fmt: skip
+
+
+class ModuleEmbedder:
+    """Any torch module used as a feature extractor, with its own transform (no text tower)."""
+
+    has_text = False
+
+    def __init__(self, module: torch.nn.Module, transform: Callable[[Image.Image], torch.Tensor], id: str,
+                 device: str = "cpu") -> None:  # fmt: skip
+        self.module = module.eval().to(device)
+        self.transform = transform
+        self.id = id
+        self.device = device
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image)
+
+    @torch.inference_mode()
+    def embed_images(self, batch: torch.Tensor) -> torch.Tensor:
+        return _normalise(self.module(batch.to(self.device)).flatten(1))
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        raise DiffCoReMixError(f"embedder {self.id} has no text tower: the text check and --context sample need a "
+                               "CLIP embedder")  # fmt: skip
+
+
+def resnet20_embedder(path: str | Path, device: str = "cpu") -> ModuleEmbedder:
+    """The CIFAR-10 ResNet-20 checkpoint's 64-d pooled features (images resized to 32 x 32)."""
+    from torchvision.transforms import v2
+
+    from diffcoremix.filter.resnet20 import load_resnet20
+
+    path = Path(path)
+    if not path.is_file():
+        raise EmbedderLoadError(f"ResNet-20 checkpoint {path} does not exist")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    transform = v2.Compose([
+        v2.Resize((32, 32), antialias=True),
+        v2.PILToTensor(),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+    ])  # fmt: skip
+    return ModuleEmbedder(load_resnet20(path).features, transform, f"resnet20:{digest}", device)
+
+
+EMBEDDERS: Registry[Callable[[str, str], Embedder]] = Registry("embedder")
+"""Spec prefix -> ``factory(argument, device)``; the argument is the spec after the first ``:``."""
+
+
+@EMBEDDERS.register("tiny")
+def _tiny(argument: str, device: str) -> Embedder:
+    return tiny_open_clip(int(argument or 0), device)
+
+
+@EMBEDDERS.register("open_clip")
+def _open_clip(argument: str, device: str) -> Embedder:
+    name, _, pretrained = argument.partition(":")
+    return open_clip_embedder(name or "ViT-B-32", pretrained or None, device)
+
+
+@EMBEDDERS.register("resnet20")
+def _resnet20(argument: str, device: str) -> Embedder:
+    return resnet20_embedder(argument, device)
+
+
+def load_embedder(spec: str, device: str = "cpu") -> Embedder:
+    """An embedder from its spec (``tiny``, ``open_clip:ViT-B-32:openai``, ``resnet20:PATH``).
+
+    Raises:
+        UnknownNameError: unknown kind; EmbedderLoadError: weights cannot be loaded.
+    """
+    kind, _, argument = spec.partition(":")
+    return EMBEDDERS.get(kind)(argument, device)

@@ -1,0 +1,197 @@
+"""The hard cosine filter: reference rules on hand-made embeddings, and `filter` on tiny generations via the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torchvision.datasets import ImageFolder
+
+from diffcoremix import PromptsConfig
+from diffcoremix.filter import FilterConfig, RealIndex, filter_run, load_embedder, score_candidates, suggest_threshold
+from diffcoremix.filter.resnet20 import load_resnet20
+from diffcoremix.generate import GenerateConfig, generate, read_manifest
+
+from .helpers import make_class_folders, run_cli, shared_data_dir
+
+
+def _unit(*values: float) -> np.ndarray:
+    v = np.array(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+@pytest.fixture
+def index() -> RealIndex:
+    # Class "a": a0 along x, a1 along y (listing order: a0 first). Class "b": one image along z.
+    vectors = {"a/a0.png": _unit(1, 0, 0), "a/a1.png": _unit(0, 1, 0), "b/b0.png": _unit(0, 0, 1)}
+    return RealIndex(vectors, {"a": ["a/a0.png", "a/a1.png"], "b": ["b/b0.png"]})
+
+
+def test_source_rule_compares_with_the_candidates_own_source(index: RealIndex) -> None:
+    refs = score_candidates("source", index, np.stack([_unit(0, 1, 0)]), ["a/a1.png"], ["a"])
+    assert (refs[0].reference, refs[0].score) == ("a/a1.png", pytest.approx(1.0))
+
+
+def test_first_rule_takes_the_first_listed_image_whatever_the_source(index: RealIndex) -> None:
+    refs = score_candidates("first", index, np.stack([_unit(0, 1, 0)]), ["a/a1.png"], ["a"])
+    assert (refs[0].reference, refs[0].score) == ("a/a0.png", pytest.approx(0.0, abs=1e-6))
+
+
+def test_knn_rule_takes_the_closest_image_of_the_class(index: RealIndex) -> None:
+    candidate = _unit(0.2, 1, 0.9)  # closest overall to b0's z? no: knn looks only inside class a
+    refs = score_candidates("knn", index, np.stack([candidate]), ["a/a0.png"], ["a"])
+    assert refs[0].reference == "a/a1.png"
+    assert refs[0].score == pytest.approx(float(candidate @ _unit(0, 1, 0)))
+
+
+def test_prototype_rule_uses_the_normalised_class_mean(index: RealIndex) -> None:
+    refs = score_candidates("prototype", index, np.stack([_unit(1, 1, 0)]), ["a/a0.png"], ["a"])
+    assert refs[0].reference == "prototype:a"
+    assert refs[0].score == pytest.approx(1.0)
+
+
+def test_calibration_statistics_by_hand() -> None:
+    vectors = {f"a/{i}": v for i, v in enumerate([_unit(1, 0), _unit(1, 1), _unit(0, 1)])}
+    threshold, stats = suggest_threshold(RealIndex(vectors, {"a": list(vectors)}))
+    pairs = sorted([float(_unit(1, 0) @ _unit(1, 1)), 0.0, float(_unit(1, 1) @ _unit(0, 1))])
+    assert stats["a"]["pairs"] == 3
+    assert stats["a"]["min"] == pytest.approx(pairs[0], abs=1e-6)
+    assert stats["a"]["median"] == pytest.approx(pairs[1])
+    assert threshold == pytest.approx(float(np.quantile(pairs, 0.1)), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("filter")
+    data = make_class_folders(root / "data", {"001.cat": 3, "002.dog": 3})
+    out = root / "out"
+    generate(data, out, PromptsConfig(per_image=2), GenerateConfig(preset="tiny", num_inference_steps=2))
+    return out
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.png")}
+
+
+def test_decisions_follow_the_threshold_exactly_and_refiltering_loses_nothing(generated: Path) -> None:
+    images_before = _files(generated / "images")
+    first = run_cli("filter", generated, "--embedder", "tiny", "--threshold", "0.0")
+    assert first.returncode == 0, first.stderr
+    scores = sorted(read_manifest(generated).score)
+    assert len(scores) == 12
+    # A threshold equal to a candidate's score keeps it (>=) and rejects every lower one.
+    cut = scores[5]
+    result = run_cli("filter", generated, "--embedder", "tiny", "--threshold", repr(cut))
+    assert result.returncode == 0, result.stderr
+    table = read_manifest(generated)
+    assert (table.accepted == (table.score >= cut)).all()
+    assert int(table.accepted.sum()) == sum(s >= cut for s in scores) >= 7
+    assert set(table.threshold) == {cut}
+    # train/ and rejected/ hold every generated image exactly once, under its class; images/ is untouched.
+    train, rejected = _files(generated / "train"), _files(generated / "rejected")
+    assert len(train) == int(table.accepted.sum())
+    assert len(train) + len(rejected) == 12
+    assert sorted(train.values()) + sorted(rejected.values()) != []
+    assert sorted([*train.values(), *rejected.values()]) == sorted(images_before.values())
+    assert _files(generated / "images") == images_before
+    for row in table.itertuples():
+        where = "train" if row.accepted else "rejected"
+        assert (generated / where / row.class_folder / Path(row.output).name).is_file()
+    report = json.loads((generated / "filter_report.json").read_text())
+    assert sum(c["accepted"] for c in report["classes"].values()) == len(train)
+    assert (generated / "filter_report" / "001.cat.png").is_file()
+    # The printed table says the same.
+    all_line = next(line.split() for line in result.stdout.splitlines() if line.startswith("all "))
+    assert all_line[:4] == ["all", "12", str(len(train)), str(12 - len(train))]
+
+
+def test_second_run_hits_the_cache(generated: Path) -> None:
+    config = FilterConfig(embedder="tiny", threshold=0.5)
+    filter_run(generated, config)
+    again = filter_run(generated, config)
+    assert again.cache_misses == 0
+    assert again.cache_hits == 6 + 12  # six real images, twelve generated
+
+
+def test_output_loads_with_image_folder_and_datasets(generated: Path, tmp_path: Path) -> None:
+    import datasets
+
+    report = filter_run(generated, FilterConfig(embedder="tiny", threshold=-1.0))  # keep everything
+    assert sum(c.accepted for c in report.classes.values()) == 12
+    folder = ImageFolder(str(generated / "train"))
+    assert folder.classes == ["001.cat", "002.dog"]
+    assert len(folder) == 12
+    image, label = folder[0]
+    assert image.size == (64, 64)
+    assert label == 0
+    loaded = datasets.load_dataset(
+        "imagefolder", data_dir=str(generated / "train"), split="train", cache_dir=str(tmp_path / "hf")
+    )
+    assert loaded.num_rows == 12
+    assert loaded.features["label"].names == ["001.cat", "002.dog"]
+
+
+def test_calibrate_reports_and_changes_nothing(generated: Path) -> None:
+    decisions = (generated / "filter.jsonl").read_bytes() if (generated / "filter.jsonl").exists() else None
+    result = run_cli("filter", generated, "--embedder", "tiny", "--calibrate")
+    assert result.returncode == 0, result.stderr
+    assert "suggested threshold:" in result.stdout
+    assert "001.cat" in result.stdout
+    calibration = json.loads((generated / "calibration.json").read_text())
+    assert set(calibration["calibration"]) == {"001.cat", "002.dog"}
+    assert calibration["calibration"]["001.cat"]["pairs"] == 3
+    after = (generated / "filter.jsonl").read_bytes() if (generated / "filter.jsonl").exists() else None
+    assert after == decisions
+
+
+def test_text_check_needs_both_scores(generated: Path) -> None:
+    report = filter_run(generated, FilterConfig(embedder="tiny", threshold=-1.0, text_check=1.0))
+    table = read_manifest(generated)
+    assert table.text_score.notna().all()
+    # a text score of exactly 1.0 is (practically) impossible: everything is rejected by the text check
+    assert sum(c.accepted for c in report.classes.values()) == int((table.text_score >= 1.0).sum()) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--threshold", "2"), "--threshold must be in [-1, 1], got 2.0"),
+        (("--reference", "nearest"), "--reference must be one of first, knn, prototype, source, got 'nearest'"),
+        (("--embedder", "clipper"), "unknown embedder 'clipper'; known: open_clip, resnet20, tiny"),
+        (("--embedder", "resnet20:no/such.th"), "ResNet-20 checkpoint no/such.th does not exist"),
+    ],
+)
+def test_bad_filter_options_fail_in_one_line(generated: Path, args: tuple[str, ...], message: str) -> None:
+    result = run_cli("filter", generated, *args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"diffcoremix filter: error: {message}"]
+
+
+def test_offline_default_embedder_names_the_alternatives(generated: Path) -> None:
+    result = run_cli("filter", generated, env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "cannot load open_clip model 'ViT-B-32' with weights 'openai'" in line
+    assert "--embedder tiny" in line
+
+
+@pytest.mark.shared_data
+def test_resnet20_loads_the_shared_checkpoint_and_classifies() -> None:
+    path = shared_data_dir().parent / "models" / "resnet20_cifar10.th"
+    model = load_resnet20(path)
+    embedder = load_embedder(f"resnet20:{path}")
+    from diffcoremix.data import list_images, open_image
+
+    listing = list_images(shared_data_dir() / "cifar10" / "test")
+    items = [i for items in listing.by_class().values() for i in items[:10]]
+    batch = torch.stack([embedder.preprocess(open_image(i.path)) for i in items])
+    with torch.no_grad():
+        accuracy = (model(batch).argmax(1) == torch.tensor([i.label for i in items])).float().mean().item()
+    assert accuracy > 0.6  # about 0.8 on these JPEG re-encoded test images
+    vectors = embedder.embed_images(batch)
+    assert vectors.shape == (100, 64)
+    assert torch.allclose(vectors.norm(dim=1), torch.ones(100))
