@@ -44,7 +44,7 @@ def test_configs_are_frozen() -> None:
         ({"seed": -3}, "seed must be >= 0, got -3"),
         ({"per_image": "2"}, "per_image must be an integer, got '2'"),
         ({"per_image": True}, "per_image must be an integer, got True"),
-        ({"context": "nope"}, "context must be one of fixed, random, got 'nope'"),
+        ({"context": "nope"}, "context must be one of fixed, random, sample, got 'nope'"),
         ({"context": "fixed"}, "contexts must be at least one context with context=fixed, got ()"),
         ({"contexts": ("x",)}, "contexts must be empty unless context=fixed, got ('x',)"),
         ({"domain": "  "}, "domain must be a non-empty word, got '  '"),

@@ -195,3 +195,49 @@ def test_resnet20_loads_the_shared_checkpoint_and_classifies() -> None:
     vectors = embedder.embed_images(batch)
     assert vectors.shape == (100, 64)
     assert torch.allclose(vectors.norm(dim=1), torch.ones(100))
+
+
+def test_sample_context_takes_the_best_matching_context_with_top_k_1(tmp_path: Path) -> None:
+    from diffcoremix import build_prompts, load_pack
+    from diffcoremix.data import open_image
+
+    data = make_class_folders(tmp_path / "data", {"001.cat": 2, "002.dog": 2})
+    plan = build_prompts(data, PromptsConfig(pack="pets", context="sample", context_embedder="tiny", top_k=1))
+    embedder = load_embedder("tiny")
+    contexts = list(load_pack("pets").contexts)
+    for record in plan.records:
+        image = embedder.embed_images(embedder.preprocess(open_image(data / record.source))[None])[0]
+        texts = embedder.embed_texts([f"a photo of a {record.class_name}, {c}" for c in contexts])
+        sims = (texts @ image).numpy()
+        assert record.context == contexts[int(sims.argmax())]
+        assert record.context_score == pytest.approx(float(sims.max()), abs=1e-5)
+
+
+def test_sample_context_draws_within_top_k_and_reaches_the_manifest(tmp_path: Path) -> None:
+    data = make_class_folders(tmp_path / "data", {"001.cat": 3})
+    out = tmp_path / "out"
+    result = run_cli(
+        "generate", data, "-o", out, "--preset", "tiny", "--num-inference-steps", "1", "--per-image", "4",
+        "--pack", "pets", "--context", "sample", "--context-embedder", "tiny", "--top-k", "3",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    table = read_manifest(out)
+    assert table.context_score.notna().all()
+    assert table.context.nunique() > 1  # four draws per image among its top 3
+
+
+def test_sample_context_needs_a_text_tower(tmp_path: Path) -> None:
+    data = make_class_folders(tmp_path / "data", {"001.cat": 1})
+    checkpoint = shared_data_dir().parent / "models" / "resnet20_cifar10.th"
+    result = run_cli(
+        "prompts",
+        data,
+        "-o",
+        tmp_path / "p.jsonl",
+        "--context",
+        "sample",
+        "--context-embedder",
+        f"resnet20:{checkpoint}",
+    )
+    assert result.returncode == 2
+    assert "--context-embedder must be an image-text embedder (a CLIP model) for sample" in result.stderr

@@ -20,7 +20,7 @@ from diffcoremix.config import check_types, require
 from diffcoremix.counterparts import plan_candidates
 from diffcoremix.data.classnames import load_class_map
 from diffcoremix.data.folder import DatasetListing, list_images
-from diffcoremix.prompts.context import CONTEXT_SELECTORS, ContextRequest, ContextSelector
+from diffcoremix.prompts.context import CONTEXT_SELECTORS, ContextRequest, ContextSelector, SelectorOptions
 from diffcoremix.prompts.negatives import NegativeConflict, filter_negatives
 from diffcoremix.prompts.packs import PromptPack, load_pack
 from diffcoremix.seeds import derive_seed, stable_choice
@@ -37,11 +37,14 @@ class PromptsConfig:
     domain: str | None = None
     """Domain word filling ``{domain}``; null takes the pack's own (e.g. use "car" with the paper pack on cars)."""
     context: str = "random"
-    """How a context is chosen per candidate: random (the pack's bank, uniformly) or fixed (from --contexts)."""
+    """How a context is chosen per candidate: random (the pack's bank, uniformly), fixed (from --contexts), or
+    sample (the pack's contexts ranked by image-text similarity to the source image; top-k drawn)."""
     contexts: tuple[str, ...] = ()
     """The user's contexts, for --context fixed."""
     top_k: int = 3
-    """For similarity-based context selection: draw among the k best-matching contexts."""
+    """For --context sample: draw among the k contexts that best match the source image."""
+    context_embedder: str = "open_clip:ViT-B-32:openai"
+    """For --context sample: the image-text embedder that ranks contexts (tiny for offline runs)."""
     fraction: float = 1.0
     """Share of each class's images that get counterparts, in (0, 1]; the reference code used 0.3."""
     per_image: int = 1
@@ -139,7 +142,8 @@ def build_prompts(
     names = listing.class_names(load_class_map(config.class_map) if config.class_map else None)
     candidates = plan_candidates(listing, fraction=config.fraction, per_image=config.per_image, seed=config.seed)
     if selector is None:
-        selector = CONTEXT_SELECTORS.get(config.context)(pack, config.contexts, config.top_k)
+        options = SelectorOptions(config.contexts, config.top_k, config.context_embedder)
+        selector = CONTEXT_SELECTORS.get(config.context)(pack, options)
     requests = [
         ContextRequest(
             key=c.key,

@@ -7,8 +7,7 @@ choice per request. Selectors are registered by name; a factory takes the pack a
   own derived seed, so a candidate's context does not depend on any other candidate.
 - ``fixed``: uniform over a user-given list (one entry means always that one).
 - ``sample`` (the method's default) ranks the bank by CLIP text-image similarity to the source image and
-  draws from the top-k; it needs an image-text embedder and is registered by the filter stage, with this
-  same interface (a ``score`` per choice).
+  draws from the top-k (:class:`diffcoremix.filter.context.SampleContext`); each choice carries its score.
 """
 
 from __future__ import annotations
@@ -48,8 +47,21 @@ class ContextSelector(Protocol):
     def choose(self, requests: Sequence[ContextRequest]) -> list[ContextChoice]: ...
 
 
-SelectorFactory = Callable[[PromptPack, Sequence[str], int], ContextSelector]
-"""``factory(pack, user_contexts, top_k)`` -> selector."""
+@dataclass(frozen=True)
+class SelectorOptions:
+    """What a selector factory may use besides the pack (from :class:`~diffcoremix.prompts.PromptsConfig`)."""
+
+    contexts: tuple[str, ...] = ()
+    """The user's contexts (``fixed``)."""
+    top_k: int = 3
+    """Draw among the k best-matching contexts (``sample``)."""
+    embedder: str = "open_clip:ViT-B-32:openai"
+    """Image-text embedder spec (``sample``)."""
+    device: str = "auto"
+
+
+SelectorFactory = Callable[[PromptPack, SelectorOptions], ContextSelector]
+"""``factory(pack, options)`` -> selector."""
 
 CONTEXT_SELECTORS: Registry[SelectorFactory] = Registry("context selector")
 
@@ -68,10 +80,21 @@ class UniformContext:
 
 
 @CONTEXT_SELECTORS.register("random")
-def _random(pack: PromptPack, user_contexts: Sequence[str], top_k: int) -> ContextSelector:
+def _random(pack: PromptPack, options: SelectorOptions) -> ContextSelector:
     return UniformContext(pack.contexts)
 
 
 @CONTEXT_SELECTORS.register("fixed")
-def _fixed(pack: PromptPack, user_contexts: Sequence[str], top_k: int) -> ContextSelector:
-    return UniformContext(user_contexts)
+def _fixed(pack: PromptPack, options: SelectorOptions) -> ContextSelector:
+    return UniformContext(options.contexts)
+
+
+@CONTEXT_SELECTORS.register("sample")
+def _sample(pack: PromptPack, options: SelectorOptions) -> ContextSelector:
+    # The embedder (torch, open_clip) is imported only when this selector is used.
+    from diffcoremix.filter.context import SampleContext
+    from diffcoremix.filter.embedders import load_embedder
+    from diffcoremix.generate.config import resolve_device
+
+    embedder = load_embedder(options.embedder, resolve_device(options.device))
+    return SampleContext(embedder, pack.contexts, options.top_k)
