@@ -19,9 +19,10 @@ demo: $(STAMP)
 	$(BIN)/diffcoremix sample-data $(DEMO_OUT)/data --overwrite
 	$(BIN)/diffcoremix scan $(DEMO_OUT)/data
 	$(BIN)/diffcoremix prompts $(DEMO_OUT)/data --pack generic --seed 0 -o $(DEMO_OUT)/prompts.jsonl
-	$(BIN)/diffcoremix generate $(DEMO_OUT)/data -o $(DEMO_OUT)/generated --preset tiny --pack generic --seed 0
-	@echo "manifest of $(DEMO_OUT)/generated (first rows):"
-	@$(BIN)/python -c "import diffcoremix as d; print(d.read_manifest('$(DEMO_OUT)/generated')[['key', 'status', 'prompt', 'output']].head().to_string())"
+	$(BIN)/diffcoremix augment $(DEMO_OUT)/data -o $(DEMO_OUT)/augmented --preset tiny --embedder tiny --context sample \
+		--context-embedder tiny --pack generic --seed 0 --per-image 2 --threshold 0.9 --retries 1
+	@echo "manifest of $(DEMO_OUT)/augmented (first rows):"
+	@$(BIN)/python -c "import diffcoremix as d; print(d.read_manifest('$(DEMO_OUT)/augmented')[['key', 'context', 'score', 'accepted']].head().to_string())"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -18,6 +18,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from diffcoremix.augment import AugmentResult, augment
 from diffcoremix.counterparts import Candidate, plan_candidates
 from diffcoremix.data import (
     DatasetListing,
@@ -39,12 +40,14 @@ from diffcoremix.errors import (
     PackError,
     UnknownNameError,
 )
+from diffcoremix.filter import FilterConfig, FilterReport, filter_run
 from diffcoremix.generate import GenerateConfig, GenerationSummary, generate, read_manifest
 from diffcoremix.prompts import PromptPlan, PromptsConfig, build_prompts, list_packs, load_pack
 from diffcoremix.registry import Registry
 from diffcoremix.seeds import derive_seed
 
 __all__ = [
+    "AugmentResult",
     "Candidate",
     "ClassFolderDataset",
     "ClassMapError",
@@ -52,6 +55,8 @@ __all__ = [
     "DatasetError",
     "DatasetListing",
     "DiffCoReMixError",
+    "FilterConfig",
+    "FilterReport",
     "GenerateConfig",
     "GenerationSummary",
     "ImageReadError",
@@ -63,8 +68,10 @@ __all__ = [
     "ScanReport",
     "UnknownNameError",
     "__version__",
+    "augment",
     "build_prompts",
     "derive_seed",
+    "filter_run",
     "generate",
     "list_images",
     "list_packs",

@@ -7,6 +7,7 @@ turned into one-line messages by :mod:`diffcoremix.cli.main`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffcoremix.atomic import atomic_write_text
+from diffcoremix.augment import augment
 from diffcoremix.cli.options import add_config_options, config_from_args
 from diffcoremix.config import write_resolved_config
 from diffcoremix.data.sample import make_sample_dataset
@@ -150,6 +152,44 @@ def _filter(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- augment ----------------------------------------------------------------------------------------------------
+
+_FILTER_SHARED = ("batch_size", "device", "workers", "calibrate", "cache_dir")
+"""Filter options that augment does not expose (it shares the generation's device; calibration is its own job)."""
+
+
+def _augment_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, help="class-folder dataset (read only)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder (resumable)")
+    parser.add_argument(
+        "--retries", type=int, default=0, metavar="R",
+        help="regenerate a rejected candidate with a new seed up to R times, until its class's budget is met [0]",
+    )  # fmt: skip
+    _add_config_file(parser)
+    add_config_options(parser, GenerateConfig)
+    add_config_options(parser, PromptsConfig)
+    add_config_options(parser, FilterConfig, skip=_FILTER_SHARED)
+
+
+def _augment(args: argparse.Namespace) -> int:
+    prompts = config_from_args(PromptsConfig, args, "prompts")
+    generate_config = config_from_args(GenerateConfig, args, "generate")
+    filter_config = config_from_args(FilterConfig, args, "filter", skip=_FILTER_SHARED)
+    filter_config = dataclasses.replace(filter_config, device=generate_config.device)
+    result = augment(
+        args.data, args.output, prompts, generate_config, filter_config, retries=args.retries,
+        progress=_progress(args),
+    )  # fmt: skip
+    print(result.report.to_text())
+    short = {c: n - result.accepted.get(c, 0) for c, n in result.budget.items() if result.accepted.get(c, 0) < n}
+    print(
+        f"{sum(result.accepted.values())} accepted of a budget of {sum(result.budget.values())} after "
+        f"{result.attempts} round(s)" + (f"; short in {len(short)} class(es)" if short else "; every budget met")
+    )
+    print(f"accepted images: {args.output / 'train'}   manifest: {args.output / MANIFEST_DIR}")
+    return 0
+
+
 def _presets_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
@@ -220,6 +260,8 @@ COMMANDS = (
             _generate_arguments, _generate, GenerateConfig),
     Command("filter", "keep the generated images close to their real reference in embedding space",
             _filter_arguments, _filter, FilterConfig),
+    Command("augment", "the main job: generate, filter, and regenerate rejects until each class's budget is met",
+            _augment_arguments, _augment, GenerateConfig),
     Command("presets", "list the generator presets", _presets_arguments, _presets),
     Command("packs", "list the prompt packs, or show one", _packs_arguments, _packs),
     Command("sample-data", "write a small procedural class-folder dataset (for demos)", _sample_arguments,

@@ -86,9 +86,12 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
         )
 
 
-def config_from_args(cls: type, args: argparse.Namespace, section: str) -> Any:
-    """The stage config: the dataclass defaults, then ``--config`` (file or preset), then explicit flags."""
-    names = {f.name for f in dataclasses.fields(cls)}
+def config_from_args(cls: type, args: argparse.Namespace, section: str, *, skip: tuple[str, ...] = ()) -> Any:
+    """The stage config: the dataclass defaults, then ``--config`` (file or preset), then explicit flags.
+
+    ``skip`` names fields whose flags belong to another stage of the same command (``augment``'s batch size).
+    """
+    names = {f.name for f in dataclasses.fields(cls)} - set(skip)
     flags = {k: v for k, v in vars(args).items() if k in names}
     file_layer = load_config_file(args.config, section) if getattr(args, "config", None) else {}
     return build_config(cls, file_layer, flags, section=section)

@@ -40,6 +40,7 @@ COLUMNS = (
     "class_name",
     "label",
     "k",
+    "attempt",
     "seed",
     "prompt",
     "negative_prompt",

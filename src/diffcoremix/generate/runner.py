@@ -75,8 +75,10 @@ def sha256_file(path: str | Path) -> str:
 
 
 def output_relpath(record: PromptRecord) -> str:
-    """Where a candidate's image goes, relative to OUT: ``images/<source path>.k<k>.png`` (a class-folder tree)."""
-    return f"{IMAGES_DIR}/{record.source}.k{record.k}.png"
+    """Where a candidate's image goes, relative to OUT: ``images/<source path>.k<k>.png`` (a class-folder tree);
+    a regeneration adds ``.r<attempt>``."""
+    retry = f".r{record.attempt}" if record.attempt else ""
+    return f"{IMAGES_DIR}/{record.source}.k{record.k}{retry}.png"
 
 
 def _check_folders(data: Path, out: Path) -> None:
@@ -176,6 +178,7 @@ def generate(
     config: GenerateConfig | None = None,
     *,
     generator: ImageGenerator | None = None,
+    records: Sequence[PromptRecord] | None = None,
     progress: bool = False,
 ) -> GenerationSummary:
     """Generate the counterparts of a class-folder dataset into ``out``, resuming whatever is already there.
@@ -186,6 +189,8 @@ def generate(
         prompts: prompt options (which images, how many counterparts, packs, seeds).
         config: generation options (preset, model, sampling, batching, device, sharding).
         generator: an already-built :class:`ImageGenerator` to use instead of loading ``config``'s model.
+        records: the candidates to make, instead of ``build_prompts(data, prompts)`` (``augment`` appends
+            regenerations of rejected candidates to the plan this way).
         progress: show a progress bar (images/s and ETA) on stderr.
 
     Returns:
@@ -202,8 +207,10 @@ def generate(
     _check_folders(data, out)
     settings = resolve_settings(config)
     rank, world_size = resolve_shard(config.rank, config.world_size)
-    plan = build_prompts(list_images(data), prompts)
-    plan.warn_conflicts()
+    if records is None:
+        plan = build_prompts(list_images(data), prompts)
+        plan.warn_conflicts()
+        records = plan.records
 
     out.mkdir(parents=True, exist_ok=True)
     _claim_folder(out, _fingerprint(prompts, settings))
@@ -217,7 +224,7 @@ def generate(
 
     # Batches are fixed chunks of the plan, and shards take whole chunks: an image is computed in the same
     # batch whichever shard runs it and however often the run was interrupted, so its bytes are the same.
-    indexed = list(enumerate(plan.records))
+    indexed = list(enumerate(records))
     chunks = [indexed[i : i + config.batch_size] for i in range(0, len(indexed), config.batch_size)]
     mine_chunks = chunks[rank::world_size]
     mine = [item for chunk in mine_chunks for item in chunk]
@@ -248,7 +255,7 @@ def generate(
     writer.compact([final[r.key] for _, r in mine if r.key in final], tag=tag)
     return GenerationSummary(
         out=out,
-        planned=len(plan.records),
+        planned=len(records),
         shard=len(mine),
         skipped=len(mine) - remaining,
         generated=generated,
@@ -340,6 +347,7 @@ def _entry(
         "class_name": record.class_name,
         "label": record.label,
         "k": record.k,
+        "attempt": record.attempt,
         "seed": record.seed,
         "prompt": record.prompt,
         "negative_prompt": record.negative_prompt,

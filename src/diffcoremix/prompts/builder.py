@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import Counter
@@ -87,6 +88,15 @@ class PromptRecord:
     context_score: float | None
     template: str
     dropped_negatives: tuple[str, ...]
+    attempt: int = 0
+    """0 for a planned candidate; r for its r-th regeneration after a rejection (``augment --retries``)."""
+
+    def retry(self, attempt: int) -> PromptRecord:
+        """The same candidate's ``attempt``-th regeneration: same prompt, a new derived seed and key."""
+        base = self.key.split("@", 1)[0]
+        return dataclasses.replace(
+            self, key=f"{base}@r{attempt}", seed=derive_seed(self.seed, "retry", attempt), attempt=attempt
+        )
 
     def to_json(self) -> str:
         record: dict[str, Any] = asdict(self)
