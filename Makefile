@@ -39,6 +39,8 @@ test-all: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
+	$(BIN)/python benchmarks/filter_quality.py
+	$(BIN)/python benchmarks/filter_speed.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

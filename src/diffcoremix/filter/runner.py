@@ -220,7 +220,13 @@ def filter_run(
     classes = sorted(set(ok.class_folder))
     by_class = listing.by_class()
     members = {c: [i.relpath for i in by_class.get(c, [])] for c in classes}
-    needed = sorted({p for c in classes for p in members[c]} | set(ok.source))
+    # Embed only the real images the rule compares with: sources, the classes' first images, or whole classes.
+    if config.reference == "first" and not config.calibrate:
+        members = {c: paths[:1] for c, paths in members.items()}
+    elif config.reference == "source" and not config.calibrate:
+        members = {}
+    sources = set(ok.source) if config.reference == "source" else set()
+    needed = sorted({p for paths in members.values() for p in paths} | sources)
     real = embed_files(embedder, [data / p for p in needed], cache, desc="embed real", **kwargs)
     index = RealIndex(dict(zip(needed, real, strict=True)), members)
     report = FilterReport(config.threshold, config.reference, embedder.id, {})
