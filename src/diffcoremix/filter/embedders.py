@@ -7,6 +7,7 @@ are named by a spec string:
 - ``tiny``: a real open_clip ``CLIP`` at tiny size, random weights (seeded), built in-process: offline tests;
 - ``open_clip:<model>[:<pretrained>]``: e.g. ``open_clip:ViT-B-32:openai`` (the paper's, the default);
   ``open_clip:ViT-B-32`` alone gives random weights (speed benchmarks);
+- ``hf:<hub id or folder>``: a Hugging Face transformers ``CLIPModel`` (e.g. ``hf:openai/clip-vit-base-patch32``);
 - ``resnet20:<path>``: the CIFAR-10 ResNet-20 of ``../shared/models`` (its 64-d pooled features; no text tower).
 
 ``id`` names the model and its weights; the on-disk cache keys embeddings by it.
@@ -161,6 +162,51 @@ def resnet20_embedder(path: str | Path, device: str = "cpu") -> ModuleEmbedder:
     return ModuleEmbedder(load_resnet20(path).features, transform, f"resnet20:{digest}", device)
 
 
+class HFClipEmbedder:
+    """A Hugging Face transformers ``CLIPModel`` with its image processor and tokenizer (hub id or folder)."""
+
+    has_text = True
+
+    def __init__(self, name_or_path: str, device: str = "cpu") -> None:
+        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+        try:
+            self.model = CLIPModel.from_pretrained(name_or_path).eval().to(device)
+            self.processor = CLIPImageProcessor.from_pretrained(name_or_path)
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        except (OSError, ValueError) as err:
+            reason = " ".join(str(err).split())[:300]
+            raise EmbedderLoadError(
+                f"cannot load transformers CLIP {name_or_path!r} ({reason}). Without network access, use "
+                "--embedder tiny, or hf:<local folder> holding a saved CLIPModel, image processor and tokenizer"
+            ) from err
+        path = Path(name_or_path)
+        weights = sorted(path.glob("*.safetensors")) if path.is_dir() else []
+        digest = hashlib.sha256(b"".join(w.read_bytes() for w in weights)).hexdigest()[:16] if weights else "hub"
+        self.id = f"hf-clip:{name_or_path}:{digest}"
+        self.device = device
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        pixels: torch.Tensor = self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return pixels
+
+    @torch.inference_mode()
+    def embed_images(self, batch: torch.Tensor) -> torch.Tensor:
+        return _normalise(_features(self.model.get_image_features(pixel_values=batch.to(self.device))))
+
+    @torch.inference_mode()
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
+        return _normalise(_features(self.model.get_text_features(**tokens)))
+
+
+def _features(output: Any) -> torch.Tensor:
+    # transformers 5 returns a model output with the projected embeddings as pooler_output; 4.x a tensor.
+    if isinstance(output, torch.Tensor):
+        return output
+    return output.pooler_output  # type: ignore[no-any-return]
+
+
 EMBEDDERS: Registry[Callable[[str, str], Embedder]] = Registry("embedder")
 """Spec prefix -> ``factory(argument, device)``; the argument is the spec after the first ``:``."""
 
@@ -174,6 +220,11 @@ def _tiny(argument: str, device: str) -> Embedder:
 def _open_clip(argument: str, device: str) -> Embedder:
     name, _, pretrained = argument.partition(":")
     return open_clip_embedder(name or "ViT-B-32", pretrained or None, device)
+
+
+@EMBEDDERS.register("hf")
+def _hf(argument: str, device: str) -> Embedder:
+    return HFClipEmbedder(argument or "openai/clip-vit-base-patch32", device)
 
 
 @EMBEDDERS.register("resnet20")
