@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/filter_quality.py
 	$(BIN)/python benchmarks/filter_speed.py
+	$(BIN)/python benchmarks/augment.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
