@@ -55,16 +55,15 @@ def _normalise(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=-1).cpu()
 
 
-class OpenClipEmbedder:
-    """An open_clip ``CLIP`` model with its evaluation transform and tokenizer."""
+class ModuleEmbedder:
+    """Any torch module used as a feature extractor, with its own transform (no text tower)."""
 
-    has_text = True
+    has_text = False
 
-    def __init__(self, model: Any, transform: Callable[[Image.Image], torch.Tensor], tokenizer: Any, id: str,
+    def __init__(self, module: torch.nn.Module, transform: Callable[[Image.Image], torch.Tensor], id: str,
                  device: str = "cpu") -> None:  # fmt: skip
-        self.model = model.eval().to(device)
+        self.module: Any = module.eval().to(device)
         self.transform = transform
-        self.tokenizer = tokenizer
         self.id = id
         self.device = device
 
@@ -73,11 +72,30 @@ class OpenClipEmbedder:
 
     @torch.inference_mode()
     def embed_images(self, batch: torch.Tensor) -> torch.Tensor:
-        return _normalise(self.model.encode_image(batch.to(self.device)))
+        return _normalise(self.module(batch.to(self.device)).flatten(1))
+
+    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        raise DiffCoReMixError(f"embedder {self.id} has no text tower: the text check and --context sample need a "
+                               "CLIP embedder")  # fmt: skip
+
+
+class OpenClipEmbedder(ModuleEmbedder):
+    """An open_clip ``CLIP`` model with its evaluation transform and tokenizer."""
+
+    has_text = True
+
+    def __init__(self, model: Any, transform: Callable[[Image.Image], torch.Tensor], tokenizer: Any, id: str,
+                 device: str = "cpu") -> None:  # fmt: skip
+        super().__init__(model, transform, id, device)
+        self.tokenizer = tokenizer
+
+    @torch.inference_mode()
+    def embed_images(self, batch: torch.Tensor) -> torch.Tensor:
+        return _normalise(self.module.encode_image(batch.to(self.device)))
 
     @torch.inference_mode()
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        return _normalise(self.model.encode_text(self.tokenizer(list(texts)).to(self.device)))
+        return _normalise(self.module.encode_text(self.tokenizer(list(texts)).to(self.device)))
 
 
 def tiny_open_clip(seed: int = 0, device: str = "cpu") -> OpenClipEmbedder:
@@ -117,30 +135,6 @@ def open_clip_embedder(model_name: str, pretrained: str | None, device: str = "c
     tokenizer = open_clip.get_tokenizer(model_name)
     return OpenClipEmbedder(model, transform, tokenizer, f"open_clip:{model_name}:{pretrained or 'random-seed0'}",
                             device)  # fmt: skip
-
-
-class ModuleEmbedder:
-    """Any torch module used as a feature extractor, with its own transform (no text tower)."""
-
-    has_text = False
-
-    def __init__(self, module: torch.nn.Module, transform: Callable[[Image.Image], torch.Tensor], id: str,
-                 device: str = "cpu") -> None:  # fmt: skip
-        self.module = module.eval().to(device)
-        self.transform = transform
-        self.id = id
-        self.device = device
-
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image)
-
-    @torch.inference_mode()
-    def embed_images(self, batch: torch.Tensor) -> torch.Tensor:
-        return _normalise(self.module(batch.to(self.device)).flatten(1))
-
-    def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        raise DiffCoReMixError(f"embedder {self.id} has no text tower: the text check and --context sample need a "
-                               "CLIP embedder")  # fmt: skip
 
 
 def resnet20_embedder(path: str | Path, device: str = "cpu") -> ModuleEmbedder:
