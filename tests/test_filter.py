@@ -265,3 +265,10 @@ def test_transformers_clip_from_a_local_folder(generated: Path, tmp_path: Path) 
     assert all(str(e).startswith(f"hf-clip:{folder}:") for e in table.embedder)
     assert (table.accepted == (table.score >= 0.5)).all()
     assert table.text_score.notna().all()
+
+
+def test_the_config_knows_every_registered_reference_rule() -> None:
+    from diffcoremix.filter import REFERENCE_RULES
+    from diffcoremix.filter.config import REFERENCE_RULE_NAMES
+
+    assert list(REFERENCE_RULE_NAMES) == REFERENCE_RULES.names()

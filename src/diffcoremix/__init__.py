@@ -18,7 +18,6 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-from diffcoremix.augment import AugmentResult, augment
 from diffcoremix.counterparts import Candidate, plan_candidates
 from diffcoremix.data import (
     DatasetListing,
@@ -40,7 +39,7 @@ from diffcoremix.errors import (
     PackError,
     UnknownNameError,
 )
-from diffcoremix.filter import FilterConfig, FilterReport, filter_run
+from diffcoremix.filter.config import FilterConfig
 from diffcoremix.generate import GenerateConfig, GenerationSummary, generate, read_manifest
 from diffcoremix.prompts import PromptPlan, PromptsConfig, build_prompts, list_packs, load_pack
 from diffcoremix.registry import Registry
@@ -86,10 +85,19 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    # The torch Dataset is imported on first use, so that the CLI's scan and prompts start without torch.
-    if name == "ClassFolderDataset":
-        from diffcoremix.data.dataset import ClassFolderDataset
+_LAZY = {
+    "ClassFolderDataset": "diffcoremix.data.dataset",
+    "AugmentResult": "diffcoremix.augment",
+    "augment": "diffcoremix.augment",
+    "FilterReport": "diffcoremix.filter.runner",
+    "filter_run": "diffcoremix.filter.runner",
+}
 
-        return ClassFolderDataset
+
+def __getattr__(name: str) -> Any:
+    # Names whose modules import torch are imported on first use, so that the command line starts quickly.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffcoremix.data.folder import list_images
+from diffcoremix.filter.config import FilterConfig
 from diffcoremix.filter.embedders import Embedder
-from diffcoremix.filter.runner import FilterConfig, FilterReport, filter_run
+from diffcoremix.filter.runner import FilterReport, filter_run
 from diffcoremix.generate.backend import ImageGenerator
 from diffcoremix.generate.config import GenerateConfig
 from diffcoremix.generate.manifest import read_manifest

@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffcoremix.atomic import atomic_write_text
-from diffcoremix.augment import augment
 from diffcoremix.cli.options import add_config_options, config_from_args
 from diffcoremix.config import write_resolved_config
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.data.scan import ScanConfig, scan_dataset
-from diffcoremix.filter.runner import FilterConfig, filter_run
+from diffcoremix.filter.config import FilterConfig
 from diffcoremix.generate.config import GenerateConfig
 from diffcoremix.generate.manifest import MANIFEST_DIR
 from diffcoremix.generate.presets import GENERATOR_PRESETS
@@ -144,6 +143,8 @@ def _filter_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _filter(args: argparse.Namespace) -> int:
+    from diffcoremix.filter.runner import filter_run  # imports torch: only when filtering
+
     config = config_from_args(FilterConfig, args, "filter")
     report = filter_run(args.out, config, data=args.data, progress=_progress(args))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
@@ -172,6 +173,8 @@ def _augment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _augment(args: argparse.Namespace) -> int:
+    from diffcoremix.augment import augment  # imports torch: only when augmenting
+
     prompts = config_from_args(PromptsConfig, args, "prompts")
     generate_config = config_from_args(GenerateConfig, args, "generate")
     filter_config = config_from_args(FilterConfig, args, "filter", skip=_FILTER_SHARED)

@@ -1,36 +1,40 @@
-"""Hard cosine filtration (METHOD.md §6): embedders, the embedding cache, reference rules, the filter runner."""
+"""Hard cosine filtration (METHOD.md §6): embedders, the embedding cache, reference rules, the filter runner.
+
+Names are imported on first use, so that importing the package (as the command line does for its options)
+does not load torch.
+"""
 
 from __future__ import annotations
 
-from diffcoremix.filter.cache import EmbeddingCache, embed_files
-from diffcoremix.filter.embedders import (
-    EMBEDDERS,
-    Embedder,
-    EmbedderLoadError,
-    ModuleEmbedder,
-    OpenClipEmbedder,
-    load_embedder,
-    tiny_open_clip,
-)
-from diffcoremix.filter.references import REFERENCE_RULES, RealIndex, Reference, score_candidates, suggest_threshold
-from diffcoremix.filter.runner import FilterConfig, FilterReport, filter_run
+import importlib
+from typing import Any
 
-__all__ = [
-    "EMBEDDERS",
-    "REFERENCE_RULES",
-    "Embedder",
-    "EmbedderLoadError",
-    "EmbeddingCache",
-    "FilterConfig",
-    "FilterReport",
-    "ModuleEmbedder",
-    "OpenClipEmbedder",
-    "RealIndex",
-    "Reference",
-    "embed_files",
-    "filter_run",
-    "load_embedder",
-    "score_candidates",
-    "suggest_threshold",
-    "tiny_open_clip",
-]
+from diffcoremix.filter.config import FilterConfig
+
+_LAZY = {
+    "EmbeddingCache": "cache",
+    "embed_files": "cache",
+    "EMBEDDERS": "embedders",
+    "Embedder": "embedders",
+    "EmbedderLoadError": "embedders",
+    "HFClipEmbedder": "embedders",
+    "ModuleEmbedder": "embedders",
+    "OpenClipEmbedder": "embedders",
+    "load_embedder": "embedders",
+    "tiny_open_clip": "embedders",
+    "REFERENCE_RULES": "references",
+    "RealIndex": "references",
+    "Reference": "references",
+    "score_candidates": "references",
+    "suggest_threshold": "references",
+    "FilterReport": "runner",
+    "filter_run": "runner",
+}
+
+__all__ = ["FilterConfig", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"diffcoremix.filter.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,46 @@
+"""Options of the filter stage (kept free of torch, so that the command line starts quickly)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffcoremix.config import check_types, require
+
+REFERENCE_RULE_NAMES = ("first", "knn", "prototype", "source")
+"""The rules of :mod:`diffcoremix.filter.references` (a test checks that the two lists agree)."""
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Options of ``diffcoremix filter``."""
+
+    embedder: str = "open_clip:ViT-B-32:openai"
+    """Embedder spec: tiny (offline, random weights), open_clip:<model>:<pretrained>, or resnet20:<checkpoint>."""
+    threshold: float = 0.6
+    """Keep a candidate iff cosine(candidate, reference) >= threshold (the paper's 0.6 is for CLIP ViT-B/32)."""
+    reference: str = "source"
+    """Reference rule: source (its own source image), prototype (class mean), knn (closest real image of the
+    class) or first (the class's first image: the reference code's rule)."""
+    text_check: float | None = None
+    """Also require cosine(candidate, text of "a photo of a {class}") >= this (needs a CLIP embedder)."""
+    calibrate: bool = False
+    """Only report real-to-real similarity statistics per class and a suggested threshold; change nothing."""
+    batch_size: int = 64
+    """Images per embedder call."""
+    workers: int = 0
+    """DataLoader worker processes decoding images."""
+    device: str = "auto"
+    """auto (CUDA when available), cpu, cuda or cuda:N."""
+    cache_dir: str | None = None
+    """Where embeddings are cached; null means OUT/cache."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        known = list(REFERENCE_RULE_NAMES)
+        require(self.reference in known, "reference", self.reference, "one of " + ", ".join(known))
+        require(-1.0 <= self.threshold <= 1.0, "threshold", self.threshold, "in [-1, 1]")
+        tc = self.text_check
+        require(tc is None or -1.0 <= tc <= 1.0, "text_check", tc, "in [-1, 1] or null")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        require(self.workers >= 0, "workers", self.workers, ">= 0")
+        require(bool(self.embedder.strip()), "embedder", self.embedder, "a non-empty spec")
