@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffcoremix import ConfigError, PromptsConfig, ScanConfig, UnknownNameError
+from diffcoremix import ConfigError, FilterConfig, GenerateConfig, PromptsConfig, ScanConfig, UnknownNameError
 from diffcoremix.atomic import atomic_write_text
 from diffcoremix.config import (
     PRESET_DIR,
@@ -19,7 +19,7 @@ from diffcoremix.config import (
     write_resolved_config,
 )
 
-STAGES = {"scan": ScanConfig, "prompts": PromptsConfig}
+STAGES = {"scan": ScanConfig, "prompts": PromptsConfig, "generate": GenerateConfig, "filter": FilterConfig}
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
