@@ -1,0 +1,250 @@
+"""Mixers as modules (METHOD.md §7 and the baselines), all with one call signature and explicit generators.
+
+``mixer(x, y, partner=..., has_partner=..., partner_y=..., generator=...) -> MixOutput``:
+
+- ``pixel``, ``patch``, ``diffcoremix``: mix each real image with its own partner (a generated counterpart);
+  ``diffcoremix`` mixes a sample with probability ``p``, choosing pixel or patch with equal odds. Samples without
+  a partner pass through unchanged. Targets stay the real label (hard), or with ``soft_targets`` become
+  ``lam * onehot(y) + (1 - lam) * onehot(partner_y)`` (for cross-class partners).
+- ``mixup``, ``cutmix``: the classical baselines, mixing the batch with itself rolled by one (torchvision v2's
+  pairing and box rule), soft targets.
+- ``substitute``: DA-Fusion-style synthetic substitution: with probability ``p`` the real image is replaced by its
+  partner; the label is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from diffcoremix.mix.functional import (
+    patch_lambda,
+    patch_mix,
+    pixel_mix,
+    sample_beta,
+    sample_cells,
+    select,
+)
+from diffcoremix.registry import Registry
+
+Tensor = torch.Tensor
+
+KIND_NONE, KIND_PIXEL, KIND_PATCH, KIND_SUBSTITUTE, KIND_BATCH = 0, 1, 2, 3, 4
+"""Codes of ``MixOutput.kind``: unchanged, pixel-mixed, patch-mixed, substituted, mixed within the batch."""
+
+
+@dataclass(frozen=True)
+class MixOutput:
+    """A mixed batch."""
+
+    images: Tensor
+    """``(B, C, H, W)``, the input's dtype."""
+    targets: Tensor
+    """``(B,)`` int64 hard labels, or ``(B, K)`` float soft targets."""
+    lam: Tensor
+    """``(B,)`` realised share of the real (first) image; 1 where a sample was not mixed."""
+    kind: Tensor
+    """``(B,)`` int8 codes (``KIND_*``)."""
+
+
+@dataclass(frozen=True)
+class PairParams:
+    """One draw of a pair mixer: replay it with :meth:`PairMix.apply_params`."""
+
+    mix: Tensor
+    """``(B,)`` bool: mix this sample."""
+    patch: Tensor
+    """``(B,)`` bool: by patch (else by pixel)."""
+    lam: Tensor
+    """``(B,)`` pixel-mixing weights of the real image."""
+    cells: Tensor
+    """``(B, g, g)`` bool patch cells taken from the partner."""
+
+
+def one_hot(y: Tensor, num_classes: int | None) -> Tensor:
+    if y.ndim == 2:
+        return y.float()
+    if num_classes is None:
+        raise ValueError("soft targets need num_classes")
+    return nn.functional.one_hot(y.long(), num_classes).float()
+
+
+class PairMix(nn.Module):
+    """Mixes each real image with its own partner, at pixel level, patch level, or either.
+
+    Args:
+        mode: ``pixel``, ``patch`` or ``both`` (pixel or patch with equal odds per sample).
+        p: probability that a sample (with a partner) is mixed.
+        alpha: Beta(alpha, alpha) for the pixel weight.
+        grid: patch grid size g.
+        rho: fixed patch-cell probability; None draws it per sample from U(0, 1).
+        soft_targets: mix the one-hot labels by the realised lambda (needs ``partner_y`` and ``num_classes``).
+        num_classes: for soft targets.
+    """
+
+    def __init__(
+        self,
+        mode: Literal["pixel", "patch", "both"] = "both",
+        p: float = 0.5,
+        alpha: float = 1.0,
+        grid: int = 4,
+        rho: float | None = None,
+        soft_targets: bool = False,
+        num_classes: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        if rho is not None and not 0.0 <= rho <= 1.0:
+            raise ValueError(f"rho must be in [0, 1], got {rho}")
+        self.mode, self.p, self.alpha, self.grid, self.rho = mode, p, alpha, grid, rho
+        self.soft_targets, self.num_classes = soft_targets, num_classes
+
+    def sample(self, batch: int, generator: torch.Generator | None = None) -> PairParams:
+        """Draw the parameters for a batch of ``batch`` samples."""
+        mix = torch.rand(batch, generator=generator) < self.p
+        if self.mode == "both":
+            patch = torch.rand(batch, generator=generator) < 0.5
+        else:
+            patch = torch.full((batch,), self.mode == "patch")
+        lam = sample_beta(batch, self.alpha, generator)
+        rho = None if self.rho is None else torch.full((batch,), self.rho)
+        cells = sample_cells(batch, self.grid, rho, generator)
+        return PairParams(mix, patch, lam, cells)
+
+    def apply_params(
+        self,
+        x: Tensor,
+        y: Tensor,
+        partner: Tensor,
+        params: PairParams,
+        has_partner: Tensor | None = None,
+        partner_y: Tensor | None = None,
+    ) -> MixOutput:
+        """Apply a draw (from :meth:`sample`, or made by hand)."""
+        batch = x.shape[0]
+        device = x.device
+        has = torch.ones(batch, dtype=torch.bool) if has_partner is None else has_partner.cpu().bool()
+        mix = params.mix & has
+        by_patch = mix & params.patch
+        by_pixel = mix & ~params.patch
+        pixels = select(pixel_mix(x, partner, params.lam), by_pixel, x)
+        images = select(patch_mix(x, partner, params.cells), by_patch, pixels)
+        lam = torch.ones(batch)
+        lam = torch.where(by_pixel, params.lam, lam)
+        lam = torch.where(by_patch, patch_lambda(params.cells, x.shape[-2], x.shape[-1]), lam)
+        kind = torch.where(by_patch, KIND_PATCH, torch.where(by_pixel, KIND_PIXEL, KIND_NONE)).to(torch.int8)
+        if self.soft_targets:
+            other = y if partner_y is None else partner_y
+            w = lam.to(device).reshape(-1, 1)
+            targets = w * one_hot(y, self.num_classes) + (1 - w) * one_hot(other, self.num_classes)
+        else:
+            targets = y
+        return MixOutput(images, targets, lam, kind)
+
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        partner: Tensor | None = None,
+        has_partner: Tensor | None = None,
+        partner_y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MixOutput:
+        if partner is None:
+            raise ValueError(f"{type(self).__name__} needs a partner batch")
+        return self.apply_params(x, y, partner, self.sample(x.shape[0], generator), has_partner, partner_y)
+
+
+class MixUp(nn.Module):
+    """MixUp within the batch (partner = the batch rolled by one, as torchvision v2), one lambda per batch."""
+
+    def __init__(self, alpha: float = 1.0, num_classes: int | None = None) -> None:
+        super().__init__()
+        self.alpha, self.num_classes = alpha, num_classes
+
+    def forward(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None, **_: object) -> MixOutput:
+        lam = float(sample_beta(1, self.alpha, generator)[0])
+        batch = x.shape[0]
+        images = pixel_mix(x, x.roll(1, 0), torch.full((batch,), lam))
+        targets = lam * one_hot(y, self.num_classes) + (1 - lam) * one_hot(y, self.num_classes).roll(1, 0)
+        return MixOutput(images, targets, torch.full((batch,), lam), torch.full((batch,), KIND_BATCH, dtype=torch.int8))
+
+
+def cutmix_box(lam: float, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, ...]:
+    """torchvision v2's CutMix box: a centre drawn uniformly, sides ``sqrt(1 - lam)`` of the image, clipped."""
+    r_x = int(torch.randint(width, (1,), generator=generator))
+    r_y = int(torch.randint(height, (1,), generator=generator))
+    r = 0.5 * math.sqrt(1.0 - lam)
+    half_w, half_h = int(r * width), int(r * height)
+    return max(r_x - half_w, 0), max(r_y - half_h, 0), min(r_x + half_w, width), min(r_y + half_h, height)
+
+
+def cutmix_apply(x: Tensor, box: tuple[int, ...]) -> tuple[Tensor, float]:
+    """Paste ``box`` of the batch rolled by one into the batch; returns the images and the realised lambda."""
+    x1, y1, x2, y2 = box
+    out = x.clone()
+    out[..., y1:y2, x1:x2] = x.roll(1, 0)[..., y1:y2, x1:x2]
+    return out, 1.0 - (x2 - x1) * (y2 - y1) / (x.shape[-1] * x.shape[-2])
+
+
+class CutMix(nn.Module):
+    """CutMix within the batch, with torchvision v2's pairing, box rule and label weights."""
+
+    def __init__(self, alpha: float = 1.0, num_classes: int | None = None) -> None:
+        super().__init__()
+        self.alpha, self.num_classes = alpha, num_classes
+
+    def forward(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None, **_: object) -> MixOutput:
+        lam = float(sample_beta(1, self.alpha, generator)[0])
+        images, lam = cutmix_apply(x, cutmix_box(lam, x.shape[-2], x.shape[-1], generator))
+        targets = lam * one_hot(y, self.num_classes) + (1 - lam) * one_hot(y, self.num_classes).roll(1, 0)
+        batch = x.shape[0]
+        return MixOutput(images, targets, torch.full((batch,), lam), torch.full((batch,), KIND_BATCH, dtype=torch.int8))
+
+
+class Substitute(nn.Module):
+    """Synthetic substitution (DA-Fusion style): with probability p, a sample becomes its partner; label kept."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        partner: Tensor | None = None,
+        has_partner: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **_: object,
+    ) -> MixOutput:
+        if partner is None:
+            raise ValueError("Substitute needs a partner batch")
+        batch = x.shape[0]
+        has = torch.ones(batch, dtype=torch.bool) if has_partner is None else has_partner.cpu().bool()
+        swap = (torch.rand(batch, generator=generator) < self.p) & has
+        images = select(partner, swap, x)
+        lam = torch.where(swap, 0.0, 1.0)
+        return MixOutput(images, y, lam, torch.where(swap, KIND_SUBSTITUTE, KIND_NONE).to(torch.int8))
+
+
+MIXERS: Registry[type[nn.Module] | object] = Registry("mixer")
+MIXERS.add("pixel", lambda **kw: PairMix(mode="pixel", **{"p": 1.0, **kw}))
+MIXERS.add("patch", lambda **kw: PairMix(mode="patch", **{"p": 1.0, **kw}))
+MIXERS.add("diffcoremix", lambda **kw: PairMix(mode="both", **kw))
+MIXERS.add("mixup", MixUp)
+MIXERS.add("cutmix", CutMix)
+MIXERS.add("substitute", Substitute)
+
+
+def make_mixer(name: str, **kwargs: object) -> nn.Module:
+    """A mixer by registry name (``pixel``, ``patch``, ``diffcoremix``, ``mixup``, ``cutmix``, ``substitute``)."""
+    factory = MIXERS.get(name)
+    return factory(**kwargs)  # type: ignore[operator,no-any-return]

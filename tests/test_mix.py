@@ -1,0 +1,202 @@
+"""Mixing: hand-derivable expectations, replay, property tests, and torchvision v2's CutMix/MixUp semantics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from diffcoremix.mix import (
+    MIXERS,
+    PairMix,
+    PairParams,
+    cells_to_mask,
+    cutmix_apply,
+    make_mixer,
+    patch_lambda,
+    patch_mix,
+    pixel_mix,
+    sample_cells,
+)
+from diffcoremix.mix.mixers import KIND_NONE, KIND_PATCH, KIND_PIXEL
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_pixel_mix_of_ones_and_zeros_is_exactly_lambda() -> None:
+    lam = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    out = pixel_mix(torch.ones(4, 3, 5, 7), torch.zeros(4, 3, 5, 7), lam)
+    assert torch.equal(out, lam.reshape(4, 1, 1, 1).expand(4, 3, 5, 7))
+
+
+def test_patch_mix_of_ones_and_zeros_is_exactly_the_mask() -> None:
+    cells = torch.tensor([[[True, False], [False, True]]])
+    out = patch_mix(torch.ones(1, 3, 4, 4), torch.zeros(1, 3, 4, 4), cells)
+    expected = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 0, 0], [1, 1, 0, 0]], dtype=torch.float32)
+    assert torch.equal(out[0, 0], expected)
+    assert torch.equal(out, (~cells_to_mask(cells, 4, 4)).float().expand(1, 3, 4, 4))
+    assert patch_lambda(cells, 4, 4).tolist() == [0.5]
+
+
+def test_cells_cover_sizes_the_grid_does_not_divide() -> None:
+    cells = torch.zeros(1, 4, 4, dtype=torch.bool)
+    cells[0, 3, 3] = True  # the last cell
+    mask = cells_to_mask(cells, 10, 7)
+    # rows i with floor(4 i / 10) == 3: 8, 9; cols j with floor(4 j / 7) == 3: 6
+    assert mask[0, 0].nonzero().tolist() == [[8, 6], [9, 6]]
+    assert patch_lambda(cells, 10, 7).item() == pytest.approx(1 - 2 / 70)
+
+
+def test_p_zero_is_the_identity() -> None:
+    x = torch.rand(5, 3, 8, 8, generator=gen())
+    out = PairMix(p=0.0)(x, torch.arange(5), partner=torch.zeros_like(x), generator=gen(1))
+    assert torch.equal(out.images, x)
+    assert torch.equal(out.lam, torch.ones(5))
+    assert (out.kind == KIND_NONE).all()
+
+
+def test_samples_without_a_partner_pass_through() -> None:
+    x = torch.ones(4, 3, 8, 8)
+    has = torch.tensor([True, False, True, False])
+    out = PairMix(p=1.0, mode="pixel")(
+        x, torch.arange(4), partner=torch.zeros_like(x), has_partner=has, generator=gen()
+    )
+    assert torch.equal(out.images[~has], x[~has])
+    assert (out.kind[~has] == KIND_NONE).all()
+    assert (out.kind[has] == KIND_PIXEL).all()
+
+
+def test_the_same_params_replay_the_same_output_and_the_same_seed_the_same_params() -> None:
+    x, z = torch.rand(6, 3, 16, 16, generator=gen(2)), torch.rand(6, 3, 16, 16, generator=gen(3))
+    mixer = PairMix(p=0.7)
+    params = mixer.sample(6, gen(4))
+    again = mixer.sample(6, gen(4))
+    assert all(torch.equal(getattr(params, f), getattr(again, f)) for f in ("mix", "patch", "lam", "cells"))
+    first = mixer.apply_params(x, torch.arange(6), z, params)
+    second = mixer.apply_params(x, torch.arange(6), z, params)
+    assert torch.equal(first.images, second.images)
+    assert torch.equal(mixer(x, torch.arange(6), partner=z, generator=gen(4)).images, first.images)
+
+
+def test_hand_made_params() -> None:
+    x, z = torch.ones(2, 1, 4, 4), torch.zeros(2, 1, 4, 4)
+    cells = torch.zeros(2, 2, 2, dtype=torch.bool)
+    cells[1, 0, 0] = True
+    params = PairParams(
+        mix=torch.tensor([True, True]), patch=torch.tensor([False, True]), lam=torch.tensor([0.3, 0.9]), cells=cells
+    )
+    out = PairMix().apply_params(x, torch.tensor([7, 8]), z, params)
+    assert torch.allclose(out.images[0], torch.full((1, 4, 4), 0.3))
+    assert out.images[1, 0, :2, :2].sum() == 0
+    assert out.images[1].sum() == 12
+    assert out.lam.tolist() == pytest.approx([0.3, 0.75])
+    assert out.kind.tolist() == [KIND_PIXEL, KIND_PATCH]
+    assert out.targets.tolist() == [7, 8]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    batch=st.integers(1, 7),
+    channels=st.sampled_from([1, 3]),
+    height=st.integers(1, 19),
+    width=st.integers(1, 19),
+    grid=st.integers(1, 6),
+    dtype=st.sampled_from([torch.uint8, torch.float32, torch.float16, torch.float64]),
+    mode=st.sampled_from(["pixel", "patch", "both"]),
+    seed=st.integers(0, 2**31),
+)
+def test_properties(batch: int, channels: int, height: int, width: int, grid: int, dtype: torch.dtype,
+                    mode: str, seed: int) -> None:  # fmt: skip
+    g = gen(seed)
+    if dtype == torch.uint8:
+        x = torch.randint(0, 256, (batch, channels, height, width), generator=g, dtype=torch.uint8)
+        z = torch.randint(0, 256, (batch, channels, height, width), generator=g, dtype=torch.uint8)
+    else:
+        x = torch.rand(batch, channels, height, width, generator=g).to(dtype)
+        z = torch.rand(batch, channels, height, width, generator=g).to(dtype)
+    out = PairMix(mode=mode, p=1.0, grid=grid)(x, torch.zeros(batch, dtype=torch.long), partner=z, generator=g)  # type: ignore[arg-type]
+    assert out.images.shape == x.shape
+    assert out.images.dtype == dtype
+    low, high = torch.minimum(x, z).float(), torch.maximum(x, z).float()
+    tolerance = 0.51 if dtype == torch.uint8 else 1e-2  # rounding to the dtype
+    assert (out.images.float() >= low - tolerance).all()
+    assert (out.images.float() <= high + tolerance).all()
+    assert ((out.lam >= 0) & (out.lam <= 1)).all()
+    patched = out.kind == KIND_PATCH
+    if patched.any():
+        # lambda is the realised share of real pixels: where x and z differ everywhere, count them
+        ones, zeros = torch.ones_like(x[patched]), torch.zeros_like(x[patched])
+        params = PairMix(mode=mode, p=1.0, grid=grid).sample(batch, gen(seed + 1))  # type: ignore[arg-type]
+        share = patch_mix(ones, zeros, params.cells[patched]).float().mean(dim=(1, 2, 3))
+        assert torch.allclose(share, patch_lambda(params.cells[patched], height, width))
+
+
+def test_soft_targets_weigh_the_labels_by_the_realised_lambda() -> None:
+    x = torch.ones(2, 3, 4, 4)
+    mixer = PairMix(mode="pixel", p=1.0, soft_targets=True, num_classes=3)
+    out = mixer(x, torch.tensor([0, 1]), partner=torch.zeros_like(x), partner_y=torch.tensor([2, 1]), generator=gen())
+    lam = out.lam
+    assert torch.allclose(out.targets[0], torch.tensor([lam[0], 0, 1 - lam[0]]))
+    assert torch.allclose(out.targets[1], torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_rho_fixes_the_cell_probability() -> None:
+    assert not sample_cells(4, 5, torch.zeros(4), gen()).any()
+    assert sample_cells(4, 5, torch.ones(4), gen()).all()
+
+
+def test_cutmix_matches_torchvision_v2_on_the_same_draw() -> None:
+    from torchvision.transforms import v2
+
+    x = torch.rand(5, 3, 32, 24, generator=gen(5))
+    y = torch.tensor([0, 1, 2, 3, 4])
+    theirs = v2.CutMix(num_classes=5)
+    torch.manual_seed(11)
+    params = theirs.make_params([x])
+    params = {**params, "labels": y, "batch_size": 5}
+    expected_images = theirs.transform(x, params)
+    expected_targets = theirs.transform(y, params)
+    images, lam = cutmix_apply(x, params["box"])
+    assert torch.equal(images, expected_images)
+    assert lam == pytest.approx(params["lam_adjusted"])
+    ours = make_mixer("cutmix", num_classes=5)
+    one_hot = torch.nn.functional.one_hot(y, 5).float()
+    assert torch.allclose(lam * one_hot + (1 - lam) * one_hot.roll(1, 0), expected_targets)
+    out = ours(x, y, generator=gen(3))
+    assert torch.allclose(out.targets.sum(1), torch.ones(5))
+
+
+def test_mixup_matches_torchvision_v2_for_the_same_lambda() -> None:
+    from torchvision.transforms import v2
+
+    x = torch.rand(4, 3, 8, 8, generator=gen(6))
+    y = torch.tensor([0, 1, 2, 3])
+    theirs = v2.MixUp(num_classes=4)
+    params = {"lam": 0.3, "labels": y, "batch_size": 4}
+    expected = theirs.transform(x, params)
+    assert torch.allclose(pixel_mix(x, x.roll(1, 0), torch.full((4,), 0.3)), expected, atol=1e-6)
+
+
+def test_substitute_replaces_with_the_partner_and_keeps_the_label() -> None:
+    x, z = torch.ones(6, 3, 4, 4), torch.zeros(6, 3, 4, 4)
+    out = make_mixer("substitute", p=1.0)(
+        x, torch.arange(6), partner=z, has_partner=torch.tensor([1, 1, 1, 0, 0, 1]).bool()
+    )
+    assert out.images.sum(dim=(1, 2, 3)).tolist() == [0, 0, 0, 48, 48, 0]
+    assert out.targets.tolist() == list(range(6))
+    none = make_mixer("substitute", p=0.0)(x, torch.arange(6), partner=z)
+    assert torch.equal(none.images, x)
+
+
+@pytest.mark.parametrize("name", MIXERS.names())
+def test_every_mixer_keeps_shape_dtype_and_batch_size_one(name: str) -> None:
+    mixer = make_mixer(name, num_classes=3) if name in ("mixup", "cutmix") else make_mixer(name)
+    for batch in (1, 3):
+        x = torch.randint(0, 256, (batch, 3, 9, 11), generator=gen(batch), dtype=torch.uint8)
+        out = mixer(x, torch.zeros(batch, dtype=torch.long), partner=x.flip(0), generator=gen(batch))
+        assert out.images.shape == x.shape
+        assert out.images.dtype == torch.uint8
+        assert out.lam.shape == (batch,)
