@@ -135,3 +135,17 @@ def test_an_unfiltered_run_is_refused(world: tuple[Path, Path]) -> None:
     (out / "filter.jsonl").unlink()
     with pytest.raises(DatasetError, match="has not been filtered"):
         PairedDataset(data, out)
+
+
+def test_mix_preview_grid(world: tuple[Path, Path], tmp_path: Path) -> None:
+    from .helpers import run_cli
+
+    data, out = world
+    grid = tmp_path / "grid.png"
+    result = run_cli("mix-preview", data, "--synthetic", out, "-o", grid, "--per-class", "2", "--size", "16")
+    assert result.returncode == 0, result.stderr
+    # rows: 2 of a, 2 of b, 1 of c (it has one image); 4 columns of 16 px tiles with 2 px padding
+    assert Image.open(grid).size == (2 + 4 * 18, 2 + 5 * 18)
+    bad = run_cli("mix-preview", data, "--synthetic", out, "-o", grid, "--size", "0")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "diffcoremix mix-preview: error: --size must be >= 1, got 0"

@@ -20,6 +20,7 @@ from diffcoremix.cli.options import add_config_options, config_from_args
 from diffcoremix.config import write_resolved_config
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.data.scan import ScanConfig, scan_dataset
+from diffcoremix.errors import ConfigError
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.generate.config import GenerateConfig
 from diffcoremix.generate.manifest import MANIFEST_DIR
@@ -193,6 +194,28 @@ def _augment(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, help="the real dataset")
+    parser.add_argument("--synthetic", type=Path, required=True, help="a filtered generate/augment output folder")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--per-class", type=int, default=2, metavar="N", help="samples per class [2]")
+    parser.add_argument("--max-classes", type=int, default=8, metavar="N", help="classes shown [8]")
+    parser.add_argument("--size", type=int, default=128, metavar="PX", help="tile size [128]")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the partner choice and the mixing [0]")
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from diffcoremix.mix.preview import mix_preview  # imports torch: only when previewing
+
+    for name in ("per_class", "max_classes", "size"):
+        if getattr(args, name) < 1:
+            raise ConfigError(name, getattr(args, name), ">= 1")
+    path = mix_preview(args.data, args.synthetic, args.output, per_class=args.per_class,
+                       max_classes=args.max_classes, size=args.size, seed=args.seed)  # fmt: skip
+    print(f"wrote {path} (columns: real, partner, pixel mix, patch mix)")
+    return 0
+
+
 def _presets_arguments(parser: argparse.ArgumentParser) -> None:
     pass
 
@@ -265,6 +288,7 @@ COMMANDS = (
             _filter_arguments, _filter, FilterConfig),
     Command("augment", "the main job: generate, filter, and regenerate rejects until each class's budget is met",
             _augment_arguments, _augment, GenerateConfig),
+    Command("mix-preview", "a grid of real | partner | pixel mix | patch mix", _preview_arguments, _preview),
     Command("presets", "list the generator presets", _presets_arguments, _presets),
     Command("packs", "list the prompt packs, or show one", _packs_arguments, _packs),
     Command("sample-data", "write a small procedural class-folder dataset (for demos)", _sample_arguments,
