@@ -200,3 +200,13 @@ def test_every_mixer_keeps_shape_dtype_and_batch_size_one(name: str) -> None:
         assert out.images.shape == x.shape
         assert out.images.dtype == torch.uint8
         assert out.lam.shape == (batch,)
+
+
+@pytest.mark.parametrize(("height", "width", "grid"), [(8, 12, 4), (224, 224, 4), (9, 12, 3), (7, 5, 2)])
+def test_upsampling_fast_path_equals_the_index_rule(height: int, width: int, grid: int) -> None:
+    from diffcoremix.mix import upsample_cells
+
+    values = torch.rand(3, grid, grid, generator=gen())
+    rows = torch.arange(height) * grid // height
+    cols = torch.arange(width) * grid // width
+    assert torch.equal(upsample_cells(values, height, width), values[:, rows][:, :, cols].unsqueeze(1))

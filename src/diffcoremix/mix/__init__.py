@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from diffcoremix.mix.functional import (
+    blend,
     cells_to_mask,
     patch_lambda,
     patch_mix,
@@ -10,6 +11,7 @@ from diffcoremix.mix.functional import (
     sample_beta,
     sample_cells,
     select,
+    upsample_cells,
 )
 from diffcoremix.mix.mixers import (
     MIXERS,
@@ -32,6 +34,7 @@ __all__ = [
     "PairMix",
     "PairParams",
     "Substitute",
+    "blend",
     "cells_to_mask",
     "cutmix_apply",
     "cutmix_box",
@@ -42,4 +45,5 @@ __all__ = [
     "sample_beta",
     "sample_cells",
     "select",
+    "upsample_cells",
 ]

@@ -53,27 +53,40 @@ def sample_cells(batch: int, grid: int, rho: Tensor | None = None, generator: to
     return torch.rand(batch, grid, grid, generator=generator) < rho.reshape(batch, 1, 1).float()
 
 
+def upsample_cells(values: Tensor, height: int, width: int) -> Tensor:
+    """Nearest-upsample per-cell values ``(B, g, g)`` to ``(B, 1, H, W)``; cell edges at ``floor(i * H / g)``."""
+    batch, grid_h, grid_w = values.shape
+    if height % grid_h == 0 and width % grid_w == 0:  # the common case: one broadcast copy, no index gathers
+        blocks = values[:, :, None, :, None].expand(batch, grid_h, height // grid_h, grid_w, width // grid_w)
+        return blocks.reshape(batch, 1, height, width)
+    rows = torch.arange(height, device=values.device) * grid_h // height
+    cols = torch.arange(width, device=values.device) * grid_w // width
+    return values[:, rows][:, :, cols].unsqueeze(1)
+
+
 def cells_to_mask(cells: Tensor, height: int, width: int) -> Tensor:
-    """Upsample ``(B, g, g)`` cells to a ``(B, 1, H, W)`` bool mask; cell edges at ``floor(i * H / g)``."""
-    grid_h, grid_w = cells.shape[-2:]
-    rows = torch.arange(height, device=cells.device) * grid_h // height
-    cols = torch.arange(width, device=cells.device) * grid_w // width
-    return cells[:, rows][:, :, cols].unsqueeze(1)
+    """Upsample ``(B, g, g)`` bool cells to a ``(B, 1, H, W)`` bool mask (True = from the partner)."""
+    return upsample_cells(cells, height, width)
 
 
-def _blend(x: Tensor, partner: Tensor, weight: Tensor) -> Tensor:
-    """``weight * x + (1 - weight) * partner`` in float32, cast back to ``x``'s dtype (integers rounded)."""
-    mixed = weight * x.float() + (1 - weight) * partner.float()
+def blend(x: Tensor, partner: Tensor, weight: Tensor) -> Tensor:
+    """``weight * x + (1 - weight) * partner`` (weight broadcast), in the dtype of ``x``.
+
+    ``torch.lerp`` computes it in one pass and is exact at weights 0 and 1 (a patch cell, an unmixed sample) and
+    for ``x = 1, partner = 0`` (the result is ``weight``). Integer images are blended in float32 and rounded.
+    """
+    _check_pair(x, partner)
+    weight = weight.to(x.device)
     if x.dtype.is_floating_point:
-        return mixed.to(x.dtype)
+        return torch.lerp(partner, x, weight.to(x.dtype))
     info = torch.iinfo(x.dtype)
-    return mixed.round().clamp(info.min, info.max).to(x.dtype)
+    mixed = torch.lerp(partner.float(), x.float(), weight.float())
+    return mixed.round_().clamp_(info.min, info.max).to(x.dtype)
 
 
 def pixel_mix(x: Tensor, partner: Tensor, lam: Tensor) -> Tensor:
     """``lam * x + (1 - lam) * partner`` per sample; ``lam`` is ``(B,)``. Dtype and value range preserved."""
-    _check_pair(x, partner)
-    return _blend(x, partner, lam.to(x.device, torch.float32).reshape(-1, 1, 1, 1))
+    return blend(x, partner, lam.float().reshape(-1, 1, 1, 1))
 
 
 def patch_mix(x: Tensor, partner: Tensor, cells: Tensor) -> Tensor:
@@ -84,8 +97,15 @@ def patch_mix(x: Tensor, partner: Tensor, cells: Tensor) -> Tensor:
 
 
 def patch_lambda(cells: Tensor, height: int, width: int) -> Tensor:
-    """``(B,)`` realised share of real pixels under ``cells`` (exact for grids that do not divide the size)."""
-    return 1.0 - cells_to_mask(cells, height, width).float().mean(dim=(1, 2, 3))
+    """``(B,)`` realised share of real pixels under ``cells``, exact when the grid does not divide the size.
+
+    Computed from each cell's pixel count (the rows and columns it spans), without building the full mask.
+    """
+    grid_h, grid_w = cells.shape[-2:]
+    rows = torch.bincount(torch.arange(height) * grid_h // height, minlength=grid_h).float()
+    cols = torch.bincount(torch.arange(width) * grid_w // width, minlength=grid_w).float()
+    area = rows[:, None] * cols[None, :]
+    return 1.0 - (cells.float().cpu() * area).sum(dim=(1, 2)) / (height * width)
 
 
 def select(mix: Tensor, keep: Tensor, x: Tensor) -> Tensor:

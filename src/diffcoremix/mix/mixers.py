@@ -22,12 +22,13 @@ import torch
 from torch import nn
 
 from diffcoremix.mix.functional import (
+    blend,
     patch_lambda,
-    patch_mix,
     pixel_mix,
     sample_beta,
     sample_cells,
     select,
+    upsample_cells,
 )
 from diffcoremix.registry import Registry
 
@@ -132,8 +133,15 @@ class PairMix(nn.Module):
         mix = params.mix & has
         by_patch = mix & params.patch
         by_pixel = mix & ~params.patch
-        pixels = select(pixel_mix(x, partner, params.lam), by_pixel, x)
-        images = select(patch_mix(x, partner, params.cells), by_patch, pixels)
+        # One weight map for the whole batch (1 = real): lam for pixel samples, the cell mask for patch samples,
+        # 1 for the rest; then a single fused blend, so the cost does not grow with the number of modes.
+        # The map is built at grid resolution and upsampled once.
+        height, width = x.shape[-2:]
+        shape = (batch, 1, 1)
+        cell_weight = torch.where(by_pixel.reshape(shape), params.lam.float().reshape(shape), 1.0)
+        cell_weight = torch.where(by_patch.reshape(shape), (~params.cells).float(), cell_weight)
+        weight = upsample_cells(cell_weight.to(x.device), height, width)
+        images = blend(x, partner, weight) if mix.any() else x.clone()
         lam = torch.ones(batch)
         lam = torch.where(by_pixel, params.lam, lam)
         lam = torch.where(by_patch, patch_lambda(params.cells, x.shape[-2], x.shape[-1]), lam)
