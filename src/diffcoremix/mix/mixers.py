@@ -175,11 +175,14 @@ class MixUp(nn.Module):
         super().__init__()
         self.alpha, self.num_classes = alpha, num_classes
 
+    def mix(self, x: Tensor, lam: float, generator: torch.Generator | None) -> tuple[Tensor, float]:
+        """The mixed batch and the realised lambda."""
+        return pixel_mix(x, x.roll(1, 0), torch.full((x.shape[0],), lam)), lam
+
     def forward(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None, **_: object) -> MixOutput:
-        lam = float(sample_beta(1, self.alpha, generator)[0])
-        batch = x.shape[0]
-        images = pixel_mix(x, x.roll(1, 0), torch.full((batch,), lam))
+        images, lam = self.mix(x, float(sample_beta(1, self.alpha, generator)[0]), generator)
         targets = lam * one_hot(y, self.num_classes) + (1 - lam) * one_hot(y, self.num_classes).roll(1, 0)
+        batch = x.shape[0]
         return MixOutput(images, targets, torch.full((batch,), lam), torch.full((batch,), KIND_BATCH, dtype=torch.int8))
 
 
@@ -200,19 +203,11 @@ def cutmix_apply(x: Tensor, box: tuple[int, ...]) -> tuple[Tensor, float]:
     return out, 1.0 - (x2 - x1) * (y2 - y1) / (x.shape[-1] * x.shape[-2])
 
 
-class CutMix(nn.Module):
+class CutMix(MixUp):
     """CutMix within the batch, with torchvision v2's pairing, box rule and label weights."""
 
-    def __init__(self, alpha: float = 1.0, num_classes: int | None = None) -> None:
-        super().__init__()
-        self.alpha, self.num_classes = alpha, num_classes
-
-    def forward(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None, **_: object) -> MixOutput:
-        lam = float(sample_beta(1, self.alpha, generator)[0])
-        images, lam = cutmix_apply(x, cutmix_box(lam, x.shape[-2], x.shape[-1], generator))
-        targets = lam * one_hot(y, self.num_classes) + (1 - lam) * one_hot(y, self.num_classes).roll(1, 0)
-        batch = x.shape[0]
-        return MixOutput(images, targets, torch.full((batch,), lam), torch.full((batch,), KIND_BATCH, dtype=torch.int8))
+    def mix(self, x: Tensor, lam: float, generator: torch.Generator | None) -> tuple[Tensor, float]:
+        return cutmix_apply(x, cutmix_box(lam, x.shape[-2], x.shape[-1], generator))
 
 
 class Substitute(nn.Module):
