@@ -20,13 +20,10 @@ from tqdm import tqdm
 
 from diffcoremix.atomic import atomic_write_bytes
 from diffcoremix.data.images import open_image
+from diffcoremix.digests import file_sha256
 from diffcoremix.filter.embedders import Embedder
 
 logger = logging.getLogger(__name__)
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class EmbeddingCache:

@@ -8,7 +8,6 @@ CPU ``torch.Generator`` so that an image depends on its seed only, not on the ba
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from diffcoremix.digests import file_sha256
 from diffcoremix.errors import DiffCoReMixError, UnknownNameError
 from diffcoremix.generate.config import GenerationSettings
 from diffcoremix.generate.presets import BUILTIN_PREFIX
@@ -52,15 +52,6 @@ def _builtin_models() -> Registry[Callable[[int], Any]]:
     registry.add("sd15-random", random_sd15_pipeline)
     registry.add("sdxl-random", random_sdxl_pipeline)
     return registry
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
-    """SHA-256 of a file, read in chunks (checkpoints are gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_failure(model: str, err: BaseException) -> ModelLoadError:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.data.folder import list_images
+from diffcoremix.digests import file_sha256
 from diffcoremix.errors import DatasetError, DiffCoReMixError
 from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
@@ -68,10 +69,6 @@ class GenerationSummary:
     generated: int
     failed: int
     seconds: float
-
-
-def sha256_file(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def output_relpath(record: PromptRecord) -> str:
@@ -129,7 +126,7 @@ def _is_complete(out: Path, record: dict[str, Any]) -> bool:
     if record.get("status") != "ok" or not record.get("output"):
         return False
     path = out / record["output"]
-    return path.is_file() and sha256_file(path) == record.get("output_sha256")
+    return path.is_file() and file_sha256(path) == record.get("output_sha256")
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -288,7 +285,7 @@ def _run(
             for _, record in chunk:
                 if record.source not in source_hashes:
                     try:
-                        source_hashes[record.source] = sha256_file(data / record.source)
+                        source_hashes[record.source] = file_sha256(data / record.source)
                     except OSError as err:  # vanished or unreadable since planning: recorded, not generated
                         source_hashes[record.source] = None
                         logger.warning("cannot read source image %s: %s", record.source, err)

@@ -66,6 +66,11 @@ class PairParams:
     """``(B, g, g)`` bool patch cells taken from the partner."""
 
 
+def _partnered(has_partner: Tensor | None, batch: int) -> Tensor:
+    """``(B,)`` bool on the CPU: which samples have a partner (all, when not said)."""
+    return torch.ones(batch, dtype=torch.bool) if has_partner is None else has_partner.cpu().bool()
+
+
 def one_hot(y: Tensor, num_classes: int | None) -> Tensor:
     if y.ndim == 2:
         return y.float()
@@ -129,8 +134,7 @@ class PairMix(nn.Module):
         """Apply a draw (from :meth:`sample`, or made by hand)."""
         batch = x.shape[0]
         device = x.device
-        has = torch.ones(batch, dtype=torch.bool) if has_partner is None else has_partner.cpu().bool()
-        mix = params.mix & has
+        mix = params.mix & _partnered(has_partner, batch)
         by_patch = mix & params.patch
         by_pixel = mix & ~params.patch
         # One weight map for the whole batch (1 = real): lam for pixel samples, the cell mask for patch samples,
@@ -231,8 +235,7 @@ class Substitute(nn.Module):
         if partner is None:
             raise ValueError("Substitute needs a partner batch")
         batch = x.shape[0]
-        has = torch.ones(batch, dtype=torch.bool) if has_partner is None else has_partner.cpu().bool()
-        swap = (torch.rand(batch, generator=generator) < self.p) & has
+        swap = (torch.rand(batch, generator=generator) < self.p) & _partnered(has_partner, batch)
         images = select(partner, swap, x)
         lam = torch.where(swap, 0.0, 1.0)
         return MixOutput(images, y, lam, torch.where(swap, KIND_SUBSTITUTE, KIND_NONE).to(torch.int8))
