@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from diffcoremix import FilterConfig, GenerateConfig, PromptsConfig, augment, build_prompts, make_sample_dataset
-from diffcoremix.filter import load_embedder
+from diffcoremix.embedders import load_embedder
 from diffcoremix.generate import DiffusersGenerator, resolve_settings
 
 

@@ -25,7 +25,8 @@ import torch
 from PIL import Image, ImageFilter
 
 from diffcoremix.data import list_images, open_image
-from diffcoremix.filter import REFERENCE_RULES, RealIndex, load_embedder, score_candidates
+from diffcoremix.embedders import load_embedder
+from diffcoremix.filter import REFERENCE_RULES, RealIndex, score_candidates
 
 REPO = Path(__file__).resolve().parents[1]
 

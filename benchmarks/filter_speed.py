@@ -29,7 +29,8 @@ from PIL import Image
 
 from diffcoremix import GenerateConfig, PromptsConfig, generate, make_sample_dataset, read_manifest
 from diffcoremix.data import open_image
-from diffcoremix.filter import FilterConfig, filter_run, load_embedder
+from diffcoremix.embedders import load_embedder
+from diffcoremix.filter import FilterConfig, filter_run
 
 
 def reference_filter(embedder: object, out: Path, data: Path, table: object, threshold: float) -> int:

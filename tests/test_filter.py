@@ -12,8 +12,9 @@ import torch
 from torchvision.datasets import ImageFolder
 
 from diffcoremix import PromptsConfig
-from diffcoremix.filter import FilterConfig, RealIndex, filter_run, load_embedder, score_candidates, suggest_threshold
-from diffcoremix.filter.resnet20 import load_resnet20
+from diffcoremix.embedders import load_embedder
+from diffcoremix.embedders.resnet20 import load_resnet20
+from diffcoremix.filter import FilterConfig, RealIndex, filter_run, score_candidates, suggest_threshold
 from diffcoremix.generate import GenerateConfig, generate, read_manifest
 
 from .helpers import make_class_folders, run_cli, shared_data_dir

@@ -30,7 +30,7 @@ from diffcoremix.generate import (
     resolve_settings,
     resolve_shard,
 )
-from diffcoremix.generate.manifest import shard_path
+from diffcoremix.manifest import shard_path
 
 from .helpers import cli_command, make_class_folders, run_cli
 

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from diffcoremix.errors import DatasetError
-from diffcoremix.generate.manifest import shard_path
+from diffcoremix.manifest import shard_path
 from diffcoremix.mix.paired import (
     PARTNER_CLASS,
     PARTNER_NONE,

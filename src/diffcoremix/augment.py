@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffcoremix.data.folder import list_images
+from diffcoremix.embedders.models import Embedder
 from diffcoremix.filter.config import FilterConfig
-from diffcoremix.filter.embedders import Embedder
 from diffcoremix.filter.runner import FilterReport, filter_run
 from diffcoremix.generate.backend import ImageGenerator
 from diffcoremix.generate.config import GenerateConfig
-from diffcoremix.generate.manifest import read_manifest
 from diffcoremix.generate.runner import generate
+from diffcoremix.manifest import read_manifest
 from diffcoremix.prompts.builder import PromptRecord, PromptsConfig, build_prompts
 
 logger = logging.getLogger(__name__)

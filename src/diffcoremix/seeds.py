@@ -7,7 +7,9 @@ same number on every machine, in every process, whatever else is being generated
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -66,3 +68,17 @@ def stable_choice(n: int, *parts: int | str | bytes) -> int:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     return derive_seed(*parts) % n
+
+
+@contextlib.contextmanager
+def seeded_init(seed: int) -> Iterator[None]:
+    """Seed torch's global generator (which module initialisers draw from) and restore the caller's state after.
+
+    Random-weight models (the ``tiny`` presets, the benchmarks' full-size architectures) are built inside it, so
+    the same seed gives the same weights and the caller's random stream is left as it was.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield

@@ -23,9 +23,9 @@ from diffcoremix.data.scan import ScanConfig, scan_dataset
 from diffcoremix.errors import ConfigError
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.generate.config import GenerateConfig
-from diffcoremix.generate.manifest import MANIFEST_DIR
 from diffcoremix.generate.presets import GENERATOR_PRESETS
 from diffcoremix.generate.runner import generate
+from diffcoremix.manifest.records import MANIFEST_DIR
 from diffcoremix.prompts.builder import PromptsConfig, build_prompts
 from diffcoremix.prompts.packs import list_packs, load_pack
 

@@ -1,4 +1,5 @@
-"""Hard cosine filtration (METHOD.md §6): embedders, the embedding cache, reference rules, the filter runner.
+"""Hard cosine filtration (METHOD.md §6): reference rules and the filter runner (embedders live in
+:mod:`diffcoremix.embedders`).
 
 Names are imported on first use, so that importing the package (as the command line does for its options)
 does not load torch.
@@ -12,16 +13,6 @@ from typing import Any
 from diffcoremix.filter.config import FilterConfig
 
 _LAZY = {
-    "EmbeddingCache": "cache",
-    "embed_files": "cache",
-    "EMBEDDERS": "embedders",
-    "Embedder": "embedders",
-    "EmbedderLoadError": "embedders",
-    "HFClipEmbedder": "embedders",
-    "ModuleEmbedder": "embedders",
-    "OpenClipEmbedder": "embedders",
-    "load_embedder": "embedders",
-    "tiny_open_clip": "embedders",
     "REFERENCE_RULES": "references",
     "RealIndex": "references",
     "Reference": "references",

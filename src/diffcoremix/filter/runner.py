@@ -23,14 +23,14 @@ import numpy as np
 from diffcoremix.atomic import atomic_write_text
 from diffcoremix.config import write_resolved_config
 from diffcoremix.data.folder import list_images
+from diffcoremix.devices import resolve_device
+from diffcoremix.embedders.cache import EmbeddingCache, embed_files
+from diffcoremix.embedders.models import Embedder, load_embedder
 from diffcoremix.errors import DatasetError
-from diffcoremix.filter.cache import EmbeddingCache, embed_files
 from diffcoremix.filter.config import FilterConfig
-from diffcoremix.filter.embedders import Embedder, load_embedder
 from diffcoremix.filter.references import RealIndex, score_candidates, suggest_threshold
-from diffcoremix.generate.config import resolve_device
-from diffcoremix.generate.manifest import FILTER_FILE as DECISIONS_FILE
-from diffcoremix.generate.manifest import read_manifest
+from diffcoremix.manifest.records import FILTER_FILE as DECISIONS_FILE
+from diffcoremix.manifest.records import read_manifest
 
 logger = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator, ModelLoadError, load_pipeline
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
-from diffcoremix.generate.manifest import COLUMNS, read_manifest
 from diffcoremix.generate.presets import GENERATOR_PRESETS, GeneratorPreset
 from diffcoremix.generate.runner import GenerationError, GenerationSummary, RunConflictError, generate
+from diffcoremix.manifest import COLUMNS, read_manifest
 
 __all__ = [
     "COLUMNS",

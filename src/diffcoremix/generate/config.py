@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from diffcoremix.config import check_types, require
+from diffcoremix.devices import resolve_device
 from diffcoremix.generate.presets import GENERATOR_PRESETS, Family
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
@@ -92,15 +93,6 @@ class GenerationSettings:
     width: int = 64
     dtype: str = "float32"
     device: str = "cpu"
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def resolve_settings(config: GenerateConfig) -> GenerationSettings:

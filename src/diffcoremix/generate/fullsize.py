@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from diffcoremix.generate.tiny import clip_tokenizer, seeded_init
+from diffcoremix.generate.tiny import clip_tokenizer
+from diffcoremix.seeds import seeded_init
 
 
 def _text_encoder(hidden: int, layers: int, heads: int, projection: int | None = None) -> Any:

@@ -33,7 +33,7 @@ from diffcoremix.digests import file_sha256
 from diffcoremix.errors import DatasetError, DiffCoReMixError
 from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
-from diffcoremix.generate.manifest import (
+from diffcoremix.manifest.records import (
     IMAGES_DIR,
     ManifestWriter,
     latest_by_key,

@@ -9,14 +9,12 @@ prompt, the denoising loop, VAE decoding, per-image generators) runs exactly as 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gzip
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
+from diffcoremix.seeds import seeded_init
 
 CLIP_VOCAB_SIZE = 49408
 
@@ -91,14 +89,6 @@ def _scheduler() -> Any:
         set_alpha_to_one=False,
         steps_offset=1,
     )
-
-
-@contextlib.contextmanager
-def seeded_init(seed: int) -> Iterator[None]:
-    """Seed the global generator that module initialisers draw from, restoring the caller's state afterwards."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def _unet(**kwargs: Any) -> Any:

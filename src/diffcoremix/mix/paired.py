@@ -20,7 +20,7 @@ from torch.utils.data import ConcatDataset, Dataset
 from diffcoremix.data.folder import DatasetListing, list_images
 from diffcoremix.data.images import open_image
 from diffcoremix.errors import DatasetError
-from diffcoremix.generate.manifest import read_manifest
+from diffcoremix.manifest import read_manifest
 from diffcoremix.seeds import stable_choice
 
 PARTNER_NONE, PARTNER_OWN, PARTNER_CLASS, PARTNER_REAL = 0, 1, 2, 3

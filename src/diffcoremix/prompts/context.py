@@ -7,7 +7,7 @@ choice per request. Selectors are registered by name; a factory takes the pack a
   own derived seed, so a candidate's context does not depend on any other candidate.
 - ``fixed``: uniform over a user-given list (one entry means always that one).
 - ``sample`` (the method's default) ranks the bank by CLIP text-image similarity to the source image and
-  draws from the top-k (:class:`diffcoremix.filter.context.SampleContext`); each choice carries its score.
+  draws from the top-k (:class:`diffcoremix.prompts.sample_context.SampleContext`); each choice carries its score.
 """
 
 from __future__ import annotations
@@ -92,9 +92,9 @@ def _fixed(pack: PromptPack, options: SelectorOptions) -> ContextSelector:
 @CONTEXT_SELECTORS.register("sample")
 def _sample(pack: PromptPack, options: SelectorOptions) -> ContextSelector:
     # The embedder (torch, open_clip) is imported only when this selector is used.
-    from diffcoremix.filter.context import SampleContext
-    from diffcoremix.filter.embedders import load_embedder
-    from diffcoremix.generate.config import resolve_device
+    from diffcoremix.devices import resolve_device
+    from diffcoremix.embedders.models import load_embedder
+    from diffcoremix.prompts.sample_context import SampleContext
 
     embedder = load_embedder(options.embedder, resolve_device(options.device))
     return SampleContext(embedder, pack.contexts, options.top_k)

@@ -103,7 +103,7 @@ def tiny_open_clip(seed: int = 0, device: str = "cpu") -> OpenClipEmbedder:
     import open_clip
     from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-    from diffcoremix.generate.tiny import seeded_init
+    from diffcoremix.seeds import seeded_init
 
     with seeded_init(seed):
         model = open_clip.CLIP(
@@ -120,7 +120,7 @@ def open_clip_embedder(model_name: str, pretrained: str | None, device: str = "c
     """An open_clip model by name; ``pretrained`` None gives random weights (seeded, for benchmarks)."""
     import open_clip
 
-    from diffcoremix.generate.tiny import seeded_init
+    from diffcoremix.seeds import seeded_init
 
     try:
         with seeded_init(0):
@@ -141,7 +141,7 @@ def resnet20_embedder(path: str | Path, device: str = "cpu") -> ModuleEmbedder:
     """The CIFAR-10 ResNet-20 checkpoint's 64-d pooled features (images resized to 32 x 32)."""
     from torchvision.transforms import v2
 
-    from diffcoremix.filter.resnet20 import load_resnet20
+    from diffcoremix.embedders.resnet20 import load_resnet20
 
     path = Path(path)
     if not path.is_file():

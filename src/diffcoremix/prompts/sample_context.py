@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from diffcoremix.filter.cache import embed_files
-from diffcoremix.filter.embedders import Embedder
+from diffcoremix.embedders.cache import embed_files
+from diffcoremix.embedders.models import Embedder
+from diffcoremix.errors import ConfigError
 from diffcoremix.prompts.context import ContextChoice, ContextRequest
 
 
@@ -29,8 +30,6 @@ class SampleContext:
 
     def __init__(self, embedder: Embedder, contexts: Sequence[str], top_k: int = 3) -> None:
         if not embedder.has_text:
-            from diffcoremix.errors import ConfigError
-
             raise ConfigError("context_embedder", embedder.id, "an image-text embedder (a CLIP model) for sample")
         self.embedder = embedder
         self.contexts = list(contexts)

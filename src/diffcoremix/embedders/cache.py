@@ -21,7 +21,7 @@ from tqdm import tqdm
 from diffcoremix.atomic import atomic_write_bytes
 from diffcoremix.data.images import open_image
 from diffcoremix.digests import file_sha256
-from diffcoremix.filter.embedders import Embedder
+from diffcoremix.embedders.models import Embedder
 
 logger = logging.getLogger(__name__)
 
