@@ -7,19 +7,31 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from diffcoremix.errors import ConfigError
 from diffcoremix.mix import (
     MIXERS,
+    PARTNER_NONE,
+    PARTNER_OWN,
+    BatchParams,
+    CutMix,
+    MixOutput,
+    MixUp,
+    PairBatch,
     PairMix,
     PairParams,
     cells_to_mask,
+    collate_pairs,
     cutmix_apply,
+    cutmix_box,
     make_mixer,
     patch_lambda,
     patch_mix,
     pixel_mix,
+    sample_beta,
     sample_cells,
+    upsample_cells,
 )
-from diffcoremix.mix.mixers import KIND_NONE, KIND_PATCH, KIND_PIXEL
+from diffcoremix.mix.mixers import KIND_BATCH, KIND_NONE, KIND_PATCH, KIND_PIXEL
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -117,7 +129,9 @@ def test_properties(batch: int, channels: int, height: int, width: int, grid: in
     else:
         x = torch.rand(batch, channels, height, width, generator=g).to(dtype)
         z = torch.rand(batch, channels, height, width, generator=g).to(dtype)
-    out = PairMix(mode=mode, p=1.0, grid=grid)(x, torch.zeros(batch, dtype=torch.long), partner=z, generator=g)  # type: ignore[arg-type]
+    mixer = PairMix(mode=mode, p=1.0, grid=grid)  # type: ignore[arg-type]
+    state = g.get_state()
+    out = mixer(x, torch.zeros(batch, dtype=torch.long), partner=z, generator=g)
     assert out.images.shape == x.shape
     assert out.images.dtype == dtype
     low, high = torch.minimum(x, z).float(), torch.maximum(x, z).float()
@@ -125,13 +139,15 @@ def test_properties(batch: int, channels: int, height: int, width: int, grid: in
     assert (out.images.float() >= low - tolerance).all()
     assert (out.images.float() <= high + tolerance).all()
     assert ((out.lam >= 0) & (out.lam <= 1)).all()
-    patched = out.kind == KIND_PATCH
-    if patched.any():
-        # lambda is the realised share of real pixels: where x and z differ everywhere, count them
-        ones, zeros = torch.ones_like(x[patched]), torch.zeros_like(x[patched])
-        params = PairMix(mode=mode, p=1.0, grid=grid).sample(batch, gen(seed + 1))  # type: ignore[arg-type]
-        share = patch_mix(ones, zeros, params.cells[patched]).float().mean(dim=(1, 2, 3))
-        assert torch.allclose(share, patch_lambda(params.cells[patched], height, width))
+    # Replay the same draw: the same images; then apply it to real = 1, partner = 0, where each output pixel is
+    # that pixel's share of the real image, so their mean is the realised lambda of each sample.
+    params = mixer.sample(batch, torch.Generator().set_state(state))
+    replayed = mixer.apply_params(x, torch.zeros(batch, dtype=torch.long), z, params)
+    assert torch.equal(replayed.images, out.images)
+    ones = torch.ones(batch, 1, height, width, dtype=torch.float64)
+    share = mixer.apply_params(ones, torch.zeros(batch), torch.zeros_like(ones), params).images.mean(dim=(1, 2, 3))
+    assert torch.allclose(out.lam.double(), share, atol=1e-6)
+    assert ((out.kind == KIND_PATCH) | (out.kind == KIND_PIXEL)).all()
 
 
 def test_soft_targets_weigh_the_labels_by_the_realised_lambda() -> None:
@@ -148,25 +164,59 @@ def test_rho_fixes_the_cell_probability() -> None:
     assert sample_cells(4, 5, torch.ones(4), gen()).all()
 
 
+def _torchvision_draw(theirs: torch.nn.Module, seed: int) -> float:
+    """The lambda that torchvision's ``make_params`` draws first after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    alpha = torch.tensor([theirs.alpha])
+    return float(torch.distributions.Beta(alpha, alpha).sample(()))
+
+
+@pytest.mark.parametrize(("height", "width"), [(32, 24), (7, 13), (224, 224), (1, 5)])
+@pytest.mark.parametrize("seed", range(6))
+def test_cutmix_box_is_torchvisions_box_for_the_same_random_state(height: int, width: int, seed: int) -> None:
+    from torchvision.transforms import v2
+
+    theirs = v2.CutMix(num_classes=3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        expected = theirs.make_params([torch.zeros(2, 3, height, width)])
+        lam = _torchvision_draw(theirs, seed)  # leaves torch's generator where make_params draws the centre from
+        box = cutmix_box(lam, height, width)
+    assert box == expected["box"]
+    x1, y1, x2, y2 = box
+    assert 1 - (x2 - x1) * (y2 - y1) / (height * width) == pytest.approx(expected["lam_adjusted"])
+
+
 def test_cutmix_matches_torchvision_v2_on_the_same_draw() -> None:
     from torchvision.transforms import v2
 
     x = torch.rand(5, 3, 32, 24, generator=gen(5))
     y = torch.tensor([0, 1, 2, 3, 4])
     theirs = v2.CutMix(num_classes=5)
-    torch.manual_seed(11)
-    params = theirs.make_params([x])
-    params = {**params, "labels": y, "batch_size": 5}
-    expected_images = theirs.transform(x, params)
-    expected_targets = theirs.transform(y, params)
-    images, lam = cutmix_apply(x, params["box"])
-    assert torch.equal(images, expected_images)
-    assert lam == pytest.approx(params["lam_adjusted"])
-    ours = make_mixer("cutmix", num_classes=5)
-    one_hot = torch.nn.functional.one_hot(y, 5).float()
-    assert torch.allclose(lam * one_hot + (1 - lam) * one_hot.roll(1, 0), expected_targets)
-    out = ours(x, y, generator=gen(3))
-    assert torch.allclose(out.targets.sum(1), torch.ones(5))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(11)
+        params = {**theirs.make_params([x]), "labels": y, "batch_size": 5}
+        lam = _torchvision_draw(theirs, 11)
+    out = CutMix(num_classes=5).apply_params(x, y, BatchParams(lam, params["box"]))
+    assert torch.equal(out.images, theirs.transform(x, params))
+    assert torch.allclose(out.targets, theirs.transform(y, params))
+    assert out.lam.tolist() == pytest.approx([params["lam_adjusted"]] * 5)
+    assert cutmix_apply(x, params["box"])[1] == pytest.approx(params["lam_adjusted"])
+
+
+def _after_one_beta_draw(generator: torch.Generator) -> torch.Generator:
+    sample_beta(1, 1.0, generator)
+    return generator
+
+
+def test_cutmix_module_draws_lambda_then_the_box_from_the_generator() -> None:
+    x, y = torch.rand(4, 3, 16, 12, generator=gen(1)), torch.tensor([0, 1, 2, 0])
+    mixer = CutMix(num_classes=3)
+    params = mixer.sample(16, 12, gen(9))
+    assert params.box == cutmix_box(params.lam, 16, 12, _after_one_beta_draw(gen(9)))
+    out = mixer(x, y, generator=gen(9))
+    assert torch.equal(out.images, mixer.apply_params(x, y, params).images)
+    assert torch.allclose(out.targets.sum(1), torch.ones(4))
 
 
 def test_mixup_matches_torchvision_v2_for_the_same_lambda() -> None:
@@ -174,10 +224,26 @@ def test_mixup_matches_torchvision_v2_for_the_same_lambda() -> None:
 
     x = torch.rand(4, 3, 8, 8, generator=gen(6))
     y = torch.tensor([0, 1, 2, 3])
+    ours = MixUp(num_classes=4)
+    lam = ours.sample(8, 8, gen(7)).lam  # the lambda our module will draw from the same generator state
+    out = ours(x, y, generator=gen(7))
+    params = {"lam": lam, "labels": y, "batch_size": 4}
     theirs = v2.MixUp(num_classes=4)
-    params = {"lam": 0.3, "labels": y, "batch_size": 4}
-    expected = theirs.transform(x, params)
-    assert torch.allclose(pixel_mix(x, x.roll(1, 0), torch.full((4,), 0.3)), expected, atol=1e-6)
+    assert torch.allclose(out.images, theirs.transform(x, params), atol=1e-6)
+    assert torch.allclose(out.targets, theirs.transform(y, params), atol=1e-6)
+    assert out.lam.tolist() == pytest.approx([lam] * 4)
+    assert (out.kind == KIND_BATCH).all()
+    assert 0.0 < lam < 1.0
+    assert lam != pytest.approx(0.5)  # a draw that tells lambda from 1 - lambda
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+def test_batch_mixers_need_num_classes_when_built(name: str) -> None:
+    with pytest.raises(ValueError, match="num_classes") as info:
+        make_mixer(name)
+    assert isinstance(info.value, ConfigError)
+    with pytest.raises(ConfigError, match="num_classes"):
+        PairMix(soft_targets=True)
 
 
 def test_substitute_replaces_with_the_partner_and_keeps_the_label() -> None:
@@ -191,22 +257,48 @@ def test_substitute_replaces_with_the_partner_and_keeps_the_label() -> None:
     assert torch.equal(none.images, x)
 
 
+def _collated(batch: int, generator: torch.Generator) -> PairBatch:
+    """A collated batch as :func:`collate_pairs` makes it (the last sample has no partner)."""
+    samples = []
+    for i in range(batch):
+        image = torch.randint(0, 256, (3, 9, 11), generator=generator, dtype=torch.uint8)
+        partner = torch.randint(0, 256, (3, 9, 11), generator=generator, dtype=torch.uint8)
+        has = i < batch - 1 or batch == 1
+        samples.append((image, i % 3, partner if has else image, has, PARTNER_OWN if has else PARTNER_NONE))
+    return collate_pairs(samples)
+
+
 @pytest.mark.parametrize("name", MIXERS.names())
-def test_every_mixer_keeps_shape_dtype_and_batch_size_one(name: str) -> None:
+def test_every_mixer_takes_the_collated_batch_and_unpacks_like_torchvision(name: str) -> None:
     mixer = make_mixer(name, num_classes=3) if name in ("mixup", "cutmix") else make_mixer(name)
     for batch in (1, 3):
-        x = torch.randint(0, 256, (batch, 3, 9, 11), generator=gen(batch), dtype=torch.uint8)
-        out = mixer(x, torch.zeros(batch, dtype=torch.long), partner=x.flip(0), generator=gen(batch))
-        assert out.images.shape == x.shape
-        assert out.images.dtype == torch.uint8
-        assert out.lam.shape == (batch,)
+        collated = _collated(batch, gen(batch))
+        out = mixer(**collated, generator=gen(batch))
+        assert isinstance(out, MixOutput)
+        images, targets = out
+        assert images is out.images
+        assert targets is out.targets
+        assert images.shape == collated["x"].shape
+        assert images.dtype == torch.uint8
+        assert out.lam.shape == out.kind.shape == (batch,)
+        assert targets.shape[0] == batch
 
 
 @pytest.mark.parametrize(("height", "width", "grid"), [(8, 12, 4), (224, 224, 4), (9, 12, 3), (7, 5, 2)])
 def test_upsampling_fast_path_equals_the_index_rule(height: int, width: int, grid: int) -> None:
-    from diffcoremix.mix import upsample_cells
-
     values = torch.rand(3, grid, grid, generator=gen())
     rows = torch.arange(height) * grid // height
     cols = torch.arange(width) * grid // width
     assert torch.equal(upsample_cells(values, height, width), values[:, rows][:, :, cols].unsqueeze(1))
+
+
+@pytest.mark.parametrize(("size", "grid"), [(10, 4), (7, 3), (224, 4), (5, 5), (3, 6)])
+def test_cell_i_starts_at_ceil_i_size_over_grid_as_documented(size: int, grid: int) -> None:
+    values = torch.arange(grid * grid, dtype=torch.float32).reshape(1, grid, grid)
+    column = upsample_cells(values, size, size)[0, 0, :, 0] / grid  # the cell row of each pixel row
+    for i in range(grid):
+        rows = (column == i).nonzero().flatten().tolist()
+        assert rows == list(range(-(-i * size // grid), -(-(i + 1) * size // grid)))
+    cells = torch.zeros(1, grid, grid, dtype=torch.bool)
+    cells[0, 0, :] = True  # the first cell row: ceil(size / grid) pixel rows
+    assert patch_lambda(cells, size, size).item() == pytest.approx(1 - -(-size // grid) / size)

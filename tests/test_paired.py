@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -12,17 +13,21 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from diffcoremix.errors import DatasetError
+from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.manifest import shard_path
-from diffcoremix.mix.paired import (
+from diffcoremix.mix import (
     PARTNER_CLASS,
     PARTNER_NONE,
     PARTNER_OWN,
     PARTNER_REAL,
+    EpochSampler,
+    PairBatch,
     PairedDataset,
     collate_pairs,
     with_synthetic_samples,
 )
+from diffcoremix.mix.preview import COLUMNS, mix_preview, preview_figure, preview_rows
+from diffcoremix.seeds import generator_for
 
 from .helpers import make_class_folders
 
@@ -97,16 +102,102 @@ def test_choices_are_deterministic_per_seed_and_epoch(world: tuple[Path, Path]) 
     assert len(set(picks.values())) == 2  # both of a/img_000's counterparts get used over epochs
 
 
-def test_the_same_batches_with_several_workers(world: tuple[Path, Path]) -> None:
+def test_the_epoch_sampler_yields_epoch_and_index_in_a_seeded_order() -> None:
+    sampler = EpochSampler(5)
+    assert list(sampler) == [(0, i) for i in range(5)]
+    sampler.set_epoch(3)
+    assert list(sampler) == [(3, i) for i in range(5)]
+    shuffled = EpochSampler(range(50), shuffle=True, seed=7)
+    orders = []
+    for epoch in range(3):
+        shuffled.set_epoch(epoch)
+        epochs, order = zip(*shuffled, strict=True)
+        assert set(epochs) == {epoch}
+        assert order == tuple(torch.randperm(50, generator=generator_for(7, "shuffle", epoch)).tolist())
+        orders.append(order)
+    assert sorted(orders[0]) == list(range(50))
+    assert len(set(orders)) == 3  # a new order every epoch
+    assert len(shuffled) == 50
+
+
+def test_an_epoch_index_pair_carries_its_epoch_and_a_plain_index_uses_set_epoch(world: tuple[Path, Path]) -> None:
     data, out = world
-    dataset = PairedDataset(data, out, transform=v2.PILToTensor())
-    batches = []
-    for workers in (0, 2):
-        loader = DataLoader(dataset, batch_size=4, num_workers=workers, collate_fn=collate_pairs)
-        batches.append([b for b in loader])
-    for a, b in zip(*batches, strict=True):
-        assert all(torch.equal(a[k], b[k]) for k in a)
-    assert batches[0][0]["partner_rule"].tolist() == [PARTNER_OWN, PARTNER_CLASS, PARTNER_CLASS, PARTNER_CLASS]
+    dataset = PairedDataset(data, out, transform=CROP_AND_FLIP)
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        by_int = collate_pairs([dataset[i] for i in range(len(dataset))])
+        dataset.set_epoch(99)
+        by_pair = collate_pairs([dataset[(epoch, i)] for i in range(len(dataset))])
+        assert all(torch.equal(by_int[k], by_pair[k]) for k in by_int)  # type: ignore[literal-required]
+
+
+def test_transforms_draw_from_per_image_streams_and_leave_the_callers_state_alone(world: tuple[Path, Path]) -> None:
+    data, out = world
+    draw = PairedDataset(data, out, transform=lambda image: float(torch.rand(())))  # ignores the image: the stream
+    before = torch.random.get_rng_state()
+    real, _, partner, _, _ = draw[(1, 0)]
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert real != partner  # the real image and its partner have streams of their own
+    assert draw[(1, 0)][0:3:2] == (real, partner)  # the same (seed, epoch, image): the same draws
+    assert draw[(2, 0)][0] != real  # a new epoch: new draws
+    assert PairedDataset(data, out, seed=1, transform=draw.transform)[(1, 0)][0] != real  # a new seed: new draws
+    assert draw[(1, 1)][0] != real  # another image: another stream
+
+
+CROP_AND_FLIP = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(8, antialias=True), v2.RandomHorizontalFlip()])
+
+
+def _three_epochs(dataset: PairedDataset, workers: int, persistent: bool) -> list[list[PairBatch]]:
+    """Each epoch's batches, in the recommended loop: only the sampler is told the epoch."""
+    sampler = EpochSampler(dataset, shuffle=True, seed=1)
+    loader = DataLoader(
+        dataset, batch_size=4, sampler=sampler, num_workers=workers, persistent_workers=persistent,
+        collate_fn=collate_pairs,
+    )  # fmt: skip
+    epochs = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        epochs.append(list(loader))
+    return epochs
+
+
+def test_the_same_batches_every_epoch_with_no_workers_two_workers_and_two_persistent_workers(
+    world: tuple[Path, Path],
+) -> None:
+    data, out = world
+    dataset = PairedDataset(data, out, transform=CROP_AND_FLIP, seed=2)
+    runs = {config: _three_epochs(dataset, *config) for config in [(0, False), (2, False), (2, True)]}
+    reference = runs[(0, False)]
+    for config, epochs in runs.items():
+        for epoch, (batches, expected) in enumerate(zip(epochs, reference, strict=True)):
+            for a, b in zip(batches, expected, strict=True):
+                assert all(torch.equal(a[k], b[k]) for k in a), (config, epoch)  # type: ignore[literal-required]
+    # ...and they are the batches of that epoch: the crops and the partners change from one epoch to the next
+    sampler = EpochSampler(dataset, shuffle=True, seed=1)
+    per_index = []
+    for epoch, batches in enumerate(reference):
+        sampler.set_epoch(epoch)
+        order = [index for _, index in sampler]
+        stacked = {k: torch.cat([b[k] for b in batches]) for k in ("x", "partner", "y")}  # type: ignore[literal-required]
+        at = torch.tensor(order).argsort()
+        per_index.append({k: v[at] for k, v in stacked.items()})
+        expected = collate_pairs([dataset[(epoch, i)] for i in order])
+        assert torch.equal(stacked["x"], expected["x"])
+    for before, after in itertools.pairwise(per_index):
+        assert torch.equal(before["y"], after["y"])
+        assert all(not torch.equal(b, a) for b, a in zip(before["x"], after["x"], strict=True))  # every crop
+        partner_values = [p.float().mean(dim=(1, 2, 3)).round() for p in (before["partner"], after["partner"])]
+        assert not torch.equal(*partner_values)  # some partner (10 or 11 for class a) changes
+
+
+def test_classes_and_class_to_idx_are_those_of_image_folder(world: tuple[Path, Path]) -> None:
+    from torchvision.datasets import ImageFolder
+
+    data, out = world
+    dataset, folder = PairedDataset(data, out), ImageFolder(str(data))
+    assert dataset.classes == folder.classes
+    assert dataset.class_to_idx == folder.class_to_idx
+    assert [label for *_, label in folder.samples] == [dataset[i][1] for i in range(len(dataset))]
 
 
 def test_real_mode_pairs_with_another_real_image_of_the_class(world: tuple[Path, Path]) -> None:
@@ -137,15 +228,55 @@ def test_an_unfiltered_run_is_refused(world: tuple[Path, Path]) -> None:
         PairedDataset(data, out)
 
 
-def test_mix_preview_grid(world: tuple[Path, Path], tmp_path: Path) -> None:
+def test_mix_preview_rows_pair_mix_and_say_when_there_is_no_partner(world: tuple[Path, Path]) -> None:
+    data, out = world
+    rows = preview_rows(data, out, per_class=2, size=16)
+    # 2 of a, 2 of b, 1 of c (it has one image, and nothing accepted)
+    assert rows.class_names == ["a", "a", "b", "b", "c"]
+    assert rows.images.shape == (5, 4, 3, 16, 16)
+    assert rows.partner_rule.tolist() == [PARTNER_OWN, PARTNER_CLASS, PARTNER_CLASS, PARTNER_OWN, PARTNER_NONE]
+    assert rows.lam[-1].tolist() == [1.0, 1.0]  # not mixed: the mixes are the real image
+    assert torch.equal(rows.images[-1, 2], rows.images[-1, 0])
+    assert ((rows.lam >= 0) & (rows.lam <= 1)).all()
+
+
+def test_mix_preview_figure_has_headers_class_names_lambdas_and_a_no_partner_tile(world: tuple[Path, Path]) -> None:
+    data, out = world
+    rows = preview_rows(data, out, per_class=2, size=16)
+    grid = preview_figure(rows).axes
+    assert [axes.get_title() for axes in grid[:4]] == list(COLUMNS) == ["real", "partner", "pixel mix", "patch mix"]
+    assert [grid[4 * r].get_ylabel() for r in range(5)] == rows.class_names
+    texts = [[t.get_text() for t in axes.texts] for axes in grid]
+    assert texts[4 * 4 + 1] == ["no partner"]
+    assert sum(t == ["no partner"] for t in texts) == 1
+    for r in range(4):
+        assert texts[4 * r + 2:4 * r + 4] == [[f"λ = {lam:.2f}"] for lam in rows.lam[r].tolist()]  # fmt: skip
+    assert texts[4 * 4 + 2] == ["λ = 1 (not mixed)"]
+
+
+def test_mix_preview_writes_a_png_and_checks_its_arguments(world: tuple[Path, Path], tmp_path: Path) -> None:
+    data, out = world
+    path = mix_preview(data, out, tmp_path / "sub" / "grid.png", per_class=1, max_classes=2, size=16)
+    assert path == tmp_path / "sub" / "grid.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+    assert width > 4 * 120 > 0
+    assert height > 2 * 120
+    for name in ("per_class", "max_classes", "size"):
+        with pytest.raises(ConfigError, match=f"^{name} must be >= 1, got 0$"):
+            mix_preview(data, out, tmp_path / "bad.png", **{name: 0})  # type: ignore[arg-type]
+    assert not (tmp_path / "bad.png").exists()
+
+
+def test_mix_preview_command(world: tuple[Path, Path], tmp_path: Path) -> None:
     from .helpers import run_cli
 
     data, out = world
     grid = tmp_path / "grid.png"
     result = run_cli("mix-preview", data, "--synthetic", out, "-o", grid, "--per-class", "2", "--size", "16")
     assert result.returncode == 0, result.stderr
-    # rows: 2 of a, 2 of b, 1 of c (it has one image); 4 columns of 16 px tiles with 2 px padding
-    assert Image.open(grid).size == (2 + 4 * 18, 2 + 5 * 18)
+    assert Image.open(grid).format == "PNG"
     bad = run_cli("mix-preview", data, "--synthetic", out, "-o", grid, "--size", "0")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "diffcoremix mix-preview: error: --size must be >= 1, got 0"

@@ -1,4 +1,5 @@
-"""Mixing real and generated images at pixel and patch level (METHOD.md §7), and the baselines' mixers."""
+"""Mixing real and generated images at pixel and patch level (METHOD.md §7), the baselines' mixers, and the
+paired data they mix (each real image with its partner, epoch-aware for DataLoader workers)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from diffcoremix.mix.functional import (
 )
 from diffcoremix.mix.mixers import (
     MIXERS,
+    BatchParams,
     CutMix,
+    Mixer,
     MixOutput,
     MixUp,
     PairMix,
@@ -25,17 +28,38 @@ from diffcoremix.mix.mixers import (
     cutmix_box,
     make_mixer,
 )
+from diffcoremix.mix.paired import (
+    PARTNER_CLASS,
+    PARTNER_NONE,
+    PARTNER_OWN,
+    PARTNER_REAL,
+    EpochSampler,
+    PairBatch,
+    PairedDataset,
+    collate_pairs,
+    with_synthetic_samples,
+)
 
 __all__ = [
     "MIXERS",
+    "PARTNER_CLASS",
+    "PARTNER_NONE",
+    "PARTNER_OWN",
+    "PARTNER_REAL",
+    "BatchParams",
     "CutMix",
+    "EpochSampler",
     "MixOutput",
     "MixUp",
+    "Mixer",
+    "PairBatch",
     "PairMix",
     "PairParams",
+    "PairedDataset",
     "Substitute",
     "blend",
     "cells_to_mask",
+    "collate_pairs",
     "cutmix_apply",
     "cutmix_box",
     "make_mixer",
@@ -46,4 +70,5 @@ __all__ = [
     "sample_cells",
     "select",
     "upsample_cells",
+    "with_synthetic_samples",
 ]

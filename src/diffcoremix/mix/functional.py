@@ -54,7 +54,12 @@ def sample_cells(batch: int, grid: int, rho: Tensor | None = None, generator: to
 
 
 def upsample_cells(values: Tensor, height: int, width: int) -> Tensor:
-    """Nearest-upsample per-cell values ``(B, g, g)`` to ``(B, 1, H, W)``; cell edges at ``floor(i * H / g)``."""
+    """Nearest-upsample per-cell values ``(B, g, g)`` to ``(B, 1, H, W)``.
+
+    Row ``r`` lies in cell row ``floor(r * g / H)``, so cell ``i`` spans rows ``ceil(i * H / g)`` to
+    ``ceil((i + 1) * H / g) - 1`` (likewise for columns); when ``g`` does not divide ``H`` the cells differ by at
+    most one row, and :func:`patch_lambda` counts them with the same rule.
+    """
     batch, grid_h, grid_w = values.shape
     if height % grid_h == 0 and width % grid_w == 0:  # the common case: one broadcast copy, no index gathers
         blocks = values[:, :, None, :, None].expand(batch, grid_h, height // grid_h, grid_w, width // grid_w)

@@ -1,26 +1,39 @@
 """Mixers as modules (METHOD.md §7 and the baselines), all with one call signature and explicit generators.
 
-``mixer(x, y, partner=..., has_partner=..., partner_y=..., generator=...) -> MixOutput``:
+Every mixer takes the collated batch of :func:`diffcoremix.mix.collate_pairs` as keyword arguments, plus an
+optional generator: ``mixer(**batch, generator=g)``, that is
+``mixer(x, y, partner=..., has_partner=..., partner_rule=..., partner_y=..., generator=...) -> MixOutput``;
+a :class:`MixOutput` unpacks as ``images, targets`` like timm's and torchvision's mixers.
 
 - ``pixel``, ``patch``, ``diffcoremix``: mix each real image with its own partner (a generated counterpart);
   ``diffcoremix`` mixes a sample with probability ``p``, choosing pixel or patch with equal odds. Samples without
   a partner pass through unchanged. Targets stay the real label (hard), or with ``soft_targets`` become
   ``lam * onehot(y) + (1 - lam) * onehot(partner_y)`` (for cross-class partners).
 - ``mixup``, ``cutmix``: the classical baselines, mixing the batch with itself rolled by one (torchvision v2's
-  pairing and box rule), soft targets.
+  pairing, box rule and label weights), soft targets; ``num_classes`` is required when they are built.
 - ``substitute``: DA-Fusion-style synthetic substitution: with probability ``p`` the real image is replaced by its
   partner; the label is kept.
+
+Example:
+    >>> import torch
+    >>> mixer = make_mixer("diffcoremix", p=1.0)
+    >>> x, partner = torch.ones(2, 3, 8, 8), torch.zeros(2, 3, 8, 8)
+    >>> images, targets = mixer(x=x, y=torch.tensor([0, 1]), partner=partner, generator=torch.Generator())
+    >>> images.shape, targets.tolist()
+    (torch.Size([2, 3, 8, 8]), [0, 1])
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
 
+from diffcoremix.errors import ConfigError
 from diffcoremix.mix.functional import (
     blend,
     patch_lambda,
@@ -40,7 +53,7 @@ KIND_NONE, KIND_PIXEL, KIND_PATCH, KIND_SUBSTITUTE, KIND_BATCH = 0, 1, 2, 3, 4
 
 @dataclass(frozen=True)
 class MixOutput:
-    """A mixed batch."""
+    """A mixed batch; unpacks as ``images, targets`` (like timm's ``Mixup`` and torchvision's ``MixUp``)."""
 
     images: Tensor
     """``(B, C, H, W)``, the input's dtype."""
@@ -50,6 +63,39 @@ class MixOutput:
     """``(B,)`` realised share of the real (first) image; 1 where a sample was not mixed."""
     kind: Tensor
     """``(B,)`` int8 codes (``KIND_*``)."""
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return iter((self.images, self.targets))
+
+
+class Mixer(Protocol):
+    """What every registered mixer is: a callable on the collated batch's keyword arguments."""
+
+    def __call__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        partner: Tensor | None = None,
+        has_partner: Tensor | None = None,
+        partner_rule: Tensor | None = None,
+        partner_y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MixOutput:
+        """Mix a batch.
+
+        Args:
+            x: ``(B, C, H, W)`` real images.
+            y: ``(B,)`` labels (or ``(B, K)`` soft targets).
+            partner: ``(B, C, H, W)`` each real image's partner (the pair mixers need it; the batch mixers
+                pair the batch with itself and ignore it).
+            has_partner: ``(B,)`` bool; samples without a partner are never mixed (default: all have one).
+            partner_rule: ``(B,)`` the rule that chose each partner (``PARTNER_*``); accepted so that
+                ``mixer(**batch)`` works, reported for logging, not used by the mixing.
+            partner_y: ``(B,)`` the partners' labels, for soft targets (default: ``y``).
+            generator: the only source of randomness (a CPU generator).
+        """
+        ...
 
 
 @dataclass(frozen=True)
@@ -66,12 +112,33 @@ class PairParams:
     """``(B, g, g)`` bool patch cells taken from the partner."""
 
 
+@dataclass(frozen=True)
+class BatchParams:
+    """One draw of a batch mixer (MixUp, CutMix): replay it with :meth:`MixUp.apply_params`."""
+
+    lam: float
+    """The ``Beta(alpha, alpha)`` draw: MixUp's weight of the batch, CutMix's box size rule."""
+    box: tuple[int, int, int, int] | None = None
+    """CutMix's box ``(x1, y1, x2, y2)``, pasted from the batch rolled by one; None for MixUp."""
+
+
 def _partnered(has_partner: Tensor | None, batch: int) -> Tensor:
     """``(B,)`` bool on the CPU: which samples have a partner (all, when not said)."""
     return torch.ones(batch, dtype=torch.bool) if has_partner is None else has_partner.cpu().bool()
 
 
+def _check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(name, value, "in [0, 1]")
+
+
+def _check_num_classes(num_classes: int | None, needed_by: str) -> None:
+    if num_classes is None or num_classes < 1:
+        raise ConfigError("num_classes", num_classes, f"an int >= 1 for {needed_by} (it builds one-hot targets)")
+
+
 def one_hot(y: Tensor, num_classes: int | None) -> Tensor:
+    """``(B, K)`` float targets: ``y`` itself when already soft, else its one-hot encoding."""
     if y.ndim == 2:
         return y.float()
     if num_classes is None:
@@ -88,8 +155,12 @@ class PairMix(nn.Module):
         alpha: Beta(alpha, alpha) for the pixel weight.
         grid: patch grid size g.
         rho: fixed patch-cell probability; None draws it per sample from U(0, 1).
-        soft_targets: mix the one-hot labels by the realised lambda (needs ``partner_y`` and ``num_classes``).
+        soft_targets: mix the one-hot labels by the realised lambda (needs ``num_classes``, and ``partner_y`` at
+            call time for cross-class partners).
         num_classes: for soft targets.
+
+    Raises:
+        ConfigError: a value out of range, or ``soft_targets`` without ``num_classes``.
     """
 
     def __init__(
@@ -103,10 +174,17 @@ class PairMix(nn.Module):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
-        if rho is not None and not 0.0 <= rho <= 1.0:
-            raise ValueError(f"rho must be in [0, 1], got {rho}")
+        if mode not in ("pixel", "patch", "both"):
+            raise ConfigError("mode", mode, "one of 'pixel', 'patch', 'both'")
+        _check_probability("p", p)
+        if rho is not None:
+            _check_probability("rho", rho)
+        if alpha <= 0:
+            raise ConfigError("alpha", alpha, "> 0")
+        if grid < 1:
+            raise ConfigError("grid", grid, ">= 1")
+        if soft_targets:
+            _check_num_classes(num_classes, "soft_targets")
         self.mode, self.p, self.alpha, self.grid, self.rho = mode, p, alpha, grid, rho
         self.soft_targets, self.num_classes = soft_targets, num_classes
 
@@ -133,7 +211,6 @@ class PairMix(nn.Module):
     ) -> MixOutput:
         """Apply a draw (from :meth:`sample`, or made by hand)."""
         batch = x.shape[0]
-        device = x.device
         mix = params.mix & _partnered(has_partner, batch)
         by_patch = mix & params.patch
         by_pixel = mix & ~params.patch
@@ -148,11 +225,11 @@ class PairMix(nn.Module):
         images = blend(x, partner, weight) if mix.any() else x.clone()
         lam = torch.ones(batch)
         lam = torch.where(by_pixel, params.lam, lam)
-        lam = torch.where(by_patch, patch_lambda(params.cells, x.shape[-2], x.shape[-1]), lam)
+        lam = torch.where(by_patch, patch_lambda(params.cells, height, width), lam)
         kind = torch.where(by_patch, KIND_PATCH, torch.where(by_pixel, KIND_PIXEL, KIND_NONE)).to(torch.int8)
         if self.soft_targets:
             other = y if partner_y is None else partner_y
-            w = lam.to(device).reshape(-1, 1)
+            w = lam.to(x.device).reshape(-1, 1)
             targets = w * one_hot(y, self.num_classes) + (1 - w) * one_hot(other, self.num_classes)
         else:
             targets = y
@@ -162,36 +239,75 @@ class PairMix(nn.Module):
         self,
         x: Tensor,
         y: Tensor,
+        *,
         partner: Tensor | None = None,
         has_partner: Tensor | None = None,
+        partner_rule: Tensor | None = None,
         partner_y: Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> MixOutput:
+        """Mix a batch (see :class:`Mixer` for the arguments); ``partner`` is required."""
         if partner is None:
             raise ValueError(f"{type(self).__name__} needs a partner batch")
         return self.apply_params(x, y, partner, self.sample(x.shape[0], generator), has_partner, partner_y)
 
 
 class MixUp(nn.Module):
-    """MixUp within the batch (partner = the batch rolled by one, as torchvision v2), one lambda per batch."""
+    """MixUp within the batch (partner = the batch rolled by one, as torchvision v2), one lambda per batch.
+
+    Args:
+        alpha: Beta(alpha, alpha) for lambda.
+        num_classes: the number of classes, for the one-hot targets (required).
+
+    Raises:
+        ConfigError: ``num_classes`` missing or < 1, or ``alpha`` <= 0.
+    """
 
     def __init__(self, alpha: float = 1.0, num_classes: int | None = None) -> None:
         super().__init__()
+        _check_num_classes(num_classes, type(self).__name__)
+        if alpha <= 0:
+            raise ConfigError("alpha", alpha, "> 0")
         self.alpha, self.num_classes = alpha, num_classes
 
-    def mix(self, x: Tensor, lam: float, generator: torch.Generator | None) -> tuple[Tensor, float]:
-        """The mixed batch and the realised lambda."""
-        return pixel_mix(x, x.roll(1, 0), torch.full((x.shape[0],), lam)), lam
+    def sample(self, height: int, width: int, generator: torch.Generator | None = None) -> BatchParams:
+        """Draw the parameters for a batch of ``height x width`` images."""
+        return BatchParams(float(sample_beta(1, self.alpha, generator)[0]))
 
-    def forward(self, x: Tensor, y: Tensor, generator: torch.Generator | None = None, **_: object) -> MixOutput:
-        images, lam = self.mix(x, float(sample_beta(1, self.alpha, generator)[0]), generator)
-        targets = lam * one_hot(y, self.num_classes) + (1 - lam) * one_hot(y, self.num_classes).roll(1, 0)
+    def mix(self, x: Tensor, params: BatchParams) -> tuple[Tensor, float]:
+        """The mixed batch and the realised lambda (the share of each sample's own image)."""
+        return pixel_mix(x, x.roll(1, 0), torch.full((x.shape[0],), params.lam)), params.lam
+
+    def apply_params(self, x: Tensor, y: Tensor, params: BatchParams) -> MixOutput:
+        """Apply a draw (from :meth:`sample`, or made by hand); targets are weighed by the realised lambda."""
+        images, lam = self.mix(x, params)
+        targets = one_hot(y, self.num_classes).to(x.device)
+        targets = lam * targets + (1 - lam) * targets.roll(1, 0)
         batch = x.shape[0]
         return MixOutput(images, targets, torch.full((batch,), lam), torch.full((batch,), KIND_BATCH, dtype=torch.int8))
 
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        partner: Tensor | None = None,
+        has_partner: Tensor | None = None,
+        partner_rule: Tensor | None = None,
+        partner_y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MixOutput:
+        """Mix a batch with itself rolled by one; the ``partner*`` arguments are accepted and not used."""
+        return self.apply_params(x, y, self.sample(x.shape[-2], x.shape[-1], generator))
+
 
 def cutmix_box(lam: float, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, ...]:
-    """torchvision v2's CutMix box: a centre drawn uniformly, sides ``sqrt(1 - lam)`` of the image, clipped."""
+    """torchvision v2's CutMix box: a centre drawn uniformly, sides ``sqrt(1 - lam)`` of the image, clipped.
+
+    Returns:
+        ``(x1, y1, x2, y2)``; with ``generator=None`` the draws (column, then row) come from torch's global
+        generator, in the same order as torchvision's ``CutMix.make_params``.
+    """
     r_x = int(torch.randint(width, (1,), generator=generator))
     r_y = int(torch.randint(height, (1,), generator=generator))
     r = 0.5 * math.sqrt(1.0 - lam)
@@ -210,28 +326,42 @@ def cutmix_apply(x: Tensor, box: tuple[int, ...]) -> tuple[Tensor, float]:
 class CutMix(MixUp):
     """CutMix within the batch, with torchvision v2's pairing, box rule and label weights."""
 
-    def mix(self, x: Tensor, lam: float, generator: torch.Generator | None) -> tuple[Tensor, float]:
-        return cutmix_apply(x, cutmix_box(lam, x.shape[-2], x.shape[-1], generator))
+    def sample(self, height: int, width: int, generator: torch.Generator | None = None) -> BatchParams:
+        """Draw lambda, then the box it sizes."""
+        lam = float(sample_beta(1, self.alpha, generator)[0])
+        x1, y1, x2, y2 = cutmix_box(lam, height, width, generator)
+        return BatchParams(lam, (x1, y1, x2, y2))
+
+    def mix(self, x: Tensor, params: BatchParams) -> tuple[Tensor, float]:
+        if params.box is None:
+            raise ValueError("CutMix needs a box in its params (BatchParams.box)")
+        return cutmix_apply(x, params.box)
 
 
 class Substitute(nn.Module):
-    """Synthetic substitution (DA-Fusion style): with probability p, a sample becomes its partner; label kept."""
+    """Synthetic substitution (DA-Fusion style): with probability p, a sample becomes its partner; label kept.
+
+    Raises:
+        ConfigError: ``p`` outside [0, 1].
+    """
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
+        _check_probability("p", p)
         self.p = p
 
     def forward(
         self,
         x: Tensor,
         y: Tensor,
+        *,
         partner: Tensor | None = None,
         has_partner: Tensor | None = None,
+        partner_rule: Tensor | None = None,
+        partner_y: Tensor | None = None,
         generator: torch.Generator | None = None,
-        **_: object,
     ) -> MixOutput:
+        """Substitute within a batch (see :class:`Mixer` for the arguments); ``partner`` is required."""
         if partner is None:
             raise ValueError("Substitute needs a partner batch")
         batch = x.shape[0]
@@ -241,7 +371,7 @@ class Substitute(nn.Module):
         return MixOutput(images, y, lam, torch.where(swap, KIND_SUBSTITUTE, KIND_NONE).to(torch.int8))
 
 
-MIXERS: Registry[type[nn.Module] | object] = Registry("mixer")
+MIXERS: Registry[Callable[..., Mixer]] = Registry("mixer")
 MIXERS.add("pixel", lambda **kw: PairMix(mode="pixel", **{"p": 1.0, **kw}))
 MIXERS.add("patch", lambda **kw: PairMix(mode="patch", **{"p": 1.0, **kw}))
 MIXERS.add("diffcoremix", lambda **kw: PairMix(mode="both", **kw))
@@ -250,7 +380,11 @@ MIXERS.add("cutmix", CutMix)
 MIXERS.add("substitute", Substitute)
 
 
-def make_mixer(name: str, **kwargs: object) -> nn.Module:
-    """A mixer by registry name (``pixel``, ``patch``, ``diffcoremix``, ``mixup``, ``cutmix``, ``substitute``)."""
-    factory = MIXERS.get(name)
-    return factory(**kwargs)  # type: ignore[operator,no-any-return]
+def make_mixer(name: str, **kwargs: object) -> Mixer:
+    """A mixer by registry name (``pixel``, ``patch``, ``diffcoremix``, ``mixup``, ``cutmix``, ``substitute``).
+
+    Raises:
+        UnknownNameError: no mixer of that name; the message lists the known ones.
+        ConfigError: a bad argument (``mixup`` and ``cutmix`` need ``num_classes``).
+    """
+    return MIXERS.get(name)(**kwargs)

@@ -3,28 +3,47 @@
 The partner of a real image is one of its own accepted counterparts; else an accepted generated image of its
 class; else none (the sample is then never mixed). Which rule applied is reported per sample. The ``real`` mode
 pairs each image with another real image of its class instead: what perfect generations would give, for
-ablations. Choices come from a hash of (seed, epoch, image), never from a worker's random state, so they are the
-same with any number of DataLoader workers; call :meth:`PairedDataset.set_epoch` to draw new partners per epoch.
+ablations.
+
+Every random choice comes from a hash of (seed, epoch, image), never from a worker's random state: the partner,
+and the random transforms of the real image and of its partner (two separate streams). The epoch travels with
+the index: :class:`EpochSampler` yields ``(epoch, index)`` pairs, so DataLoader workers, persistent ones
+included, see each new epoch although they hold their own copy of the dataset. The batches are therefore the
+same with any number of workers.
+
+Example (``mixer`` from :func:`diffcoremix.mix.make_mixer`)::
+
+    pairs = PairedDataset("data", "out", transform=v2.Compose([v2.RandomResizedCrop(224), v2.PILToTensor()]))
+    sampler = EpochSampler(pairs, shuffle=True, seed=0)
+    loader = DataLoader(pairs, batch_size=64, sampler=sampler, num_workers=4, persistent_workers=True,
+                        collate_fn=collate_pairs)
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        for batch in loader:
+            images, targets = mixer(**batch, generator=generator)
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sized
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 from diffcoremix.data.folder import DatasetListing, list_images
 from diffcoremix.data.images import open_image
-from diffcoremix.errors import DatasetError
+from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.manifest import read_manifest
-from diffcoremix.seeds import stable_choice
+from diffcoremix.seeds import derive_seed, generator_for, stable_choice
 
 PARTNER_NONE, PARTNER_OWN, PARTNER_CLASS, PARTNER_REAL = 0, 1, 2, 3
 """Codes of the partner rule that applied: none, own counterpart, same-class generated image, same-class real."""
+
+Sample = tuple[Any, int, Any, bool, int]
+"""``(image, label, partner, has_partner, partner_rule)``."""
 
 
 def accepted_images(out: str | Path) -> list[dict[str, Any]]:
@@ -40,17 +59,62 @@ def accepted_images(out: str | Path) -> list[dict[str, Any]]:
     return kept[["source", "class_folder", "output"]].to_dict(orient="records")  # type: ignore[no-any-return]
 
 
-class PairedDataset(Dataset[tuple[Any, int, Any, bool, int]]):
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` pairs, so that the epoch reaches the dataset in every DataLoader worker.
+
+    A worker holds its own copy of the dataset (a persistent worker keeps it for the whole run), so an epoch set
+    on the dataset in the main process never reaches it; the sampled indices do. Call :meth:`set_epoch` before
+    each epoch, as with ``DistributedSampler``.
+
+    Args:
+        data_source: the dataset (only its length is used), or the length itself.
+        shuffle: a new order every epoch, a permutation drawn from ``derive_seed(seed, "shuffle", epoch)``;
+            otherwise ``0, 1, ..., n - 1``.
+        seed: seeds the shuffling.
+    """
+
+    def __init__(self, data_source: Sized | int, *, shuffle: bool = False, seed: int = 0) -> None:
+        super().__init__()
+        self.length = data_source if isinstance(data_source, int) else len(data_source)
+        if self.length < 0:
+            raise ConfigError("data_source", data_source, "a dataset or a length >= 0")
+        self.shuffle, self.seed, self.epoch = shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch that the next iteration yields (and shuffles by)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        if self.shuffle:
+            order = torch.randperm(self.length, generator=generator_for(self.seed, "shuffle", self.epoch)).tolist()
+        else:
+            order = list(range(self.length))
+        return iter([(self.epoch, index) for index in order])
+
+    def __len__(self) -> int:
+        return self.length
+
+
+class PairedDataset(Dataset[Sample]):
     """Yields ``(image, label, partner, has_partner, partner_rule)`` for each real image.
+
+    Index it with ``(epoch, index)`` (what :class:`EpochSampler` yields), or with a plain ``index``, which uses
+    the epoch of :meth:`set_epoch` (enough without workers).
 
     Args:
         data: the real dataset (folder or listing).
         synthetic: a filtered generation output folder (``None`` with ``mode="real"``).
         mode: ``counterpart`` (own, then class, then none) or ``real`` (another real image of the class).
-        transform: applied to both images (PIL in, anything out).
-        seed: partner choices derive from it.
+        transform: applied to both images (PIL in, anything out). Its random draws must come from torch's global
+            generator (torchvision's v2 transforms do): it runs seeded from (seed, epoch, image), with separate
+            streams for the real image and its partner, and the caller's random state is left as it was.
+        seed: partner choices and transforms derive from it.
 
-    Without a partner, ``partner`` is the real image itself and ``has_partner`` is False.
+    Attributes:
+        classes: the class folder names, sorted; a label indexes it (as torchvision's ``ImageFolder``).
+        class_to_idx: class folder name to label.
+
+    Without a partner, ``partner`` is the (transformed) real image itself and ``has_partner`` is False.
     """
 
     def __init__(
@@ -64,6 +128,8 @@ class PairedDataset(Dataset[tuple[Any, int, Any, bool, int]]):
     ) -> None:
         self.listing = data if isinstance(data, DatasetListing) else list_images(data)
         self.items = list(self.listing.items)
+        self.classes = list(self.listing.classes)
+        self.class_to_idx = {cls: label for label, cls in enumerate(self.classes)}
         self.transform = transform
         self.seed = seed
         self.epoch = 0
@@ -81,51 +147,81 @@ class PairedDataset(Dataset[tuple[Any, int, Any, bool, int]]):
             for item in self.items:
                 self.by_class[item.class_folder].append(item.path)
         else:
-            raise ValueError(f"mode must be 'counterpart' or 'real', got {mode!r}")
+            raise ConfigError("mode", mode, "'counterpart' or 'real'")
 
     def set_epoch(self, epoch: int) -> None:
-        """Draw partners anew for this epoch (deterministically)."""
+        """The epoch used by plain integer indices (an ``(epoch, index)`` pair carries its own)."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def partner_of(self, index: int) -> tuple[Path | None, int]:
-        """The partner file of real image ``index`` and the rule that chose it."""
+    def partner_of(self, index: int, epoch: int | None = None) -> tuple[Path | None, int]:
+        """The partner file of real image ``index`` in ``epoch`` (default: :attr:`epoch`) and the rule that chose it."""
         item = self.items[index]
+        epoch = self.epoch if epoch is None else epoch
         if self.mode == "real":
             others = [p for p in self.by_class[item.class_folder] if p != item.path]
             if not others:
                 return None, PARTNER_NONE
-            return others[stable_choice(len(others), self.seed, self.epoch, "real", item.relpath)], PARTNER_REAL
+            return others[stable_choice(len(others), self.seed, epoch, "real", item.relpath)], PARTNER_REAL
         for pool, rule in (
             (self.own.get(item.relpath, []), PARTNER_OWN),
             (self.by_class[item.class_folder], PARTNER_CLASS),
         ):
             if pool:
-                return pool[stable_choice(len(pool), self.seed, self.epoch, "partner", item.relpath)], rule
+                return pool[stable_choice(len(pool), self.seed, epoch, "partner", item.relpath)], rule
         return None, PARTNER_NONE
 
-    def __getitem__(self, index: int) -> tuple[Any, int, Any, bool, int]:
+    def _transformed(self, image: Any, epoch: int, relpath: str, stream: str) -> Any:
+        """``transform(image)`` with torch's global generator seeded from (seed, epoch, image, stream)."""
+        if self.transform is None:
+            return image
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, "transform", epoch, relpath, stream))
+            return self.transform(image)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> Sample:
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         item = self.items[index]
-        image: Any = open_image(item.path)
-        partner_path, rule = self.partner_of(index)
-        partner: Any = open_image(partner_path) if partner_path is not None else image
-        if self.transform is not None:
-            image, partner = self.transform(image), self.transform(partner)
-        return image, item.label, partner, partner_path is not None, rule
+        image = self._transformed(open_image(item.path), epoch, item.relpath, "real")
+        partner_path, rule = self.partner_of(index, epoch)
+        if partner_path is None:
+            return image, item.label, image, False, rule
+        partner = self._transformed(open_image(partner_path), epoch, item.relpath, "partner")
+        return image, item.label, partner, True, rule
 
 
-def collate_pairs(batch: list[tuple[Any, int, Any, bool, int]]) -> dict[str, torch.Tensor]:
-    """Stack a list of :class:`PairedDataset` samples (tensors) into the mixers' keyword arguments."""
+class PairBatch(TypedDict):
+    """A collated batch of :class:`PairedDataset` samples: the mixers' keyword arguments."""
+
+    x: torch.Tensor
+    """``(B, C, H, W)`` real images."""
+    y: torch.Tensor
+    """``(B,)`` int64 labels."""
+    partner: torch.Tensor
+    """``(B, C, H, W)`` partners (the real image itself where there is none)."""
+    has_partner: torch.Tensor
+    """``(B,)`` bool."""
+    partner_rule: torch.Tensor
+    """``(B,)`` int64 ``PARTNER_*`` codes."""
+
+
+def collate_pairs(batch: list[Sample]) -> PairBatch:
+    """Stack a list of :class:`PairedDataset` samples (tensors) into the mixers' keyword arguments.
+
+    Example::
+
+        images, targets = mixer(**collate_pairs(samples), generator=generator)
+    """
     images, labels, partners, has, rules = zip(*batch, strict=True)
-    return {
-        "x": torch.stack(images),
-        "y": torch.tensor(labels),
-        "partner": torch.stack(partners),
-        "has_partner": torch.tensor(has),
-        "partner_rule": torch.tensor(rules),
-    }
+    return PairBatch(
+        x=torch.stack(images),
+        y=torch.tensor(labels),
+        partner=torch.stack(partners),
+        has_partner=torch.tensor(has),
+        partner_rule=torch.tensor(rules),
+    )
 
 
 class _Synthetic(Dataset[tuple[Any, int]]):

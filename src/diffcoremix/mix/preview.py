@@ -1,14 +1,131 @@
-"""``diffcoremix mix-preview``: a grid of real | partner | pixel mix | patch mix (the paper's training-batch figure)."""
+"""``diffcoremix mix-preview``: real | partner | pixel mix | patch mix, one row per sample (METHOD.md §7).
+
+The paper's training-batch figure, made readable: column headers, the class name on each row, each mix's lambda
+(the share of the real image) on its tile, and a "no partner" tile where a sample has none (its mixes are the
+real image unchanged). Drawn with matplotlib's Agg backend, without pyplot's global state.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
 
-from diffcoremix.mix.mixers import PairMix
-from diffcoremix.mix.paired import PairedDataset
+from diffcoremix.errors import ConfigError, DatasetError
+from diffcoremix.mix.mixers import make_mixer
+from diffcoremix.mix.paired import PARTNER_NONE, PARTNER_OWN, PairedDataset, collate_pairs
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+COLUMNS = ("real", "partner", "pixel mix", "patch mix")
+"""The column headers, left to right."""
+
+_RULE_NAMES = {PARTNER_OWN: "own counterpart"}
+_MIN_TILE_PX = 120  # tiles are drawn at least this large, so that their labels stay legible
+
+
+@dataclass(frozen=True)
+class PreviewRows:
+    """What the preview shows, one row per sample."""
+
+    class_names: list[str]
+    """The class name of each row (the prompt word, from the class folder)."""
+    images: torch.Tensor
+    """``(N, 4, C, H, W)`` uint8: real, partner, pixel mix, patch mix."""
+    lam: torch.Tensor
+    """``(N, 2)`` the share of the real image in the pixel mix and in the patch mix."""
+    partner_rule: torch.Tensor
+    """``(N,)`` ``PARTNER_*`` codes; ``PARTNER_NONE`` where the sample has no partner."""
+
+
+def _check_counts(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1:
+            raise ConfigError(name, value, ">= 1")
+
+
+def preview_rows(
+    data: str | Path, synthetic: str | Path, *, per_class: int = 2, max_classes: int = 8, size: int = 128, seed: int = 0
+) -> PreviewRows:
+    """Pair, resize to ``size x size`` and mix up to ``per_class`` images of each of the first ``max_classes`` classes.
+
+    Images with a partner are preferred; a class without any shows its first images, unmixed.
+
+    Raises:
+        ConfigError: ``per_class``, ``max_classes`` or ``size`` below 1.
+        DatasetError: DATA or the synthetic folder cannot be used, or there is no image to show.
+    """
+    from torchvision.transforms import v2
+
+    _check_counts(per_class=per_class, max_classes=max_classes, size=size)
+    transform = v2.Compose([v2.Resize((size, size), antialias=True), v2.PILToTensor()])
+    dataset = PairedDataset(data, synthetic, transform=transform, seed=seed)
+    chosen: list[int] = []
+    for cls in dataset.classes[:max_classes]:
+        indices = [i for i, item in enumerate(dataset.items) if item.class_folder == cls]
+        with_partner = [i for i in indices if dataset.partner_of(i)[0] is not None]
+        chosen += (with_partner or indices)[:per_class]
+    if not chosen:
+        raise DatasetError(f"no images to preview in {data}")
+    batch = collate_pairs([dataset[i] for i in chosen])
+    generator = torch.Generator().manual_seed(seed)
+    pixel = make_mixer("pixel")(**batch, generator=generator)
+    patch = make_mixer("patch")(**batch, generator=generator)
+    names = dataset.listing.class_names()
+    return PreviewRows(
+        class_names=[names[dataset.items[i].class_folder] for i in chosen],
+        images=torch.stack([batch["x"], batch["partner"], pixel.images, patch.images], dim=1),
+        lam=torch.stack([pixel.lam, patch.lam], dim=1),
+        partner_rule=batch["partner_rule"],
+    )
+
+
+def _label(axes: Axes, text: str) -> None:
+    """Write ``text`` in a dark box at the bottom left of a tile."""
+    box = {"facecolor": "black", "alpha": 0.65, "pad": 1.5, "edgecolor": "none"}
+    axes.text(0.03, 0.03, text, transform=axes.transAxes, fontsize=8, color="white", bbox=box)
+
+
+def _no_partner(axes: Axes) -> None:
+    """A grey tile that says so."""
+    axes.set_facecolor("0.9")
+    axes.text(0.5, 0.5, "no partner", transform=axes.transAxes, fontsize=9, ha="center", va="center")
+
+
+def preview_figure(rows: PreviewRows) -> Figure:
+    """Draw the rows on a matplotlib figure (Agg canvas): headers, class names, lambdas, "no partner" tiles."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    count, size = rows.images.shape[0], rows.images.shape[-1]
+    tile = max(size, _MIN_TILE_PX) / 100  # inches at 100 dpi
+    figure = Figure(figsize=(4 * tile + 1.6, count * tile + 0.8), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    grid = figure.subplots(count, 4, squeeze=False)
+    figure.suptitle("λ = share of the real image in the mix", fontsize=9)
+    for row in range(count):
+        has_partner = int(rows.partner_rule[row]) != PARTNER_NONE
+        for column in range(4):
+            axes = grid[row, column]
+            axes.set_xticks([])
+            axes.set_yticks([])
+            if row == 0:
+                axes.set_title(COLUMNS[column], fontsize=10)
+            if column == 1 and not has_partner:
+                _no_partner(axes)
+                continue
+            axes.imshow(rows.images[row, column].permute(1, 2, 0).numpy(), interpolation="nearest")
+            if column == 1:
+                _label(axes, _RULE_NAMES.get(int(rows.partner_rule[row]), "same-class image"))
+            elif column >= 2:
+                lam = float(rows.lam[row, column - 2])
+                _label(axes, f"λ = {lam:.2f}" if has_partner else "λ = 1 (not mixed)")
+        grid[row, 0].set_ylabel(rows.class_names[row], fontsize=9, rotation=0, ha="right", va="center")
+    return figure
 
 
 def mix_preview(
@@ -21,34 +138,27 @@ def mix_preview(
     size: int = 128,
     seed: int = 0,
 ) -> Path:
-    """Write a PNG grid, one row per sample: real, partner, pixel mix, patch mix (a partner-less row repeats).
+    """Write a PNG, one row per sample: real, partner, pixel mix, patch mix (see :func:`preview_rows`).
+
+    Args:
+        data: the real dataset.
+        synthetic: a filtered generate/augment output folder.
+        out: the PNG file to write (its folder is created).
+        per_class: samples per class.
+        max_classes: classes shown (the first ones, sorted).
+        size: the side of the square tiles the images are resized to, in pixels.
+        seed: seeds the partner choice and the mixing.
 
     Returns:
         The PNG file.
-    """
-    from torchvision.transforms import v2
-    from torchvision.utils import make_grid
 
-    transform = v2.Compose([v2.Resize((size, size), antialias=True), v2.PILToTensor()])
-    dataset = PairedDataset(data, synthetic, transform=transform, seed=seed)
-    chosen: list[int] = []
-    for cls in dataset.listing.classes[:max_classes]:
-        indices = [i for i, item in enumerate(dataset.items) if item.class_folder == cls]
-        with_partner = [i for i in indices if dataset.partner_of(i)[0] is not None]
-        chosen += (with_partner or indices)[:per_class]
-    if not chosen:
-        raise ValueError("no images to preview")
-    samples = [dataset[i] for i in chosen]
-    x = torch.stack([s[0] for s in samples])
-    partner = torch.stack([s[2] for s in samples])
-    y = torch.tensor([s[1] for s in samples])
-    has = torch.tensor([s[3] for s in samples])
-    generator = torch.Generator().manual_seed(seed)
-    pixel = PairMix(mode="pixel", p=1.0)(x, y, partner=partner, has_partner=has, generator=generator).images
-    patch = PairMix(mode="patch", p=1.0)(x, y, partner=partner, has_partner=has, generator=generator).images
-    rows = torch.stack([x, partner, pixel, patch], dim=1).flatten(0, 1)  # real, partner, pixel, patch per sample
-    grid = make_grid(rows, nrow=4, padding=2, pad_value=255)
+    Raises:
+        ConfigError: ``per_class``, ``max_classes`` or ``size`` below 1.
+        DatasetError: DATA or the synthetic folder cannot be used, or there is no image to show.
+    """
+    _check_counts(per_class=per_class, max_classes=max_classes, size=size)  # before any work
+    rows = preview_rows(data, synthetic, per_class=per_class, max_classes=max_classes, size=size, seed=seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid.permute(1, 2, 0).numpy()).save(out)
+    preview_figure(rows).savefig(out, format="png")
     return out
