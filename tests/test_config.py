@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffcoremix import ConfigError, FilterConfig, GenerateConfig, PromptsConfig, ScanConfig, UnknownNameError
+from diffcoremix import (
+    ConfigError,
+    DataConfig,
+    FilterConfig,
+    GenerateConfig,
+    PromptsConfig,
+    ScanConfig,
+    UnknownNameError,
+)
 from diffcoremix.atomic import atomic_write_text
 from diffcoremix.config import (
     PRESET_DIR,
@@ -19,7 +27,13 @@ from diffcoremix.config import (
     write_resolved_config,
 )
 
-STAGES = {"scan": ScanConfig, "prompts": PromptsConfig, "generate": GenerateConfig, "filter": FilterConfig}
+STAGES = {
+    "data": DataConfig,
+    "scan": ScanConfig,
+    "prompts": PromptsConfig,
+    "generate": GenerateConfig,
+    "filter": FilterConfig,
+}
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 

@@ -1,9 +1,9 @@
 """diffcoremix: context-guided, filtered diffusion augmentation for image classifiers (DiffCoRe-Mix).
 
 The stages live in packages named after the method's vocabulary: :mod:`diffcoremix.data` (reading and
-scanning class-folder datasets), :mod:`diffcoremix.prompts` (contextual and negative prompts), and
-:mod:`diffcoremix.counterparts` (which images get counterparts, with what seeds). The most used names are
-re-exported here.
+scanning class-folder datasets), :mod:`diffcoremix.prompts` (contextual and negative prompts),
+:mod:`diffcoremix.generate`, :mod:`diffcoremix.filter`, :mod:`diffcoremix.mix`, with :mod:`diffcoremix.manifest`
+(the output folder) and :mod:`diffcoremix.embedders` below them. The most used names are re-exported here.
 
 Example:
     >>> import diffcoremix as dcm
@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 
 from diffcoremix.counterparts import Candidate, plan_candidates
 from diffcoremix.data import (
+    DataConfig,
     DatasetListing,
     ScanConfig,
     ScanReport,
@@ -40,7 +41,8 @@ from diffcoremix.errors import (
     UnknownNameError,
 )
 from diffcoremix.filter.config import FilterConfig
-from diffcoremix.generate import GenerateConfig, GenerationSummary, generate, read_manifest
+from diffcoremix.generate import GenerateConfig, GenerationSummary, generate
+from diffcoremix.manifest import FolderBusyError, OutputFolderError, read_manifest
 from diffcoremix.prompts import PromptPlan, PromptsConfig, build_prompts, list_packs, load_pack
 from diffcoremix.registry import Registry
 from diffcoremix.seeds import derive_seed
@@ -51,14 +53,17 @@ __all__ = [
     "ClassFolderDataset",
     "ClassMapError",
     "ConfigError",
+    "DataConfig",
     "DatasetError",
     "DatasetListing",
     "DiffCoReMixError",
     "FilterConfig",
     "FilterReport",
+    "FolderBusyError",
     "GenerateConfig",
     "GenerationSummary",
     "ImageReadError",
+    "OutputFolderError",
     "PackError",
     "PromptPlan",
     "PromptsConfig",

@@ -35,6 +35,20 @@ def atomic_write_text(path: str | Path, text: str, *, tag: str = "") -> None:
     atomic_write_bytes(path, text.encode("utf-8"), tag=tag)
 
 
+def write_text_if_changed(path: str | Path, text: str) -> bool:
+    """Write ``text`` atomically unless the file already holds exactly it; True if it was written.
+
+    A rerun that has nothing new to say leaves its files untouched (bytes and modification times).
+    """
+    try:
+        if Path(path).read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
+    return True
+
+
 def remove_stale_temporaries(folder: str | Path, *, tag: str = "") -> int:
     """Delete the temporary files a killed writer left below ``folder`` (only those whose name holds ``tag``).
 

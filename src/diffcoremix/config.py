@@ -23,7 +23,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import yaml
 
-from diffcoremix.atomic import atomic_write_text
+from diffcoremix.atomic import write_text_if_changed
 from diffcoremix.errors import ConfigError, UnknownNameError
 
 C = TypeVar("C")
@@ -219,5 +219,5 @@ def write_resolved_config(path: str | Path, stages: Mapping[str, Any], **extra: 
     meta = {"diffcoremix_version": __version__, **to_plain(extra)}
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
     text += "# run facts (not options)\n" + "\n".join(f"# {k}: {v}" for k, v in meta.items()) + "\n"
-    atomic_write_text(path, text)
+    write_text_if_changed(path, text)  # a rerun with the same options leaves the file as it was
     return Path(path)

@@ -7,7 +7,6 @@ turned into one-line messages by :mod:`diffcoremix.cli.main`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
@@ -20,11 +19,12 @@ from diffcoremix.cli.options import add_config_options, config_from_args
 from diffcoremix.config import write_resolved_config
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.data.scan import ScanConfig, scan_dataset
-from diffcoremix.errors import ConfigError
+from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.generate.config import GenerateConfig
 from diffcoremix.generate.presets import GENERATOR_PRESETS
 from diffcoremix.generate.runner import generate
+from diffcoremix.manifest.layout import check_separate
 from diffcoremix.manifest.records import MANIFEST_DIR
 from diffcoremix.prompts.builder import PromptsConfig, build_prompts
 from diffcoremix.prompts.packs import list_packs, load_pack
@@ -56,6 +56,24 @@ def _add_config_file(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh: delete the files of the earlier run in OUT first (never files diffcoremix did not make)",
+    )
+
+
+def _data_config(args: argparse.Namespace) -> DataConfig:
+    return config_from_args(DataConfig, args, "data")  # type: ignore[no-any-return]
+
+
+def _check_file_output(data: Path, output: Path | None) -> None:
+    """A file written beside a command's report must not land inside DATA."""
+    if output is not None:
+        check_separate(data, output)
+
+
 # --- scan -------------------------------------------------------------------------------------------------------
 
 
@@ -67,11 +85,13 @@ def _scan_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_config_file(parser)
     add_config_options(parser, ScanConfig)
+    add_config_options(parser, DataConfig)
 
 
 def _scan(args: argparse.Namespace) -> int:
     config = config_from_args(ScanConfig, args, "scan")
-    report = scan_dataset(args.data, config, progress=_progress(args))
+    _check_file_output(args.data, args.output)
+    report = scan_dataset(_data_config(args).select(args.data), config, progress=_progress(args))
     document = report.to_dict()
     if args.output:
         atomic_write_text(args.output, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
@@ -92,11 +112,13 @@ def _prompts_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_config_file(parser)
     add_config_options(parser, PromptsConfig)
+    add_config_options(parser, DataConfig)
 
 
 def _prompts(args: argparse.Namespace) -> int:
     config = config_from_args(PromptsConfig, args, "prompts")
-    plan = build_prompts(args.data, config)
+    _check_file_output(args.data, args.output)
+    plan = build_prompts(usable_sources(args.data, _data_config(args)).listing, config)
     plan.warn_conflicts()
     plan.write_jsonl(args.output)
     config_path = write_resolved_config(
@@ -118,15 +140,18 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="output folder (images, manifest, config; resumable)"
     )
+    _add_overwrite(parser)
     _add_config_file(parser)
     add_config_options(parser, GenerateConfig)
     add_config_options(parser, PromptsConfig)
+    add_config_options(parser, DataConfig)
 
 
 def _generate(args: argparse.Namespace) -> int:
     prompts = config_from_args(PromptsConfig, args, "prompts")
     config = config_from_args(GenerateConfig, args, "generate")
-    summary = generate(args.data, args.output, prompts, config, progress=_progress(args))
+    summary = generate(args.data, args.output, prompts, config, data_config=_data_config(args),
+                       overwrite=args.overwrite, progress=_progress(args))  # fmt: skip
     print(
         f"{summary.generated} generated, {summary.skipped} already done, {summary.failed} failed "
         f"({summary.shard} of {summary.planned} candidates in this shard) in {summary.seconds:.1f} s -> "
@@ -141,13 +166,15 @@ def _filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_config_file(parser)
     add_config_options(parser, FilterConfig)
+    add_config_options(parser, DataConfig)
 
 
 def _filter(args: argparse.Namespace) -> int:
     from diffcoremix.filter.runner import filter_run  # imports torch: only when filtering
 
     config = config_from_args(FilterConfig, args, "filter")
-    report = filter_run(args.out, config, data=args.data, progress=_progress(args))
+    subset = _data_config(args) if {"classes", "max_per_class"} & set(vars(args)) else None  # else the run's own
+    report = filter_run(args.out, config, data=args.data, data_config=subset, progress=_progress(args))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     if not config.calibrate:
         print(f"accepted images: {args.out / 'train'}   rejected: {args.out / 'rejected'}")
@@ -167,10 +194,12 @@ def _augment_arguments(parser: argparse.ArgumentParser) -> None:
         "--retries", type=int, default=0, metavar="R",
         help="regenerate a rejected candidate with a new seed up to R times, until its class's budget is met [0]",
     )  # fmt: skip
+    _add_overwrite(parser)
     _add_config_file(parser)
     add_config_options(parser, GenerateConfig)
     add_config_options(parser, PromptsConfig)
     add_config_options(parser, FilterConfig, skip=_FILTER_SHARED)
+    add_config_options(parser, DataConfig)
 
 
 def _augment(args: argparse.Namespace) -> int:
@@ -179,13 +208,12 @@ def _augment(args: argparse.Namespace) -> int:
     prompts = config_from_args(PromptsConfig, args, "prompts")
     generate_config = config_from_args(GenerateConfig, args, "generate")
     filter_config = config_from_args(FilterConfig, args, "filter", skip=_FILTER_SHARED)
-    filter_config = dataclasses.replace(filter_config, device=generate_config.device)
     result = augment(
         args.data, args.output, prompts, generate_config, filter_config, retries=args.retries,
-        progress=_progress(args),
+        data_config=_data_config(args), overwrite=args.overwrite, progress=_progress(args),
     )  # fmt: skip
     print(result.report.to_text())
-    short = {c: n - result.accepted.get(c, 0) for c, n in result.budget.items() if result.accepted.get(c, 0) < n}
+    short = result.shortfall
     print(
         f"{sum(result.accepted.values())} accepted of a budget of {sum(result.budget.values())} after "
         f"{result.attempts} round(s)" + (f"; short in {len(short)} class(es)" if short else "; every budget met")
@@ -207,9 +235,7 @@ def _preview_arguments(parser: argparse.ArgumentParser) -> None:
 def _preview(args: argparse.Namespace) -> int:
     from diffcoremix.mix.preview import mix_preview  # imports torch: only when previewing
 
-    for name in ("per_class", "max_classes", "size"):
-        if getattr(args, name) < 1:
-            raise ConfigError(name, getattr(args, name), ">= 1")
+    _check_file_output(args.data, args.output)
     path = mix_preview(args.data, args.synthetic, args.output, per_class=args.per_class,
                        max_classes=args.max_classes, size=args.size, seed=args.seed)  # fmt: skip
     print(f"wrote {path} (columns: real, partner, pixel mix, patch mix)")

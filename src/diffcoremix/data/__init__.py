@@ -11,16 +11,19 @@ from diffcoremix.data.classnames import class_names, load_class_map, prompt_name
 from diffcoremix.data.folder import DatasetListing, Finding, ImageItem, list_images
 from diffcoremix.data.images import IMAGE_EXTENSIONS, decode_image, is_image_file, open_image, to_rgb
 from diffcoremix.data.scan import PROBLEM_KINDS, ScanConfig, ScanReport, scan_dataset
+from diffcoremix.data.sources import DataConfig, Sources, usable_sources
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "PROBLEM_KINDS",
     "ClassFolderDataset",
+    "DataConfig",
     "DatasetListing",
     "Finding",
     "ImageItem",
     "ScanConfig",
     "ScanReport",
+    "Sources",
     "class_names",
     "decode_image",
     "is_image_file",
@@ -30,6 +33,7 @@ __all__ = [
     "prompt_name",
     "scan_dataset",
     "to_rgb",
+    "usable_sources",
 ]
 
 

@@ -10,16 +10,17 @@ never silently dropped.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffcoremix.data.classnames import class_names
 from diffcoremix.data.images import is_image_file
-from diffcoremix.errors import DatasetError
+from diffcoremix.errors import DatasetError, UnknownNameError
 
 
 @dataclass(frozen=True)
@@ -57,17 +58,45 @@ class DatasetListing:
     """Empty class folders, symbolic-link loops, broken links, unreadable directories."""
     ignored: tuple[Finding, ...] = ()
     """Hidden entries, non-image files, files outside any class folder."""
+    selected: tuple[str, ...] | None = None
+    """The classes in use when the listing is a subset (:meth:`subset`); None means all. ``classes`` stays every
+    class of DATA, so labels keep DATA's indices."""
     _by_class: dict[str, list[ImageItem]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        for cls in self.classes:
+        for cls in self.classes if self.selected is None else self.selected:
             self._by_class[cls] = []
         for item in self.items:
             self._by_class[item.class_folder].append(item)
 
     def by_class(self) -> Mapping[str, list[ImageItem]]:
-        """Items grouped by class folder, in listing order (every class present, possibly empty)."""
+        """Items grouped by class folder, in listing order (every class in use present, possibly empty)."""
         return self._by_class
+
+    def subset(self, classes: Sequence[str] = (), max_per_class: int | None = None) -> DatasetListing:
+        """Only ``classes`` (all when empty), and at most ``max_per_class`` images of each, first in listing order.
+
+        Labels keep DATA's indices. Raises:
+            UnknownNameError: a class is not a class folder of DATA.
+        """
+        for cls in classes:
+            if cls not in self.classes:
+                raise UnknownNameError("class", cls, list(self.classes))
+        chosen = tuple(c for c in self.classes if c in classes) if classes else self.selected
+        keep = set(chosen if chosen is not None else self.classes)
+        taken: dict[str, int] = {}
+        items = []
+        for item in self.items:
+            n = taken.get(item.class_folder, 0)
+            if item.class_folder in keep and (max_per_class is None or n < max_per_class):
+                items.append(item)
+                taken[item.class_folder] = n + 1
+        problems = tuple(f for f in self.problems if f.relpath.split("/")[0] in keep)
+        return dataclasses.replace(self, items=tuple(items), problems=problems, selected=chosen)
+
+    def without(self, relpaths: Collection[str]) -> DatasetListing:
+        """The listing less the images at ``relpaths`` (labels unchanged)."""
+        return dataclasses.replace(self, items=tuple(i for i in self.items if i.relpath not in relpaths))
 
     def class_names(self, class_map: Mapping[str, str] | None = None) -> dict[str, str]:
         """Prompt words per class folder (see :func:`diffcoremix.data.classnames.class_names`)."""

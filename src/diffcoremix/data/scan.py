@@ -21,7 +21,7 @@ from typing import Any
 from tqdm import tqdm
 
 from diffcoremix.config import check_types, require
-from diffcoremix.data.folder import Finding, ImageItem, list_images
+from diffcoremix.data.folder import DatasetListing, Finding, ImageItem, list_images
 from diffcoremix.data.images import decode_image, read_bytes
 from diffcoremix.errors import ImageReadError
 
@@ -178,7 +178,8 @@ def _inspect_args(args: tuple[str, str, int, int | None]) -> FileResult:
     return inspect_file(*args)
 
 
-def _inspect_all(items: list[ImageItem], config: ScanConfig, progress: bool) -> Iterator[FileResult]:
+def inspect_all(items: list[ImageItem], config: ScanConfig, progress: bool) -> Iterator[FileResult]:
+    """Decode every item (in worker processes for large datasets), yielding one result per file in order."""
     jobs = [(str(i.path), i.relpath, config.min_side, config.max_pixels) for i in items]
     workers = config.workers or (min(os.cpu_count() or 1, 8) if len(jobs) >= 2000 else 0)
     bar = tqdm(total=len(jobs), desc="scan", unit="img", disable=not progress, leave=False)
@@ -196,11 +197,13 @@ def _inspect_all(items: list[ImageItem], config: ScanConfig, progress: bool) -> 
         bar.close()
 
 
-def scan_dataset(root: str | Path, config: ScanConfig | None = None, *, progress: bool = False) -> ScanReport:
+def scan_dataset(
+    root: str | Path | DatasetListing, config: ScanConfig | None = None, *, progress: bool = False
+) -> ScanReport:
     """Check every file of a class-folder dataset.
 
     Args:
-        root: the dataset folder.
+        root: the dataset folder, or its listing (a subset of it: :class:`~diffcoremix.data.sources.DataConfig`).
         config: scan options (defaults if omitted).
         progress: show a progress bar on stderr.
 
@@ -216,8 +219,8 @@ def scan_dataset(root: str | Path, config: ScanConfig | None = None, *, progress
         (25, 411)
     """
     config = config or ScanConfig()
-    listing = list_images(root)
-    results = list(_inspect_all(list(listing.items), config, progress))
+    listing = root if isinstance(root, DatasetListing) else list_images(root)
+    results = list(inspect_all(list(listing.items), config, progress))
     class_of = {item.relpath: item.class_folder for item in listing.items}
 
     problems = {r.relpath: r.problem for r in results if r.problem is not None}
@@ -267,5 +270,5 @@ def scan_dataset(root: str | Path, config: ScanConfig | None = None, *, progress
         modes=dict(Counter(r.mode for r in clean if r.mode)),
         formats=dict(Counter(r.format for r in clean if r.format)),
     )
-    logger.debug("scanned %s: %d images, %d problems", root, report.num_images, len(all_problems))
+    logger.debug("scanned %s: %d images, %d problems", listing.root, report.num_images, len(all_problems))
     return report

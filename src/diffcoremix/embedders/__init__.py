@@ -31,3 +31,13 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(f"diffcoremix.embedders.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+DEFAULT_EMBEDDER = "open_clip:ViT-B-32:openai"
+"""CLIP ViT-B/32 with OpenAI's weights: the paper's embedder, for the filter and for sample-based context."""
+
+
+def default_embedder(generator_model: str | None = None) -> str:
+    """The embedder spec used when none is given: ``tiny`` for images of a built-in (offline, random-weight)
+    generator, whose pictures a real CLIP could not judge anyway, else :data:`DEFAULT_EMBEDDER`."""
+    return "tiny" if generator_model is not None and generator_model.startswith("builtin:") else DEFAULT_EMBEDDER

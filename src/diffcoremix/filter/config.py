@@ -14,13 +14,15 @@ REFERENCE_RULE_NAMES = ("first", "knn", "prototype", "source")
 class FilterConfig:
     """Options of ``diffcoremix filter``."""
 
-    embedder: str = "open_clip:ViT-B-32:openai"
-    """Embedder spec: tiny (offline, random weights), open_clip:<model>:<pretrained>, or resnet20:<checkpoint>."""
+    embedder: str | None = None
+    """Embedder spec: open_clip:<model>[:<pretrained or weights file>], hf:<hub id or folder> (a transformers
+    CLIPModel), resnet20:<checkpoint>, or tiny (offline, random weights); null is open_clip:ViT-B-32:openai, or
+    tiny when the images come from a built-in generator preset (tiny, tiny-sdxl)."""
     threshold: float = 0.6
     """Keep a candidate iff cosine(candidate, reference) >= threshold (the paper's 0.6 is for CLIP ViT-B/32)."""
-    reference: str = "source"
-    """Reference rule: source (its own source image), prototype (class mean), knn (closest real image of the
-    class) or first (the class's first image: the reference code's rule)."""
+    reference: str = "prototype"
+    """Reference rule: prototype (the class's mean real embedding), source (the candidate's own source image),
+    knn (the closest real image of the class) or first (the class's first image: the reference code's rule)."""
     text_check: float | None = None
     """Also require cosine(candidate, text of "a photo of a {class}") >= this (needs a CLIP embedder)."""
     calibrate: bool = False
@@ -43,4 +45,4 @@ class FilterConfig:
         require(tc is None or -1.0 <= tc <= 1.0, "text_check", tc, "in [-1, 1] or null")
         require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         require(self.workers >= 0, "workers", self.workers, ">= 0")
-        require(bool(self.embedder.strip()), "embedder", self.embedder, "a non-empty spec")
+        require(self.embedder is None or bool(self.embedder.strip()), "embedder", self.embedder, "a non-empty spec")

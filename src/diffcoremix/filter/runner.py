@@ -2,40 +2,43 @@
 
 Every generated candidate of OUT is embedded and compared with its reference (a rule of
 :mod:`diffcoremix.filter.references`); it is accepted iff ``score >= threshold`` (and, with a text check, iff its
-similarity to "a photo of a {class}" is ``>= text_check`` too). Decisions go to ``OUT/filter.jsonl`` (joined into
-:func:`read_manifest`), the accepted images are laid out as ``OUT/train/<class>/...`` and the rejected ones as
-``OUT/rejected/<class>/...`` (hard links to ``OUT/images``: nothing is copied or deleted, and re-filtering with
-another threshold re-derives both folders). Real-image embeddings are cached on disk.
+similarity to "a photo of a {class}" is ``>= text_check`` too). The steps, in order: read the candidates, load the
+embedder, embed the real images the rule needs, score and decide, then write the decisions (``OUT/filter.jsonl``,
+joined into :func:`read_manifest`), the ``train/`` and ``rejected/`` views (see :mod:`diffcoremix.manifest.decisions`),
+the report and the histograms. Real and generated embeddings are cached on disk; files whose content would not
+change are not rewritten.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from diffcoremix.atomic import atomic_write_text
+from diffcoremix.atomic import write_text_if_changed
 from diffcoremix.config import write_resolved_config
-from diffcoremix.data.folder import list_images
+from diffcoremix.data.folder import DatasetListing
+from diffcoremix.data.sources import DataConfig
 from diffcoremix.devices import resolve_device
+from diffcoremix.embedders import default_embedder
 from diffcoremix.embedders.cache import EmbeddingCache, embed_files
 from diffcoremix.embedders.models import Embedder, load_embedder
 from diffcoremix.errors import DatasetError
 from diffcoremix.filter.config import FilterConfig
+from diffcoremix.filter.plots import write_histograms
 from diffcoremix.filter.references import RealIndex, score_candidates, suggest_threshold
-from diffcoremix.manifest.records import FILTER_FILE as DECISIONS_FILE
+from diffcoremix.manifest.decisions import relayout, write_decisions
+from diffcoremix.manifest.layout import CACHE_DIR, SETTINGS_FILE, OutputFolder, check_separate, open_output
 from diffcoremix.manifest.records import read_manifest
 
 logger = logging.getLogger(__name__)
 
-
-RUN_FILE = "run.json"
+REPORT_DIR = "filter_report"
 
 
 @dataclass
@@ -61,12 +64,15 @@ class FilterReport:
     calibration: dict[str, dict[str, float]] = field(default_factory=dict)
     cache_hits: int = 0
     cache_misses: int = 0
+    embedder_note: str | None = None
+    """Why this embedder, when it was chosen by default."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "threshold": self.threshold,
             "reference": self.reference,
             "embedder": self.embedder,
+            "embedder_note": self.embedder_note,
             "suggested_threshold": self.suggested_threshold,
             "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
             "classes": {
@@ -85,6 +91,8 @@ class FilterReport:
     def to_text(self) -> str:
         width = max([len(c) for c in self.classes] + [len(c) for c in self.calibration] + [5])
         lines = [f"embedder {self.embedder}   reference {self.reference}   threshold {self.threshold!r}"]
+        if self.embedder_note:
+            lines.append(f"({self.embedder_note})")
         if self.classes:
             lines.append(
                 f"{'class':<{width}}  {'cands':>5}  {'kept':>5}  {'rejected':>8}  {'rate':>6}  {'median score':>12}"
@@ -97,57 +105,30 @@ class FilterReport:
             kept = sum(r.accepted for r in self.classes.values())
             lines.append(f"{'all':<{width}}  {total:>5}  {kept:>5}  {total - kept:>8}  {kept / max(total, 1):6.1%}")
         if self.calibration:
-            lines.append("real-to-real cosine similarity within each class:")
-            lines.append(f"{'class':<{width}}  {'pairs':>5}  {'min':>6}  {'p10':>6}  {'median':>6}  {'max':>6}")
-            for c, s in self.calibration.items():
-                values = "  ".join(f"{s[k]:6.3f}" for k in ("min", "p10", "median", "max"))
-                lines.append(f"{c:<{width}}  {s['pairs']:>5.0f}  {values}")
-            lines.append(
-                f"suggested threshold: {self.suggested_threshold:.3f} (the pooled 10th percentile of same-class "
-                "real-to-real similarity: a kept image is as close to its reference as 90% of real same-class pairs)"
-            )
+            lines += self._calibration_lines(width)
         return "\n".join(lines)
 
-
-def _data_folder(out: Path, data: str | Path | None) -> Path:
-    if data is not None:
-        return Path(data)
-    run = out / RUN_FILE
-    if not run.is_file():
-        raise DatasetError(f"{out} has no {RUN_FILE} (is it a generate output?); pass the dataset with --data")
-    return Path(json.loads(run.read_text(encoding="utf-8"))["data"])
-
-
-def _layout_name(output: str) -> str:
-    # images/<class>/<sub/dirs/file>.k0.png -> <sub__dirs__file>.k0.png (flat class folders for ImageFolder)
-    return "__".join(Path(output).parts[2:])
+    def _calibration_lines(self, width: int) -> list[str]:
+        lines = [f"real images scored as candidates under the {self.reference!r} rule, within each class:"]
+        lines.append(f"{'class':<{width}}  {'n':>5}  {'min':>6}  {'p10':>6}  {'median':>6}  {'max':>6}")
+        for c, s in self.calibration.items():
+            values = "  ".join(f"{s[k]:6.3f}" for k in ("min", "p10", "median", "max"))
+            lines.append(f"{c:<{width}}  {s.get('count', s.get('pairs', 0)):>5.0f}  {values}")
+        lines.append(
+            f"suggested threshold for --reference {self.reference}: {self.suggested_threshold:.3f} (the pooled 10th "
+            "percentile: a kept image is as close to its reference as 90% of the real images are)"
+        )
+        return lines
 
 
-def _link(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or links not allowed: copy instead
-        shutil.copy2(source, target)
+@dataclass
+class Scored:
+    """The outcome of scoring: the report and one decision row per candidate (nothing written yet)."""
 
-
-def _relayout(out: Path, rows: list[dict[str, Any]]) -> None:
-    """Re-derive OUT/train and OUT/rejected from the decisions (links only; OUT/images is never touched)."""
-    staging = out / ".layout.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    for name in ("train", "rejected"):
-        (staging / name).mkdir(parents=True)
-    for row in rows:
-        where = "train" if row["accepted"] else "rejected"
-        _link(out / row["output"], staging / where / row["class_folder"] / _layout_name(row["output"]))
-    for name in ("train", "rejected"):
-        old = out / f".{name}.old.tmp"
-        shutil.rmtree(old, ignore_errors=True)
-        if (out / name).exists():
-            os.replace(out / name, old)
-        os.replace(staging / name, out / name)
-        shutil.rmtree(old, ignore_errors=True)
-    shutil.rmtree(staging, ignore_errors=True)
+    report: FilterReport
+    rows: list[dict[str, Any]]
+    classes: tuple[str, ...]
+    """Every class of DATA (each gets its folders in the views)."""
 
 
 def filter_run(
@@ -155,6 +136,7 @@ def filter_run(
     config: FilterConfig | None = None,
     *,
     data: str | Path | None = None,
+    data_config: DataConfig | None = None,
     embedder: Embedder | None = None,
     progress: bool = False,
 ) -> FilterReport:
@@ -163,101 +145,188 @@ def filter_run(
     Args:
         out: a ``generate`` output folder.
         config: filter options.
-        data: the real dataset; by default the one recorded by ``generate`` in ``OUT/run.json``.
+        data: the real dataset; by default the one recorded in ``OUT/run.json``.
+        data_config: which classes (and images per class) of the dataset to filter; by default the run's own.
         embedder: an embedder instance to use instead of loading ``config.embedder``.
         progress: show progress bars.
 
     Returns:
-        The report (also written to ``OUT/filter_report.json``).
+        The report (also written to ``OUT/filter_report.json``, or ``OUT/calibration.json``).
     """
-    out = Path(out)
     config = config or FilterConfig()
-    data = _data_folder(out, data)
-    table = read_manifest(out)
-    if table.empty:
-        raise DatasetError(f"{out} has no generation manifest records to filter")
-    ok = table[table.status == "ok"]
-    embedder = embedder or load_embedder(config.embedder, resolve_device(config.device))
-    cache = EmbeddingCache(Path(config.cache_dir) if config.cache_dir else out / "cache", embedder.id)
-    kwargs: dict[str, Any] = {"batch_size": config.batch_size, "workers": config.workers, "progress": progress}
+    with open_output(out, must_exist=True) as folder:
+        data = Path(data) if data is not None else folder.data_folder()
+        check_separate(data, folder.path)
+        scored = score(folder, data, config, data_config=data_config, embedder=embedder, progress=progress)
+        write_outputs(folder, data, config, scored)
+    return scored.report
 
-    listing = list_images(data)
-    classes = sorted(set(ok.class_folder))
+
+def recorded_data_config(folder: OutputFolder) -> DataConfig:
+    """The subset of DATA that the run was generated from (all of it when none was recorded)."""
+    settings = _settings(folder)
+    return DataConfig(**settings["data"]) if isinstance(settings.get("data"), dict) else DataConfig()
+
+
+def _settings(folder: OutputFolder) -> dict[str, Any]:
+    try:
+        value = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def resolve_embedder_spec(config: FilterConfig, generator_model: str | None) -> tuple[str, str | None]:
+    """The embedder spec to load, and a note when it is the default that follows the generator."""
+    if config.embedder is not None:
+        return config.embedder, None
+    spec = default_embedder(generator_model)
+    if spec == "tiny":
+        return spec, f"--embedder tiny: the default for images of the built-in generator {generator_model}"
+    return spec, None
+
+
+def score(
+    folder: OutputFolder,
+    data: Path,
+    config: FilterConfig,
+    *,
+    keys: Collection[str] | None = None,
+    data_config: DataConfig | None = None,
+    embedder: Embedder | None = None,
+    progress: bool = False,
+) -> Scored:
+    """Embed and score the candidates of an opened output folder (only ``keys``, when given); write nothing but
+    embedding-cache entries."""
+    candidates = _candidates(folder, keys)
+    model = _settings(folder).get("settings", {}).get("model")
+    spec, note = resolve_embedder_spec(config, model)
+    embedder = embedder or load_embedder(spec, resolve_device(config.device))
+    cache = EmbeddingCache(Path(config.cache_dir) if config.cache_dir else folder / CACHE_DIR, embedder.id)
+    kwargs: dict[str, Any] = {"batch_size": config.batch_size, "workers": config.workers, "progress": progress}
+    listing = (data_config or recorded_data_config(folder)).select(data)
+    candidates = _with_real_images(candidates, listing)
+    index = _real_index(embedder, listing, candidates, config, cache, kwargs)
+    report = FilterReport(config.threshold, config.reference, embedder.id, {}, embedder_note=note)
+    rows: list[dict[str, Any]] = []
+    if config.calibrate:
+        report.suggested_threshold, report.calibration = suggest_threshold(index, config.reference)
+    else:
+        rows = _decide(embedder, folder, candidates, index, config, cache, kwargs)
+        for row in rows:
+            cls = report.classes.setdefault(row["class_folder"], ClassReport())
+            cls.candidates += 1
+            cls.accepted += int(row["accepted"])
+            cls.scores.append(round(row["score"], 6))
+    report.cache_hits, report.cache_misses = cache.hits, cache.misses
+    return Scored(report, rows, listing.classes)
+
+
+def _candidates(folder: OutputFolder, keys: Collection[str] | None) -> list[dict[str, Any]]:
+    """The successfully generated candidates (restricted to ``keys`` when given), in plan order."""
+    table = read_manifest(folder.path)
+    if table.empty:
+        raise DatasetError(f"{folder.path} has no generation manifest records to filter")
+    rows: list[dict[str, Any]] = table[table.status == "ok"].to_dict(orient="records")
+    return rows if keys is None else [r for r in rows if r["key"] in keys]
+
+
+def _with_real_images(candidates: list[dict[str, Any]], listing: DatasetListing) -> list[dict[str, Any]]:
+    """The candidates of classes in use that have real images to compare with (the others are not decided)."""
+    usable = {c for c, items in listing.by_class().items() if items}
+    left = sorted({r["class_folder"] for r in candidates} - usable)
+    if left:
+        logger.warning("not filtered: %d class(es) outside the selection or without a usable real image (%s)",
+                       len(left), ", ".join(left[:5]) + (", ..." if len(left) > 5 else ""))  # fmt: skip
+    return [r for r in candidates if r["class_folder"] in usable]
+
+
+def _real_index(
+    embedder: Embedder,
+    listing: DatasetListing,
+    candidates: Sequence[dict[str, Any]],
+    config: FilterConfig,
+    cache: EmbeddingCache,
+    kwargs: dict[str, Any],
+) -> RealIndex:
+    """Embed only the real images the rule compares with: sources, the classes' first images, or whole classes."""
     by_class = listing.by_class()
+    classes = sorted({r["class_folder"] for r in candidates}) if not config.calibrate else list(by_class)
     members = {c: [i.relpath for i in by_class.get(c, [])] for c in classes}
-    # Embed only the real images the rule compares with: sources, the classes' first images, or whole classes.
     if config.reference == "first" and not config.calibrate:
         members = {c: paths[:1] for c, paths in members.items()}
     elif config.reference == "source" and not config.calibrate:
         members = {}
-    sources = set(ok.source) if config.reference == "source" else set()
+    sources = {r["source"] for r in candidates} if config.reference == "source" else set()
     needed = sorted({p for paths in members.values() for p in paths} | sources)
-    real = embed_files(embedder, [data / p for p in needed], cache, desc="embed real", **kwargs)
-    index = RealIndex(dict(zip(needed, real, strict=True)), members)
-    report = FilterReport(config.threshold, config.reference, embedder.id, {})
+    vectors = embed_files(embedder, [listing.root / p for p in needed], cache, desc="embed real", **kwargs)
+    return RealIndex(dict(zip(needed, vectors, strict=True)), members)
 
+
+def _decide(
+    embedder: Embedder,
+    folder: OutputFolder,
+    candidates: Sequence[dict[str, Any]],
+    index: RealIndex,
+    config: FilterConfig,
+    cache: EmbeddingCache,
+    kwargs: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One decision row per candidate: its reference, score, text score and whether it is kept."""
+    paths = [folder / r["output"] for r in candidates]
+    vectors = embed_files(embedder, paths, cache, desc="embed generated", **kwargs)
+    sources, classes = [r["source"] for r in candidates], [r["class_folder"] for r in candidates]
+    refs = score_candidates(config.reference, index, vectors, sources, classes)
+    text_scores = _text_scores(embedder, candidates, vectors) if config.text_check is not None else None
+    rows = []
+    for i, (row, ref) in enumerate(zip(candidates, refs, strict=True)):
+        text_score = None if text_scores is None else text_scores[i]
+        text_ok = text_score is None or config.text_check is None or text_score >= config.text_check
+        rows.append(
+            {
+                "key": row["key"],
+                "class_folder": row["class_folder"],
+                "output": row["output"],
+                "embedder": embedder.id,
+                "reference_rule": config.reference,
+                "reference": ref.reference,
+                "score": ref.score,
+                "threshold": config.threshold,
+                "text_score": text_score,
+                "text_threshold": config.text_check,
+                "accepted": bool(ref.score >= config.threshold and text_ok),
+                # for the views' metadata, not the decisions file
+                "label": row["label"],
+                "source": row["source"],
+                "prompt": row["prompt"],
+            }
+        )
+    return rows
+
+
+def _text_scores(embedder: Embedder, candidates: Sequence[dict[str, Any]], vectors: np.ndarray) -> list[float]:
+    names = sorted({r["class_name"] for r in candidates})
+    if not names:
+        return []
+    texts = embedder.embed_texts([f"a photo of a {n}" for n in names]).numpy()
+    text_of = dict(zip(names, texts, strict=True))
+    return [float(v @ text_of[r["class_name"]]) for v, r in zip(vectors, candidates, strict=True)]
+
+
+_DECISION_FIELDS = ("key", "class_folder", "output", "embedder", "reference_rule", "reference", "score", "threshold",
+                    "text_score", "text_threshold", "accepted")  # fmt: skip
+
+
+def write_outputs(folder: OutputFolder, data: Path, config: FilterConfig, scored: Scored) -> None:
+    """Write what a filtering (or calibration) found: decisions, views, report, histograms, resolved config."""
+    report = scored.report
     if config.calibrate:
-        report.suggested_threshold, report.calibration = suggest_threshold(index)
-    else:
-        vectors = embed_files(embedder, [out / p for p in ok.output], cache, desc="embed generated", **kwargs)
-        refs = score_candidates(config.reference, index, vectors, list(ok.source), list(ok.class_folder))
-        text_scores: list[float | None] = [None] * len(ok)
-        if config.text_check is not None:
-            names = sorted(set(ok.class_name))
-            texts = embedder.embed_texts([f"a photo of a {n}" for n in names]).numpy()
-            text_of = dict(zip(names, texts, strict=True))
-            text_scores = [float(v @ text_of[n]) for v, n in zip(vectors, ok.class_name, strict=True)]
-        rows = []
-        for row, ref, text_score in zip(ok.to_dict(orient="records"), refs, text_scores, strict=True):
-            text_ok = text_score is None or config.text_check is None or text_score >= config.text_check
-            accepted = ref.score >= config.threshold and text_ok
-            rows.append(
-                {
-                    "key": row["key"],
-                    "class_folder": row["class_folder"],
-                    "output": row["output"],
-                    "embedder": embedder.id,
-                    "reference_rule": config.reference,
-                    "reference": ref.reference,
-                    "score": ref.score,
-                    "threshold": config.threshold,
-                    "text_score": text_score,
-                    "text_threshold": config.text_check,
-                    "accepted": bool(accepted),
-                }
-            )
-            cls = report.classes.setdefault(row["class_folder"], ClassReport())
-            cls.candidates += 1
-            cls.accepted += int(accepted)
-            cls.scores.append(round(ref.score, 6))
-        atomic_write_text(out / DECISIONS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
-        _relayout(out, rows)
-        write_resolved_config(out / "filter.config.yaml", {"filter": config}, data=data)
-        write_histograms(out / "filter_report", report)
-    report.cache_hits, report.cache_misses = cache.hits, cache.misses
-    name = "calibration.json" if config.calibrate else "filter_report.json"
-    atomic_write_text(out / name, json.dumps(report.to_dict(), indent=2) + "\n")
-    return report
-
-
-def write_histograms(folder: Path, report: FilterReport, bins: int = 20) -> None:
-    """One PNG per class: a histogram of its scores over [-1, 1] with the threshold marked in red."""
-    from PIL import Image, ImageDraw
-
-    folder.mkdir(parents=True, exist_ok=True)
-    width, height, pad = 400, 200, 20
-    for cls, r in report.classes.items():
-        counts, edges = np.histogram(r.scores, bins=bins, range=(-1.0, 1.0))
-        image = Image.new("RGB", (width, height), "white")
-        draw = ImageDraw.Draw(image)
-        top = max(int(counts.max()), 1)
-        bar = (width - 2 * pad) / bins
-        for i, n in enumerate(counts):
-            x0 = pad + i * bar
-            y0 = height - pad - (height - 2 * pad) * n / top
-            fill = "seagreen" if edges[i] >= report.threshold else "gray"
-            draw.rectangle([x0, y0, x0 + bar - 1, height - pad], fill=fill)
-        tx = pad + (report.threshold + 1) / 2 * (width - 2 * pad)
-        draw.line([tx, pad, tx, height - pad], fill="red", width=2)
-        draw.text((pad, 2), f"{cls}: {r.accepted}/{r.candidates} kept, threshold {report.threshold:g}", fill="black")
-        image.save(folder / f"{cls}.png")
+        write_text_if_changed(folder / "calibration.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        return
+    write_decisions(folder.path, ({f: r[f] for f in _DECISION_FIELDS} for r in scored.rows))
+    plots = write_histograms(folder / REPORT_DIR, {c: r.scores for c, r in report.classes.items()}, config.threshold)
+    extra = [p.relative_to(folder.path).as_posix() for p in plots]
+    counts = relayout(folder.path, scored.rows, scored.classes, extra=extra)
+    logger.info("views re-derived: %s", counts)
+    write_resolved_config(folder / "filter.config.yaml", {"filter": config}, data=data)
+    write_text_if_changed(folder / "filter_report.json", json.dumps(report.to_dict(), indent=2) + "\n")

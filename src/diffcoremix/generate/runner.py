@@ -1,9 +1,11 @@
 """The generation runner (METHOD.md §4-5): plan, shard, generate in batches, record, resume.
 
-The plan (which images, which prompts, which seeds) comes from :func:`diffcoremix.prompts.build_prompts`, so it
-is the same list in every process. Shard ``r`` of ``w`` takes candidates ``r, r + w, ...``; a rerun skips every
-candidate whose record and image are intact, and redoes the rest (failed ones included), so a killed run
-resumes where it stopped and ends with the same files and manifest as an uninterrupted one.
+The plan (which images, which prompts, which seeds) comes from :func:`diffcoremix.prompts.build_prompts` over the
+usable images of DATA, so it is the same list in every process. The plan is cut into fixed batches of
+``batch_size`` candidates, and shard ``r`` of ``w`` takes batches ``r, r + w, ...``. A rerun skips every candidate
+whose record matches what it would make now (key, source, prompt, negative prompt, seed and the digest of the
+generation settings) and whose image is intact, and redoes the rest (failed ones included), so a killed run resumes
+where it stopped and ends with the same files and manifest as an uninterrupted one.
 
 Example:
     >>> from diffcoremix import GenerateConfig, PromptsConfig, generate
@@ -12,39 +14,37 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from tqdm import tqdm
 
-from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from diffcoremix.atomic import atomic_write_bytes, remove_stale_temporaries, write_text_if_changed
 from diffcoremix.config import to_plain, write_resolved_config
-from diffcoremix.data.folder import list_images
+from diffcoremix.data.folder import Finding
+from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.digests import file_sha256
-from diffcoremix.errors import DatasetError, DiffCoReMixError
+from diffcoremix.errors import DiffCoReMixError
 from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
+from diffcoremix.generate.batcher import Batcher
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
-from diffcoremix.manifest.records import (
-    IMAGES_DIR,
-    ManifestWriter,
-    latest_by_key,
-    read_records,
-    shard_path,
-)
+from diffcoremix.manifest.layout import CONFIG_FILE, IMAGES_DIR, SETTINGS_FILE, OutputFolder, open_output
+from diffcoremix.manifest.lock import claim_lock
+from diffcoremix.manifest.records import ManifestWriter, latest_by_key, read_records
 from diffcoremix.prompts.builder import PromptRecord, PromptsConfig, build_prompts
 
 logger = logging.getLogger(__name__)
 
-SETTINGS_FILE = "settings.json"
+_IDENTITY = ("source", "seed", "prompt", "negative_prompt")
+"""Record fields that must equal the planned candidate's for its image to be reused."""
 
 
 class RunConflictError(DiffCoReMixError):
@@ -69,6 +69,42 @@ class GenerationSummary:
     generated: int
     failed: int
     seconds: float
+    skipped_sources: tuple[Finding, ...] = ()
+    """Images of DATA left out of the plan because they cannot be used (with the reason)."""
+
+
+@dataclass
+class _Job:
+    """This shard's fixed batches of ``(plan index, record)``, and the keys already complete."""
+
+    chunks: list[list[tuple[int, PromptRecord]]]
+    done: set[str] = field(default_factory=set)
+
+    @property
+    def size(self) -> int:
+        return sum(len(chunk) for chunk in self.chunks)
+
+    @property
+    def todo(self) -> list[list[tuple[int, PromptRecord]]]:
+        return [chunk for chunk in self.chunks if any(r.key not in self.done for _, r in chunk)]
+
+    @property
+    def remaining(self) -> int:
+        return sum(r.key not in self.done for chunk in self.chunks for _, r in chunk)
+
+
+@dataclass
+class ModelSlot:
+    """The generator of a job, loaded on first need and kept for later rounds (``augment``)."""
+
+    generator: ImageGenerator | None = None
+
+    def get(self, settings: GenerationSettings, config: GenerateConfig) -> ImageGenerator:
+        if self.generator is None:
+            self.generator = DiffusersGenerator.from_settings(
+                settings, compile=config.compile, cpu_offload=config.cpu_offload
+            )
+        return self.generator
 
 
 def output_relpath(record: PromptRecord) -> str:
@@ -78,36 +114,149 @@ def output_relpath(record: PromptRecord) -> str:
     return f"{IMAGES_DIR}/{record.source}.k{record.k}{retry}.png"
 
 
-def _check_folders(data: Path, out: Path) -> None:
-    data_r, out_r = data.resolve(), out.resolve()
-    if out_r == data_r or data_r in out_r.parents:
-        raise DatasetError(f"output folder {out} is inside the dataset {data}: diffcoremix never writes into DATA")
+def plan_records(listing: Any, prompts: PromptsConfig) -> list[PromptRecord]:
+    """The prompt plan of a (checked) listing, its negative-term conflicts logged once."""
+    plan = build_prompts(listing, prompts)
+    plan.warn_conflicts()
+    return plan.records
 
 
-def _fingerprint(prompts: PromptsConfig, settings: GenerationSettings) -> dict[str, Any]:
+def generate(
+    data: str | Path,
+    out: str | Path,
+    prompts: PromptsConfig | None = None,
+    config: GenerateConfig | None = None,
+    *,
+    generator: ImageGenerator | None = None,
+    records: Sequence[PromptRecord] | None = None,
+    data_config: DataConfig | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> GenerationSummary:
+    """Generate the counterparts of a class-folder dataset into ``out``, resuming whatever is already there.
+
+    Args:
+        data: the real dataset (read only).
+        out: the output folder (created; must not overlap ``data``, and must be new, empty or ours).
+        prompts: prompt options (which images, how many counterparts, packs, seeds).
+        config: generation options (preset, model, sampling, batching, device, sharding).
+        generator: an already-built :class:`ImageGenerator` to use instead of loading ``config``'s model.
+        records: the candidates to make, instead of the plan of ``data`` (no source check then).
+        data_config: which classes and how many images per class of ``data`` to plan from.
+        overwrite: start afresh: first delete every file of an earlier run in ``out`` (and nothing else).
+        progress: show a progress bar (images/s and ETA) on stderr.
+
+    Returns:
+        A summary with counts; per-candidate results are in the manifest (:func:`read_manifest`).
+
+    Raises:
+        DatasetError, OutputFolderError, FolderBusyError, RunConflictError, ModelLoadError, ConfigError: bad
+            inputs, detected before any image is made (OUT is then left as it was).
+        GenerationError: a candidate failed under ``on_error="stop"`` (its record is written first).
+    """
+    data, out = Path(data), Path(out)
+    config = config or GenerateConfig()
+    prompts = (prompts or PromptsConfig()).for_generator(resolve_settings(config).model)
+    shard = resolve_shard(config.rank, config.world_size)
+    with open_output(out, data=data, shard=shard, overwrite=overwrite) as folder:
+        skipped: tuple[Finding, ...] = ()
+        if records is None:  # every source is checked before any model loads
+            sources = usable_sources(data, data_config, progress=progress)
+            records, skipped = plan_records(sources.listing, prompts), sources.skipped
+        return run_generation(folder, data, records, prompts, config, data_config=data_config,
+                              slot=ModelSlot(generator), skipped=skipped, progress=progress)  # fmt: skip
+
+
+def run_generation(
+    folder: OutputFolder,
+    data: Path,
+    records: Sequence[PromptRecord],
+    prompts: PromptsConfig,
+    config: GenerateConfig,
+    *,
+    data_config: DataConfig | None = None,
+    slot: ModelSlot | None = None,
+    skipped: tuple[Finding, ...] = (),
+    progress: bool = False,
+) -> GenerationSummary:
+    """Generate ``records`` into an output folder that the caller has opened (and locked) with ``open_output``.
+
+    The model is taken from ``slot`` (loaded into it on first need, before OUT is claimed)."""
+    slot = slot or ModelSlot()
+    started = time.perf_counter()
+    settings = resolve_settings(config)
+    rank, world_size = resolve_shard(config.rank, config.world_size)
+    fingerprint = _fingerprint(prompts, settings, data_config)
+    _check_settings(folder, fingerprint)  # a conflicting earlier run is refused before any model loads
+    job = _plan_job(folder, records, config.batch_size, rank, world_size, settings_digest(settings))
+    logger.info("shard %d/%d: %d candidates, %d already done, %d to generate", rank, world_size, job.size,
+                job.size - job.remaining, job.remaining)  # fmt: skip
+    generator = slot.get(settings, config) if job.todo else None  # may fail (offline): nothing is claimed yet
+    _claim(folder, data, fingerprint, prompts, config, skipped)
+    tag = f"r{rank}-"
+    if removed := remove_stale_temporaries(folder.path, tag=tag):
+        logger.info("removed %d temporary file(s) left by an interrupted run", removed)
+    writer = ManifestWriter(folder.shard_path(rank, world_size))
+    generated = failed = 0
+    if generator is not None:
+        generated, failed = _run(folder, data, job, generator, settings, config, writer, rank, progress)
+    writer.compact(tag=tag)
+    return GenerationSummary(
+        out=folder.path,
+        planned=len(records),
+        shard=job.size,
+        skipped=job.size - job.remaining,
+        generated=generated,
+        failed=failed,
+        seconds=time.perf_counter() - started,
+        skipped_sources=skipped,
+    )
+
+
+def settings_digest(settings: GenerationSettings) -> str:
+    """SHA-256 of everything in ``settings`` that determines the pixels (recorded with every image)."""
+    return hashlib.sha256(json.dumps(to_plain(settings), sort_keys=True).encode()).hexdigest()
+
+
+def _fingerprint(prompts: PromptsConfig, settings: GenerationSettings, data: DataConfig | None) -> dict[str, Any]:
     # Everything that changes which candidates exist or their pixels; not batch size, shard or error policy.
-    return {"prompts": to_plain(prompts), "settings": to_plain(settings)}
+    return {"data": to_plain(data or DataConfig()), "prompts": to_plain(prompts), "settings": to_plain(settings)}
 
 
-def _claim_folder(out: Path, fingerprint: dict[str, Any]) -> None:
-    path = out / SETTINGS_FILE
-    if path.is_file():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            previous = None
-        if previous is not None and previous != fingerprint:
-            diffs = [
-                f"{section}.{key}: {previous.get(section, {}).get(key)!r} -> {value!r}"
-                for section, values in fingerprint.items()
-                for key, value in values.items()
-                if previous.get(section, {}).get(key) != value
-            ]
-            raise RunConflictError(
-                f"{out} holds a run made with other settings ({'; '.join(diffs)}); "
-                "resume it with the same options, or choose another output folder"
-            )
-    atomic_write_text(path, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+def _check_settings(folder: OutputFolder, fingerprint: dict[str, Any]) -> None:
+    try:
+        previous = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return  # none (or damaged): each record is still checked against what this run would make
+    if previous == fingerprint:
+        return
+    diffs = [
+        f"{section}.{key}: {previous.get(section, {}).get(key)!r} -> {value!r}"
+        for section, values in fingerprint.items()
+        for key, value in values.items()
+        if previous.get(section, {}).get(key) != value
+    ]
+    raise RunConflictError(
+        f"{folder.path} holds a run made with other settings ({'; '.join(diffs)}); resume it with the same options, "
+        "start afresh with --overwrite, or choose another output folder"
+    )
+
+
+def _claim(
+    folder: OutputFolder,
+    data: Path,
+    fingerprint: dict[str, Any],
+    prompts: PromptsConfig,
+    config: GenerateConfig,
+    skipped: tuple[Finding, ...],
+) -> None:
+    """Mark OUT as this run's: the run record, the settings and the resolved config (unchanged files untouched)."""
+    with claim_lock(folder.path):  # shards of one run claim one after the other
+        _check_settings(folder, fingerprint)
+        folder.write_run_record(data, skipped_sources=[vars(f) for f in skipped])
+        write_text_if_changed(folder / SETTINGS_FILE, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+        shared = GenerateConfig(**{**vars(config), "rank": None, "world_size": None})  # the same file from all shards
+        write_resolved_config(folder / CONFIG_FILE, {"prompts": prompts, "generate": shared}, data=data, **_versions())
 
 
 def _versions() -> dict[str, str]:
@@ -122,11 +271,26 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _is_complete(out: Path, record: dict[str, Any]) -> bool:
-    if record.get("status") != "ok" or not record.get("output"):
+def _plan_job(
+    folder: OutputFolder, records: Sequence[PromptRecord], batch_size: int, rank: int, world_size: int, digest: str
+) -> _Job:
+    # Batches are fixed chunks of the plan, and shards take whole chunks: an image is computed in the same
+    # batch whichever shard runs it and however often the run was interrupted, so its bytes are the same.
+    indexed = list(enumerate(records))
+    chunks = [indexed[i : i + batch_size] for i in range(0, len(indexed), batch_size)][rank::world_size]
+    previous = latest_by_key(read_records(folder.path))
+    done = {r.key for chunk in chunks for _, r in chunk if _reusable(folder, previous.get(r.key), r, digest)}
+    return _Job(chunks, done)
+
+
+def _reusable(folder: OutputFolder, previous: dict[str, Any] | None, planned: PromptRecord, digest: str) -> bool:
+    """Whether an earlier record is what this run would make now, and its image is intact."""
+    if previous is None or previous.get("status") != "ok" or previous.get("output") != output_relpath(planned):
         return False
-    path = out / record["output"]
-    return path.is_file() and file_sha256(path) == record.get("output_sha256")
+    if previous.get("settings_sha256") != digest or any(previous.get(f) != getattr(planned, f) for f in _IDENTITY):
+        return False
+    path = folder / previous["output"]
+    return path.is_file() and file_sha256(path) == previous.get("output_sha256")
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -135,188 +299,56 @@ def _png_bytes(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class _Batcher:
-    """Runs batches through a generator, halving the batch on CUDA out-of-memory and isolating failing items."""
+class _SourceHashes(dict[str, str | None]):
+    """SHA-256 of each source image, read once; None for a file that vanished or became unreadable."""
 
-    def __init__(self, generator: ImageGenerator, batch_size: int) -> None:
-        self.generator = generator
-        self.limit = batch_size
-        """The largest batch that fits; lowered for good after an out-of-memory error."""
+    def __init__(self, data: Path) -> None:
+        super().__init__()
+        self.data = data
 
-    def run(self, records: Sequence[PromptRecord]) -> list[Image.Image | BaseException]:
-        import torch
-
-        if len(records) > self.limit:
-            return [x for i in range(0, len(records), self.limit) for x in self.run(records[i : i + self.limit])]
+    def __missing__(self, source: str) -> str | None:
         try:
-            return list(
-                self.generator.generate(
-                    [r.prompt for r in records], [r.negative_prompt for r in records], [r.seed for r in records]
-                )
-            )
-        except torch.OutOfMemoryError as err:
-            if len(records) == 1:
-                return [err]
-            self.limit = max(1, len(records) // 2)
-            logger.warning("CUDA out of memory at batch %d; going on with batch %d", len(records), self.limit)
-            torch.cuda.empty_cache()
-            return self.run(records)
-        except Exception as err:
-            if len(records) == 1:
-                return [err]
-            logger.warning("a batch failed (%s); retrying its %d candidates one by one", err, len(records))
-            return [result for r in records for result in self.run([r])]
-
-
-def generate(
-    data: str | Path,
-    out: str | Path,
-    prompts: PromptsConfig | None = None,
-    config: GenerateConfig | None = None,
-    *,
-    generator: ImageGenerator | None = None,
-    records: Sequence[PromptRecord] | None = None,
-    progress: bool = False,
-) -> GenerationSummary:
-    """Generate the counterparts of a class-folder dataset into ``out``, resuming whatever is already there.
-
-    Args:
-        data: the real dataset (read only).
-        out: the output folder (created; must not be inside ``data``).
-        prompts: prompt options (which images, how many counterparts, packs, seeds).
-        config: generation options (preset, model, sampling, batching, device, sharding).
-        generator: an already-built :class:`ImageGenerator` to use instead of loading ``config``'s model.
-        records: the candidates to make, instead of ``build_prompts(data, prompts)`` (``augment`` appends
-            regenerations of rejected candidates to the plan this way).
-        progress: show a progress bar (images/s and ETA) on stderr.
-
-    Returns:
-        A summary with counts; per-candidate results are in the manifest (:func:`read_manifest`).
-
-    Raises:
-        DatasetError, RunConflictError, ModelLoadError, ConfigError: bad inputs, detected before any work.
-        GenerationError: a candidate failed under ``on_error="stop"`` (its record is written first).
-    """
-    started = time.perf_counter()
-    data, out = Path(data), Path(out)
-    prompts = prompts or PromptsConfig()
-    config = config or GenerateConfig()
-    _check_folders(data, out)
-    settings = resolve_settings(config)
-    rank, world_size = resolve_shard(config.rank, config.world_size)
-    if records is None:
-        plan = build_prompts(list_images(data), prompts)
-        plan.warn_conflicts()
-        records = plan.records
-
-    out.mkdir(parents=True, exist_ok=True)
-    _claim_folder(out, _fingerprint(prompts, settings))
-    shared = dataclasses.replace(config, rank=None, world_size=None)  # the same file from every shard
-    atomic_write_text(out / "run.json", json.dumps({"data": str(data.resolve())}, indent=2) + "\n", tag=f"r{rank}-")
-    write_resolved_config(out / "config.yaml", {"prompts": prompts, "generate": shared}, data=data, **_versions())
-    tag = f"r{rank}-"
-    removed = remove_stale_temporaries(out, tag=tag)
-    if removed:
-        logger.info("removed %d temporary file(s) left by an interrupted run", removed)
-
-    # Batches are fixed chunks of the plan, and shards take whole chunks: an image is computed in the same
-    # batch whichever shard runs it and however often the run was interrupted, so its bytes are the same.
-    indexed = list(enumerate(records))
-    chunks = [indexed[i : i + config.batch_size] for i in range(0, len(indexed), config.batch_size)]
-    mine_chunks = chunks[rank::world_size]
-    mine = [item for chunk in mine_chunks for item in chunk]
-    previous = latest_by_key(read_records(out))
-    done = {key for key, record in previous.items() if _is_complete(out, record)}
-    todo = [chunk for chunk in mine_chunks if any(r.key not in done for _, r in chunk)]
-    remaining = sum(r.key not in done for chunk in todo for _, r in chunk)
-    logger.info(
-        "shard %d/%d: %d candidates, %d already done, %d to generate",
-        rank,
-        world_size,
-        len(mine),
-        len(mine) - remaining,
-        remaining,
-    )
-
-    writer = ManifestWriter(shard_path(out, rank, world_size))
-    generated = failed = 0
-    if todo:
-        generator = generator or DiffusersGenerator.from_settings(
-            settings, compile=config.compile, cpu_offload=config.cpu_offload
-        )
-        generated, failed = _run(
-            out, data, todo, done, generator, settings, config, writer, rank, tag, progress, len(mine)
-        )
-
-    final = latest_by_key(read_records(out))
-    writer.compact([final[r.key] for _, r in mine if r.key in final], tag=tag)
-    return GenerationSummary(
-        out=out,
-        planned=len(records),
-        shard=len(mine),
-        skipped=len(mine) - remaining,
-        generated=generated,
-        failed=failed,
-        seconds=time.perf_counter() - started,
-    )
+            digest: str | None = file_sha256(self.data / source)
+        except OSError as err:  # vanished or unreadable since planning: recorded, not generated
+            logger.warning("cannot read source image %s: %s", source, err)
+            digest = None
+        self[source] = digest
+        return digest
 
 
 def _run(
-    out: Path,
+    folder: OutputFolder,
     data: Path,
-    chunks: list[list[tuple[int, PromptRecord]]],
-    done: set[str],
+    job: _Job,
     generator: ImageGenerator,
     settings: GenerationSettings,
     config: GenerateConfig,
     writer: ManifestWriter,
     rank: int,
-    tag: str,
     progress: bool,
-    total: int,
 ) -> tuple[int, int]:
-    source_hashes: dict[str, str | None] = {}
-    batcher = _Batcher(generator, config.batch_size)
+    batcher = Batcher(generator, config.batch_size)
+    hashes = _SourceHashes(data)
+    context = {"settings": settings, "provenance": generator.provenance, "rank": rank, "hashes": hashes,
+               "digest": settings_digest(settings)}  # fmt: skip
     generated = failed = 0
-    missing = sum(r.key not in done for chunk in chunks for _, r in chunk)
-    bar = tqdm(total=total, initial=total - missing, desc="generate", unit="img", disable=not progress)
+    bar = tqdm(total=job.size, initial=job.size - job.remaining, desc="generate", unit="img", disable=not progress)
     try:
-        for chunk in chunks:
-            for _, record in chunk:
-                if record.source not in source_hashes:
-                    try:
-                        source_hashes[record.source] = file_sha256(data / record.source)
-                    except OSError as err:  # vanished or unreadable since planning: recorded, not generated
-                        source_hashes[record.source] = None
-                        logger.warning("cannot read source image %s: %s", record.source, err)
-            # The whole chunk runs, done members included, so that every image sees the same batch as before.
-            runnable = [r for _, r in chunk if source_hashes[r.source] is not None]
+        for chunk in job.todo:
             tick = time.perf_counter()
-            produced = iter(batcher.run(runnable) if runnable else [])
-            seconds = (time.perf_counter() - tick) / max(1, len(runnable))
-            results: list[Image.Image | BaseException] = [
-                next(produced) if source_hashes[r.source] is not None else OSError(f"cannot read source {r.source}")
-                for _, r in chunk
+            results = _generate_chunk(batcher, chunk, hashes)
+            seconds = (time.perf_counter() - tick) / len(chunk)
+            entries = [
+                _finish(folder, index, record, result, seconds, f"r{rank}-", context)
+                for (index, record), result in zip(chunk, results, strict=True)
+                if record.key not in job.done
             ]
-            records = []
-            for (index, record), result in zip(chunk, results, strict=True):
-                if record.key in done:
-                    continue
-                entry = _entry(index, record, settings, generator.provenance, rank, seconds, source_hashes)
-                if isinstance(result, BaseException):
-                    entry.update(status="error", error=f"{type(result).__name__}: {result}")
-                    failed += 1
-                else:
-                    relpath = output_relpath(record)
-                    payload = _png_bytes(result)
-                    atomic_write_bytes(out / relpath, payload, tag=tag)
-                    entry.update(output=relpath, output_sha256=hashlib.sha256(payload).hexdigest())
-                    generated += 1
-                records.append(entry)
-            writer.append(records)  # after the images are on disk: a record never names a missing file
-            bar.update(len(records))
+            writer.append(entries)  # after the images are on disk: a record never names a missing file
+            generated += sum(e["status"] == "ok" for e in entries)
+            failed += sum(e["status"] == "error" for e in entries)
+            bar.update(len(entries))
             bar.set_postfix(failed=failed, refresh=False)
-            errors = [r for r in records if r["status"] == "error"]
+            errors = [e for e in entries if e["status"] == "error"]
             if errors and config.on_error == "stop":
                 raise GenerationError(f"candidate {errors[0]['key']} failed: {errors[0]['error']}")
     finally:
@@ -324,14 +356,48 @@ def _run(
     return generated, failed
 
 
+def _generate_chunk(
+    batcher: Batcher, chunk: list[tuple[int, PromptRecord]], hashes: _SourceHashes
+) -> list[Image.Image | BaseException]:
+    # The whole chunk runs, done members included, so that every image sees the same batch as before.
+    runnable = [r for _, r in chunk if hashes[r.source] is not None]
+    produced = iter(batcher.run(runnable) if runnable else [])
+    return [
+        next(produced) if hashes[r.source] is not None else OSError(f"cannot read source {r.source}") for _, r in chunk
+    ]
+
+
+def _finish(
+    folder: OutputFolder,
+    index: int,
+    record: PromptRecord,
+    result: Image.Image | BaseException,
+    seconds: float,
+    tag: str,
+    context: dict[str, Any],
+) -> dict[str, Any]:
+    """Write one candidate's image (atomically) and return its manifest record."""
+    entry = _entry(index, record, seconds, **context)
+    if isinstance(result, BaseException):
+        entry.update(status="error", error=f"{type(result).__name__}: {result}")
+        return entry
+    relpath = output_relpath(record)
+    payload = _png_bytes(result)
+    atomic_write_bytes(folder / relpath, payload, tag=tag)
+    entry.update(output=relpath, output_sha256=hashlib.sha256(payload).hexdigest())
+    return entry
+
+
 def _entry(
     index: int,
     record: PromptRecord,
+    seconds: float,
+    *,
     settings: GenerationSettings,
     provenance: dict[str, Any],
     rank: int,
-    seconds: float,
-    source_hashes: dict[str, str | None],
+    hashes: _SourceHashes,
+    digest: str,
 ) -> dict[str, Any]:
     return {
         "index": index,
@@ -339,7 +405,7 @@ def _entry(
         "status": "ok",
         "error": None,
         "source": record.source,
-        "source_sha256": source_hashes.get(record.source),
+        "source_sha256": hashes[record.source],
         "class_folder": record.class_folder,
         "class_name": record.class_name,
         "label": record.label,
@@ -366,4 +432,5 @@ def _entry(
         "output_sha256": None,
         "seconds": round(seconds, 6),
         "rank": rank,
+        "settings_sha256": digest,
     }

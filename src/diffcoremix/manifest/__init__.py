@@ -1,15 +1,23 @@
 """The output folder (OUT) of a run, and the one place that reads and writes it (METHOD.md §4-6 provenance).
 
-Every stage goes through this package for the OUT layout: generated images, manifest parts, the filter's
-decisions, the ``train/`` and ``rejected/`` views, the run record, and the lock that gives OUT one owner at a
-time. It imports nothing above the base modules, so every stage can use it.
+Every stage goes through this package for the OUT layout (:mod:`.layout`): generated images, manifest parts
+(:mod:`.records`), the filter's decisions and the ``train/``/``rejected/`` views (:mod:`.decisions`), the run
+record, and the lock that gives OUT one owner at a time (:mod:`.lock`). It imports only the base modules, so
+every stage can use it.
 """
 
 from __future__ import annotations
 
+from diffcoremix.manifest.decisions import FILTER_COLUMNS, read_decisions, relayout, view_name, write_decisions
+from diffcoremix.manifest.layout import (
+    OutputFolder,
+    OutputFolderError,
+    check_separate,
+    open_output,
+)
+from diffcoremix.manifest.lock import FolderBusyError, FolderLock
 from diffcoremix.manifest.records import (
     COLUMNS,
-    FILTER_COLUMNS,
     ManifestWriter,
     latest_by_key,
     read_manifest,
@@ -20,9 +28,19 @@ from diffcoremix.manifest.records import (
 __all__ = [
     "COLUMNS",
     "FILTER_COLUMNS",
+    "FolderBusyError",
+    "FolderLock",
     "ManifestWriter",
+    "OutputFolder",
+    "OutputFolderError",
+    "check_separate",
     "latest_by_key",
+    "open_output",
+    "read_decisions",
     "read_manifest",
     "read_records",
+    "relayout",
     "shard_path",
+    "view_name",
+    "write_decisions",
 ]

@@ -1,14 +1,9 @@
 """The provenance manifest of a generation run: one JSON record per candidate, per shard, append-only.
 
-Layout of an output folder::
-
-    OUT/config.yaml                          resolved options and library versions
-    OUT/images/<class folder>/<source file>.k<k>.png
-    OUT/manifest/shard-00000-of-00001.jsonl  one record per candidate of that shard
-
-Each shard appends (and fsyncs) records after their images are on disk, so a record never names a missing
-image; a crash can leave at most a torn last line, which readers skip and a rerun redoes. When a shard
-finishes it rewrites its file in plan order with one record per key. The files are JSON Lines, readable by
+Each shard appends (and fsyncs) records to ``OUT/manifest/shard-RRRRR-of-WWWWW.jsonl`` after their images are on
+disk, so a record never names a missing image; a crash can leave at most a torn last line, which readers skip
+and a rerun redoes. When a shard finishes it rewrites its file with one record per key (the latest), in plan
+order, keeping every key it holds (the regenerations of ``augment`` included). The files are JSON Lines, readable by
 ``pandas.read_json(path, lines=True)`` or ``pyarrow.dataset.dataset(OUT / "manifest", format="json")``, and
 as one table through :func:`read_manifest`.
 """
@@ -23,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from diffcoremix.atomic import atomic_write_text
+from diffcoremix.manifest.decisions import FILTER_COLUMNS, read_decisions
+from diffcoremix.manifest.layout import DECISIONS_FILE, IMAGES_DIR, MANIFEST_DIR, OutputFolder
+
+__all__ = ["COLUMNS", "FILTER_COLUMNS", "IMAGES_DIR", "MANIFEST_DIR", "ManifestWriter", "latest_by_key",
+           "read_manifest", "read_records", "shard_path"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
-
-MANIFEST_DIR = "manifest"
-IMAGES_DIR = "images"
 
 COLUMNS = (
     "index",
@@ -62,34 +59,37 @@ COLUMNS = (
     "output_sha256",
     "seconds",
     "rank",
+    "settings_sha256",
 )
 """The fields of a record, in order. ``output`` is relative to OUT; ``seconds`` is the image's share of its
-batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the message and ``output`` is null)."""
-
-
-FILTER_FILE = "filter.jsonl"
-FILTER_COLUMNS = ("embedder", "reference_rule", "reference", "score", "threshold", "text_score", "accepted")
-"""Columns that ``diffcoremix filter`` adds: what each candidate was compared with, its score, the decision."""
+batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the message and ``output`` is null);
+``settings_sha256`` is a digest of everything that determines the pixels besides the record's own prompt, negative
+prompt and seed (model, revision, scheduler, steps, guidance, size, dtype, device): a resumed run reuses an image
+only when its record matches what it would make now."""
 
 
 def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
     """The manifest file of one shard."""
-    return Path(out) / MANIFEST_DIR / f"shard-{rank:05d}-of-{world_size:05d}.jsonl"
+    return OutputFolder(out).shard_path(rank, world_size)
 
 
 def read_records(out: str | Path) -> list[dict[str, Any]]:
     """Every parseable record of every shard file of ``out``, in file order (torn lines skipped)."""
+    return [record for path in OutputFolder(out).shard_paths() for record in _read_file(path)]
+
+
+def _read_file(path: Path) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
-    folder = Path(out) / MANIFEST_DIR
-    for path in sorted(folder.glob("shard-*.jsonl")) if folder.is_dir() else []:
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                logger.info("skipping a torn record at %s:%d (redone on resume)", path, number)
-                continue
-            if isinstance(record, dict) and "key" in record:
-                records.append(record)
+    if not path.is_file():
+        return records
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            logger.info("skipping a torn record at %s:%d (redone on resume)", path, number)
+            continue
+        if isinstance(record, dict) and "key" in record:
+            records.append(record)
     return records
 
 
@@ -126,9 +126,17 @@ class ManifestWriter:
             handle.flush()
             os.fsync(handle.fileno())
 
-    def compact(self, records: Iterable[dict[str, Any]], *, tag: str = "") -> None:
-        """Replace the file with ``records`` (one per key, in plan order), atomically."""
-        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), tag=tag)
+    def compact(self, *, tag: str = "") -> None:
+        """Rewrite the file with one record per key (the latest), ordered by plan index, atomically.
+
+        Every key the file holds stays: a run over part of the plan (an ``augment`` round) never drops the
+        records of another part.
+        """
+        latest = latest_by_key(_read_file(self.path))
+        ordered = sorted(latest.values(), key=lambda r: (r.get("index", 0), r["key"]))
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered)
+        if not self.path.is_file() or self.path.read_text(encoding="utf-8") != text:
+            atomic_write_text(self.path, text, tag=tag)
 
 
 def read_manifest(out: str | Path, *, backend: str = "pandas") -> Any:
@@ -142,11 +150,10 @@ def read_manifest(out: str | Path, *, backend: str = "pandas") -> Any:
         >>> table = read_manifest("out")  # doctest: +SKIP
         >>> table[table.status == "ok"].output.head()  # doctest: +SKIP
     """
-    rows = sorted(latest_by_key(read_records(out)).values(), key=lambda r: r["index"])
+    rows = sorted(latest_by_key(read_records(out)).values(), key=lambda r: (r.get("index", 0), r["key"]))
     names = list(COLUMNS)
-    decisions = Path(out) / FILTER_FILE
-    if decisions.is_file():  # the filter's decisions, joined by key
-        by_key = {d["key"]: d for d in map(json.loads, decisions.read_text(encoding="utf-8").splitlines())}
+    by_key = read_decisions(out)
+    if (Path(out) / DECISIONS_FILE).is_file():  # the filter's decisions, joined by key
         rows = [{**r, **{c: by_key.get(r["key"], {}).get(c) for c in FILTER_COLUMNS}} for r in rows]
         names += list(FILTER_COLUMNS)
     columns = {name: [r.get(name) for r in rows] for name in names}

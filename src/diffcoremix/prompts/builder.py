@@ -21,6 +21,7 @@ from diffcoremix.config import check_types, require
 from diffcoremix.counterparts import plan_candidates
 from diffcoremix.data.classnames import load_class_map
 from diffcoremix.data.folder import DatasetListing, list_images
+from diffcoremix.embedders import DEFAULT_EMBEDDER, default_embedder
 from diffcoremix.prompts.context import CONTEXT_SELECTORS, ContextRequest, ContextSelector, SelectorOptions
 from diffcoremix.prompts.negatives import NegativeConflict, filter_negatives
 from diffcoremix.prompts.packs import PromptPack, load_pack
@@ -44,8 +45,9 @@ class PromptsConfig:
     """The user's contexts, for --context fixed."""
     top_k: int = 3
     """For --context sample: draw among the k contexts that best match the source image."""
-    context_embedder: str = "open_clip:ViT-B-32:openai"
-    """For --context sample: the image-text embedder that ranks contexts (tiny for offline runs)."""
+    context_embedder: str | None = None
+    """For --context sample: the image-text embedder that ranks contexts; null is open_clip:ViT-B-32:openai, or
+    tiny (offline, random weights) when generating with a built-in preset (tiny, tiny-sdxl)."""
     fraction: float = 1.0
     """Share of each class's images that get counterparts, in (0, 1]; the reference code used 0.3."""
     per_image: int = 1
@@ -64,10 +66,18 @@ class PromptsConfig:
         known = CONTEXT_SELECTORS.names()
         require(self.context in known, "context", self.context, "one of " + ", ".join(known))
         require(self.domain is None or bool(self.domain.strip()), "domain", self.domain, "a non-empty word")
+        ce = self.context_embedder
+        require(ce is None or bool(ce.strip()), "context_embedder", ce, "a non-empty embedder spec or null")
         if self.context == "fixed":
             require(bool(self.contexts), "contexts", self.contexts, "at least one context with context=fixed")
         else:
             require(not self.contexts, "contexts", self.contexts, "empty unless context=fixed")
+
+    def for_generator(self, model: str | None) -> PromptsConfig:
+        """These options with the context embedder's default resolved for images of ``model`` (the generator)."""
+        if self.context_embedder is not None:
+            return self
+        return dataclasses.replace(self, context_embedder=default_embedder(model))
 
 
 @dataclass(frozen=True)
@@ -152,7 +162,7 @@ def build_prompts(
     names = listing.class_names(load_class_map(config.class_map) if config.class_map else None)
     candidates = plan_candidates(listing, fraction=config.fraction, per_image=config.per_image, seed=config.seed)
     if selector is None:
-        options = SelectorOptions(config.contexts, config.top_k, config.context_embedder)
+        options = SelectorOptions(config.contexts, config.top_k, config.context_embedder or DEFAULT_EMBEDDER)
         selector = CONTEXT_SELECTORS.get(config.context)(pack, options)
     requests = [
         ContextRequest(

@@ -1,0 +1,46 @@
+"""Running candidates through a generator in batches: out-of-memory halving and per-item failure isolation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from PIL import Image
+
+from diffcoremix.generate.backend import ImageGenerator
+from diffcoremix.prompts.builder import PromptRecord
+
+logger = logging.getLogger(__name__)
+
+
+class Batcher:
+    """Runs batches through a generator, halving the batch on CUDA out-of-memory and isolating failing items."""
+
+    def __init__(self, generator: ImageGenerator, batch_size: int) -> None:
+        self.generator = generator
+        self.limit = batch_size
+        """The largest batch that fits; lowered for good after an out-of-memory error."""
+
+    def run(self, records: Sequence[PromptRecord]) -> list[Image.Image | BaseException]:
+        import torch
+
+        if len(records) > self.limit:
+            return [x for i in range(0, len(records), self.limit) for x in self.run(records[i : i + self.limit])]
+        try:
+            return list(
+                self.generator.generate(
+                    [r.prompt for r in records], [r.negative_prompt for r in records], [r.seed for r in records]
+                )
+            )
+        except torch.OutOfMemoryError as err:
+            if len(records) == 1:
+                return [err]
+            self.limit = max(1, len(records) // 2)
+            logger.warning("CUDA out of memory at batch %d; going on with batch %d", len(records), self.limit)
+            torch.cuda.empty_cache()
+            return self.run(records)
+        except Exception as err:
+            if len(records) == 1:
+                return [err]
+            logger.warning("a batch failed (%s); retrying its %d candidates one by one", err, len(records))
+            return [result for r in records for result in self.run([r])]

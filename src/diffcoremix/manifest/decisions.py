@@ -1,0 +1,189 @@
+"""The filter's decisions in OUT, and the ``train/`` and ``rejected/`` views derived from them.
+
+``OUT/filter.jsonl`` holds one decision per filtered candidate. ``OUT/train/<class>/`` and ``OUT/rejected/<class>/``
+hold hard links to the images of ``OUT/images`` (a copy only where the file system has no hard links), named by
+a one-to-one escape of the image's path below its class folder, so that two candidates never share a name.
+Every class of DATA gets both folders, empty if need be, so ``ImageFolder(..., allow_empty=True)`` gives DATA's
+class indices; ``OUT/train/metadata.jsonl`` (Hugging Face imagefolder's metadata convention) carries each image's
+label (DATA's index), prompt, score and source.
+
+Re-deriving the views changes only what differs: a file that our layout record names is removed or replaced,
+anything else is never touched (a name clash with a foreign file is an error), and nothing is ever opened for
+writing through a link, so ``OUT/images`` cannot change.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from diffcoremix.atomic import TMP_SUFFIX, write_text_if_changed
+from diffcoremix.manifest.layout import (
+    DECISIONS_FILE,
+    REJECTED_DIR,
+    TRAIN_DIR,
+    OutputFolderError,
+    read_layout,
+    write_layout,
+)
+
+logger = logging.getLogger(__name__)
+
+FILTER_COLUMNS = ("embedder", "reference_rule", "reference", "score", "threshold", "text_score", "accepted")
+"""Columns that ``diffcoremix filter`` adds to the manifest table: what each candidate was compared with, its
+score, the decision."""
+
+METADATA_FILE = "metadata.jsonl"
+
+_NO_LINKS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP}
+"""``os.link`` errors that mean "no hard link possible here" (another device, links not allowed, too many)."""
+
+
+def read_decisions(out: str | Path) -> dict[str, dict[str, Any]]:
+    """The decisions of ``OUT/filter.jsonl`` by key (empty when the run has not been filtered).
+
+    Raises:
+        OutputFolderError: a line is not a JSON decision (the file is written atomically, so it was damaged).
+    """
+    path = Path(out) / DECISIONS_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return {}
+    decisions: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or "key" not in row:
+            raise OutputFolderError(f"{path}:{number} is not a filter decision; rerun `diffcoremix filter {out}`")
+        decisions[row["key"]] = row
+    return decisions
+
+
+def write_decisions(out: str | Path, rows: Iterable[Mapping[str, Any]]) -> bool:
+    """Replace ``OUT/filter.jsonl`` with ``rows`` (atomically, and only if they differ); True if written."""
+    text = "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows)
+    return write_text_if_changed(Path(out) / DECISIONS_FILE, text)
+
+
+def view_name(output: str) -> str:
+    """The file name in ``train/<class>/`` of an image at ``images/<class>/<path>``: the path below the class
+    folder with ``%`` written ``%25`` and ``/`` written ``%2F``, a one-to-one map (flat names stay as they are)."""
+    below = Path(output).parts[2:]
+    return "/".join(below).replace("%", "%25").replace("/", "%2F")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _place(source: Path, target: Path) -> None:
+    """A hard link to ``source`` at ``target`` (which must not exist); a copy where links are impossible.
+
+    The copy is written to a temporary file and renamed into place: nothing is ever written through a link.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+        return
+    except OSError as err:
+        if err.errno not in _NO_LINKS:  # FileExistsError above all: never taken for "links not allowed"
+            raise
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def relayout(
+    out: str | Path, rows: Sequence[Mapping[str, Any]], classes: Sequence[str], extra: Iterable[str] = ()
+) -> dict[str, int]:
+    """Make ``train/`` and ``rejected/`` match the decisions, touching only what differs.
+
+    Args:
+        out: the output folder.
+        rows: one per decided candidate, with ``output``, ``class_folder``, ``accepted``, and for the metadata
+            ``key``, ``label``, ``source``, ``prompt``, ``score``.
+        classes: every class folder of DATA (each gets its folders in both views).
+        extra: other files (relative to OUT) that the filter wrote and the layout record should name.
+
+    Returns:
+        Counts: ``placed`` (new links), ``removed`` (our stale files), ``kept``, ``foreign`` (left alone).
+
+    Raises:
+        OutputFolderError: a file that diffcoremix did not make stands where a view file must go.
+    """
+    out = Path(out)
+    desired: dict[str, str] = {}
+    metadata: list[dict[str, Any]] = []
+    for row in rows:
+        view = TRAIN_DIR if row["accepted"] else REJECTED_DIR
+        name = f"{row['class_folder']}/{view_name(row['output'])}"
+        desired[f"{view}/{name}"] = row["output"]
+        if row["accepted"]:
+            fields = ("key", "label", "class_folder", "source", "prompt", "score")
+            metadata.append({"file_name": name, **{f: row.get(f) for f in fields}})
+    previous = set(read_layout(out))
+    meta_path = f"{TRAIN_DIR}/{METADATA_FILE}"
+    final = set(desired) | {meta_path} | set(extra)
+    write_layout(out, previous | final)  # first: a crash below still leaves every file we place recorded
+    counts = {"placed": 0, "removed": 0, "kept": 0, "foreign": 0}
+    for relpath in sorted(previous - final):
+        if (out / relpath).is_file() or (out / relpath).is_symlink():
+            (out / relpath).unlink()
+            counts["removed"] += 1
+    for relpath, output in desired.items():
+        target, source = out / relpath, out / output
+        if os.path.lexists(target):
+            if _same_file(target, source):
+                counts["kept"] += 1
+                continue
+            if relpath not in previous:
+                raise OutputFolderError(
+                    f"{target} was not made by diffcoremix and stands where the filter puts {output}: move it away"
+                )
+            target.unlink()
+            counts["removed"] += 1
+        _place(source, target)
+        counts["placed"] += 1
+    for view in (TRAIN_DIR, REJECTED_DIR):
+        for cls in classes:
+            (out / view / cls).mkdir(parents=True, exist_ok=True)
+    write_text_if_changed(out / meta_path, "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in metadata))
+    write_layout(out, final)
+    counts["foreign"] = _count_foreign(out, final)
+    return counts
+
+
+def _count_foreign(out: Path, ours: set[str]) -> int:
+    foreign = [
+        p.relative_to(out).as_posix()
+        for view in (TRAIN_DIR, REJECTED_DIR)
+        for p in sorted((out / view).rglob("*"))
+        if (p.is_file() or p.is_symlink()) and p.relative_to(out).as_posix() not in ours
+    ]
+    if foreign:
+        logger.warning(
+            "%d file(s) in %s/train or rejected were not made by diffcoremix and are left in place (image loaders "
+            "will read them): %s",
+            len(foreign),
+            out,
+            ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else ""),
+        )
+    return len(foreign)
