@@ -104,6 +104,15 @@ def test_fraction_rounding() -> None:
     assert count_for_fraction(7, 1.0) == 7
 
 
+@pytest.mark.parametrize(
+    ("n", "fraction", "expected"),
+    # exact halves whose binary float products fall just below .5 (50 * 0.29 == 14.499999999999998)
+    [(50, 0.29, 15), (25, 0.58, 15), (45, 0.7, 32), (90, 0.35, 32), (70, 0.15, 11), (1, 0.5, 1), (3, 0.5, 2)],
+)
+def test_fraction_rounding_is_half_up_on_the_decimal_product(n: int, fraction: float, expected: int) -> None:
+    assert count_for_fraction(n, fraction) == expected
+
+
 def test_selection_is_nested_and_order_free(shared_data: Path) -> None:
     listing = list_images(shared_data / "cub200_25")
     small = {c.source for c in plan_candidates(listing, fraction=0.2, seed=5)}

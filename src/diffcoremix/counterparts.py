@@ -9,8 +9,8 @@ regenerated on its own.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 
 from diffcoremix.data.folder import DatasetListing, ImageItem
 from diffcoremix.seeds import derive_seed
@@ -33,10 +33,15 @@ class Candidate:
 
 
 def count_for_fraction(n: int, fraction: float) -> int:
-    """How many of a class's ``n`` images get counterparts: ``round(f * n)`` half up, at least 1 (if n > 0)."""
+    """How many of a class's ``n`` images get counterparts: ``round(f * n)`` half up, at least 1 (if n > 0).
+
+    The product is exact decimal arithmetic on the fraction as written (``0.29`` is 29/100, not the nearest
+    binary float, whose product with 50 is 14.499999999999998): 50 x 0.29 = 14.5 rounds to 15.
+    """
     if n == 0:
         return 0
-    return min(n, max(1, math.floor(n * fraction + 0.5)))
+    product = Decimal(n) * Decimal(repr(fraction))
+    return min(n, max(1, int(product.to_integral_value(rounding=ROUND_HALF_UP))))
 
 
 def select_sources(listing: DatasetListing, fraction: float, seed: int) -> list[ImageItem]:
