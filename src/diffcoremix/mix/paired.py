@@ -150,7 +150,11 @@ class PairedDataset(Dataset[Sample]):
             raise ConfigError("mode", mode, "'counterpart' or 'real'")
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch used by plain integer indices (an ``(epoch, index)`` pair carries its own)."""
+        """The epoch used by plain integer indices (an ``(epoch, index)`` pair carries its own).
+
+        It changes this copy of the dataset only: DataLoader workers hold copies of their own (persistent ones for
+        the whole run) and never see it. With workers, use :class:`EpochSampler` and its ``set_epoch``.
+        """
         self.epoch = epoch
 
     def __len__(self) -> int:
