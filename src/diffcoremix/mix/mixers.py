@@ -301,7 +301,9 @@ class MixUp(nn.Module):
         return self.apply_params(x, y, self.sample(x.shape[-2], x.shape[-1], generator))
 
 
-def cutmix_box(lam: float, height: int, width: int, generator: torch.Generator | None = None) -> tuple[int, ...]:
+def cutmix_box(
+    lam: float, height: int, width: int, generator: torch.Generator | None = None
+) -> tuple[int, int, int, int]:
     """torchvision v2's CutMix box: a centre drawn uniformly, sides ``sqrt(1 - lam)`` of the image, clipped.
 
     Returns:
@@ -329,8 +331,7 @@ class CutMix(MixUp):
     def sample(self, height: int, width: int, generator: torch.Generator | None = None) -> BatchParams:
         """Draw lambda, then the box it sizes."""
         lam = float(sample_beta(1, self.alpha, generator)[0])
-        x1, y1, x2, y2 = cutmix_box(lam, height, width, generator)
-        return BatchParams(lam, (x1, y1, x2, y2))
+        return BatchParams(lam, cutmix_box(lam, height, width, generator))
 
     def mix(self, x: Tensor, params: BatchParams) -> tuple[Tensor, float]:
         if params.box is None:
