@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -58,15 +59,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIBRARY_VERBOSITY = ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "HF_HUB_VERBOSITY")
+"""Read by transformers, diffusers and huggingface_hub when first imported (the commands import them lazily)."""
+
+
+class _DropRecords(logging.NullHandler):
+    """The root logger's handler without ``-v``: other loggers' records end here, not in ``logging.lastResort``
+    (and a root with a handler keeps a library's module-level ``logging.error(...)`` from calling basicConfig)."""
+
+
+class _ShowRecords(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root logger's handler with ``-v``: other loggers' records on stderr, named by their logger."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+
+
 def configure_logging(verbose: int, quiet: int) -> None:
-    """Send the library's log records to stderr at a level set by ``-v``/``-q`` (the library adds no handlers)."""
+    """Route log records and warnings to stderr by ``-v``/``-q`` (the library adds no handlers).
+
+    The ``diffcoremix`` logger prints warnings (``-q``: errors only, ``-v``: info, ``-vv``: debug). Other
+    libraries' log records (transformers, diffusers, huggingface_hub, open_clip, torch) and Python warnings
+    appear only with ``-v``: without it they would bury the one-line error of a failed command.
+    """
     level = logging.WARNING - 10 * verbose + 10 * quiet
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
-    root = logging.getLogger("diffcoremix")
-    root.handlers[:] = [handler]
-    root.setLevel(max(logging.DEBUG, min(level, logging.CRITICAL)))
-    root.propagate = False
+    ours = logging.getLogger("diffcoremix")
+    ours.handlers[:] = [handler]
+    ours.setLevel(max(logging.DEBUG, min(level, logging.CRITICAL)))
+    ours.propagate = False
+    _configure_other_loggers(verbose)
+
+
+def _configure_other_loggers(verbose: int) -> None:
+    """Other libraries' verbosity, Python warnings and the root logger's handler: shown only with ``-v``."""
+    for name in LIBRARY_VERBOSITY:
+        os.environ[name] = "error" if verbose < 1 else "warning" if verbose == 1 else "info"
+    logging.captureWarnings(True)  # warnings.warn(...) -> the "py.warnings" logger -> the root's handler
+    root = logging.getLogger()
+    # Replace only the handler set by an earlier call; others' (pytest's, an embedding application's) stay.
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, (_DropRecords, _ShowRecords))]
+    root.addHandler(_ShowRecords() if verbose >= 1 else _DropRecords())
+    if verbose >= 1:
+        root.setLevel(logging.WARNING if verbose == 1 else logging.INFO)
 
 
 def _message(err: BaseException) -> str:

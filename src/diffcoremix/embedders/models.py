@@ -15,6 +15,7 @@ are named by a spec string:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,12 +24,33 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
+from diffcoremix import hub
 from diffcoremix.errors import DiffCoReMixError
 from diffcoremix.registry import Registry
 
 
 class EmbedderLoadError(DiffCoReMixError):
-    """The embedder's weights cannot be had (offline, missing file)."""
+    """The embedder's weights cannot be had (offline, missing file).
+
+    Args:
+        message: what could not be loaded, and why.
+        local: specs that load the same model from local weights, offered as alternatives with ``tiny``.
+        option: the command-line option that named the embedder, spelled in the offered alternatives.
+    """
+
+    def __init__(self, message: str, local: Sequence[str] = (), option: str = "--embedder") -> None:
+        self.message = message
+        self.local = tuple(local)
+        self.option = option
+        if self.local:
+            alternatives = " or ".join(f"{option} {spec}" for spec in self.local)
+            message += f". Without network access, use {option} tiny (built in, random weights) or local weights: "
+            message += alternatives
+        super().__init__(message)
+
+    def for_option(self, option: str) -> EmbedderLoadError:
+        """The same error, its alternatives spelled for ``option`` (``--context-embedder``)."""
+        return EmbedderLoadError(self.message, self.local, option)
 
 
 class Embedder(Protocol):
@@ -117,24 +139,52 @@ def tiny_open_clip(seed: int = 0, device: str = "cpu") -> OpenClipEmbedder:
 
 
 def open_clip_embedder(model_name: str, pretrained: str | None, device: str = "cpu") -> OpenClipEmbedder:
-    """An open_clip model by name; ``pretrained`` None gives random weights (seeded, for benchmarks)."""
+    """An open_clip model by name; ``pretrained`` None gives random weights (seeded, for benchmarks).
+
+    ``pretrained`` is one of open_clip's tags (``openai``: weights from the hub, or its cache when the hub cannot
+    be reached) or a weights file's path.
+
+    Raises:
+        EmbedderLoadError: the weights cannot be had; offline, at once when the tag's file is not cached.
+    """
     import open_clip
 
     from diffcoremix.seeds import seeded_init
 
+    tag = open_clip.get_pretrained_cfg(model_name, pretrained) if pretrained else {}
+    offline = bool(tag) and hub.hub_offline()
     try:
-        with seeded_init(0):
+        if offline and _open_clip_cached_weights(tag) is None:
+            raise FileNotFoundError(f"{hub.offline_reason()}, and the weights are not in the cache {hub.cache_dir()}")
+        # Offline, a cached file is read without asking the hub first (open_clip takes no local_files_only).
+        with seeded_init(0), hub.cache_only() if offline else contextlib.nullcontext():
             model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
     except (RuntimeError, OSError, ValueError) as err:
         reason = " ".join(str(err).split())[:300]
         raise EmbedderLoadError(
-            f"cannot load open_clip model {model_name!r} with weights {pretrained!r} ({reason}). Without network "
-            "access, use --embedder tiny (built in) or --embedder resnet20:PATH, or put the weights file's path as "
-            "the pretrained tag (open_clip:ViT-B-32:/path/to/open_clip_pytorch_model.bin)"
+            f"cannot load open_clip model {model_name!r} with weights {pretrained!r} ({reason})",
+            local=[f"open_clip:{model_name}:/path/to/open_clip_pytorch_model.bin", "hf:/path/to/clip-folder"],
         ) from err
     tokenizer = open_clip.get_tokenizer(model_name)
     return OpenClipEmbedder(model, transform, tokenizer, f"open_clip:{model_name}:{pretrained or 'random-seed0'}",
                             device)  # fmt: skip
+
+
+def _open_clip_cached_weights(tag: dict[str, Any]) -> str | None:
+    """The local file that open_clip would read for a pretrained tag's config, if it is cached (else None)."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if tag.get("file"):
+        return str(tag["file"])
+    if tag.get("hf_hub"):  # "org/repo/filename", or "org/repo/" for the default file
+        repo_id, filename = tag["hf_hub"].rsplit("/", 1)
+        filename = filename or HF_WEIGHTS_NAME
+        safe = HF_SAFE_WEIGHTS_NAME if filename == HF_WEIGHTS_NAME else f"{Path(filename).stem}.safetensors"
+        return hub.cached_file(repo_id, [safe, filename])
+    if tag.get("url"):  # open_clip's own download folder
+        path = Path("~/.cache/clip").expanduser() / Path(tag["url"]).name
+        return str(path) if path.is_file() else None
+    return None
 
 
 def resnet20_embedder(path: str | Path, device: str = "cpu") -> ModuleEmbedder:
@@ -164,15 +214,18 @@ class HFClipEmbedder:
     def __init__(self, name_or_path: str, device: str = "cpu") -> None:
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
+        offline = not Path(name_or_path).expanduser().exists() and hub.hub_offline()
         try:
-            self.model = CLIPModel.from_pretrained(name_or_path).eval().to(device)
-            self.processor = CLIPImageProcessor.from_pretrained(name_or_path)
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=offline).eval().to(device)
+            self.processor = CLIPImageProcessor.from_pretrained(name_or_path, local_files_only=offline)
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
         except (OSError, ValueError) as err:
             reason = " ".join(str(err).split())[:300]
+            if offline:  # transformers' own words do not say that the network is the cause
+                reason = f"{hub.offline_reason()}, and its files are not all in the cache {hub.cache_dir()}"
             raise EmbedderLoadError(
-                f"cannot load transformers CLIP {name_or_path!r} ({reason}). Without network access, use "
-                "--embedder tiny, or hf:<local folder> holding a saved CLIPModel, image processor and tokenizer"
+                f"cannot load transformers CLIP {name_or_path!r} ({reason})",
+                local=["hf:/path/to/folder (holding a saved CLIPModel, image processor and tokenizer)"],
             ) from err
         path = Path(name_or_path)
         weights = sorted(path.glob("*.safetensors")) if path.is_dir() else []
@@ -226,11 +279,21 @@ def _resnet20(argument: str, device: str) -> Embedder:
     return resnet20_embedder(argument, device)
 
 
-def load_embedder(spec: str, device: str = "cpu") -> Embedder:
+def load_embedder(spec: str, device: str = "cpu", option: str = "--embedder") -> Embedder:
     """An embedder from its spec (``tiny``, ``open_clip:ViT-B-32:openai``, ``resnet20:PATH``).
+
+    Args:
+        spec: the embedder spec.
+        device: where the model runs.
+        option: the command-line option the spec came from, named in error messages (``--context-embedder``).
 
     Raises:
         UnknownNameError: unknown kind; EmbedderLoadError: weights cannot be loaded.
     """
     kind, _, argument = spec.partition(":")
-    return EMBEDDERS.get(kind)(argument, device)
+    try:
+        return EMBEDDERS.get(kind)(argument, device)
+    except EmbedderLoadError as err:
+        if err.option == option:
+            raise
+        raise err.for_option(option) from err.__cause__

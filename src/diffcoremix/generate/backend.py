@@ -8,6 +8,7 @@ CPU ``torch.Generator`` so that an image depends on its seed only, not on the ba
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
+from diffcoremix import hub
 from diffcoremix.digests import file_sha256
 from diffcoremix.errors import DiffCoReMixError, UnknownNameError
 from diffcoremix.generate.config import GenerationSettings
@@ -54,12 +56,14 @@ def _builtin_models() -> Registry[Callable[[int], Any]]:
     return registry
 
 
-def _load_failure(model: str, err: BaseException) -> ModelLoadError:
+def _load_failure(model: str, err: BaseException, offline: bool = False) -> ModelLoadError:
     reason = " ".join(str(err).split())[:300] or type(err).__name__
+    if offline:  # the library's own words ("does not appear to have a file named ...") hide the cause
+        reason = f"{hub.offline_reason()}, and its files are not all in the cache {hub.cache_dir()}"
     return ModelLoadError(
         f"cannot load model {model!r} ({reason}). Without network access or hub credentials, use "
         "--preset tiny (built in, nothing to download) or --model PATH (a local diffusers folder or a "
-        ".safetensors checkpoint)"
+        ".safetensors checkpoint, with --model-config FOLDER for its component configs)"
     )
 
 
@@ -99,15 +103,34 @@ def load_pipeline(settings: GenerationSettings) -> tuple[Any, dict[str, Any]]:
     return pipe, provenance
 
 
+def _is_checkpoint(path: Path) -> bool:
+    return path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_file()
+
+
+def _needs_hub(model: str, settings: GenerationSettings) -> bool:
+    """Whether loading reads anything from the hub: a hub id, or a checkpoint without local component configs."""
+
+    def on_hub(name: str | None) -> bool:
+        return name is not None and not Path(name).expanduser().exists()
+
+    if _is_checkpoint(Path(model).expanduser()):
+        return settings.model_config is None or on_hub(settings.model_config) or on_hub(settings.vae)
+    return on_hub(model) or on_hub(settings.vae)
+
+
 def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, provenance: dict[str, Any]) -> Any:
+    """Load a hub id, local folder or checkpoint file; offline, from the hub cache only, failing at once."""
     import diffusers
 
     path = Path(model).expanduser()
+    offline = _needs_hub(model, settings) and hub.hub_offline()
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    if offline:
+        kwargs["local_files_only"] = True
     try:
         if settings.vae is not None:
-            kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(settings.vae, torch_dtype=dtype)
-        if path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_file():
+            kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(settings.vae, **kwargs)
+        if _is_checkpoint(path):
             if not path.is_file():
                 raise ModelLoadError(f"checkpoint file {path} does not exist")
             cls = (
@@ -115,7 +138,10 @@ def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, proven
             )
             if settings.model_config is not None:
                 kwargs["config"] = settings.model_config
-            pipe = cls.from_single_file(str(path), **kwargs)
+            # Without cached configs, from_single_file downloads them even with local_files_only: offline, the
+            # hub's own offline mode turns that into an immediate error.
+            with hub.cache_only() if offline else contextlib.nullcontext():
+                pipe = cls.from_single_file(str(path), **kwargs)
             provenance["model_sha256"] = file_sha256(path)
         else:
             pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model, revision=settings.revision, **kwargs)
@@ -123,12 +149,15 @@ def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, proven
     except ModelLoadError:
         raise
     except (OSError, ValueError, RuntimeError, ImportError) as err:
-        raise _load_failure(model, err) from err
+        raise _load_failure(model, err, offline) from err
     return pipe
 
 
 def _hub_commit(model: str) -> str | None:
-    """The commit of a hub model's cached snapshot (its folder name), or None for local folders."""
+    """The commit of a hub model's cached snapshot (its folder name), or None for local folders.
+
+    Reads the cache only, never the network (``local_files_only``): it runs after a successful load.
+    """
     if Path(model).is_dir():
         return None
     try:

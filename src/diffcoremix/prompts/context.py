@@ -96,5 +96,6 @@ def _sample(pack: PromptPack, options: SelectorOptions) -> ContextSelector:
     from diffcoremix.embedders.models import load_embedder
     from diffcoremix.prompts.sample_context import SampleContext
 
-    embedder = load_embedder(options.embedder, resolve_device(options.device))
+    # Errors name the option the spec came from (its alternatives are spelled --context-embedder ...).
+    embedder = load_embedder(options.embedder, resolve_device(options.device), option="--context-embedder")
     return SampleContext(embedder, pack.contexts, options.top_k)

@@ -1,0 +1,282 @@
+"""Without network access: hub models fail in seconds, in one line naming the way out; cached ones still load.
+
+"No network" is made the same on every machine: ``HF_ENDPOINT`` points at a closed local port (nothing listens
+on the discard port 9) and the hub cache is an empty temporary folder. ``HF_HUB_OFFLINE`` is cleared, so the
+tool has to find out by itself. Every run goes through the real command line in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .helpers import make_class_folders, run_cli
+
+CLOSED_ENDPOINT = "http://127.0.0.1:9"
+FAILS_WITHIN_S = 20.0
+"""Before the hub probe these commands took 30-50 s (huggingface_hub's back-off alone sleeps 23 s); now about
+5-10 s, most of it importing torch on a busy 2-core machine."""
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+REQUEST_TRACES = ("thrown while requesting", f"{CLOSED_ENDPOINT}/", "Retrying in")
+"""What huggingface_hub writes (with ``-v``) when it tries the network: an offline load must show none of it."""
+
+
+def offline_env(cache: Path) -> dict[str, str]:
+    """Environment of a run with no reachable hub and ``cache`` as the (empty) hub cache."""
+    return {
+        "HF_ENDPOINT": CLOSED_ENDPOINT,
+        "HF_HOME": str(cache),
+        "HF_HUB_CACHE": str(cache / "hub"),
+        "HF_HUB_OFFLINE": "",  # whatever the machine sets: the tool must notice by itself
+        "TRANSFORMERS_OFFLINE": "",
+        "NO_PROXY": "127.0.0.1",  # a proxy set on the machine must not stand between us and the closed port
+        "no_proxy": "127.0.0.1",
+        "PYTHONWARNINGS": "default",  # run_cli ignores warnings; these tests check that the CLI hides them
+    }
+
+
+def timed_cli(*args: str | os.PathLike[str], env: dict[str, str]) -> tuple[subprocess.CompletedProcess[str], float]:
+    """:func:`run_cli`, and its wall time in seconds."""
+    start = time.perf_counter()
+    result = run_cli(*args, env=env)
+    return result, time.perf_counter() - start
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The single stderr line of a command that failed with exit code 2."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def hub_snapshot(cache: Path, repo_id: str) -> Path:
+    """The folder of ``repo_id``'s files at :data:`COMMIT`, in a hub cache laid out as huggingface_hub writes it."""
+    repo = cache / "hub" / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(COMMIT)
+    return repo / "snapshots" / COMMIT
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_class_folders(tmp_path_factory.mktemp("data"), {"001.cat": 2, "002.dog": 2})
+
+
+@pytest.fixture(scope="module")
+def failed_generate(
+    data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess[str], float, Path]:
+    """``generate DATA -o OUT`` with the default preset (sd15, a hub model), offline: result, seconds, OUT."""
+    root = tmp_path_factory.mktemp("failed")
+    out = root / "out"
+    result, seconds = timed_cli("generate", data, "-o", out, env=offline_env(root / "hf"))
+    print(f"offline generate (default preset) failed in {seconds:.1f} s")  # shown with pytest -s
+    return result, seconds, out
+
+
+def test_default_preset_fails_in_seconds_in_one_line(
+    failed_generate: tuple[subprocess.CompletedProcess[str], float, Path],
+) -> None:
+    result, seconds, _ = failed_generate
+    line = one_line(result)
+    assert "error: cannot load model 'stable-diffusion-v1-5/stable-diffusion-v1-5' (" in line
+    assert f"the hub {CLOSED_ENDPOINT} cannot be reached" in line
+    assert "--preset tiny" in line
+    assert "--model PATH" in line
+    assert seconds < FAILS_WITHIN_S
+
+
+def test_after_a_failed_offline_run_the_tiny_preset_runs_in_the_same_out(
+    data: Path, failed_generate: tuple[subprocess.CompletedProcess[str], float, Path], tmp_path: Path
+) -> None:
+    # Needs the runner not to claim OUT before the first candidate exists (a failed load leaves nothing behind).
+    _, _, out = failed_generate
+    result = run_cli("generate", data, "-o", out, "--preset", "tiny", "--num-inference-steps", "1",
+                     env=offline_env(tmp_path / "hf"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_default_embedder_fails_in_seconds_in_one_line(data: Path, tmp_path: Path) -> None:
+    env = offline_env(tmp_path / "hf")
+    out = tmp_path / "out"
+    made = run_cli("generate", data, "-o", out, "--preset", "tiny", "--num-inference-steps", "1", env=env)
+    assert made.returncode == 0, made.stderr
+    result, seconds = timed_cli("filter", out, "--embedder", "open_clip:ViT-B-32:openai", env=env)
+    print(f"offline filter (default embedder) failed in {seconds:.1f} s")
+    line = one_line(result)
+    assert "cannot load open_clip model 'ViT-B-32' with weights 'openai'" in line
+    assert f"the hub {CLOSED_ENDPOINT} cannot be reached" in line
+    assert "--embedder tiny" in line
+    assert "--embedder open_clip:ViT-B-32:/path/to/" in line
+    assert seconds < FAILS_WITHIN_S
+
+
+def test_context_embedder_failure_names_the_context_option(data: Path, tmp_path: Path) -> None:
+    args = ("prompts", data, "-o", tmp_path / "p.jsonl", "--context", "sample")
+    result, seconds = timed_cli(*args, env=offline_env(tmp_path / "hf"))
+    print(f"offline prompts --context sample failed in {seconds:.1f} s")
+    line = one_line(result)
+    assert "--context-embedder tiny" in line
+    assert "--context-embedder open_clip:ViT-B-32:/path/to/" in line
+    assert "--embedder" not in line  # "--context-embedder" does not contain it
+    assert seconds < FAILS_WITHIN_S
+
+
+def test_verbose_shows_the_libraries_records(data: Path, tmp_path: Path) -> None:
+    # The same failure as the default-preset test (one line there): -v adds our progress and the libraries' own.
+    result = run_cli("generate", data, "-o", tmp_path / "out", "-v", env=offline_env(tmp_path / "hf"))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) > 1
+    assert lines[-1].startswith("diffcoremix generate: error: cannot load model")
+    assert any(line.startswith("diffcoremix: INFO: ") and "cannot be reached" in line for line in lines)
+    assert any(line.startswith("py.warnings: WARNING: ") for line in lines), result.stderr  # a library's warning
+    assert not any(trace in result.stderr for trace in REQUEST_TRACES), result.stderr
+
+
+def test_a_checkpoint_without_local_configs_fails_at_once_naming_model_config(data: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    # from_single_file takes the pipeline's configs from the hub (here those of SD 1.5, its guess for a file it
+    # does not recognise) before it reads any weight, and downloads them even when told local_files_only.
+    checkpoint = tmp_path / "model.safetensors"
+    save_file({"weight": torch.zeros(2)}, checkpoint)
+    args = ("generate", data, "-o", tmp_path / "out", "--model", checkpoint)
+    line = one_line(run_cli(*args, env=offline_env(tmp_path / "hf")))  # diffusers' own warning stays hidden
+    assert f"cannot load model '{checkpoint}' (the hub {CLOSED_ENDPOINT} cannot be reached" in line
+    assert "--model-config FOLDER" in line
+    verbose = run_cli(*args, "-v", env=offline_env(tmp_path / "hf"))
+    assert verbose.returncode == 2, verbose.stderr
+    assert not any(trace in verbose.stderr for trace in REQUEST_TRACES), verbose.stderr
+
+
+def test_a_cached_diffusers_model_loads_offline_without_a_request(data: Path, tmp_path: Path) -> None:
+    from diffcoremix.generate.tiny import tiny_sd_pipeline
+
+    tiny_sd_pipeline(0).save_pretrained(hub_snapshot(tmp_path / "hf", "diffcoremix-test/tiny-sd"))
+    out = tmp_path / "out"
+    args = ("--preset", "tiny", "--model", "diffcoremix-test/tiny-sd", "--num-inference-steps", "1", "-v")
+    result = run_cli("generate", data, "-o", out, *args, env=offline_env(tmp_path / "hf"))
+    assert result.returncode == 0, result.stderr
+    assert not any(trace in result.stderr for trace in REQUEST_TRACES), result.stderr
+    from diffcoremix.generate import read_manifest
+
+    assert set(read_manifest(out).model_revision) == {COMMIT}  # the cached snapshot's commit, read offline
+
+
+def test_a_cached_transformers_clip_loads_offline_without_a_request(data: Path, tmp_path: Path) -> None:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from diffcoremix.generate.tiny import clip_tokenizer
+    from diffcoremix.seeds import seeded_init
+
+    folder = hub_snapshot(tmp_path / "hf", "diffcoremix-test/tiny-clip")
+    text = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407,
+            "pad_token_id": 49407}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    with seeded_init(0):
+        CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    clip_tokenizer().save_pretrained(folder)
+    result = run_cli("prompts", data, "-o", tmp_path / "p.jsonl", "--context", "sample", "--context-embedder",
+                     "hf:diffcoremix-test/tiny-clip", "-v", env=offline_env(tmp_path / "hf"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not any(trace in result.stderr for trace in REQUEST_TRACES), result.stderr
+    assert (tmp_path / "p.jsonl").read_text().count("\n") == 4
+
+
+# open_clip takes its pretrained tags from a table of its own: this script adds a tiny model and a tag whose
+# weights live on the hub (as ViT-B-32's "openai" does), then runs the command line.
+_TINY_OPEN_CLIP_CLI = """
+import sys
+import open_clip
+from open_clip.pretrained import _PRETRAINED, _pcfg
+open_clip.add_model_config(sys.argv[1])
+_PRETRAINED["diffcoremix-tiny"] = {"seed0": _pcfg(hf_hub="diffcoremix-test/tiny-open-clip/")}
+from diffcoremix.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_cached_open_clip_tag_loads_offline_without_a_request(data: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from diffcoremix.embedders.models import tiny_open_clip
+
+    # tiny_open_clip's architecture, as an open_clip model config
+    config = {"embed_dim": 32, "vision_cfg": {"layers": 2, "width": 64, "head_width": 16, "patch_size": 8,
+              "image_size": 64}, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4,
+              "layers": 2}}  # fmt: skip
+    (tmp_path / "diffcoremix-tiny.json").write_text(json.dumps(config))
+    folder = hub_snapshot(tmp_path / "hf", "diffcoremix-test/tiny-open-clip")
+    folder.mkdir(parents=True)
+    save_file(tiny_open_clip(0).module.state_dict(), folder / "open_clip_model.safetensors")
+    args = ["prompts", data, "-o", tmp_path / "p.jsonl", "--context", "sample", "--context-embedder",
+            "open_clip:diffcoremix-tiny:seed0", "-v"]  # fmt: skip
+    command = [sys.executable, "-c", _TINY_OPEN_CLIP_CLI, tmp_path / "diffcoremix-tiny.json", *args]
+    env = {**os.environ, **offline_env(tmp_path / "hf")}
+    result = subprocess.run(list(map(str, command)), capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert not any(trace in result.stderr for trace in REQUEST_TRACES), result.stderr
+    assert (tmp_path / "p.jsonl").read_text().count("\n") == 4
+
+
+@pytest.fixture
+def probe(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A fresh hub probe in this process, with no offline flag and no proxy from the machine."""
+    from diffcoremix import hub
+
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for scheme in ("http", "https", "all"):
+        monkeypatch.delenv(f"{scheme}_proxy", raising=False)
+        monkeypatch.delenv(f"{scheme.upper()}_PROXY", raising=False)
+    hub.offline_reason.cache_clear()
+    yield
+    hub.offline_reason.cache_clear()  # later tests in this process probe for themselves
+
+
+def test_the_probe_tells_a_listening_hub_from_a_closed_port(probe: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffcoremix import hub
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert not hub.hub_offline()
+    hub.offline_reason.cache_clear()
+    monkeypatch.setenv("HF_ENDPOINT", CLOSED_ENDPOINT)
+    assert hub.offline_reason() == f"the hub {CLOSED_ENDPOINT} cannot be reached: Connection refused"
+    assert hub.hub_offline()
+
+
+def test_the_offline_flags_need_no_probe(probe: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffcoremix import hub
+
+    with socket.create_server(("127.0.0.1", 0)) as server:  # reachable, yet the flag wins
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        monkeypatch.setenv("TRANSFORMERS_OFFLINE", "yes")
+        assert hub.offline_reason() == "TRANSFORMERS_OFFLINE is set"
+
+
+def test_behind_a_proxy_the_probe_asks_the_proxy(probe: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    from diffcoremix import hub
+
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # never resolves: only the proxy can reach it
+    with socket.create_server(("127.0.0.1", 0)) as proxy:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy.getsockname()[1]}")
+        assert not hub.hub_offline()
+    hub.offline_reason.cache_clear()
+    monkeypatch.setenv("HTTPS_PROXY", "127.0.0.1:9")
+    expected = "the hub https://hub.invalid cannot be reached through the proxy 127.0.0.1:9: Connection refused"
+    assert hub.offline_reason() == expected
