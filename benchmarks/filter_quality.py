@@ -7,7 +7,9 @@ test``. For each of ``--sources`` source images (spread over the ten classes), t
 - degraded copies of the source: blank (mid gray), heavy noise, heavy blur (should be rejected),
 and each rule scores every candidate against its reference. Reported per rule: ROC-AUC (keep vs reject) and the
 accuracy at the best threshold (and that threshold). The class's real images for ``prototype``/``knn``/``first``
-are its test images other than the candidates themselves.
+are its test images other than the candidates themselves. Then, per rule, the threshold that ``--calibrate`` suggests
+from those real images alone (:func:`~diffcoremix.filter.suggest_threshold`, leave-one-out, pooled 10% quantile),
+and what it does to the candidates: by design it should keep about 90% of the same-class ones.
 
 Run: ``.venv/bin/python benchmarks/filter_quality.py [--sources 300]`` (about a minute on two cores).
 """
@@ -26,7 +28,7 @@ from PIL import Image, ImageFilter
 
 from diffcoremix.data import list_images, open_image
 from diffcoremix.embedders import load_embedder
-from diffcoremix.filter import REFERENCE_RULES, RealIndex, score_candidates
+from diffcoremix.filter import REFERENCE_RULES, RealIndex, score_candidates, suggest_threshold
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,6 +56,16 @@ def best_accuracy(positive: np.ndarray, negative: np.ndarray) -> tuple[float, fl
     return best
 
 
+def print_calibration(index: RealIndex, good: dict[str, list[float]], bad: dict[str, list[float]]) -> None:
+    """Per rule: the threshold calibrated on the real images of ``index``, and how it splits the candidates."""
+    print("thresholds suggested by --calibrate (real images only, pooled 10% quantile, leave-one-out):")
+    print(f"{'rule':<10} {'suggested':>9} {'good kept':>10} {'bad rejected':>13} {'balanced acc':>13}")
+    for rule in REFERENCE_RULES.names():
+        threshold, _ = suggest_threshold(index, rule)
+        kept, rejected = (np.array(good[rule]) >= threshold).mean(), (np.array(bad[rule]) < threshold).mean()
+        print(f"{rule:<10} {threshold:9.3f} {kept:10.3f} {rejected:13.3f} {0.5 * (kept + rejected):13.3f}")
+
+
 def degrade(image: Image.Image, kind: str, rng: np.random.Generator) -> Image.Image:
     if kind == "blank":
         return Image.new("RGB", image.size, (128, 128, 128))
@@ -77,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def embed(images: list[Image.Image]) -> np.ndarray:
         batch = torch.stack([embedder.preprocess(im) for im in images])
-        return embedder.embed_images(batch).numpy()
+        rows: np.ndarray = embedder.embed_images(batch).numpy()
+        return rows
 
     paths = [i.relpath for items in by_class.values() for i in items]
     pixels = {p: open_image(listing.root / p) for p in paths}
@@ -88,12 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     good: dict[str, list[float]] = {r: [] for r in REFERENCE_RULES.names()}
     bad: dict[str, list[float]] = {r: [] for r in REFERENCE_RULES.names()}
     bad_by_kind: dict[str, dict[str, list[float]]] = {r: {} for r in REFERENCE_RULES.names()}
+    references: dict[str, list[str]] = {}
     for cls in classes:
         items = [i.relpath for i in by_class[cls]]
         sources, pool = items[:per_class], items[per_class:]
         others = [i.relpath for c in classes if c != cls for i in by_class[c]]
         # The class's reference images: those that are neither sources' candidates nor sources' degraded copies.
-        index = RealIndex(vectors, {cls: pool[args.candidates * 2 :]})
+        references[cls] = pool[args.candidates * 2 :]
+        index = RealIndex(vectors, {cls: references[cls]})
         for source in sources:
             same = list(rng.choice(pool[: args.candidates * 2], size=args.candidates, replace=False))
             other = list(rng.choice(others, size=args.candidates, replace=False))
@@ -121,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{roc_auc(pos, np.array(bad_by_kind[rule][k])):5.3f}" for k in ("other", "blank", "noise", "blur")
         )
         print(f"{rule:<10} {roc_auc(pos, neg):8.3f} {accuracy:9.3f} {threshold:7.3f}   {'':>12}{by_kind}")
+    print_calibration(RealIndex(vectors, references), good, bad)
     print(f"({time.perf_counter() - started:.0f} s)")
     return 0
 

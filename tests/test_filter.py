@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from torchvision.datasets import ImageFolder
 from diffcoremix import PromptsConfig
 from diffcoremix.embedders import load_embedder
 from diffcoremix.embedders.resnet20 import load_resnet20
-from diffcoremix.filter import FilterConfig, RealIndex, filter_run, score_candidates, suggest_threshold
+from diffcoremix.filter import FilterConfig, RealIndex, filter_run, score_candidates
 from diffcoremix.generate import GenerateConfig, generate, read_manifest
 
 from .helpers import make_class_folders, run_cli, shared_data_dir
@@ -22,7 +23,8 @@ from .helpers import make_class_folders, run_cli, shared_data_dir
 
 def _unit(*values: float) -> np.ndarray:
     v = np.array(values, dtype=np.float32)
-    return v / np.linalg.norm(v)
+    unit: np.ndarray = v / np.linalg.norm(v)
+    return unit
 
 
 @pytest.fixture
@@ -55,23 +57,20 @@ def test_prototype_rule_uses_the_normalised_class_mean(index: RealIndex) -> None
     assert refs[0].score == pytest.approx(1.0)
 
 
-def test_calibration_statistics_by_hand() -> None:
-    vectors = {f"a/{i}": v for i, v in enumerate([_unit(1, 0), _unit(1, 1), _unit(0, 1)])}
-    threshold, stats = suggest_threshold(RealIndex(vectors, {"a": list(vectors)}))
-    pairs = sorted([float(_unit(1, 0) @ _unit(1, 1)), 0.0, float(_unit(1, 1) @ _unit(0, 1))])
-    assert stats["a"]["pairs"] == 3
-    assert stats["a"]["min"] == pytest.approx(pairs[0], abs=1e-6)
-    assert stats["a"]["median"] == pytest.approx(pairs[1])
-    assert threshold == pytest.approx(float(np.quantile(pairs, 0.1)), abs=1e-6)
-
-
 @pytest.fixture(scope="module")
-def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def generated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny generation (two classes of three images, two candidates each), never filtered: tests copy it."""
     root = tmp_path_factory.mktemp("filter")
     data = make_class_folders(root / "data", {"001.cat": 3, "002.dog": 3})
     out = root / "out"
     generate(data, out, PromptsConfig(per_image=2), GenerateConfig(preset="tiny", num_inference_steps=2))
     return out
+
+
+@pytest.fixture
+def generated(generated_template: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the generation (filtering writes into it), whatever the other tests did."""
+    return Path(shutil.copytree(generated_template, tmp_path / "out"))
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -80,28 +79,30 @@ def _files(folder: Path) -> dict[str, str]:
 
 def test_decisions_follow_the_threshold_exactly_and_refiltering_loses_nothing(generated: Path) -> None:
     images_before = _files(generated / "images")
-    first = run_cli("filter", generated, "--embedder", "tiny", "--threshold", "0.0")
+    first = run_cli("filter", generated, "--embedder", "tiny", "--reference", "source", "--threshold", "0.0")
     assert first.returncode == 0, first.stderr
     scores = sorted(read_manifest(generated).score)
     assert len(scores) == 12
     # A threshold equal to a candidate's score keeps it (>=) and rejects every lower one.
     cut = scores[5]
-    result = run_cli("filter", generated, "--embedder", "tiny", "--threshold", repr(cut))
+    result = run_cli("filter", generated, "--embedder", "tiny", "--reference", "source", "--threshold", repr(cut))
     assert result.returncode == 0, result.stderr
     table = read_manifest(generated)
     assert (table.accepted == (table.score >= cut)).all()
     assert int(table.accepted.sum()) == sum(s >= cut for s in scores) >= 7
     assert set(table.threshold) == {cut}
-    # train/ and rejected/ hold every generated image exactly once, under its class; images/ is untouched.
-    train, rejected = _files(generated / "train"), _files(generated / "rejected")
-    assert len(train) == int(table.accepted.sum())
-    assert len(train) + len(rejected) == 12
-    assert sorted(train.values()) + sorted(rejected.values()) != []
-    assert sorted([*train.values(), *rejected.values()]) == sorted(images_before.values())
-    assert _files(generated / "images") == images_before
+    # train/ and rejected/ hold every generated image exactly once, under its class (flat source folders keep
+    # their file names), with the content of its images/ file; images/ is untouched.
+    expected: dict[bool, dict[str, str]] = {True: {}, False: {}}
     for row in table.itertuples():
-        where = "train" if row.accepted else "rejected"
-        assert (generated / where / row.class_folder / Path(row.output).name).is_file()
+        relative = str(Path(row.output).relative_to("images"))
+        expected[bool(row.accepted)][f"{row.class_folder}/{Path(row.output).name}"] = images_before[relative]
+    train, rejected = _files(generated / "train"), _files(generated / "rejected")
+    assert train == expected[True]
+    assert rejected == expected[False]
+    assert len(train) == int(table.accepted.sum())
+    assert len(rejected) == 12 - len(train) > 0
+    assert _files(generated / "images") == images_before
     report = json.loads((generated / "filter_report.json").read_text())
     assert sum(c["accepted"] for c in report["classes"].values()) == len(train)
     assert (generated / "filter_report" / "001.cat.png").is_file()
@@ -111,7 +112,7 @@ def test_decisions_follow_the_threshold_exactly_and_refiltering_loses_nothing(ge
 
 
 def test_second_run_hits_the_cache(generated: Path) -> None:
-    config = FilterConfig(embedder="tiny", threshold=0.5)
+    config = FilterConfig(embedder="tiny", threshold=0.5, reference="source")
     filter_run(generated, config)
     again = filter_run(generated, config)
     assert again.cache_misses == 0
@@ -137,24 +138,69 @@ def test_output_loads_with_image_folder_and_datasets(generated: Path, tmp_path: 
 
 
 def test_calibrate_reports_and_changes_nothing(generated: Path) -> None:
-    decisions = (generated / "filter.jsonl").read_bytes() if (generated / "filter.jsonl").exists() else None
-    result = run_cli("filter", generated, "--embedder", "tiny", "--calibrate")
+    filter_run(generated, FilterConfig(embedder="tiny", threshold=0.5, reference="source"))
+    before = {name: (generated / name).read_bytes() for name in ("filter.jsonl", "filter_report.json")}
+    views = _files(generated / "train"), _files(generated / "rejected")
+    result = run_cli("filter", generated, "--embedder", "tiny", "--reference", "source", "--calibrate")
     assert result.returncode == 0, result.stderr
-    assert "suggested threshold:" in result.stdout
+    assert "suggested threshold" in result.stdout
     assert "001.cat" in result.stdout
     calibration = json.loads((generated / "calibration.json").read_text())
     assert set(calibration["calibration"]) == {"001.cat", "002.dog"}
     assert calibration["calibration"]["001.cat"]["pairs"] == 3
-    after = (generated / "filter.jsonl").read_bytes() if (generated / "filter.jsonl").exists() else None
-    assert after == decisions
+    assert {name: (generated / name).read_bytes() for name in before} == before
+    assert (_files(generated / "train"), _files(generated / "rejected")) == views
 
 
-def test_text_check_needs_both_scores(generated: Path) -> None:
+def test_calibrate_suggests_a_threshold_per_reference_rule(generated: Path) -> None:
+    suggested = {}
+    for rule in ("source", "prototype", "knn", "first"):
+        report = filter_run(generated, FilterConfig(embedder="tiny", reference=rule, calibrate=True))
+        assert report.reference == rule
+        counted = "pairs" if rule == "source" else "count"
+        assert report.calibration["001.cat"][counted] == {"source": 3, "first": 2}.get(rule, 3)
+        suggested[rule] = report.suggested_threshold
+    assert len(set(suggested.values())) == 4, suggested
+
+
+def _text_scores(generated: Path) -> np.ndarray:
+    """The candidates' text scores, from a filtering that keeps everything."""
+    filter_run(generated, FilterConfig(embedder="tiny", reference="source", threshold=-1.0, text_check=-1.0))
+    table = read_manifest(generated)
+    assert table.text_score.notna().all()
+    assert table.accepted.all()
+    return np.sort(table.text_score.to_numpy(dtype=float))
+
+
+def test_text_check_rejects_all_when_no_text_score_can_reach_it(generated: Path) -> None:
     report = filter_run(generated, FilterConfig(embedder="tiny", threshold=-1.0, text_check=1.0))
     table = read_manifest(generated)
     assert table.text_score.notna().all()
     # a text score of exactly 1.0 is (practically) impossible: everything is rejected by the text check
     assert sum(c.accepted for c in report.classes.values()) == int((table.text_score >= 1.0).sum()) == 0
+
+
+def test_text_check_alone_splits_at_its_threshold(generated: Path) -> None:
+    text_check = float(_text_scores(generated)[6])  # the upper median: a candidate sits exactly on it
+    filter_run(generated, FilterConfig(embedder="tiny", reference="source", threshold=-1.0, text_check=text_check))
+    table = read_manifest(generated)
+    assert (table.accepted == (table.text_score >= text_check)).all()
+    assert int(table.accepted.sum()) == 6  # the six upper text scores, the one equal to text_check included
+
+
+def test_both_checks_must_pass(generated: Path) -> None:
+    text_check = float(_text_scores(generated)[6])
+    threshold = float(np.sort(read_manifest(generated).score.to_numpy(dtype=float))[6])
+    config = FilterConfig(embedder="tiny", reference="source", threshold=threshold, text_check=text_check)
+    filter_run(generated, config)
+    table = read_manifest(generated)
+    image_ok, text_ok = table.score >= threshold, table.text_score >= text_check
+    # Candidates that pass one check only exist on both sides, so "and" differs from either check and from "or".
+    assert (image_ok & ~text_ok).any()
+    assert (~image_ok & text_ok).any()
+    assert (table.accepted == (image_ok & text_ok)).all()
+    assert table.accepted.any()
+    assert not table.accepted.all()
 
 
 @pytest.mark.parametrize(
@@ -172,8 +218,8 @@ def test_bad_filter_options_fail_in_one_line(generated: Path, args: tuple[str, .
     assert result.stderr.strip().splitlines() == [f"diffcoremix filter: error: {message}"]
 
 
-def test_offline_default_embedder_names_the_alternatives(generated: Path) -> None:
-    result = run_cli("filter", generated, env={"HF_HUB_OFFLINE": "1"})
+def test_offline_open_clip_embedder_names_the_alternatives(generated: Path) -> None:
+    result = run_cli("filter", generated, "--embedder", "open_clip:ViT-B-32:openai", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
     assert "cannot load open_clip model 'ViT-B-32' with weights 'openai'" in line
@@ -215,6 +261,9 @@ def test_sample_context_takes_the_best_matching_context_with_top_k_1(tmp_path: P
 
 
 def test_sample_context_draws_within_top_k_and_reaches_the_manifest(tmp_path: Path) -> None:
+    from diffcoremix import load_pack
+    from diffcoremix.data import open_image
+
     data = make_class_folders(tmp_path / "data", {"001.cat": 3})
     out = tmp_path / "out"
     result = run_cli(
@@ -223,7 +272,17 @@ def test_sample_context_draws_within_top_k_and_reaches_the_manifest(tmp_path: Pa
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     table = read_manifest(out)
-    assert table.context_score.notna().all()
+    assert len(table) == 12
+    # Each source image's three best contexts, computed here with the same tiny embedder.
+    embedder = load_embedder("tiny")
+    contexts = list(load_pack("pets").contexts)
+    for row in table.itertuples():
+        image = embedder.embed_images(embedder.preprocess(open_image(data / row.source))[None])[0]
+        texts = embedder.embed_texts([f"a photo of a {row.class_name}, {c}" for c in contexts])
+        sims = dict(zip(contexts, (texts @ image).tolist(), strict=True))
+        third_best = sorted(sims.values(), reverse=True)[2]
+        assert sims[row.context] >= third_best - 1e-5, (row.context, sims)
+        assert row.context_score == pytest.approx(sims[row.context], abs=1e-5)
     assert table.context.nunique() > 1  # four draws per image among its top 3
 
 
@@ -247,7 +306,8 @@ def test_sample_context_needs_a_text_tower(tmp_path: Path) -> None:
 def test_transformers_clip_from_a_local_folder(generated: Path, tmp_path: Path) -> None:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from diffcoremix.generate.tiny import clip_tokenizer, seeded_init
+    from diffcoremix.generate.tiny import clip_tokenizer
+    from diffcoremix.seeds import seeded_init
 
     folder = tmp_path / "clip"
     text = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,

@@ -3,10 +3,13 @@
 All vectors are unit-norm, so cosine similarity is a dot product. Given the real images' embeddings, grouped by
 class in listing order:
 
-- ``source``: the candidate's own source image (the project's default);
-- ``prototype``: the normalised mean of the class's real embeddings;
+- ``prototype``: the normalised mean of the class's real embeddings (the project's default);
+- ``source``: the candidate's own source image;
 - ``knn``: the most similar real image of the class (max over the class);
 - ``first``: the class's first image in sorted listing order (the reference code's rule, made deterministic).
+
+Each rule also has a calibration (:data:`CALIBRATIONS`, used by :func:`suggest_threshold`): the scores it gives
+the real images themselves, each taken as a candidate and compared leave-one-out with the others of its class.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diffcoremix.errors import ConfigError
 from diffcoremix.registry import Registry
 
 
@@ -85,30 +89,92 @@ def score_candidates(
     return [fn(index, v, s, c) for v, s, c in zip(vectors, sources, classes, strict=True)]
 
 
-def suggest_threshold(index: RealIndex, quantile: float = 0.1) -> tuple[float, dict[str, dict[str, float]]]:
-    """Calibrate a threshold on real images: per-class statistics of real-to-real cosine similarity.
+CalibrationFn = Callable[[np.ndarray], np.ndarray]
+"""``calibrate(class matrix)`` -> the leave-one-out scores of a class's real images (``(n, D)``, ``n >= 2``)."""
 
-    The suggestion is the pooled ``quantile`` (10%) of same-class real-to-real similarities: a generated image
-    passes when it is at least as close to its reference as 90% of pairs of real images of one class are to
-    each other. It adapts to each embedder's cosine scale, which differs widely (CLIP's same-class
+CALIBRATIONS: Registry[CalibrationFn] = Registry("reference rule calibration")
+"""One per reference rule, under the rule's name: the scores the rule gives real images taken as candidates."""
+
+
+@CALIBRATIONS.register("source")
+def _source_scores(matrix: np.ndarray) -> np.ndarray:
+    # A real image standing for a counterpart of another one: every same-class pair, once (cosine is symmetric).
+    pairs: np.ndarray = (matrix @ matrix.T)[np.triu_indices(len(matrix), k=1)]
+    return pairs
+
+
+@CALIBRATIONS.register("prototype")
+def _prototype_scores(matrix: np.ndarray) -> np.ndarray:
+    # Row i of `others` is the sum of the class's other images: its direction is their normalised mean.
+    others = matrix.sum(axis=0) - matrix
+    norms = np.linalg.norm(others, axis=1)
+    dots = np.einsum("ij,ij->i", matrix, others)
+    scores: np.ndarray = np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
+    return scores
+
+
+@CALIBRATIONS.register("knn")
+def _knn_scores(matrix: np.ndarray) -> np.ndarray:
+    gram = matrix @ matrix.T
+    np.fill_diagonal(gram, -np.inf)  # an image is not its own neighbour
+    nearest: np.ndarray = gram.max(axis=1)
+    return nearest
+
+
+@CALIBRATIONS.register("first")
+def _first_scores(matrix: np.ndarray) -> np.ndarray:
+    scores: np.ndarray = matrix[1:] @ matrix[0]  # the first image itself is no candidate
+    return scores
+
+
+def suggest_threshold(index: RealIndex, rule: str, quantile: float = 0.1) -> tuple[float, dict[str, dict[str, float]]]:
+    """Calibrate a threshold for ``rule`` on real images, each scored as if it were a candidate, leave-one-out.
+
+    Every real image of a class with at least two images is scored the way ``rule`` would score a candidate of
+    that class, against the class's *other* real images: ``source``, its similarity to each other image (every
+    same-class pair once, a real image standing for a counterpart of the other); ``prototype``, its similarity to
+    the normalised mean of the others; ``knn``, its largest similarity to one of the others; ``first``, its
+    similarity to the class's first image (the first image itself left out). The suggestion is the pooled
+    ``quantile`` of those scores: with 0.1, a kept image is as close to its reference as 90% of real images are
+    to theirs. It adapts to the rule and to each embedder's cosine scale, which differ widely (CLIP's same-class
     similarities sit near 0.6-0.9, a CNN's pooled features elsewhere).
 
+    Args:
+        index: the real embeddings by class.
+        rule: a reference rule of :data:`REFERENCE_RULES`.
+        quantile: the pooled quantile to suggest, in [0, 1].
+
     Returns:
-        The suggested threshold, and per class: count, min, 10th percentile, median, max of its pairs.
+        The suggested threshold (NaN when no class has two images), and per class with at least two images the
+        number of scores (``pairs`` for ``source``, ``count`` otherwise) and their min, 10th percentile, median
+        and max.
+
+    Raises:
+        UnknownNameError: ``rule`` has no calibration.
+        ConfigError: ``quantile`` is outside [0, 1].
+
+    Example:
+        >>> index = RealIndex({"a/0": np.array([1.0, 0.0]), "a/1": np.array([0.0, 1.0])}, {"a": ["a/0", "a/1"]})
+        >>> suggest_threshold(index, "knn")[0]
+        0.0
     """
+    calibrate = CALIBRATIONS.get(rule)
+    if not 0.0 <= quantile <= 1.0:
+        raise ConfigError("quantile", quantile, "in [0, 1]")
+    counted = "pairs" if rule == "source" else "count"
     pooled: list[np.ndarray] = []
     stats: dict[str, dict[str, float]] = {}
     for cls, matrix in index.matrices.items():
         if len(matrix) < 2:
             continue
-        sims = (matrix @ matrix.T)[np.triu_indices(len(matrix), k=1)]
-        pooled.append(sims)
+        scores = calibrate(matrix.astype(np.float64))
+        pooled.append(scores)
         stats[cls] = {
-            "pairs": float(len(sims)),
-            "min": float(sims.min()),
-            "p10": float(np.quantile(sims, 0.1)),
-            "median": float(np.median(sims)),
-            "max": float(sims.max()),
+            counted: float(len(scores)),
+            "min": float(scores.min()),
+            "p10": float(np.quantile(scores, 0.1)),
+            "median": float(np.median(scores)),
+            "max": float(scores.max()),
         }
     if not pooled:
         return float("nan"), stats
