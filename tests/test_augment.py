@@ -1,24 +1,69 @@
-"""`augment`, the main job: generate + filter + regeneration of rejects, resumable, every attempt recorded."""
+"""`augment`, the main job: generate + filter + regeneration of rejects; resumable round by round, every attempt
+recorded, a rerun of a finished job changes nothing."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from diffcoremix import PromptsConfig
-from diffcoremix.augment import augment
-from diffcoremix.filter import FilterConfig
-from diffcoremix.generate import GenerateConfig, read_manifest
+from diffcoremix.augment import AugmentResult, augment
+from diffcoremix.filter import FilterConfig, filter_run
+from diffcoremix.generate import GenerateConfig, generate, read_manifest
+from diffcoremix.manifest import read_decisions, shard_path
 
-from .helpers import make_class_folders, run_cli
+from .helpers import cli_command, make_class_folders, run_cli
 
 FAST = GenerateConfig(preset="tiny", num_inference_steps=1)
+PROMPTS = PromptsConfig(per_image=2)
+VOLATILE = ["seconds"]
 
 
-@pytest.fixture
-def data(tmp_path: Path) -> Path:
-    return make_class_folders(tmp_path / "data", {"001.cat": 3, "002.dog": 2})
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_class_folders(tmp_path_factory.mktemp("augment") / "data", {"001.cat": 3, "002.dog": 2, "003.eel": 3})
+
+
+@pytest.fixture(scope="module")
+def threshold(data: Path, tmp_path_factory: pytest.TempPathFactory) -> float:
+    """The median score of the first round's candidates: about half of each round is rejected."""
+    out = tmp_path_factory.mktemp("probe") / "out"
+    generate(data, out, PROMPTS, FAST)
+    report = filter_run(out, FilterConfig(embedder="tiny", threshold=-1.0))
+    return float(np.median([s for c in report.classes.values() for s in c.scores]))
+
+
+def _filter(threshold: float) -> FilterConfig:
+    return FilterConfig(embedder="tiny", threshold=threshold)
+
+
+def _files(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file below ``folder`` (lock files aside): content hash and modification time."""
+    return {
+        p.relative_to(folder).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.startswith(".diffcoremix")
+    }
+
+
+def _contents(folder: Path) -> dict[str, str]:
+    """Content hashes of the files that must be byte-equal between equal runs (the manifest holds wall times:
+    compared with :func:`_stable`; the cache holds what was embedded, which a resumed run may embed again)."""
+    return {k: v[0] for k, v in _files(folder).items() if not k.startswith(("cache/", "manifest/"))}
+
+
+def _stable(out: Path) -> pd.DataFrame:
+    return read_manifest(out).drop(columns=VOLATILE)
 
 
 def test_cli_augment_keeps_everything_at_threshold_minus_one(data: Path, tmp_path: Path) -> None:
@@ -26,45 +71,117 @@ def test_cli_augment_keeps_everything_at_threshold_minus_one(data: Path, tmp_pat
     args = ("augment", data, "-o", out, "--preset", "tiny", "--num-inference-steps", "1", "--embedder", "tiny")
     result = run_cli(*args, "--threshold", "-1", "--retries", "3")
     assert result.returncode == 0, result.stderr
-    assert "5 accepted of a budget of 5 after 1 round(s); every budget met" in result.stdout
-    assert len(list((out / "train").rglob("*.png"))) == 5
+    assert "8 accepted of a budget of 8 after 1 round(s); every budget met" in result.stdout
+    assert len(list((out / "train").rglob("*.png"))) == 8
     assert set(read_manifest(out).attempt) == {0}
 
 
-def test_rejected_candidates_are_regenerated_with_new_seeds_and_every_attempt_is_recorded(
-    data: Path, tmp_path: Path
+def test_rejects_are_regenerated_with_new_seeds_until_the_budget_or_the_retries_end(
+    data: Path, threshold: float, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    # The tiny models' scores sit near 0.9-1.0; a threshold in the middle rejects some of each round.
-    first = augment(data, out, PromptsConfig(per_image=2), FAST, FilterConfig(embedder="tiny", threshold=1.0),
-                    retries=2)  # fmt: skip
+    result = augment(data, out, PROMPTS, FAST, _filter(threshold), retries=2)
     table = read_manifest(out)
-    assert first.budget == {"001.cat": 6, "002.dog": 4}
-    assert first.attempts == 3  # nothing reaches a cosine of exactly 1.0: every round regenerates everything
-    assert sorted(table.attempt.unique()) == [0, 1, 2]
-    assert len(table) == 30
-    retried = table[table.attempt == 1].set_index("key")
-    base = table[table.attempt == 0].set_index("key")
-    for key, row in retried.iterrows():
-        original = base.loc[str(key).split("@")[0]]
-        assert row.prompt == original.prompt
-        assert row.seed != original.seed
-        assert row.output.endswith(".r1.png")
-    assert table.accepted.notna().all()
-    assert not table.accepted.any()
-    assert first.accepted == {}
-    # A rerun resumes: same manifest, nothing new.
-    again = augment(data, out, PromptsConfig(per_image=2), FAST, FilterConfig(embedder="tiny", threshold=1.0),
-                    retries=2)  # fmt: skip
+    assert result.budget == {"001.cat": 6, "002.dog": 4, "003.eel": 6}
+    # Each round regenerates, per class, as many of the latest rejected attempts as the budget lacks.
+    decided = table.set_index("key")
+    for attempt in (1, 2):
+        earlier = table[table.attempt < attempt]
+        accepted = earlier[earlier.accepted == True].groupby("class_folder").size()  # noqa: E712
+        retried = table[table.attempt == attempt]
+        for cls, wanted in result.budget.items():
+            missing = max(0, wanted - int(accepted.get(cls, 0)))
+            assert (retried.class_folder == cls).sum() <= missing
+            if missing and attempt < result.attempts:
+                assert (retried.class_folder == cls).sum() > 0
+        for key, row in retried.set_index("key").iterrows():
+            base = str(key).split("@")[0]
+            previous = base if attempt == 1 else f"{base}@r{attempt - 1}"
+            assert decided.loc[previous, "accepted"] == False  # noqa: E712 (only rejected attempts are redone)
+            assert row.prompt == decided.loc[base, "prompt"]
+            assert row.seed != decided.loc[base, "seed"]
+            assert row.output.endswith(f".r{attempt}.png")
+    # The mid threshold accepts some and rejects some of every round, and the decisions follow it exactly.
+    assert 0 < table.accepted.sum() < len(table)
+    assert (table.accepted == (table.score >= threshold)).all()
+    assert result.accepted == table[table.accepted == True].groupby("class_folder").size().to_dict()  # noqa: E712
+    assert sorted(p.name for p in (out / "train").rglob("*.png")) == sorted(
+        Path(o).name
+        for o in table[table.accepted == True].output  # noqa: E712
+    )
+
+
+def test_the_state_after_each_round_and_a_finished_rerun_that_changes_nothing(
+    data: Path, threshold: float, tmp_path: Path
+) -> None:
+    # The state after round r of a job equals the end of the same job run with r retries: run them one after the
+    # other in one folder, and each in its own.
+    shared = tmp_path / "shared"
+    for retries in (0, 1, 2):
+        result = augment(data, shared, PROMPTS, FAST, _filter(threshold), retries=retries)
+        alone = tmp_path / f"alone{retries}"
+        augment(data, alone, PROMPTS, FAST, _filter(threshold), retries=retries)
+        assert _stable(shared).equals(_stable(alone)), f"after round {retries}"
+        assert _contents(shared) == _contents(alone)
+        assert read_decisions(shared) == read_decisions(alone)
+    assert result.attempts == 3
+    # A rerun of the finished job generates nothing and changes no file (bytes and modification times).
+    before = _files(shared)
+    again = augment(data, shared, PROMPTS, FAST, _filter(threshold), retries=2)
+    assert again.generated == 0
     assert again.attempts == 3
-    assert read_manifest(out).drop(columns=["seconds"]).equals(table.drop(columns=["seconds"]))
+    assert again.accepted == result.accepted
+    assert _files(shared) == before
+
+
+def _augment_command(data: Path, out: Path, threshold: float) -> list[str]:
+    return cli_command("augment", data, "-o", out, "--preset", "tiny", "--num-inference-steps", "1",
+                       "--per-image", "2", "--embedder", "tiny", "--threshold", repr(threshold), "--retries", "2",
+                       "--batch-size", "2")  # fmt: skip
+
+
+@pytest.mark.parametrize("kill_at", [3, 20])  # records in the manifest: mid round 0, mid round 1 or 2
+def test_a_killed_augment_reruns_to_the_uninterrupted_result(
+    data: Path, threshold: float, tmp_path: Path, kill_at: int
+) -> None:
+    reference = tmp_path / "reference"
+    full = augment(data, reference, PROMPTS, GenerateConfig(preset="tiny", num_inference_steps=1, batch_size=2),
+                   _filter(threshold), retries=2)  # fmt: skip
+    total = len(read_manifest(reference))
+    assert total > 16 + 2  # the reference made regenerations in more than one round
+    out = tmp_path / "out"
+    manifest = shard_path(out, 0, 1)
+    process = subprocess.Popen(_augment_command(data, out, threshold), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (manifest.is_file() and manifest.read_text().count("\n") >= kill_at):
+            assert process.poll() is None, "augment ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    keys = set()
+    for line in manifest.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            keys.add(json.loads(line)["key"])
+    assert len(keys) < total, "the kill landed before the end"
+    result = run_cli(*_augment_command(data, out, threshold)[3:])
+    assert result.returncode == 0, result.stderr
+    assert _stable(out).equals(_stable(reference))
+    assert read_decisions(out) == read_decisions(reference)
+    assert _contents(out) == _contents(reference)
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert f"{sum(full.accepted.values())} accepted of a budget of 16" in result.stdout
 
 
 def test_retries_stop_when_the_budget_is_met(data: Path, tmp_path: Path) -> None:
-    result = augment(data, tmp_path / "out", PromptsConfig(), FAST, FilterConfig(embedder="tiny", threshold=-1.0),
-                     retries=5)  # fmt: skip
+    result = augment(data, tmp_path / "out", PromptsConfig(), FAST, _filter(-1.0), retries=5)
+    assert isinstance(result, AugmentResult)
     assert result.attempts == 1
-    assert result.accepted == result.budget == {"001.cat": 3, "002.dog": 2}
+    assert result.accepted == result.budget == {"001.cat": 3, "002.dog": 2, "003.eel": 3}
+    assert result.shortfall == {}
 
 
 def test_negative_retries_is_an_option_error(data: Path, tmp_path: Path) -> None:

@@ -134,7 +134,9 @@ def test_output_loads_with_image_folder_and_datasets(generated: Path, tmp_path: 
         "imagefolder", data_dir=str(generated / "train"), split="train", cache_dir=str(tmp_path / "hf")
     )
     assert loaded.num_rows == 12
-    assert loaded.features["label"].names == ["001.cat", "002.dog"]
+    # metadata.jsonl carries DATA's class index as `label` (and the prompt, score and source of each image)
+    assert sorted(loaded["label"]) == sorted(folder.targets) == [0] * 6 + [1] * 6
+    assert set(loaded.column_names) >= {"image", "label", "prompt", "score", "source"}
 
 
 def test_calibrate_reports_and_changes_nothing(generated: Path) -> None:

@@ -35,18 +35,23 @@ def atomic_write_text(path: str | Path, text: str, *, tag: str = "") -> None:
     atomic_write_bytes(path, text.encode("utf-8"), tag=tag)
 
 
-def write_text_if_changed(path: str | Path, text: str) -> bool:
-    """Write ``text`` atomically unless the file already holds exactly it; True if it was written.
+def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
+    """Write ``data`` atomically unless the file already holds exactly it; True if it was written.
 
     A rerun that has nothing new to say leaves its files untouched (bytes and modification times).
     """
     try:
-        if Path(path).read_text(encoding="utf-8") == text:
+        if Path(path).read_bytes() == data:
             return False
-    except (OSError, UnicodeDecodeError):
+    except OSError:
         pass
-    atomic_write_text(path, text)
+    atomic_write_bytes(path, data)
     return True
+
+
+def write_text_if_changed(path: str | Path, text: str) -> bool:
+    """:func:`write_bytes_if_changed` for UTF-8 text."""
+    return write_bytes_if_changed(path, text.encode("utf-8"))
 
 
 def remove_stale_temporaries(folder: str | Path, *, tag: str = "") -> int:

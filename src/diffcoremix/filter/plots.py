@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from diffcoremix.atomic import atomic_write_bytes
+from diffcoremix.atomic import write_bytes_if_changed
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -95,7 +95,7 @@ def write_histograms(
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=DPI)
         path = folder / histogram_file_name(cls)
-        atomic_write_bytes(path, buffer.getvalue())
+        write_bytes_if_changed(path, buffer.getvalue())  # a rerun leaves an equal plot as it was
         paths.append(path)
     return paths
 

@@ -176,6 +176,12 @@ def _settings(folder: OutputFolder) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _skipped_sources(folder: OutputFolder) -> set[str]:
+    """The images of DATA that generation found unusable (its run record names them): never embedded."""
+    record = folder.run_record() or {}
+    return {s["relpath"] for s in record.get("skipped_sources", []) if isinstance(s, dict) and "relpath" in s}
+
+
 def resolve_embedder_spec(config: FilterConfig, generator_model: str | None) -> tuple[str, str | None]:
     """The embedder spec to load, and a note when it is the default that follows the generator."""
     if config.embedder is not None:
@@ -204,7 +210,7 @@ def score(
     embedder = embedder or load_embedder(spec, resolve_device(config.device))
     cache = EmbeddingCache(Path(config.cache_dir) if config.cache_dir else folder / CACHE_DIR, embedder.id)
     kwargs: dict[str, Any] = {"batch_size": config.batch_size, "workers": config.workers, "progress": progress}
-    listing = (data_config or recorded_data_config(folder)).select(data)
+    listing = (data_config or recorded_data_config(folder)).select(data).without(_skipped_sources(folder))
     candidates = _with_real_images(candidates, listing)
     index = _real_index(embedder, listing, candidates, config, cache, kwargs)
     report = FilterReport(config.threshold, config.reference, embedder.id, {}, embedder_note=note)
@@ -321,7 +327,7 @@ def write_outputs(folder: OutputFolder, data: Path, config: FilterConfig, scored
     """Write what a filtering (or calibration) found: decisions, views, report, histograms, resolved config."""
     report = scored.report
     if config.calibrate:
-        write_text_if_changed(folder / "calibration.json", json.dumps(report.to_dict(), indent=2) + "\n")
+        write_text_if_changed(folder / "calibration.json", _report_json(report))
         return
     write_decisions(folder.path, ({f: r[f] for f in _DECISION_FIELDS} for r in scored.rows))
     plots = write_histograms(folder / REPORT_DIR, {c: r.scores for c, r in report.classes.items()}, config.threshold)
@@ -329,4 +335,11 @@ def write_outputs(folder: OutputFolder, data: Path, config: FilterConfig, scored
     counts = relayout(folder.path, scored.rows, scored.classes, extra=extra)
     logger.info("views re-derived: %s", counts)
     write_resolved_config(folder / "filter.config.yaml", {"filter": config}, data=data)
-    write_text_if_changed(folder / "filter_report.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    write_text_if_changed(folder / "filter_report.json", _report_json(report))
+
+
+def _report_json(report: FilterReport) -> str:
+    # Cache hits say how this call went, not what it found: left out, so that an equal result is an equal file.
+    document = report.to_dict()
+    document.pop("cache")
+    return json.dumps(document, indent=2) + "\n"

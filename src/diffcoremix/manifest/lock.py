@@ -158,10 +158,23 @@ class FolderLock:
 
 @contextlib.contextmanager
 def claim_lock(folder: Path) -> Iterator[None]:
-    """A short exclusive section (waiting for it) in which one shard at a time checks and writes the run's settings."""
-    fd = os.open(folder / ".diffcoremix.claim.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    """A short exclusive section (waiting for it) in which one shard at a time checks and writes the run's settings.
+
+    The file is removed on the way out; a waiter that then finds its locked file gone starts over on a new one.
+    """
+    path = folder / ".diffcoremix.claim.lock"
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         yield
     finally:
+        path.unlink(missing_ok=True)
         os.close(fd)
