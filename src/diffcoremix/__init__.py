@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
+from diffcoremix._version import __version__
 from diffcoremix.counterparts import Candidate, plan_candidates
 from diffcoremix.data import (
     DataConfig,

@@ -32,7 +32,7 @@ from diffcoremix.filter.runner import FilterReport, Scored, resolve_embedder_spe
 from diffcoremix.generate.backend import ImageGenerator
 from diffcoremix.generate.config import GenerateConfig, resolve_settings
 from diffcoremix.generate.runner import ModelSlot, plan_records, run_generation
-from diffcoremix.manifest.layout import open_output
+from diffcoremix.manifest.ownership import open_output
 from diffcoremix.prompts.builder import PromptRecord, PromptsConfig
 
 logger = logging.getLogger(__name__)

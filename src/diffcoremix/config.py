@@ -213,7 +213,7 @@ def write_resolved_config(path: str | Path, stages: Mapping[str, Any], **extra: 
 
     The file can be passed back with ``--config`` to repeat the run.
     """
-    from diffcoremix import __version__
+    from diffcoremix._version import __version__
 
     document = {name: to_plain(cfg) for name, cfg in stages.items()}
     meta = {"diffcoremix_version": __version__, **to_plain(extra)}

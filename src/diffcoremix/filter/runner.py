@@ -33,7 +33,8 @@ from diffcoremix.filter.config import FilterConfig
 from diffcoremix.filter.plots import write_histograms
 from diffcoremix.filter.references import RealIndex, score_candidates, suggest_threshold
 from diffcoremix.manifest.decisions import relayout, write_decisions
-from diffcoremix.manifest.layout import CACHE_DIR, SETTINGS_FILE, OutputFolder, check_separate, open_output
+from diffcoremix.manifest.layout import CACHE_DIR, SETTINGS_FILE, OutputFolder, check_separate
+from diffcoremix.manifest.ownership import open_output
 from diffcoremix.manifest.records import read_manifest
 
 logger = logging.getLogger(__name__)

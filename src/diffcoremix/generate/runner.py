@@ -36,8 +36,9 @@ from diffcoremix.errors import DiffCoReMixError
 from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
 from diffcoremix.generate.batcher import Batcher
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
-from diffcoremix.manifest.layout import CONFIG_FILE, IMAGES_DIR, SETTINGS_FILE, OutputFolder, open_output
+from diffcoremix.manifest.layout import CONFIG_FILE, IMAGES_DIR, SETTINGS_FILE, OutputFolder
 from diffcoremix.manifest.lock import claim_lock
+from diffcoremix.manifest.ownership import open_output
 from diffcoremix.manifest.records import ManifestWriter, latest_by_key, read_records
 from diffcoremix.prompts.builder import PromptRecord, PromptsConfig, build_prompts
 

@@ -9,13 +9,9 @@ every stage can use it.
 from __future__ import annotations
 
 from diffcoremix.manifest.decisions import FILTER_COLUMNS, read_decisions, relayout, view_name, write_decisions
-from diffcoremix.manifest.layout import (
-    OutputFolder,
-    OutputFolderError,
-    check_separate,
-    open_output,
-)
+from diffcoremix.manifest.layout import OutputFolder, OutputFolderError, check_separate
 from diffcoremix.manifest.lock import FolderBusyError, FolderLock
+from diffcoremix.manifest.ownership import clear, open_output
 from diffcoremix.manifest.records import (
     COLUMNS,
     ManifestWriter,
@@ -34,6 +30,7 @@ __all__ = [
     "OutputFolder",
     "OutputFolderError",
     "check_separate",
+    "clear",
     "latest_by_key",
     "open_output",
     "read_decisions",

@@ -14,26 +14,20 @@
     OUT/cache/                               embeddings of real and generated images, by content hash
     OUT/.diffcoremix.lock                    the lock of a running command (see :mod:`.lock`)
 
-The rules that keep user data safe live here: DATA and OUT never overlap (in either direction, symbolic links
-followed); a non-empty folder that is not one of our outputs is refused, ``overwrite`` or not; a run that fails
-before it writes its first record leaves OUT as it found it; and starting afresh deletes only the files that our
-own records name.
+DATA and OUT never overlap, in either direction, symbolic links followed (:func:`check_separate`); how a command
+opens OUT, and how it starts afresh, is in :mod:`diffcoremix.manifest.ownership`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from diffcoremix.atomic import TMP_SUFFIX, write_text_if_changed
+from diffcoremix.atomic import write_text_if_changed
 from diffcoremix.errors import DiffCoReMixError
-from diffcoremix.manifest.lock import FolderLock
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +45,6 @@ FILTER_FILES = ("filter.config.yaml", "filter_report.json", "calibration.json")
 """Fixed-name files the filter writes."""
 
 MADE_BY = "diffcoremix"
-_CACHE_ENTRY = re.compile(r"^[0-9a-f]{16}/[0-9a-f]{2}/[0-9a-f]{64}\.npy$")
 
 
 class OutputFolderError(DiffCoReMixError):
@@ -74,7 +67,7 @@ def check_separate(data: str | Path, out: str | Path) -> None:
         )
 
 
-def _entries(folder: Path) -> list[str]:
+def entries(folder: Path) -> list[str]:
     """The folder's entries, less our lock files."""
     return sorted(n for n in os.listdir(folder) if not (n.startswith(".diffcoremix") and n.endswith(".lock")))
 
@@ -113,7 +106,7 @@ class OutputFolder:
         return self.run_record() is not None
 
     def is_empty(self) -> bool:
-        return not self.path.exists() or not _entries(self.path)
+        return not self.path.exists() or not entries(self.path)
 
     def data_folder(self) -> Path:
         """The dataset this output was made from.
@@ -134,62 +127,10 @@ class OutputFolder:
         record = {"made_by": MADE_BY, "data": str(data.resolve()), **facts}
         write_text_if_changed(self.path / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
-    def owned_files(self) -> list[Path]:
-        """Every file that our records name: images, manifest parts, decisions, views, reports, cache entries."""
-        from diffcoremix.manifest.records import read_records
 
-        named: set[Path] = set()
-        for record in read_records(self.path):
-            output = record.get("output")
-            if isinstance(output, str) and _inside(self.path / output, self.images):
-                named.add(self.path / output)
-        named.update(self.shard_paths())
-        for name in (RUN_FILE, SETTINGS_FILE, CONFIG_FILE, DECISIONS_FILE, LAYOUT_FILE, *FILTER_FILES):
-            named.add(self.path / name)
-        for relpath in read_layout(self.path):
-            if _inside(self.path / relpath, self.path):
-                named.add(self.path / relpath)
-        cache = self.path / CACHE_DIR
-        if cache.is_dir():
-            named.update(p for p in cache.rglob("*.npy") if _CACHE_ENTRY.match(p.relative_to(cache).as_posix()))
-        named.update(p for p in self.path.rglob(f".*{TMP_SUFFIX}") if p.is_file())
-        return sorted(p for p in named if p.is_file() or p.is_symlink())
-
-    def clear(self) -> int:
-        """Delete every file our records name (and the folders they leave empty); keep anything else.
-
-        Returns:
-            How many files were deleted.
-        """
-        files = self.owned_files()
-        for path in files:
-            path.unlink(missing_ok=True)
-        for name in (IMAGES_DIR, MANIFEST_DIR, TRAIN_DIR, REJECTED_DIR, CACHE_DIR, "filter_report"):
-            _remove_empty_dirs(self.path / name)
-        left = _entries(self.path)
-        if left:
-            logger.warning(
-                "%s: started afresh; %d entr%s not made by diffcoremix left in place: %s",
-                self.path,
-                len(left),
-                "y" if len(left) == 1 else "ies",
-                ", ".join(left[:5]) + (", ..." if len(left) > 5 else ""),
-            )
-        return len(files)
-
-
-def _inside(path: Path, folder: Path) -> bool:
+def inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies below ``folder`` (lexically: ``..`` in a record cannot lead out)."""
     return os.path.normpath(path).startswith(os.path.normpath(folder) + os.sep)
-
-
-def _remove_empty_dirs(folder: Path) -> None:
-    if not folder.is_dir() or folder.is_symlink():
-        return
-    for sub in sorted((p for p in folder.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
-        with contextlib.suppress(OSError):
-            sub.rmdir()
-    with contextlib.suppress(OSError):
-        folder.rmdir()
 
 
 def read_layout(out: str | Path) -> list[str]:
@@ -206,63 +147,3 @@ def read_layout(out: str | Path) -> list[str]:
 
 def write_layout(out: str | Path, files: set[str]) -> None:
     write_text_if_changed(Path(out) / LAYOUT_FILE, json.dumps({"files": sorted(files)}, indent=1) + "\n")
-
-
-@contextlib.contextmanager
-def open_output(
-    out: str | Path,
-    *,
-    data: str | Path | None = None,
-    shard: tuple[int, int] | None = None,
-    overwrite: bool = False,
-    must_exist: bool = False,
-) -> Iterator[OutputFolder]:
-    """Check and lock an output folder for one command; on an error before the run record exists, leave it as found.
-
-    Args:
-        out: the output folder (created if missing, unless ``must_exist``).
-        data: the dataset; DATA and OUT must not overlap.
-        shard: ``(rank, world_size)`` of a generation shard (shards of one run may work side by side).
-        overwrite: start afresh: delete every file our records name first (never anything else).
-        must_exist: the folder must already be a diffcoremix output (``filter``).
-
-    Raises:
-        OutputFolderError: overlap with DATA, a file where the folder should be, a foreign non-empty folder.
-        FolderBusyError: another run holds the folder.
-    """
-    path = Path(out)
-    if data is not None:
-        check_separate(data, path)
-    if path.exists() and not path.is_dir():
-        raise OutputFolderError(f"output {path} is a file, not a folder")
-    folder = OutputFolder(path)
-    if must_exist and not folder.is_ours():
-        folder.data_folder()  # raises the "not a diffcoremix output" error
-    created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(path, None if overwrite else shard)
-    try:
-        lock.acquire()
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        raise
-    try:
-        if not folder.is_ours() and not folder.is_empty():
-            raise OutputFolderError(
-                f"output folder {path} is not empty and was not made by diffcoremix: choose an empty or new folder "
-                "(--overwrite never deletes files diffcoremix did not make)"
-            )
-        if overwrite and folder.is_ours():
-            removed = folder.clear()
-            logger.info("%s: deleted %d file(s) of the earlier run (--overwrite)", path, removed)
-        yield folder
-    except BaseException:
-        lock.release()
-        if created and folder.is_empty():  # nothing was claimed: the corrected command starts from scratch
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        raise
-    else:
-        lock.release()

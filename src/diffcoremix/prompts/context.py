@@ -14,37 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
+from diffcoremix.prompts.choices import ContextChoice, ContextRequest, ContextSelector
 from diffcoremix.prompts.packs import PromptPack
 from diffcoremix.registry import Registry
 
-
-@dataclass(frozen=True)
-class ContextRequest:
-    """What a selector knows of one candidate."""
-
-    key: str
-    source: Path
-    """The real image file (a similarity-based selector reads it)."""
-    class_name: str
-    seed: int
-    """The candidate's context seed: the only randomness a selector may use."""
-
-
-@dataclass(frozen=True)
-class ContextChoice:
-    """The chosen context, and its similarity score where the selector computes one."""
-
-    text: str
-    score: float | None = None
-
-
-class ContextSelector(Protocol):
-    """Chooses one context per request, deterministically from the requests' seeds."""
-
-    def choose(self, requests: Sequence[ContextRequest]) -> list[ContextChoice]: ...
+__all__ = ["CONTEXT_SELECTORS", "ContextChoice", "ContextRequest", "ContextSelector", "SelectorOptions",
+           "UniformContext"]  # fmt: skip
 
 
 @dataclass(frozen=True)

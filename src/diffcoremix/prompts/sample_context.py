@@ -16,11 +16,11 @@ import numpy as np
 from diffcoremix.embedders.cache import embed_files
 from diffcoremix.embedders.models import Embedder
 from diffcoremix.errors import ConfigError
-from diffcoremix.prompts.context import ContextChoice, ContextRequest
+from diffcoremix.prompts.choices import ContextChoice, ContextRequest
 
 
 class SampleContext:
-    """A :class:`~diffcoremix.prompts.context.ContextSelector` by image-text similarity.
+    """A :class:`~diffcoremix.prompts.choices.ContextSelector` by image-text similarity.
 
     Args:
         embedder: an embedder with a text tower (a CLIP model).

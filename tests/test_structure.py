@@ -1,0 +1,72 @@
+"""The package's structure holds: stages import only downward, no module cycles, and every module imports alone."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from .helpers import REPO
+
+PACKAGE = REPO / "src" / "diffcoremix"
+
+
+def _modules() -> list[str]:
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        if parts[-1] == "__main__":  # runs the command line
+            continue
+        names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def _lint_imports(src: Path) -> subprocess.CompletedProcess[str]:
+    """import-linter's contracts (pyproject.toml) over the package found first on ``src``."""
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    command = [str(Path(sys.executable).with_name("lint-imports")), str(REPO / "pyproject.toml"), "--no-cache"]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300, check=False)
+
+
+def test_the_import_contracts_are_kept() -> None:
+    result = _lint_imports(REPO / "src")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 kept, 0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        ("manifest/layout.py", "import diffcoremix.generate.runner", "imports only downward"),  # an upward import
+        ("data/folder.py", "import diffcoremix.filter.runner", "imports only downward"),
+        ("generate/runner.py", "import diffcoremix.filter.config", "imports only downward"),  # siblings: independent
+        ("manifest/layout.py", "import diffcoremix.manifest.records", "No import cycles"),  # records imports layout
+        ("prompts/choices.py", "import diffcoremix.prompts.sample_context", "No import cycles"),
+    ],
+)
+def test_the_contracts_catch_an_upward_import_and_a_cycle(tmp_path: Path, module: str, line: str, broken: str) -> None:
+    copy = tmp_path / "src" / "diffcoremix"
+    shutil.copytree(PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    target = copy / module
+    target.write_text(target.read_text() + f"\n{line}  # injected by the test\n")
+    result = _lint_imports(tmp_path / "src")
+    assert result.returncode != 0, result.stdout
+    assert f"{broken}" in result.stdout.split("Broken contracts")[-1]
+
+
+def test_every_module_imports_alone() -> None:
+    def load(module: str) -> tuple[str, int, str]:
+        result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                                timeout=120, check=False)  # fmt: skip
+        return module, result.returncode, result.stderr[-2000:]
+
+    modules = _modules()
+    assert len(modules) > 40
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        failures = [(m, err) for m, code, err in pool.map(load, modules) if code != 0]
+    assert failures == []
