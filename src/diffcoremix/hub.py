@@ -112,11 +112,12 @@ def cached_file(repo_id: str, filenames: Iterable[str], revision: str | None = N
 
 @contextlib.contextmanager
 def cache_only() -> Iterator[None]:
-    """Within the block, huggingface_hub serves files from its cache and makes no request.
+    """Within the block, huggingface_hub serves files from its cache and sends no request.
 
-    For libraries whose loaders take no ``local_files_only`` argument (open_clip): this is huggingface_hub's
-    own offline mode (what ``HF_HUB_OFFLINE=1`` sets at import), switched on for the block only. The switch is
-    process-wide: other threads loading from the hub meanwhile are offline too.
+    This is huggingface_hub's own offline mode (what ``HF_HUB_OFFLINE=1`` sets at import), switched on for the
+    block only. ``local_files_only`` is not enough: open_clip's loader does not take it, diffusers'
+    ``from_single_file`` downloads missing configs regardless, and building the user agent fetches a registry
+    from the hub. The switch is process-wide: other threads loading from the hub meanwhile are offline too.
     """
     from huggingface_hub import constants
 

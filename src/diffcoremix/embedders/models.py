@@ -215,10 +215,11 @@ class HFClipEmbedder:
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
         offline = not Path(name_or_path).expanduser().exists() and hub.hub_offline()
-        try:
-            self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=offline).eval().to(device)
-            self.processor = CLIPImageProcessor.from_pretrained(name_or_path, local_files_only=offline)
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
+        try:  # offline: local_files_only, and the hub's offline mode for what ignores it (user-agent telemetry)
+            with hub.cache_only() if offline else contextlib.nullcontext():
+                self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=offline).eval().to(device)
+                self.processor = CLIPImageProcessor.from_pretrained(name_or_path, local_files_only=offline)
+                self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
         except (OSError, ValueError) as err:
             reason = " ".join(str(err).split())[:300]
             if offline:  # transformers' own words do not say that the network is the cause

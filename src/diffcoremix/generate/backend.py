@@ -120,36 +120,36 @@ def _needs_hub(model: str, settings: GenerationSettings) -> bool:
 
 def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, provenance: dict[str, Any]) -> Any:
     """Load a hub id, local folder or checkpoint file; offline, from the hub cache only, failing at once."""
-    import diffusers
-
-    path = Path(model).expanduser()
     offline = _needs_hub(model, settings) and hub.hub_offline()
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
-    if offline:
-        kwargs["local_files_only"] = True
     try:
-        if settings.vae is not None:
-            kwargs["vae"] = diffusers.AutoencoderKL.from_pretrained(settings.vae, **kwargs)
-        if _is_checkpoint(path):
-            if not path.is_file():
-                raise ModelLoadError(f"checkpoint file {path} does not exist")
-            cls = (
-                diffusers.StableDiffusionXLPipeline if settings.family == "sdxl" else diffusers.StableDiffusionPipeline
-            )
-            if settings.model_config is not None:
-                kwargs["config"] = settings.model_config
-            # Without cached configs, from_single_file downloads them even with local_files_only: offline, the
-            # hub's own offline mode turns that into an immediate error.
-            with hub.cache_only() if offline else contextlib.nullcontext():
-                pipe = cls.from_single_file(str(path), **kwargs)
-            provenance["model_sha256"] = file_sha256(path)
-        else:
-            pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model, revision=settings.revision, **kwargs)
-            provenance["model_revision"] = settings.revision or _hub_commit(model)
+        # Offline, local_files_only keeps diffusers off the network; the hub's own offline mode also covers what
+        # ignores it (from_single_file downloads missing configs regardless; user-agent telemetry).
+        with hub.cache_only() if offline else contextlib.nullcontext():
+            return _read_pipeline(model, settings, {"torch_dtype": dtype, "local_files_only": offline}, provenance)
     except ModelLoadError:
         raise
     except (OSError, ValueError, RuntimeError, ImportError) as err:
         raise _load_failure(model, err, offline) from err
+
+
+def _read_pipeline(model: str, settings: GenerationSettings, kwargs: dict[str, Any], provenance: dict[str, Any]) -> Any:
+    """The pipeline of a hub id, folder or checkpoint file; ``kwargs`` go to every ``from_*`` call."""
+    import diffusers
+
+    path = Path(model).expanduser()
+    if settings.vae is not None:
+        kwargs = {**kwargs, "vae": diffusers.AutoencoderKL.from_pretrained(settings.vae, **kwargs)}
+    if not _is_checkpoint(path):
+        pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model, revision=settings.revision, **kwargs)
+        provenance["model_revision"] = settings.revision or _hub_commit(model)
+        return pipe
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint file {path} does not exist")
+    cls = diffusers.StableDiffusionXLPipeline if settings.family == "sdxl" else diffusers.StableDiffusionPipeline
+    if settings.model_config is not None:
+        kwargs = {**kwargs, "config": settings.model_config}
+    pipe = cls.from_single_file(str(path), **kwargs)
+    provenance["model_sha256"] = file_sha256(path)
     return pipe
 
 
