@@ -167,3 +167,23 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path: Path) -> None:
     atomic_write_text(tmp_path / "a.txt", "two")
     assert (tmp_path / "a.txt").read_text() == "two"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_option_help_names_every_registered_choice() -> None:
+    # The help of an option whose values come from a registry must not drift from it (the review found
+    # --preset and --embedder lists that had).
+    from diffcoremix.config import field_docs
+    from diffcoremix.embedders import EMBEDDERS
+    from diffcoremix.filter import REFERENCE_RULES
+    from diffcoremix.generate import GENERATOR_PRESETS
+    from diffcoremix.prompts import CONTEXT_SELECTORS
+
+    for cls, name, registry in (
+        (GenerateConfig, "preset", GENERATOR_PRESETS),
+        (FilterConfig, "embedder", EMBEDDERS),
+        (FilterConfig, "reference", REFERENCE_RULES),
+        (PromptsConfig, "context", CONTEXT_SELECTORS),
+    ):
+        words = set(field_docs(cls)[name].replace(",", " ").replace("(", " ").replace(":", " ").split())
+        missing = [n for n in registry.names() if n not in words]
+        assert not missing, f"the help of {cls.__name__}.{name} does not name {missing}"

@@ -342,3 +342,21 @@ def test_class_and_size_subsets_keep_the_datasets_labels(tmp_path: Path) -> None
     unknown = run_cli("scan", data, "--classes", "a,zebra")
     assert "unknown class 'zebra'; known: a, b, c" in _one_error_line(unknown, "scan")
     shutil.rmtree(out)
+
+
+def test_embedders_follow_a_built_in_generator_and_the_report_says_so(tmp_path: Path) -> None:
+    # No --embedder, no --context-embedder: with the offline tiny generator both default to the offline tiny CLIP.
+    data = make_class_folders(tmp_path / "data", {"001.cat": 2, "002.dog": 1})
+    out = tmp_path / "out"
+    result = run_cli("augment", data, "-o", out, *FAST, "--context", "sample", "--threshold", "-1")
+    assert result.returncode == 0, result.stderr
+    assert "(--embedder tiny: the default for images of the built-in generator builtin:tiny-sd)" in result.stdout
+    table = read_manifest(out)
+    assert set(table.embedder) == {"tiny-open-clip-seed0"}
+    assert table.context_score.notna().all()
+    assert json.loads((out / "settings.json").read_text())["prompts"]["context_embedder"] == "tiny"
+    assert json.loads((out / "filter_report.json").read_text())["embedder_note"].startswith("--embedder tiny")
+    grid = tmp_path / "grid.png"
+    preview = run_cli("mix-preview", data, "--synthetic", out, "-o", grid, "--classes", "002.dog", "--size", "16")
+    assert preview.returncode == 0, preview.stderr
+    assert grid.is_file()

@@ -230,13 +230,14 @@ def _preview_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-classes", type=int, default=8, metavar="N", help="classes shown [8]")
     parser.add_argument("--size", type=int, default=128, metavar="PX", help="tile size [128]")
     parser.add_argument("--seed", type=int, default=0, help="seed of the partner choice and the mixing [0]")
+    add_config_options(parser, DataConfig)
 
 
 def _preview(args: argparse.Namespace) -> int:
     from diffcoremix.mix.preview import mix_preview  # imports torch: only when previewing
 
     _check_file_output(args.data, args.output)
-    path = mix_preview(args.data, args.synthetic, args.output, per_class=args.per_class,
+    path = mix_preview(_data_config(args).select(args.data), args.synthetic, args.output, per_class=args.per_class,
                        max_classes=args.max_classes, size=args.size, seed=args.seed)  # fmt: skip
     print(f"wrote {path} (columns: real, partner, pixel mix, patch mix)")
     return 0

@@ -18,7 +18,9 @@ class GenerateConfig:
     """Options of ``diffcoremix generate``; unset (null) sampling options take the preset's value."""
 
     preset: str = "sd15"
-    """Generator preset (see ``diffcoremix presets``): tiny, tiny-sdxl, sd15, sd21, sdxl, sdxl-turbo, paper."""
+    """Generator preset (``diffcoremix presets`` describes each): tiny, tiny-sdxl (built in, offline), sd15, sd21,
+    sdxl, sdxl-turbo (hub models), paper (needs --model PATH), sd15-random, sdxl-random (full-size random weights,
+    for benchmarks)."""
     model: str | None = None
     """Replaces the preset's model: a hub id, a local diffusers folder, or a .safetensors/.ckpt checkpoint."""
     revision: str | None = None

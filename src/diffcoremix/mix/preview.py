@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from diffcoremix.data.folder import DatasetListing
 from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.mix.mixers import make_mixer
 from diffcoremix.mix.paired import PARTNER_NONE, PARTNER_OWN, PairedDataset, collate_pairs
@@ -49,7 +50,13 @@ def _check_counts(**values: int) -> None:
 
 
 def preview_rows(
-    data: str | Path, synthetic: str | Path, *, per_class: int = 2, max_classes: int = 8, size: int = 128, seed: int = 0
+    data: str | Path | DatasetListing,
+    synthetic: str | Path,
+    *,
+    per_class: int = 2,
+    max_classes: int = 8,
+    size: int = 128,
+    seed: int = 0,
 ) -> PreviewRows:
     """Pair, resize to ``size x size`` and mix up to ``per_class`` images of each of the first ``max_classes`` classes.
 
@@ -65,7 +72,8 @@ def preview_rows(
     transform = v2.Compose([v2.Resize((size, size), antialias=True), v2.PILToTensor()])
     dataset = PairedDataset(data, synthetic, transform=transform, seed=seed)
     chosen: list[int] = []
-    for cls in dataset.classes[:max_classes]:
+    in_use = dataset.listing.by_class()  # the classes of a --classes subset, else all
+    for cls in [c for c in dataset.classes if c in in_use][:max_classes]:
         indices = [i for i, item in enumerate(dataset.items) if item.class_folder == cls]
         with_partner = [i for i in indices if dataset.partner_of(i)[0] is not None]
         chosen += (with_partner or indices)[:per_class]
@@ -129,7 +137,7 @@ def preview_figure(rows: PreviewRows) -> Figure:
 
 
 def mix_preview(
-    data: str | Path,
+    data: str | Path | DatasetListing,
     synthetic: str | Path,
     out: str | Path,
     *,
@@ -141,7 +149,7 @@ def mix_preview(
     """Write a PNG, one row per sample: real, partner, pixel mix, patch mix (see :func:`preview_rows`).
 
     Args:
-        data: the real dataset.
+        data: the real dataset (or a listing of part of it).
         synthetic: a filtered generate/augment output folder.
         out: the PNG file to write (its folder is created).
         per_class: samples per class.
