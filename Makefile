@@ -19,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/diffcoremix sample-data $(DEMO_OUT)/data --overwrite
 	$(BIN)/diffcoremix scan $(DEMO_OUT)/data
 	$(BIN)/diffcoremix prompts $(DEMO_OUT)/data --pack generic --seed 0 -o $(DEMO_OUT)/prompts.jsonl
-	$(BIN)/diffcoremix augment $(DEMO_OUT)/data -o $(DEMO_OUT)/augmented --preset tiny --embedder tiny --context sample \
-		--context-embedder tiny --pack generic --seed 0 --per-image 2 --threshold 0.9 --retries 1
+	$(BIN)/diffcoremix augment $(DEMO_OUT)/data -o $(DEMO_OUT)/augmented --preset tiny --context sample \
+		--pack generic --seed 0 --per-image 2 --threshold 0.986 --retries 1
 	@echo "manifest of $(DEMO_OUT)/augmented (first rows):"
 	@$(BIN)/python -c "import diffcoremix as d; print(d.read_manifest('$(DEMO_OUT)/augmented')[['key', 'context', 'score', 'accepted']].head().to_string())"
 

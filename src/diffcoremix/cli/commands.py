@@ -218,6 +218,8 @@ def _augment(args: argparse.Namespace) -> int:
         f"{sum(result.accepted.values())} accepted of a budget of {sum(result.budget.values())} after "
         f"{result.attempts} round(s)" + (f"; short in {len(short)} class(es)" if short else "; every budget met")
     )
+    if short:  # which classes, and by how much: the user's next move is more --retries or a lower --threshold
+        print("missing per class: " + ", ".join(f"{c} {n}" for c, n in sorted(short.items())))
     print(f"accepted images: {args.output / 'train'}   manifest: {args.output / MANIFEST_DIR}")
     return 0
 
