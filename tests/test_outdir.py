@@ -76,7 +76,10 @@ def test_filter_refuses_a_dataset_inside_its_output(tmp_path: Path) -> None:
     before = _tree(out)
     line = _one_error_line(run_cli("filter", out, "--data", out / "images", "--embedder", "tiny"), "filter")
     assert "contains the dataset" in line
+    cache = _one_error_line(run_cli("filter", out, "--embedder", "tiny", "--cache-dir", data / "cache"), "filter")
+    assert "never writes into DATA" in cache
     assert _tree(out) == before
+    assert not (data / "cache").exists()
 
 
 @pytest.mark.parametrize("command", ["prompts", "scan", "mix-preview"])

@@ -158,6 +158,8 @@ def filter_run(
     with open_output(out, must_exist=True) as folder:
         data = Path(data) if data is not None else folder.data_folder()
         check_separate(data, folder.path)
+        if config.cache_dir is not None:
+            check_separate(data, config.cache_dir)  # the cache is written too
         scored = score(folder, data, config, data_config=data_config, embedder=embedder, progress=progress)
         write_outputs(folder, data, config, scored)
     return scored.report
