@@ -156,6 +156,20 @@ def test_verbose_shows_the_libraries_records(data: Path, tmp_path: Path) -> None
     assert not network_traces(result), result.stderr
 
 
+def test_root_logger_records_appear_only_with_verbose(data: Path, tmp_path: Path) -> None:
+    # open_clip reports a missing weights file with logging.error() on the root logger (which, while the root has
+    # no handler, also calls basicConfig): a local path, so no hub and no probe are involved.
+    missing = tmp_path / "no-such-weights.bin"
+    args = ("prompts", data, "-o", tmp_path / "p.jsonl", "--context", "sample", "--context-embedder",
+            f"open_clip:ViT-B-32:{missing}")  # fmt: skip
+    line = one_line(run_cli(*args, env=offline_env(tmp_path / "hf")))
+    assert f"cannot load open_clip model 'ViT-B-32' with weights '{missing}'" in line
+    assert "--context-embedder tiny" in line
+    verbose = run_cli(*args, "-v", env=offline_env(tmp_path / "hf"))
+    assert verbose.returncode == 2, verbose.stderr
+    assert any(line.startswith("root: ERROR: ") for line in verbose.stderr.splitlines()), verbose.stderr
+
+
 def test_a_checkpoint_without_local_configs_fails_at_once_naming_model_config(data: Path, tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file
@@ -267,6 +281,11 @@ def test_the_probe_tells_a_listening_hub_from_a_closed_port(probe: None, monkeyp
     with socket.create_server(("127.0.0.1", 0)) as server:
         monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
         assert not hub.hub_offline()
+        assert not hub.hub_offline()
+        server.settimeout(1.0)
+        server.accept()[0].close()
+        with pytest.raises(TimeoutError):  # asked once per process: one connection for both questions
+            server.accept()
     hub.offline_reason.cache_clear()
     monkeypatch.setenv("HF_ENDPOINT", CLOSED_ENDPOINT)
     assert hub.offline_reason() == f"the hub {CLOSED_ENDPOINT} cannot be reached: Connection refused"
