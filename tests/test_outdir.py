@@ -225,10 +225,19 @@ def test_without_settings_json_other_settings_regenerate_every_image(tmp_path: P
     assert set(second.guidance_scale) == {9.0}
     assert second.key.tolist() == first.key.tolist()
     assert set(second.output_sha256).isdisjoint(set(first.output_sha256))
+    # Another base seed with the same prompts (one template, one context): only the records' seeds differ.
+    pack = tmp_path / "one.yaml"
+    pack.write_text("name: one\ndescription: one prompt\ndomain: thing\ntemplates: ['a photo of a {name}']\n"
+                    "contexts: [here]\nnegative: [blurry]\n")  # fmt: skip
+    nine = GenerateConfig(preset="tiny", num_inference_steps=1, guidance_scale=9.0)
+    generate(data, out, PromptsConfig(pack=str(pack)), nine, overwrite=True)
+    before = read_manifest(out)
     (out / "settings.json").unlink()
-    changed = generate(data, out, PromptsConfig(seed=4), GenerateConfig(preset="tiny", num_inference_steps=1,
-                                                                         guidance_scale=9.0))  # fmt: skip
-    assert (changed.generated, changed.skipped) == (3, 0)  # another seed: every record's seed differs
+    changed = generate(data, out, PromptsConfig(pack=str(pack), seed=4), nine)
+    after = read_manifest(out)
+    assert after.prompt.tolist() == before.prompt.tolist()
+    assert set(after.seed).isdisjoint(set(before.seed))
+    assert (changed.generated, changed.skipped) == (3, 0)
 
 
 # --- the views: one-to-one names, nothing written through a link, every class, metadata ----------------------------
