@@ -49,3 +49,41 @@ def make_class_folders(root: Path, counts: dict[str, int], size: int = 40) -> Pa
             pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / folder / f"img_{i:03d}.png")
     return root
+
+
+def kill_when_lines(command: list[str], path: Path, lines: int, *, timeout: float = 240) -> None:
+    """Start ``command``, SIGKILL it as soon as ``path`` holds ``lines`` lines, and wait for it to die."""
+    import signal
+    import time
+
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while not (path.is_file() and path.read_text().count("\n") >= lines):
+            assert process.poll() is None, f"{command[3]} ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+
+
+def save_tiny_hf_clip(folder: Path) -> Path:
+    """A transformers ``CLIPModel`` at tiny size (seeded), its image processor and the offline CLIP tokenizer,
+    saved in ``folder`` as a hub model would be."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from diffcoremix.generate.tiny import clip_tokenizer
+    from diffcoremix.seeds import seeded_init
+
+    text = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 2, "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407,
+            "pad_token_id": 49407}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    with seeded_init(0):
+        CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    clip_tokenizer().save_pretrained(folder)
+    return folder

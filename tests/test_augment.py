@@ -6,10 +6,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +18,7 @@ from diffcoremix.filter import FilterConfig, filter_run
 from diffcoremix.generate import GenerateConfig, generate, read_manifest
 from diffcoremix.manifest import read_decisions, shard_path
 
-from .helpers import cli_command, make_class_folders, run_cli
+from .helpers import cli_command, kill_when_lines, make_class_folders, run_cli
 
 FAST = GenerateConfig(preset="tiny", num_inference_steps=1)
 PROMPTS = PromptsConfig(per_image=2)
@@ -151,17 +147,7 @@ def test_a_killed_augment_reruns_to_the_uninterrupted_result(
     assert total > 16 + 2  # the reference made regenerations in more than one round
     out = tmp_path / "out"
     manifest = shard_path(out, 0, 1)
-    process = subprocess.Popen(_augment_command(data, out, threshold), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 240
-        while not (manifest.is_file() and manifest.read_text().count("\n") >= kill_at):
-            assert process.poll() is None, "augment ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
+    kill_when_lines(_augment_command(data, out, threshold), manifest, kill_at)
     keys = set()
     for line in manifest.read_text().splitlines():
         with contextlib.suppress(json.JSONDecodeError):

@@ -18,7 +18,7 @@ from diffcoremix.embedders.resnet20 import load_resnet20
 from diffcoremix.filter import FilterConfig, RealIndex, filter_run, score_candidates
 from diffcoremix.generate import GenerateConfig, generate, read_manifest
 
-from .helpers import make_class_folders, run_cli, shared_data_dir
+from .helpers import make_class_folders, run_cli, save_tiny_hf_clip, shared_data_dir
 
 
 def _unit(*values: float) -> np.ndarray:
@@ -306,21 +306,8 @@ def test_sample_context_needs_a_text_tower(tmp_path: Path) -> None:
 
 
 def test_transformers_clip_from_a_local_folder(generated: Path, tmp_path: Path) -> None:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from diffcoremix.generate.tiny import clip_tokenizer
-    from diffcoremix.seeds import seeded_init
-
     folder = tmp_path / "clip"
-    text = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-            "num_hidden_layers": 2, "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407,
-            "pad_token_id": 49407}  # fmt: skip
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
-              "image_size": 32, "patch_size": 8}  # fmt: skip
-    with seeded_init(0):
-        CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    clip_tokenizer().save_pretrained(folder)
+    save_tiny_hf_clip(folder)
     result = run_cli("filter", generated, "--embedder", f"hf:{folder}", "--threshold", "0.5", "--text-check", "-1",
                      env={"HF_HUB_OFFLINE": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr

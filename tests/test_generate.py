@@ -5,10 +5,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +28,7 @@ from diffcoremix.generate import (
 )
 from diffcoremix.manifest import shard_path
 
-from .helpers import cli_command, make_class_folders, run_cli
+from .helpers import cli_command, kill_when_lines, make_class_folders, run_cli
 
 FAST = ("--preset", "tiny", "--num-inference-steps", "2")
 VOLATILE = ["seconds"]  # wall time: the only field allowed to differ between equal runs
@@ -144,17 +140,7 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path: Path)
 
     out = tmp_path / "out"
     manifest = shard_path(out, 0, 1)
-    process = subprocess.Popen(cli_command(*args, "-o", out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while not (manifest.is_file() and manifest.read_text().count("\n") >= 4):
-            assert process.poll() is None, "generate ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
-    assert process.returncode == -signal.SIGKILL
+    kill_when_lines(cli_command(*args, "-o", out), manifest, 4)
     written = manifest.read_text().count("\n")
     assert 4 <= written < 48, "the kill landed mid-run"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import make_class_folders, run_cli
+from .helpers import make_class_folders, run_cli, save_tiny_hf_clip
 
 CLOSED_ENDPOINT = "http://127.0.0.1:9"
 FAILS_WITHIN_S = 20.0
@@ -202,21 +202,8 @@ def test_a_cached_diffusers_model_loads_offline_without_a_request(data: Path, tm
 
 
 def test_a_cached_transformers_clip_loads_offline_without_a_request(data: Path, tmp_path: Path) -> None:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    from diffcoremix.generate.tiny import clip_tokenizer
-    from diffcoremix.seeds import seeded_init
-
     folder = hub_snapshot(tmp_path / "hf", "diffcoremix-test/tiny-clip")
-    text = {"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-            "num_hidden_layers": 2, "max_position_embeddings": 77, "bos_token_id": 49406, "eos_token_id": 49407,
-            "pad_token_id": 49407}  # fmt: skip
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
-              "image_size": 32, "patch_size": 8}  # fmt: skip
-    with seeded_init(0):
-        CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    clip_tokenizer().save_pretrained(folder)
+    save_tiny_hf_clip(folder)
     result = run_cli("prompts", data, "-o", tmp_path / "p.jsonl", "--context", "sample", "--context-embedder",
                      "hf:diffcoremix-test/tiny-clip", "-v", env=watched_env(tmp_path / "hf"))  # fmt: skip
     assert result.returncode == 0, result.stderr
