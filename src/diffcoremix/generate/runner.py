@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from diffcoremix.atomic import atomic_write_bytes, remove_stale_temporaries, write_text_if_changed
 from diffcoremix.config import to_plain, write_resolved_config
-from diffcoremix.data.folder import Finding
+from diffcoremix.data.folder import DatasetListing, Finding
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.digests import file_sha256
 from diffcoremix.errors import DiffCoReMixError
@@ -115,7 +115,7 @@ def output_relpath(record: PromptRecord) -> str:
     return f"{IMAGES_DIR}/{record.source}.k{record.k}{retry}.png"
 
 
-def plan_records(listing: Any, prompts: PromptsConfig) -> list[PromptRecord]:
+def plan_records(listing: DatasetListing, prompts: PromptsConfig) -> list[PromptRecord]:
     """The prompt plan of a (checked) listing, its negative-term conflicts logged once."""
     plan = build_prompts(listing, prompts)
     plan.warn_conflicts()
