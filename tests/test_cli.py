@@ -108,9 +108,13 @@ def test_sample_data_is_deterministic_and_never_overwrites_user_data(tmp_path: P
     assert len(files) == 6
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     assert (tmp_path / "a" / MARKER).is_file()
-    # A rerun replaces its own output with --overwrite, and refuses without it.
+    # A rerun replaces its own output with --overwrite (and nothing it did not write), and refuses without it.
+    (tmp_path / "a" / "notes.txt").write_text("mine")
     assert main(["sample-data", str(tmp_path / "a"), "--per-class", "3", "--overwrite"]) == 0
     assert len(list((tmp_path / "a").rglob("*.png"))) == 9
+    assert (tmp_path / "a" / "notes.txt").read_text() == "mine"
+    assert main(["sample-data", str(tmp_path / "a"), "--per-class", "1", "--overwrite"]) == 0
+    assert len(list((tmp_path / "a").rglob("*.png"))) == 3
     assert main(["sample-data", str(tmp_path / "a")]) == 2
     # A folder that is not a sample dataset is never replaced, even with --overwrite.
     user = make_class_folders(tmp_path / "user", {"x": 1})

@@ -7,7 +7,8 @@ this set exists so that ``make demo`` needs nothing but the project itself.
 
 from __future__ import annotations
 
-import shutil
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,8 @@ from diffcoremix.seeds import derive_seed
 
 MARKER = ".diffcoremix-sample.yaml"
 """A hidden file that marks a folder as made by :func:`make_sample_dataset` (and so safe to overwrite)."""
+
+logger = logging.getLogger(__name__)
 
 SHAPES = ("circle", "square", "triangle")
 
@@ -43,6 +46,20 @@ def _draw(shape: str, rng: np.random.Generator, size: int) -> Image.Image:
     return image
 
 
+def _remove_own_files(out: Path) -> None:
+    """Delete the files an earlier :func:`make_sample_dataset` wrote (by their names); keep anything else."""
+    for index, shape in enumerate(SHAPES, start=1):
+        folder = out / f"{index:03d}.{shape}"
+        for path in folder.glob(f"{shape}_[0-9][0-9][0-9][0-9].png"):
+            path.unlink()
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when nothing else is in it
+    (out / MARKER).unlink()
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    if left:
+        logger.warning("%s: %d file(s) not made by sample-data are kept: %s", out, len(left), ", ".join(left[:3]))
+
+
 def make_sample_dataset(
     out: str | Path, *, per_class: int = 8, size: int = 96, seed: int = 0, overwrite: bool = False
 ) -> Path:
@@ -53,7 +70,8 @@ def make_sample_dataset(
         per_class: images per class.
         size: side of each (square) image in pixels.
         seed: the seed every image is drawn from.
-        overwrite: replace ``out`` if it is an earlier sample dataset (never any other folder).
+        overwrite: replace the files of an earlier sample dataset in ``out`` (never any other folder, and never a
+            file that sample-data did not write).
 
     Returns:
         The dataset folder.
@@ -68,14 +86,14 @@ def make_sample_dataset(
         if out.is_dir() and not any(out.iterdir()):
             pass
         elif overwrite and (out / MARKER).is_file():
-            shutil.rmtree(out)
+            _remove_own_files(out)
         else:
             hint = "" if overwrite else "; pass --overwrite to replace an earlier sample dataset"
             raise DatasetError(f"{out} exists and is not a sample dataset made by diffcoremix{hint}")
     out.mkdir(parents=True, exist_ok=True)
     for index, shape in enumerate(SHAPES, start=1):
         folder = out / f"{index:03d}.{shape}"
-        folder.mkdir()
+        folder.mkdir(exist_ok=True)
         for i in range(per_class):
             rng = np.random.default_rng(derive_seed(seed, "sample-data", shape, i))
             _draw(shape, rng, size).save(folder / f"{shape}_{i:04d}.png")
