@@ -94,6 +94,7 @@ def augment(
     filter_config = filter_config or FilterConfig()
     if filter_config.device == "auto":
         filter_config = dataclasses.replace(filter_config, device=generate_config.device)
+    data = Path(data)
     with open_output(out, data=data, overwrite=overwrite) as folder:
         sources = usable_sources(data, data_config, progress=progress)  # checked before any model loads
         records = plan_records(sources.listing, prompts)
@@ -105,14 +106,14 @@ def augment(
         slot = ModelSlot(generator)
         generated = attempt = 0
         while True:
-            summary = run_generation(folder, Path(data), records, prompts, generate_config, data_config=data_config,
+            summary = run_generation(folder, data, records, prompts, generate_config, data_config=data_config,
                                      slot=slot, skipped=sources.skipped, progress=progress)  # fmt: skip
             generated += summary.generated
-            scored = score(folder, Path(data), filter_config, keys={r.key for r in records}, data_config=data_config,
+            scored = score(folder, data, filter_config, keys={r.key for r in records}, data_config=data_config,
                            embedder=embedder, progress=progress)  # fmt: skip
             redo = _redo(latest, budget, scored) if attempt < retries else []
             if summary.generated or summary.failed or not redo:  # a replayed round leaves the files as they are
-                write_outputs(folder, Path(data), filter_config, scored)
+                write_outputs(folder, data, filter_config, scored)
             if not redo:
                 break
             attempt += 1

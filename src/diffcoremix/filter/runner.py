@@ -33,13 +33,20 @@ from diffcoremix.filter.config import FilterConfig
 from diffcoremix.filter.plots import write_histograms
 from diffcoremix.filter.references import RealIndex, score_candidates, suggest_threshold
 from diffcoremix.manifest.decisions import relayout, write_decisions
-from diffcoremix.manifest.layout import CACHE_DIR, SETTINGS_FILE, OutputFolder, check_separate
+from diffcoremix.manifest.layout import (
+    CACHE_DIR,
+    CALIBRATION_FILE,
+    FILTER_CONFIG_FILE,
+    FILTER_REPORT_FILE,
+    REPORT_DIR,
+    SETTINGS_FILE,
+    OutputFolder,
+    check_separate,
+)
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.manifest.records import read_manifest
 
 logger = logging.getLogger(__name__)
-
-REPORT_DIR = "filter_report"
 
 
 @dataclass
@@ -167,7 +174,10 @@ def filter_run(
 
 def recorded_data_config(folder: OutputFolder) -> DataConfig:
     """The subset of DATA that the run was generated from (all of it when none was recorded)."""
-    settings = _settings(folder)
+    return _recorded_data_config(_settings(folder))
+
+
+def _recorded_data_config(settings: dict[str, Any]) -> DataConfig:
     return DataConfig(**settings["data"]) if isinstance(settings.get("data"), dict) else DataConfig()
 
 
@@ -208,12 +218,13 @@ def score(
     """Embed and score the candidates of an opened output folder (only ``keys``, when given); write nothing but
     embedding-cache entries."""
     candidates = _candidates(folder, keys)
-    model = _settings(folder).get("settings", {}).get("model")
+    settings = _settings(folder)  # what generation recorded: its model and its subset of DATA
+    model = settings.get("settings", {}).get("model")
     spec, note = resolve_embedder_spec(config, model)
     embedder = embedder or load_embedder(spec, resolve_device(config.device))
     cache = EmbeddingCache(Path(config.cache_dir) if config.cache_dir else folder / CACHE_DIR, embedder.id)
     kwargs: dict[str, Any] = {"batch_size": config.batch_size, "workers": config.workers, "progress": progress}
-    listing = (data_config or recorded_data_config(folder)).select(data).without(_skipped_sources(folder))
+    listing = (data_config or _recorded_data_config(settings)).select(data).without(_skipped_sources(folder))
     candidates = _with_real_images(candidates, listing)
     index = _real_index(embedder, listing, candidates, config, cache, kwargs)
     report = FilterReport(config.threshold, config.reference, embedder.id, {}, embedder_note=note)
@@ -330,15 +341,15 @@ def write_outputs(folder: OutputFolder, data: Path, config: FilterConfig, scored
     """Write what a filtering (or calibration) found: decisions, views, report, histograms, resolved config."""
     report = scored.report
     if config.calibrate:
-        write_text_if_changed(folder / "calibration.json", _report_json(report))
+        write_text_if_changed(folder / CALIBRATION_FILE, _report_json(report))
         return
     write_decisions(folder.path, ({f: r[f] for f in _DECISION_FIELDS} for r in scored.rows))
     plots = write_histograms(folder / REPORT_DIR, {c: r.scores for c, r in report.classes.items()}, config.threshold)
     extra = [p.relative_to(folder.path).as_posix() for p in plots]
     counts = relayout(folder.path, scored.rows, scored.classes, extra=extra)
     logger.info("views re-derived: %s", counts)
-    write_resolved_config(folder / "filter.config.yaml", {"filter": config}, data=data)
-    write_text_if_changed(folder / "filter_report.json", _report_json(report))
+    write_resolved_config(folder / FILTER_CONFIG_FILE, {"filter": config}, data=data)
+    write_text_if_changed(folder / FILTER_REPORT_FILE, _report_json(report))
 
 
 def _report_json(report: FilterReport) -> str:

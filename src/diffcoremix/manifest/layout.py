@@ -41,8 +41,13 @@ TRAIN_DIR = "train"
 REJECTED_DIR = "rejected"
 LAYOUT_FILE = "layout.json"
 CACHE_DIR = "cache"
-FILTER_FILES = ("filter.config.yaml", "filter_report.json", "calibration.json")
+FILTER_CONFIG_FILE = "filter.config.yaml"
+FILTER_REPORT_FILE = "filter_report.json"
+CALIBRATION_FILE = "calibration.json"
+FILTER_FILES = (FILTER_CONFIG_FILE, FILTER_REPORT_FILE, CALIBRATION_FILE)
 """Fixed-name files the filter writes."""
+REPORT_DIR = "filter_report"
+"""Where the filter's histograms go (the files are named in the layout record)."""
 
 MADE_BY = "diffcoremix"
 

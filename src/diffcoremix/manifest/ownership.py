@@ -24,6 +24,7 @@ from diffcoremix.manifest.layout import (
     LAYOUT_FILE,
     MANIFEST_DIR,
     REJECTED_DIR,
+    REPORT_DIR,
     RUN_FILE,
     SETTINGS_FILE,
     TRAIN_DIR,
@@ -72,7 +73,7 @@ def clear(folder: OutputFolder) -> int:
     files = owned_files(folder)
     for path in files:
         path.unlink(missing_ok=True)
-    for name in (IMAGES_DIR, MANIFEST_DIR, TRAIN_DIR, REJECTED_DIR, CACHE_DIR, "filter_report"):
+    for name in (IMAGES_DIR, MANIFEST_DIR, TRAIN_DIR, REJECTED_DIR, CACHE_DIR, REPORT_DIR):
         _remove_empty_dirs(folder.path / name)
     left = entries(folder.path)
     if left:
