@@ -372,3 +372,18 @@ def test_embedders_follow_a_built_in_generator_and_the_report_says_so(tmp_path: 
     preview = run_cli("mix-preview", data, "--synthetic", out, "-o", grid, "--classes", "002.dog", "--size", "16")
     assert preview.returncode == 0, preview.stderr
     assert grid.is_file()
+
+
+def test_whole_folder_commands_remove_the_temporaries_of_killed_writers(tmp_path: Path) -> None:
+    data = make_class_folders(tmp_path / "data", {"001.cat": 2})
+    out = tmp_path / "out"
+    generate(data, out, PromptsConfig(), TINY)
+    filter_run(out, FilterConfig(embedder="tiny", threshold=-1.0))
+    stale = [out / ".filter.jsonl.k2j3h4.tmp", out / "train" / "001.cat" / ".img_000.png.k0.png.a1b2.tmp",
+             out / "images" / "001.cat" / ".img_001.png.k0.png.r0-x9y8.tmp"]  # fmt: skip
+    for path in stale:
+        path.write_bytes(b"torn")
+    (out / "keep.tmp").write_text("not one of ours: no leading dot")
+    filter_run(out, FilterConfig(embedder="tiny", threshold=-1.0))
+    assert not [p for p in stale if p.exists()]
+    assert (out / "keep.tmp").is_file()

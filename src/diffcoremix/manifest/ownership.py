@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from diffcoremix.atomic import TMP_SUFFIX
+from diffcoremix.atomic import TMP_SUFFIX, remove_stale_temporaries
 from diffcoremix.manifest.layout import (
     CACHE_DIR,
     CONFIG_FILE,
@@ -146,6 +146,9 @@ def open_output(
         if overwrite and folder.is_ours():
             removed = clear(folder)
             logger.info("%s: deleted %d file(s) of the earlier run (--overwrite)", path, removed)
+        elif shard is None and folder.is_ours() and (stale := remove_stale_temporaries(path)):
+            # The folder is ours alone now: any temporary file of our writers was left by a killed run.
+            logger.info("%s: removed %d temporary file(s) left by an interrupted run", path, stale)
         yield folder
     except BaseException:
         lock.release()
