@@ -1,0 +1,21 @@
+"""Training, comparing and evaluating classifiers with the method's mixing and its baselines (METHOD.md §7-8)."""
+
+from __future__ import annotations
+
+from diffcoremix.train.config import METHODS, PAIR_METHODS, TrainConfig
+from diffcoremix.train.models import ModelLoadError, check_model_name, create_model
+from diffcoremix.train.run import RunError, TrainedModel, load_run, read_metrics, read_summary
+
+__all__ = [
+    "METHODS",
+    "PAIR_METHODS",
+    "ModelLoadError",
+    "RunError",
+    "TrainConfig",
+    "TrainedModel",
+    "check_model_name",
+    "create_model",
+    "load_run",
+    "read_metrics",
+    "read_summary",
+]

@@ -1,0 +1,123 @@
+"""Classifiers by name: any timm model, and the CIFAR ResNet-20 of this project (``resnet20``)."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffcoremix.errors import ConfigError, DiffCoReMixError, UnknownNameError
+from diffcoremix.hub import hub_offline
+
+logger = logging.getLogger(__name__)
+
+RESNET20 = "resnet20"
+
+
+class ModelLoadError(DiffCoReMixError):
+    """A model or checkpoint cannot be loaded (missing weights offline, a wrong file)."""
+
+
+def _timm_names() -> list[str]:
+    import timm
+
+    return list(timm.list_models())
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`UnknownNameError` (listing close matches) unless ``name`` is ``resnet20`` or a timm model."""
+    if name == RESNET20:
+        return
+    import timm
+
+    if timm.is_model(name):
+        return
+    known = [RESNET20, *_timm_names()]
+    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+    raise UnknownNameError("model", name, close or known[:10])
+
+
+def create_model(name: str, num_classes: int, *, pretrained: bool = False, init: str | Path | None = None) -> nn.Module:
+    """A classifier with ``num_classes`` outputs, random (seed it with :func:`diffcoremix.seeds.seeded_init`),
+    pretrained (timm weights) or from a checkpoint file.
+
+    Raises:
+        UnknownNameError: not ``resnet20`` and not a timm model (the message lists close matches).
+        ModelLoadError: pretrained weights or the checkpoint cannot be loaded.
+    """
+    check_model_name(name)
+    if num_classes < 1:
+        raise ConfigError("num_classes", num_classes, ">= 1")
+    model: nn.Module
+    if name == RESNET20:
+        from diffcoremix.embedders.resnet20 import ResNet20
+
+        if pretrained:
+            raise ConfigError("pretrained", True, "off for resnet20 (start from a checkpoint with --init instead)")
+        model = ResNet20(num_classes)
+    else:
+        import timm
+
+        try:
+            model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes)
+        except Exception as err:  # timm raises RuntimeError, OSError, LocalEntryNotFoundError... offline
+            offline = " (offline: put the weights in the Hugging Face cache, or drop --pretrained)"
+            hint = offline if hub_offline() else ""
+            raise ModelLoadError(f"cannot load pretrained weights of {name}: {err}{hint}") from None
+    if init is not None:
+        load_init(model, init)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` or torch file (``state_dict``/``model`` entries and a ``module.``
+    prefix, as DataParallel checkpoints have, are unwrapped).
+
+    Raises:
+        ModelLoadError: the file is missing or holds no state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ModelLoadError(f"cannot read checkpoint {path}: {err}") from None
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{path} holds no state dict of tensors")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+
+
+def load_init(model: nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into ``model``; layers whose shapes differ (a classifier for other classes) are skipped
+    with a warning, and any other mismatch is an error.
+
+    Raises:
+        ModelLoadError: the file does not fit the model.
+    """
+    state = read_state_dict(path)
+    own = model.state_dict()
+    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    fitting = {k: v for k, v in state.items() if k not in skipped}
+    missing, unexpected = model.load_state_dict(fitting, strict=False)
+    missing = [k for k in missing if k not in skipped]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"{path} does not fit the model: {len(missing)} missing key(s) (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    if skipped:
+        logger.warning("%s: %d layer(s) of other shapes left at their initialisation: %s", path, len(skipped),
+                       ", ".join(skipped))  # fmt: skip

@@ -1,0 +1,112 @@
+"""The files of a training run folder (RUN), and loading a trained classifier back.
+
+::
+
+    RUN/run.json            the run record (made by diffcoremix, from which DATA): the ownership mark
+    RUN/settings.json       what determines the weights; a rerun with other settings is refused
+    RUN/config.yaml         resolved options and library versions
+    RUN/metrics.jsonl       one line per logged step ({"kind": "step", ...}) and per epoch ({"kind": "epoch", ...})
+    RUN/checkpoints/last.pt resumable state: model, optimizer, scheduler, RNG states, data position
+    RUN/model.pt            the final weights and what is needed to use them (classes, model name, image size...)
+    RUN/summary.json        final figures: validation / test top-1 and top-5, time per step split into data / mix
+                            / compute
+    RUN/layout.json         every file above (``--overwrite`` deletes only these)
+
+A step line holds ``step``, ``epoch``, ``loss``, ``acc`` (top-1 on the mixed batch against its hard label or the
+argmax of its soft target), ``lr``, ``images_per_s``, ``data_s``, ``mix_s``, ``compute_s``; timing keys are the
+only ones that differ between two runs with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffcoremix.errors import DiffCoReMixError
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_FILE = f"{CHECKPOINT_DIR}/last.pt"
+MODEL_FILE = "model.pt"
+SUMMARY_FILE = "summary.json"
+SAMPLES_FILE = "samples.jsonl"
+"""With ``--log-samples``: the dataset indices each process trained on, per step (an audit of the data split)."""
+TRAIN_FILES = (METRICS_FILE, CHECKPOINT_FILE, MODEL_FILE, SUMMARY_FILE, SAMPLES_FILE)
+TIMING_KEYS = frozenset({"images_per_s", "data_s", "mix_s", "compute_s", "seconds", "elapsed_s"})
+"""Keys of metrics lines that measure time (and so differ between identical runs)."""
+
+
+class RunError(DiffCoReMixError):
+    """A folder is not a finished training run."""
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained classifier and what is needed to feed it."""
+
+    model: nn.Module
+    """In eval mode, on the CPU."""
+    classes: tuple[str, ...]
+    """Class folder names; output ``i`` is ``classes[i]``."""
+    info: dict[str, Any]
+    """``model`` (name), ``img_size``, ``mean``, ``std``, ``transform``, ``method``, ``seed``... (model.pt's info)."""
+    run: Path
+
+
+def read_summary(run: str | Path) -> dict[str, Any]:
+    """``RUN/summary.json``.
+
+    Raises:
+        RunError: the run has not finished (no summary).
+    """
+    path = Path(run) / SUMMARY_FILE
+    try:
+        summary: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{run} is not a finished training run (no {SUMMARY_FILE}): run or resume `train`") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunError(f"{path} is damaged ({err})") from None
+    return summary
+
+
+def read_metrics(run: str | Path, kind: str | None = None) -> list[dict[str, Any]]:
+    """The lines of ``RUN/metrics.jsonl`` (only those of ``kind``, ``step`` or ``epoch``, when given); a torn last
+    line (a killed run) is left out."""
+    path = Path(run) / METRICS_FILE
+    lines: list[dict[str, Any]] = []
+    if not path.exists():
+        return lines
+    for text in path.read_text(encoding="utf-8").splitlines():
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(line, dict) and (kind is None or line.get("kind") == kind):
+            lines.append(line)
+    return lines
+
+
+def load_run(run: str | Path) -> TrainedModel:
+    """The final classifier of a finished run (``RUN/model.pt``), in eval mode on the CPU.
+
+    Raises:
+        RunError: no ``model.pt`` (the run has not finished) or a damaged one.
+    """
+    from diffcoremix.train.models import create_model
+
+    path = Path(run) / MODEL_FILE
+    if not path.is_file():
+        raise RunError(f"{run} is not a finished training run (no {MODEL_FILE}): run or resume `train` first")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        info, state = dict(saved["info"]), saved["state_dict"]
+    except Exception as err:
+        raise RunError(f"{path} is damaged ({err})") from None
+    model = create_model(info["model"], len(info["classes"]))
+    model.load_state_dict(state)
+    return TrainedModel(model.eval(), tuple(info["classes"]), info, Path(run))
