@@ -44,11 +44,11 @@ class Command:
     """The stage config whose fields are options of this command (for error messages in CLI spelling)."""
 
 
-def _progress(args: argparse.Namespace) -> bool:
+def show_progress(args: argparse.Namespace) -> bool:
     return sys.stderr.isatty() and getattr(args, "quiet", 0) == 0
 
 
-def _add_config_file(parser: argparse.ArgumentParser) -> None:
+def add_config_file(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE|PRESET",
@@ -56,7 +56,7 @@ def _add_config_file(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -83,7 +83,7 @@ def _scan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, help="also write the JSON report to this file (and its config beside it)"
     )
-    _add_config_file(parser)
+    add_config_file(parser)
     add_config_options(parser, ScanConfig)
     add_config_options(parser, DataConfig)
 
@@ -91,7 +91,7 @@ def _scan_arguments(parser: argparse.ArgumentParser) -> None:
 def _scan(args: argparse.Namespace) -> int:
     config = config_from_args(ScanConfig, args, "scan")
     _check_file_output(args.data, args.output)
-    report = scan_dataset(_data_config(args).select(args.data), config, progress=_progress(args))
+    report = scan_dataset(_data_config(args).select(args.data), config, progress=show_progress(args))
     document = report.to_dict()
     if args.output:
         atomic_write_text(args.output, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
@@ -110,7 +110,7 @@ def _prompts_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="JSONL file to write (one record per candidate)"
     )
-    _add_config_file(parser)
+    add_config_file(parser)
     add_config_options(parser, PromptsConfig)
     add_config_options(parser, DataConfig)
 
@@ -140,8 +140,8 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="output folder (images, manifest, config; resumable)"
     )
-    _add_overwrite(parser)
-    _add_config_file(parser)
+    add_overwrite(parser)
+    add_config_file(parser)
     add_config_options(parser, GenerateConfig)
     add_config_options(parser, PromptsConfig)
     add_config_options(parser, DataConfig)
@@ -151,7 +151,7 @@ def _generate(args: argparse.Namespace) -> int:
     prompts = config_from_args(PromptsConfig, args, "prompts")
     config = config_from_args(GenerateConfig, args, "generate")
     summary = generate(args.data, args.output, prompts, config, data_config=_data_config(args),
-                       overwrite=args.overwrite, progress=_progress(args))  # fmt: skip
+                       overwrite=args.overwrite, progress=show_progress(args))  # fmt: skip
     print(
         f"{summary.generated} generated, {summary.skipped} already done, {summary.failed} failed "
         f"({summary.shard} of {summary.planned} candidates in this shard) in {summary.seconds:.1f} s -> "
@@ -164,7 +164,7 @@ def _filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="a generate output folder")
     parser.add_argument("--data", type=Path, help="the real dataset [default: the one generate recorded]")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    _add_config_file(parser)
+    add_config_file(parser)
     add_config_options(parser, FilterConfig)
     add_config_options(parser, DataConfig)
 
@@ -174,7 +174,7 @@ def _filter(args: argparse.Namespace) -> int:
 
     config = config_from_args(FilterConfig, args, "filter")
     subset = _data_config(args) if {"classes", "max_per_class"} & set(vars(args)) else None  # else the run's own
-    report = filter_run(args.out, config, data=args.data, data_config=subset, progress=_progress(args))
+    report = filter_run(args.out, config, data=args.data, data_config=subset, progress=show_progress(args))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     if not config.calibrate:
         print(f"accepted images: {args.out / 'train'}   rejected: {args.out / 'rejected'}")
@@ -194,8 +194,8 @@ def _augment_arguments(parser: argparse.ArgumentParser) -> None:
         "--retries", type=int, default=0, metavar="R",
         help="regenerate a rejected candidate with a new seed up to R times, until its class's budget is met [0]",
     )  # fmt: skip
-    _add_overwrite(parser)
-    _add_config_file(parser)
+    add_overwrite(parser)
+    add_config_file(parser)
     add_config_options(parser, GenerateConfig)
     add_config_options(parser, PromptsConfig)
     add_config_options(parser, FilterConfig, skip=_FILTER_SHARED)
@@ -210,7 +210,7 @@ def _augment(args: argparse.Namespace) -> int:
     filter_config = config_from_args(FilterConfig, args, "filter", skip=_FILTER_SHARED)
     result = augment(
         args.data, args.output, prompts, generate_config, filter_config, retries=args.retries,
-        data_config=_data_config(args), overwrite=args.overwrite, progress=_progress(args),
+        data_config=_data_config(args), overwrite=args.overwrite, progress=show_progress(args),
     )  # fmt: skip
     print(result.report.to_text())
     short = result.shortfall

@@ -18,10 +18,12 @@ from typing import NoReturn
 from diffcoremix import __version__
 from diffcoremix.cli.commands import COMMANDS, Command
 from diffcoremix.cli.options import option_name
+from diffcoremix.cli.train_command import TRAIN_COMMAND
 from diffcoremix.errors import ConfigError, DiffCoReMixError, ImageReadError
 from diffcoremix.generate.runner import GenerationError
 
 PROG = "diffcoremix"
+ALL_COMMANDS = (*COMMANDS, TRAIN_COMMAND)
 BAD_INPUT = 2
 
 
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for command in COMMANDS:
+    for command in ALL_COMMANDS:
         child = sub.add_parser(command.name, help=command.help, description=command.help, parents=[common])
         command.add_arguments(child)
         child.set_defaults(_command=command)

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 from diffcoremix.config import build_config, field_docs, load_config_file
@@ -63,8 +64,17 @@ def _argument_kwargs(hint: Any) -> dict[str, Any]:
     raise TypeError(f"no command-line form for options of type {hint}")
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """Add one option per field of the dataclass ``cls`` (except ``skip``), under a group named after it."""
+def add_config_options(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    skip: tuple[str, ...] = (),
+    aliases: Mapping[str, tuple[str, ...]] | None = None,
+) -> None:
+    """Add one option per field of the dataclass ``cls`` (except ``skip``), under a group named after it.
+
+    ``aliases`` gives fields more option strings (``{"batch_size": ("-b",)}``, as timm's ``train.py``).
+    """
     assert dataclasses.is_dataclass(cls)
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
@@ -78,6 +88,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: tupl
             default = factory()
         shown = list(default) if isinstance(default, tuple) else default
         group.add_argument(
+            *(aliases or {}).get(f.name, ()),
             option_name(f.name),
             dest=f.name,
             default=argparse.SUPPRESS,

@@ -26,7 +26,7 @@ Example (``mixer`` from :func:`diffcoremix.mix.make_mixer`)::
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Collection, Iterator, Sized
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -104,11 +104,15 @@ class PairedDataset(Dataset[Sample]):
     Args:
         data: the real dataset (folder or listing).
         synthetic: a filtered generation output folder (``None`` with ``mode="real"``).
-        mode: ``counterpart`` (own, then class, then none) or ``real`` (another real image of the class).
+        mode: ``counterpart`` (own, then class, then none), ``real`` (another real image of the class) or ``none``
+            (no partners: every sample is ``(image, label, image, False, PARTNER_NONE)``, and only one image is
+            read, so the baselines pay no partner cost).
         transform: applied to both images (PIL in, anything out). Its random draws must come from torch's global
             generator (torchvision's v2 transforms do): it runs seeded from (seed, epoch, image), with separate
             streams for the real image and its partner, and the caller's random state is left as it was.
         seed: partner choices and transforms derive from it.
+        exclude_sources: generated images of these sources (relpaths in DATA, e.g. a validation split) are never
+            partners.
 
     Attributes:
         classes: the class folder names, sorted; a label indexes it (as torchvision's ``ImageFolder``).
@@ -122,9 +126,10 @@ class PairedDataset(Dataset[Sample]):
         data: str | Path | DatasetListing,
         synthetic: str | Path | None = None,
         *,
-        mode: Literal["counterpart", "real"] = "counterpart",
+        mode: Literal["counterpart", "real", "none"] = "counterpart",
         transform: Callable[[Any], Any] | None = None,
         seed: int = 0,
+        exclude_sources: Collection[str] = (),
     ) -> None:
         self.listing = data if isinstance(data, DatasetListing) else list_images(data)
         self.items = list(self.listing.items)
@@ -139,15 +144,18 @@ class PairedDataset(Dataset[Sample]):
         if mode == "counterpart":
             if synthetic is None:
                 raise DatasetError("mode='counterpart' needs the synthetic (generation output) folder")
+            excluded = set(exclude_sources)
             for row in accepted_images(synthetic):
+                if row["source"] in excluded:
+                    continue
                 path = Path(synthetic) / row["output"]
                 self.own[row["source"]].append(path)
                 self.by_class[row["class_folder"]].append(path)
         elif mode == "real":
             for item in self.items:
                 self.by_class[item.class_folder].append(item.path)
-        else:
-            raise ConfigError("mode", mode, "'counterpart' or 'real'")
+        elif mode != "none":
+            raise ConfigError("mode", mode, "'counterpart', 'real' or 'none'")
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch used by plain integer indices (an ``(epoch, index)`` pair carries its own).
@@ -164,6 +172,8 @@ class PairedDataset(Dataset[Sample]):
         """The partner file of real image ``index`` in ``epoch`` (default: :attr:`epoch`) and the rule that chose it."""
         item = self.items[index]
         epoch = self.epoch if epoch is None else epoch
+        if self.mode == "none":
+            return None, PARTNER_NONE
         if self.mode == "real":
             others = [p for p in self.by_class[item.class_folder] if p != item.path]
             if not others:

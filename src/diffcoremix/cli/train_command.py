@@ -1,0 +1,83 @@
+"""``diffcoremix train``: one classifier, one method, one recipe (a thin shell over :func:`diffcoremix.train.train`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from diffcoremix.cli.commands import Command, add_config_file, add_overwrite, show_progress
+from diffcoremix.cli.options import add_config_options, config_from_args
+from diffcoremix.data.sources import DataConfig
+from diffcoremix.train.config import TrainConfig
+from diffcoremix.train.train import train
+
+TRAIN_ALIASES = {"batch_size": ("-b",), "workers": ("-j",), "init": ("--initial-checkpoint",)}
+"""timm ``train.py`` spellings."""
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """DATA and the evaluation and generated sets (shared by ``train`` and ``compare``)."""
+    parser.add_argument("data", type=Path, help="training set: class folders")
+    parser.add_argument("--val", type=Path, help="validation set (class folders), evaluated after every epoch")
+    parser.add_argument("--test", type=Path, help="test set (class folders), evaluated at the end")
+    parser.add_argument(
+        "--synthetic",
+        type=Path,
+        metavar="OUT",
+        help="a filtered generation run (augment/filter output): partners of the pair methods, extras of synthetic-add",
+    )
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    add_config_file(parser)
+    add_config_options(parser, TrainConfig, skip=skip, aliases=TRAIN_ALIASES)
+    add_config_options(parser, DataConfig)
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="RUN", help="the run folder")
+    parser.add_argument(
+        "--log-samples", action="store_true", help="write RUN/samples.jsonl: the images each process used per step"
+    )
+    add_overwrite(parser)
+    add_recipe_arguments(parser)
+
+
+def _run(args: argparse.Namespace) -> int:
+    config: TrainConfig = config_from_args(TrainConfig, args, "train")
+    data_config: DataConfig = config_from_args(DataConfig, args, "data")
+    result = train(
+        args.data,
+        config=config,
+        output=args.output,
+        val=args.val,
+        test=args.test,
+        synthetic=args.synthetic,
+        data_config=data_config,
+        overwrite=args.overwrite,
+        progress=show_progress(args),
+        log_samples=args.log_samples,
+    )
+    summary = result.summary
+    parts = [f"{summary['method']} on {summary['model']}: {summary['steps']} steps"]
+    for name in ("val", "test"):
+        figures = summary.get(name)
+        if figures and figures.get("top1") is not None:
+            parts.append(f"{name} top-1 {100 * figures['top1']:.1f}% top-5 {100 * figures['top5']:.1f}%")
+    step_s = summary["time"]["step_s"]
+    if step_s:
+        parts.append(f"{1000 * step_s:.0f} ms/step")
+    print("; ".join(parts))
+    print(f"run: {result.run}")
+    return 0
+
+
+TRAIN_COMMAND = Command(
+    "train",
+    "train a classifier (timm model or resnet20) with a method: none, mixup, cutmix, synthetic-add, synthetic-sub, "
+    "diffcoremix[-pixel|-patch]",
+    _arguments,
+    _run,
+    TrainConfig,
+)
