@@ -9,7 +9,7 @@ from diffcoremix.cli.commands import Command, add_config_file, add_overwrite, sh
 from diffcoremix.cli.options import add_config_options, config_from_args
 from diffcoremix.data.sources import DataConfig
 from diffcoremix.train.config import TrainConfig
-from diffcoremix.train.train import train
+from diffcoremix.train.loop import train
 
 TRAIN_ALIASES = {"batch_size": ("-b",), "workers": ("-j",), "init": ("--initial-checkpoint",)}
 """timm ``train.py`` spellings."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from diffcoremix.train.config import METHODS, PAIR_METHODS, TrainConfig
+from diffcoremix.train.loop import TrainResult, train
 from diffcoremix.train.models import ModelLoadError, check_model_name, create_model
 from diffcoremix.train.run import RunError, TrainedModel, load_run, read_metrics, read_summary
 
@@ -12,10 +13,12 @@ __all__ = [
     "ModelLoadError",
     "RunError",
     "TrainConfig",
+    "TrainResult",
     "TrainedModel",
     "check_model_name",
     "create_model",
     "load_run",
     "read_metrics",
     "read_summary",
+    "train",
 ]
