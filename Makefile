@@ -25,8 +25,8 @@ demo: $(STAMP)
 	@$(BIN)/python -c "import diffcoremix as d; print(d.read_manifest('$(DEMO_OUT)/augmented')[['key', 'context', 'score', 'accepted']].head().to_string())"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff format --check src tests benchmarks examples
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)

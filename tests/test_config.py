@@ -26,6 +26,7 @@ from diffcoremix.config import (
     to_plain,
     write_resolved_config,
 )
+from diffcoremix.train.config import TrainConfig
 
 STAGES = {
     "data": DataConfig,
@@ -33,6 +34,7 @@ STAGES = {
     "prompts": PromptsConfig,
     "generate": GenerateConfig,
     "filter": FilterConfig,
+    "train": TrainConfig,
 }
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 

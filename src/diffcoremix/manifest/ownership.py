@@ -70,11 +70,15 @@ def clear(folder: OutputFolder) -> int:
     Returns:
         How many files were deleted.
     """
-    files = owned_files(folder)
+    # The run record goes last: a kill part-way leaves a folder that is still ours, so a rerun may clear the rest.
+    files = sorted(owned_files(folder), key=lambda p: p == folder.path / RUN_FILE)
     for path in files:
         path.unlink(missing_ok=True)
     for name in (IMAGES_DIR, MANIFEST_DIR, TRAIN_DIR, REJECTED_DIR, CACHE_DIR, REPORT_DIR):
         _remove_empty_dirs(folder.path / name)
+    for parent in sorted({p.parent for p in files if p.parent != folder.path}, key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):  # folders that held only our files (a train run's checkpoints/)
+            parent.rmdir()
     left = entries(folder.path)
     if left:
         logger.warning(

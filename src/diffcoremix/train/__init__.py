@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from diffcoremix.train.compare import CompareResult, compare
 from diffcoremix.train.config import METHODS, PAIR_METHODS, TrainConfig
+from diffcoremix.train.evaluate import EvalResult, evaluate
 from diffcoremix.train.loop import TrainResult, train
 from diffcoremix.train.models import ModelLoadError, check_model_name, create_model
 from diffcoremix.train.run import RunError, TrainedModel, load_run, read_metrics, read_summary
@@ -10,13 +12,17 @@ from diffcoremix.train.run import RunError, TrainedModel, load_run, read_metrics
 __all__ = [
     "METHODS",
     "PAIR_METHODS",
+    "CompareResult",
+    "EvalResult",
     "ModelLoadError",
     "RunError",
     "TrainConfig",
     "TrainResult",
     "TrainedModel",
     "check_model_name",
+    "compare",
     "create_model",
+    "evaluate",
     "load_run",
     "read_metrics",
     "read_summary",

@@ -407,9 +407,10 @@ def _train_in(
             "lower --batch-size"
         )
     total = config.max_steps or config.epochs * steps_per_epoch
-    if total < steps_per_epoch:
+    real_epoch = (len(listing.items) // d.world) // local_batch  # synthetic-add's epochs are longer
+    if total < real_epoch:
         raise ConfigError(
-            "max_steps", total, f">= one epoch ({steps_per_epoch} steps of {config.batch_size} images) or null"
+            "max_steps", total, f">= one epoch ({real_epoch} steps of {config.batch_size} images) or null"
         )
     facts = {
         "data": _listing_digest(listing),
@@ -438,7 +439,7 @@ def _train_in(
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, config)
-    warmup = round(config.warmup_epochs * steps_per_epoch)
+    warmup = round(config.warmup_epochs * real_epoch)  # in steps of the real set's epoch, equal for every method
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
     use_amp = config.amp and device.startswith("cuda")
     if config.amp and not use_amp:
@@ -529,7 +530,7 @@ def _train_in(
             lr = optimizer.param_groups[0]["lr"]
             hard = targets if targets.ndim == 1 else targets.argmax(dim=1)
             correct = int((logits.argmax(dim=1) == hard).sum())
-            loss_value, correct, seen = _reduce(float(loss), correct, len(hard), d)
+            loss_value, correct, seen = _reduce(float(loss.detach()), correct, len(hard), d)
             epoch_loss.append(loss_value)
             epoch_correct += correct
             epoch_seen += seen
@@ -708,5 +709,6 @@ def _finish(
         },
         "config": asdict(replace(config)),
     }
-    write_text_if_changed(out / SUMMARY_FILE, json.dumps(to_plain(summary), indent=2, ensure_ascii=False) + "\n")
-    return summary
+    plain: dict[str, Any] = to_plain(summary)
+    write_text_if_changed(out / SUMMARY_FILE, json.dumps(plain, indent=2, ensure_ascii=False) + "\n")
+    return plain

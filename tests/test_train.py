@@ -1,0 +1,192 @@
+"""`train` through the real CLI on a tiny dataset: every method trains and writes its files, a killed run resumes
+to the uninterrupted weights and metrics, the same seed gives the same metrics, two torchrun processes split the
+batches as documented, and bad input is one line with exit 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffcoremix.train import METHODS, TrainConfig, read_metrics, read_summary, train
+from diffcoremix.train.run import CHECKPOINT_FILE, MODEL_FILE, SAMPLES_FILE, TIMING_KEYS
+
+from .helpers import cli_command, kill_when_lines, make_class_folders, run_cli
+
+CLASSES = {"001.cat": 8, "002.dog": 8, "003.eel": 8}
+FAST = ("--model", "resnet20", "-b", "8", "--img-size", "32")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_class_folders(tmp_path_factory.mktemp("train") / "data", CLASSES, size=32)
+
+
+@pytest.fixture(scope="module")
+def synthetic(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real filtered generation run of the tiny preset (one counterpart per image, all kept)."""
+    out = tmp_path_factory.mktemp("synthetic") / "out"
+    result = run_cli("augment", data, "-o", out, "--preset", "tiny", "--num-inference-steps", "1", "--height", "32",
+                     "--width", "32", "--embedder", "tiny", "--threshold", "-1", "--seed", "0")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def _train(data: Path, run: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("train", data, *FAST, "-o", run, *args)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]  # type: ignore[no-any-return]
+
+
+def _untimed(run: Path) -> list[dict[str, object]]:
+    return [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in read_metrics(run)]
+
+
+def test_every_method_trains_writes_its_files_and_changes_the_training(
+    data: Path, synthetic: Path, tmp_path: Path
+) -> None:
+    # In-process (the Python API the CLI wraps), to keep eight runs fast; the CLI is exercised below.
+    first_losses = {}
+    for method in METHODS:
+        run = tmp_path / method
+        config = TrainConfig(model="resnet20", method=method, max_steps=4, batch_size=8, mix_prob=1.0)
+        result = train(data, config=config, output=run, synthetic=synthetic, test=data)
+        for name in ("run.json", "settings.json", "config.yaml", "metrics.jsonl", CHECKPOINT_FILE, MODEL_FILE,
+                     "summary.json", "layout.json"):  # fmt: skip
+            assert (run / name).is_file(), (method, name)
+        summary = read_summary(run)
+        assert summary == result.summary
+        assert summary["method"] == method
+        assert summary["steps"] == 4
+        assert summary["test"]["n"] == sum(CLASSES.values())
+        steps = read_metrics(run, "step")
+        assert [line["step"] for line in steps] == [1, 2, 3, 4]
+        for line in steps:
+            assert {"loss", "acc", "lr", "images_per_s", "data_s", "mix_s", "compute_s"} <= set(line)
+        # Each method's data: synthetic-add trains on the real images plus every accepted generated image.
+        accepted = summary["synthetic_accepted"]
+        assert summary["train_samples"] == (24 + accepted if method == "synthetic-add" else 24)
+        uses_generated = method in ("synthetic-add", "synthetic-sub") or method.startswith("diffcoremix")
+        assert (accepted == 24) == uses_generated, (method, accepted)
+        first_losses[method] = steps[0]["loss"]
+    # Same seed, same model initialisation and data order: only the method differs, so must the first loss.
+    for method in METHODS[1:]:
+        assert first_losses[method] != first_losses["none"], method
+
+
+def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(data: Path, tmp_path: Path) -> None:
+    args = ("--method", "diffcoremix", "--partners", "real", "--max-steps", "4", "--val-split", "0.25")
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        assert _train(data, tmp_path / name, *args, "--seed", seed).returncode == 0
+    assert _untimed(tmp_path / "a") == _untimed(tmp_path / "b")
+    assert _untimed(tmp_path / "a") != _untimed(tmp_path / "c")
+    assert all(torch.equal(v, _weights(tmp_path / "b")[k]) for k, v in _weights(tmp_path / "a").items())
+
+
+@pytest.mark.parametrize("kill_after", [3, 6])
+def test_a_killed_run_resumes_to_the_uninterrupted_weights_and_metrics(
+    data: Path, synthetic: Path, tmp_path: Path, kill_after: int
+) -> None:
+    args = ("--method", "diffcoremix", "--mix-prob", "1", "--synthetic", synthetic, "--max-steps", "9",
+            "--checkpoint-every", "2", "--val-split", "0.25")  # fmt: skip
+    reference = tmp_path / "reference"
+    assert _train(data, reference, *args).returncode == 0
+    run = tmp_path / "run"
+    # Kill after `kill_after` metrics lines: between checkpoints, so the resumed run redoes steps and must
+    # truncate the metrics it logged after its last checkpoint.
+    kill_when_lines(cli_command("train", data, *FAST, "-o", run, *args), run / "metrics.jsonl", kill_after)
+    assert not (run / MODEL_FILE).exists()
+    result = _train(data, run, *args)
+    assert result.returncode == 0, result.stderr
+    assert _untimed(run) == _untimed(reference)
+    ours, theirs = _weights(run), _weights(reference)
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_a_finished_run_is_not_retrained_and_other_settings_are_refused(data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert _train(data, run, "--max-steps", "3").returncode == 0
+    stamp = (run / MODEL_FILE).stat().st_mtime_ns
+    again = _train(data, run, "--max-steps", "3")
+    assert again.returncode == 0
+    assert (run / MODEL_FILE).stat().st_mtime_ns == stamp
+    other = _train(data, run, "--max-steps", "3", "--lr", "0.01")
+    assert other.returncode == 2
+    assert "other settings (lr: 0.1 -> 0.01)" in other.stderr
+    fresh = _train(data, run, "--max-steps", "3", "--lr", "0.01", "--overwrite")
+    assert fresh.returncode == 0
+    assert read_summary(run)["config"]["lr"] == 0.01
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr
+
+
+def test_bad_input_is_one_line_with_exit_2(data: Path, synthetic: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _one_line_error(run_cli("train", data, "--model", "resnet_18", "-o", run), "unknown model 'resnet_18'", "resnet18")
+    _one_line_error(_train(data, run, "--max-steps", "1"), "--max-steps", "one epoch (3 steps of 8 images)")
+    _one_line_error(_train(data, run, "-b", "64"), "fewer than one batch of 64")
+    _one_line_error(_train(data, run, "--method", "diffcoremix"), "--synthetic")
+    other = make_class_folders(tmp_path / "other", {"001.cat": 2, "009.yak": 2}, size=32)
+    _one_line_error(_train(data, run, "--val", other), "'009.yak'")
+    _one_line_error(_train(other, run, "--method", "synthetic-add", "--synthetic", synthetic, "-b", "2"),
+                    "--synthetic", "classes that DATA does not have")  # fmt: skip
+    _one_line_error(_train(data, run, "--init", tmp_path / "missing.pt"), "missing.pt")
+    _one_line_error(_train(data, data / "001.cat", "--max-steps", "3"), "inside")
+    assert not (data / "001.cat" / "run.json").exists()
+
+
+def test_init_loads_the_shared_resnet20_and_drops_a_classifier_of_other_shape(
+    data: Path, tmp_path: Path, shared_data: Path
+) -> None:
+    checkpoint = shared_data.parent / "models" / "resnet20_cifar10.th"
+    run = tmp_path / "run"
+    result = _train(data, run, "--init", checkpoint, "--max-steps", "3", "--lr", "1e-9")
+    assert result.returncode == 0, result.stderr
+    from diffcoremix.train.models import read_state_dict
+
+    trained, original = _weights(run), read_state_dict(checkpoint)
+    # A learning rate of 1e-9 leaves the convolutions as loaded; the 3-class classifier is new.
+    assert torch.allclose(trained["conv1.weight"], original["conv1.weight"], atol=1e-6)
+    assert trained["linear.weight"].shape == (3, 64)
+    assert original["linear.weight"].shape == (10, 64)
+
+
+def test_torchrun_with_two_processes_splits_each_batch_between_them(data: Path, tmp_path: Path) -> None:
+    args = ("--method", "diffcoremix", "--partners", "real", "--max-steps", "4", "--log-samples")
+    single = tmp_path / "single"
+    assert _train(data, single, *args).returncode == 0
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None
+    run = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    command = [torchrun, "--standalone", "--nproc-per-node", "2", "-m", "diffcoremix", "train", str(data), *FAST,
+               "-o", str(run), *args]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    alone = [json.loads(t) for t in (single / SAMPLES_FILE).read_text().splitlines()]
+    split = [json.loads(t) for t in (run / SAMPLES_FILE).read_text().splitlines()]
+    assert [line["step"] for line in split] == [1, 2, 3, 4]
+    for one, two in zip(alone, split, strict=True):
+        (batch,) = one["ranks"]
+        rank0, rank1 = two["ranks"]
+        # DistributedSampler's split of the same permutation: rank r takes every 2nd image, from the r-th.
+        assert rank0 == batch[0::2], (batch, rank0)
+        assert rank1 == batch[1::2], (batch, rank1)
+    assert read_summary(run)["steps"] == 4
+    assert len(read_metrics(run, "step")) == 4  # rank 0 alone writes
