@@ -191,9 +191,14 @@ class PairedDataset(Dataset[Sample]):
         """``transform(image)`` with torch's global generator seeded from (seed, epoch, image, stream)."""
         if self.transform is None:
             return image
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.seed, "transform", epoch, relpath, stream))
+        # The CPU generator alone, saved and restored by hand: torch.manual_seed and fork_rng also visit every
+        # accelerator backend (recording a stack trace each time), which cost more than the transform itself.
+        state = torch.get_rng_state()
+        try:
+            torch.default_generator.manual_seed(derive_seed(self.seed, "transform", epoch, relpath, stream))
             return self.transform(image)
+        finally:
+            torch.set_rng_state(state)
 
     def __getitem__(self, index: int | tuple[int, int]) -> Sample:
         epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
