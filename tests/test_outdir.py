@@ -331,7 +331,7 @@ def test_broken_sources_are_skipped_with_a_reason_before_generation(tmp_path: Pa
     out = tmp_path / "out"
     result = run_cli("augment", data, "-o", out, *FAST, "--embedder", "tiny", "--threshold", "-1")
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "skipped 2 source image(s)" in line]
+    warnings = [line for line in result.stderr.splitlines() if "skipped 2 image(s)" in line]
     assert len(warnings) == 1, result.stderr
     assert "3 accepted of a budget of 3" in result.stdout
     table = read_manifest(out)

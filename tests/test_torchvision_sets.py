@@ -35,6 +35,8 @@ from diffcoremix.data.torchvision_sets import (
 )
 from diffcoremix.errors import ConfigError, DatasetError, UnknownNameError
 
+from .helpers import run_cli
+
 RNG_SEED = 0
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -420,3 +422,23 @@ def test_folder_names_are_safe_sorted_by_label_and_distinct() -> None:
     assert len(set(names)) == len(names)
     assert not any("/" in n or "\0" in n for n in names)
     assert folder_names([str(i) for i in range(1001)])[1000] == "1000.1000"
+
+
+def test_train_and_eval_take_a_dataset_name_through_the_real_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train mnist --test mnist` reads the train and test splits by name; `eval --data mnist` the test split."""
+    root = tmp_path / "datasets"
+    counts = write_mnist(root / "mnist" / "raw", monkeypatch, {"train": 40, "test": 20})
+    run = tmp_path / "run"
+    args = ["--data-dir", str(root), "--model", "resnet20", "--mean", "0.5", "--std", "0.25", "--img-size", "16",
+            "-b", "8", "--max-steps", "5", "-o", str(run)]  # fmt: skip
+    result = run_cli("train", "mnist", "--test", "mnist", *args)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train_samples"] == counts["train"]
+    assert summary["test"]["n"] == counts["test"]
+    assert summary["classes"] == sorted(p.name for p in (root / "mnist" / "train").iterdir() if p.is_dir())
+    shown = run_cli("eval", str(run), "--data", "mnist", "--data-dir", str(root))
+    assert shown.returncode == 0, shown.stderr
+    assert f"{counts['test']:>6}" in shown.stdout

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from diffcoremix.cli.commands import Command, add_overwrite, show_progress
 from diffcoremix.cli.options import config_from_args
-from diffcoremix.cli.train_command import add_data_arguments, add_recipe_arguments
+from diffcoremix.cli.train_command import add_data_arguments, add_recipe_arguments, resolve_data_arguments
 from diffcoremix.data.sources import DataConfig
 from diffcoremix.train.compare import PLOT_FILE, RESULTS_CSV, RESULTS_MD, RUNS_CSV, RUNS_DIR, compare
 from diffcoremix.train.config import METHODS, TrainConfig
@@ -40,6 +40,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     config: TrainConfig = config_from_args(TrainConfig, args, "train", skip=PER_RUN)
     data_config: DataConfig = config_from_args(DataConfig, args, "data")
+    resolve_data_arguments(args)
     result = compare(
         args.data, args.methods, args.seeds, config=config, output=args.output, val=args.val, test=args.test,
         synthetic=args.synthetic, data_config=data_config, overwrite=args.overwrite, progress=show_progress(args),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from diffcoremix.cli.commands import Command, add_overwrite, show_progress
 from diffcoremix.cli.options import add_config_options, config_from_args
+from diffcoremix.cli.train_command import add_dataset_source_arguments, resolve_dataset
 from diffcoremix.data.sources import DataConfig
 from diffcoremix.errors import ConfigError
 
@@ -16,8 +17,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="finished training run folder(s)")
     parser.add_argument(
         "--data", type=Path, required=True,
-        help="class-folder test set; its classes must be classes of every RUN (matched by folder name)",
+        help="test set: class folders (its classes must be classes of every RUN, matched by folder name), or a "
+        "torchvision dataset name (its test split)",
     )  # fmt: skip
+    add_dataset_source_arguments(parser)
     parser.add_argument(
         "-o", "--output", type=Path,
         help="folder for eval.json, eval.csv, per_class.csv, confusion/<run>.png and saliency.png; needed with "
@@ -40,7 +43,8 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.output is None and (args.saliency or len(args.runs) > 1):
         raise ConfigError("output", None, "a folder with --saliency or several RUNs")
-    listing = config_from_args(DataConfig, args, "data").select(args.data)
+    data = resolve_dataset(args, args.data, "test")
+    listing = config_from_args(DataConfig, args, "data").select(data)
     results = evaluate(args.runs, listing, output=args.output, saliency=args.saliency, batch_size=args.batch_size,
                        device=args.device, workers=args.workers, progress=show_progress(args), seed=args.seed,
                        overwrite=args.overwrite)  # fmt: skip

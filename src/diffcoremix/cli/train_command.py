@@ -15,11 +15,34 @@ TRAIN_ALIASES = {"batch_size": ("-b",), "workers": ("-j",), "init": ("--initial-
 """timm ``train.py`` spellings."""
 
 
+def add_dataset_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--download`` and ``--data-dir``: for datasets given by torchvision name instead of a folder."""
+    parser.add_argument(
+        "--download", action="store_true", help="let torchvision download a dataset given by name (needs a network)"
+    )
+    parser.add_argument(
+        "--data-dir", type=Path, metavar="ROOT",
+        help="where datasets given by name are kept as class folders [$DIFFCOREMIX_DATA_DIR or "
+        "~/.cache/diffcoremix/datasets]",
+    )  # fmt: skip
+
+
+def resolve_dataset(args: argparse.Namespace, spec: Path | None, split: str) -> Path | None:
+    """A folder as given, or a torchvision dataset name (``cifar100``) materialised as class folders once."""
+    if spec is None:
+        return None
+    from diffcoremix.data.torchvision_sets import resolve_data
+
+    return resolve_data(spec, split=split, root=args.data_dir, download=args.download, progress=show_progress(args))
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """DATA and the evaluation and generated sets (shared by ``train`` and ``compare``)."""
-    parser.add_argument("data", type=Path, help="training set: class folders")
-    parser.add_argument("--val", type=Path, help="validation set (class folders), evaluated after every epoch")
-    parser.add_argument("--test", type=Path, help="test set (class folders), evaluated at the end")
+    names = "class folders, or a torchvision dataset name (cifar10, cifar100, flowers102, stanford_cars, ...)"
+    parser.add_argument("data", type=Path, help=f"training set: {names}")
+    parser.add_argument("--val", type=Path, help=f"validation set, evaluated after every epoch: {names}")
+    parser.add_argument("--test", type=Path, help=f"test set, evaluated at the end: {names}")
+    add_dataset_source_arguments(parser)
     parser.add_argument(
         "--synthetic",
         type=Path,
@@ -44,8 +67,16 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     add_recipe_arguments(parser)
 
 
+def resolve_data_arguments(args: argparse.Namespace) -> None:
+    """Turn dataset names among DATA, --val and --test into their class folders (train, val and test splits)."""
+    args.data = resolve_dataset(args, args.data, "train")
+    args.val = resolve_dataset(args, args.val, "val")
+    args.test = resolve_dataset(args, args.test, "test")
+
+
 def _run(args: argparse.Namespace) -> int:
     config: TrainConfig = config_from_args(TrainConfig, args, "train")
+    resolve_data_arguments(args)
     data_config: DataConfig = config_from_args(DataConfig, args, "data")
     result = train(
         args.data,

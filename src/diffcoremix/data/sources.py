@@ -55,7 +55,11 @@ class Sources:
 
 
 def usable_sources(
-    data: str | Path | DatasetListing, config: DataConfig | None = None, *, progress: bool = False
+    data: str | Path | DatasetListing,
+    config: DataConfig | None = None,
+    *,
+    progress: bool = False,
+    scan: ScanConfig | None = None,
 ) -> Sources:
     """Decode every image of the (subset of the) dataset and leave out those that cannot be used.
 
@@ -63,18 +67,20 @@ def usable_sources(
         data: the dataset folder or its listing.
         config: the subset to read.
         progress: show a progress bar.
+        scan: what counts as unusable (default: ``scan``'s defaults, which generation needs; training passes
+            ``min_side=1``: any image it can decode).
 
     Returns:
         The usable listing and the skipped files.
     """
     listing = (config or DataConfig()).select(data)
-    scan = ScanConfig()
+    scan = scan or ScanConfig()
     bad = [r.problem for r in inspect_all(list(listing.items), scan, progress) if r.problem is not None]
     if bad:
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(Counter(f.kind for f in bad).items()))
         logger.warning(
-            "skipped %d source image(s) that cannot be used (%s; first: %s: %s); they are neither planned nor "
-            "counted in any budget (run `diffcoremix scan` for the list)",
+            "skipped %d image(s) that cannot be used (%s; first: %s: %s); they are neither planned, counted in "
+            "any budget nor trained on (run `diffcoremix scan` for the list)",
             len(bad),
             kinds,
             bad[0].relpath,

@@ -70,7 +70,7 @@ class TrainConfig:
     """Training transform: cifar (pad 4 + random crop + flip), imagenet (random resized crop + flip) or none
     (resize only). Evaluation always resizes (imagenet: resize to 1.14x and centre-crop)."""
     mean: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
-    """Per-channel mean for normalisation."""
+    """Per-channel mean for normalisation (one value: the same for R, G and B)."""
     std: tuple[float, ...] = (0.2470, 0.2435, 0.2616)
     """Per-channel standard deviation for normalisation."""
     batch_size: int = 128

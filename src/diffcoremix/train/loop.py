@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, write_text_if_changed
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.data.folder import DatasetListing, list_images
+from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.devices import resolve_device
 from diffcoremix.errors import ConfigError, DatasetError
@@ -288,11 +289,10 @@ def _prepare(
 ) -> _Prepared:
     if not data.is_dir():
         raise DatasetError(f"dataset {data} does not exist or is not a folder")
-    sources = usable_sources(data, data_config, progress=progress)
+    # Every image that decodes is trained on (usable_sources names the others in one warning line); generation's
+    # minimum size does not apply: training resizes.
+    sources = usable_sources(data, data_config, progress=progress, scan=ScanConfig(min_side=1))
     listing = sources.listing
-    if sources.skipped:
-        logger.warning("%d unusable image(s) of %s left out (run `diffcoremix scan %s` for the list)",
-                       len(sources.skipped), data, data)  # fmt: skip
     if val is not None and config.val_split:
         raise ConfigError("val_split", config.val_split, "0 when --val is given (one validation set at a time)")
     val_listing = None

@@ -14,11 +14,10 @@ from torchvision.transforms import v2
 
 
 def _to_float(mean: Sequence[float], std: Sequence[float]) -> list[Any]:
-    return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-
-
-def _gray_to_rgb(mean: Sequence[float]) -> list[Any]:
-    return [v2.Grayscale(1)] if len(mean) == 1 else []
+    """To float in [0, 1] and normalised; images are RGB (``open_image`` converts grayscale), so one value of
+    ``mean`` / ``std`` applies to all three channels."""
+    mean, std = (list(mean) * 3, list(std) * 3) if len(mean) == 1 else (list(mean), list(std))
+    return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
 def train_transform(kind: str, img_size: int, mean: Sequence[float], std: Sequence[float]) -> Callable[[Any], Any]:
@@ -30,7 +29,7 @@ def train_transform(kind: str, img_size: int, mean: Sequence[float], std: Sequen
         geometry = [v2.RandomResizedCrop(img_size, antialias=True), v2.RandomHorizontalFlip()]
     else:
         geometry = [v2.Resize((img_size, img_size))]
-    composed: Callable[[Any], Any] = v2.Compose([*_gray_to_rgb(mean), *geometry, *_to_float(mean, std)])
+    composed: Callable[[Any], Any] = v2.Compose([*geometry, *_to_float(mean, std)])
     return composed
 
 
@@ -40,7 +39,7 @@ def eval_transform(kind: str, img_size: int, mean: Sequence[float], std: Sequenc
         geometry: list[Any] = [v2.Resize(round(img_size / 0.875), antialias=True), v2.CenterCrop(img_size)]
     else:
         geometry = [v2.Resize((img_size, img_size), antialias=True)]
-    composed: Callable[[Any], Any] = v2.Compose([*_gray_to_rgb(mean), *geometry, *_to_float(mean, std)])
+    composed: Callable[[Any], Any] = v2.Compose([*geometry, *_to_float(mean, std)])
     return composed
 
 
