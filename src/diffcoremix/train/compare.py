@@ -592,7 +592,8 @@ def compare(
             logger.info("run %d of %d: %s, seed %d -> %s", i, total, spec.label, seed, run)
             run_config = dataclasses.replace(recipe, method=spec.method, partners=spec.partners, seed=seed)
             result = train(data, config=run_config, output=run, val=val_path, test=test_path,
-                           synthetic=synthetic_path, data_config=data_config, progress=progress)  # fmt: skip
+                           synthetic=synthetic_path if run_config.needs_synthetic else None,
+                           data_config=data_config, progress=progress)  # fmt: skip
             summaries[spec.label][seed] = read_summary(result.run)
         # The recipe goes on record once its runs exist (a run refused for other settings leaves the old record).
         write_resolved_config(out / CONFIG_FILE, {"train": recipe, "data": data_config}, data=data, methods=labels,
