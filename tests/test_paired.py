@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,7 @@ def test_the_epoch_sampler_yields_epoch_and_index_in_a_seeded_order() -> None:
     assert len(shuffled) == 50
 
 
+@pytest.mark.filterwarnings("ignore:PairedDataset.set_epoch")  # set on purpose against the pairs' epoch
 def test_an_epoch_index_pair_carries_its_epoch_and_a_plain_index_uses_set_epoch(world: tuple[Path, Path]) -> None:
     data, out = world
     dataset = PairedDataset(data, out, transform=CROP_AND_FLIP)
@@ -282,3 +284,16 @@ def test_mix_preview_command(world: tuple[Path, Path], tmp_path: Path) -> None:
     bad = run_cli("mix-preview", data, "--synthetic", out, "-o", grid, "--size", "0")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "diffcoremix mix-preview: error: --size must be >= 1, got 0"
+
+
+def test_an_epoch_set_on_the_dataset_that_the_sampler_does_not_carry_is_warned_about(tmp_path: Path) -> None:
+    """timm's train.py calls dataset.set_epoch and not the sampler's: the sampler's epoch wins, with a warning."""
+    data = make_class_folders(tmp_path / "data", {"a": 2, "b": 2}, size=8)
+    pairs = PairedDataset(data, mode="real", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pairs[(0, 0)]  # nothing set: no warning
+        pairs.set_epoch(3)
+        pairs[(3, 0)]  # the sampler carries the same epoch: no warning
+    with pytest.warns(UserWarning, match=r"set_epoch\(3\) was called, but the sampler yields epoch 0"):
+        pairs[(0, 1)]

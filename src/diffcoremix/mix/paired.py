@@ -25,6 +25,7 @@ Example (``mixer`` from :func:`diffcoremix.mix.make_mixer`)::
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sized
 from pathlib import Path
@@ -138,6 +139,7 @@ class PairedDataset(Dataset[Sample]):
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        self._warned = False
         self.mode = mode
         self.own: dict[str, list[Path]] = defaultdict(list)
         self.by_class: dict[str, list[Path]] = defaultdict(list)
@@ -201,6 +203,14 @@ class PairedDataset(Dataset[Sample]):
             torch.set_rng_state(state)
 
     def __getitem__(self, index: int | tuple[int, int]) -> Sample:
+        if isinstance(index, tuple) and self.epoch not in (0, index[0]) and not self._warned:
+            # timm's train.py calls dataset.set_epoch(epoch) and, unless distributed, never the sampler's.
+            self._warned = True
+            warnings.warn(
+                f"PairedDataset.set_epoch({self.epoch}) was called, but the sampler yields epoch {index[0]}: the "
+                "sampler's epoch wins; call EpochSampler.set_epoch(epoch) each epoch",
+                stacklevel=2,
+            )
         epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         item = self.items[index]
         image = self._transformed(open_image(item.path), epoch, item.relpath, "real")
