@@ -36,6 +36,7 @@ from diffcoremix.errors import (
     DatasetError,
     DiffCoReMixError,
     ImageReadError,
+    ModelLoadError,
     PackError,
     UnknownNameError,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "GenerateConfig",
     "GenerationSummary",
     "ImageReadError",
+    "ModelLoadError",
     "OutputFolderError",
     "PackError",
     "PromptPlan",

@@ -68,6 +68,10 @@ class ImageReadError(DiffCoReMixError):
         super().__init__(f"{path}: {reason}")
 
 
+class ModelLoadError(DiffCoReMixError):
+    """A model's weights cannot be had (offline, gated, a missing or wrong file, not a pipeline or a state dict)."""
+
+
 class PackError(DiffCoReMixError):
     """A prompt pack file is malformed."""
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator, ModelLoadError, load_pipeline
+from diffcoremix.errors import ModelLoadError
+from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator, load_pipeline
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
 from diffcoremix.generate.presets import GENERATOR_PRESETS, GeneratorPreset
 from diffcoremix.generate.runner import GenerationError, GenerationSummary, RunConflictError, generate

@@ -18,7 +18,7 @@ from PIL import Image
 
 from diffcoremix import hub
 from diffcoremix.digests import file_sha256
-from diffcoremix.errors import DiffCoReMixError, UnknownNameError
+from diffcoremix.errors import ModelLoadError, UnknownNameError
 from diffcoremix.generate.config import GenerationSettings
 from diffcoremix.generate.presets import BUILTIN_PREFIX
 from diffcoremix.registry import Registry
@@ -26,10 +26,6 @@ from diffcoremix.registry import Registry
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".bin")
-
-
-class ModelLoadError(DiffCoReMixError):
-    """The model's weights cannot be had (offline, gated, missing file, not a pipeline)."""
 
 
 class ImageGenerator(Protocol):

@@ -10,16 +10,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from diffcoremix.errors import ConfigError, DiffCoReMixError, UnknownNameError
+from diffcoremix.errors import ConfigError, ModelLoadError, UnknownNameError
 from diffcoremix.hub import hub_offline
 
 logger = logging.getLogger(__name__)
 
 RESNET20 = "resnet20"
-
-
-class ModelLoadError(DiffCoReMixError):
-    """A model or checkpoint cannot be loaded (missing weights offline, a wrong file)."""
 
 
 def _timm_names() -> list[str]:
