@@ -23,6 +23,11 @@ demo: $(STAMP)
 		--pack generic --seed 0 --per-image 2 --threshold 0.986 --retries 1
 	@echo "manifest of $(DEMO_OUT)/augmented (first rows):"
 	@$(BIN)/python -c "import diffcoremix as d; print(d.read_manifest('$(DEMO_OUT)/augmented')[['key', 'context', 'score', 'accepted']].head().to_string())"
+	@echo "a smoke run of training (24 procedural images, tested on themselves; real figures: benchmarks/README.md):"
+	$(BIN)/diffcoremix compare $(DEMO_OUT)/data --methods none,diffcoremix --seeds 0 --synthetic $(DEMO_OUT)/augmented \
+		--test $(DEMO_OUT)/data --model resnet20 --img-size 32 -b 8 --lr 0.02 --max-steps 12 -o $(DEMO_OUT)/compare
+	$(BIN)/diffcoremix eval $(DEMO_OUT)/compare/runs/none-seed0 $(DEMO_OUT)/compare/runs/diffcoremix-seed0 \
+		--data $(DEMO_OUT)/data --saliency 3 -o $(DEMO_OUT)/eval
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
