@@ -95,8 +95,10 @@ def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(data: Pa
 def test_a_killed_run_resumes_to_the_uninterrupted_weights_and_metrics(
     data: Path, synthetic: Path, tmp_path: Path, kill_after: int
 ) -> None:
+    # 24 images in batches of 8: 3 steps per epoch; checkpoints at steps 2, 4, 6, 8: mid-epoch, so a resume must
+    # restore the data position, the optimizer and the RNG, not only the epoch.
     args = ("--method", "diffcoremix", "--mix-prob", "1", "--synthetic", synthetic, "--max-steps", "9",
-            "--checkpoint-every", "2", "--val-split", "0.25")  # fmt: skip
+            "--checkpoint-every", "2", "--test", data)  # fmt: skip
     reference = tmp_path / "reference"
     assert _train(data, reference, *args).returncode == 0
     run = tmp_path / "run"
@@ -104,6 +106,8 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights_and_metrics(
     # truncate the metrics it logged after its last checkpoint.
     kill_when_lines(cli_command("train", data, *FAST, "-o", run, *args), run / "metrics.jsonl", kill_after)
     assert not (run / MODEL_FILE).exists()
+    step = torch.load(run / CHECKPOINT_FILE, weights_only=False)["step"]
+    assert step % 3 != 0  # killed after a mid-epoch checkpoint (3 lines: step 2's; 6 lines: step 4's)
     result = _train(data, run, *args)
     assert result.returncode == 0, result.stderr
     assert _untimed(run) == _untimed(reference)
@@ -190,3 +194,25 @@ def test_torchrun_with_two_processes_splits_each_batch_between_them(data: Path, 
         assert rank1 == batch[1::2], (batch, rank1)
     assert read_summary(run)["steps"] == 4
     assert len(read_metrics(run, "step")) == 4  # rank 0 alone writes
+
+
+def test_the_validation_split_is_stratified_seeded_and_never_partners(data: Path, synthetic: Path) -> None:
+    from diffcoremix.data.folder import list_images
+    from diffcoremix.mix import PairedDataset
+    from diffcoremix.train.data import split_validation
+
+    listing = list_images(data)
+    train_part, val_part = split_validation(listing, 0.25, seed=0)
+    assert [len(v) for v in val_part.by_class().values()] == [2, 2, 2]  # a quarter of each class's 8
+    assert {i.relpath for i in train_part.items}.isdisjoint(i.relpath for i in val_part.items)
+    assert len(train_part.items) + len(val_part.items) == len(listing.items)
+    again = split_validation(listing, 0.25, seed=0)[1]
+    other = split_validation(listing, 0.25, seed=1)[1]
+    assert again.items == val_part.items
+    assert other.items != val_part.items
+    held = {i.relpath for i in val_part.items}
+    pairs = PairedDataset(train_part, synthetic, exclude_sources=held)
+    # The class pools (partners of images without their own counterpart) hold the train part's generations only.
+    assert [len(pool) for pool in pairs.by_class.values()] == [6, 6, 6]
+    pooled = {str(p) for pool in pairs.by_class.values() for p in pool}
+    assert not {p for p in pooled for h in held if h.rsplit(".", 1)[0] + "." in p}

@@ -448,6 +448,7 @@ def _train_in(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     start = 0
+    running: dict[str, Any] = {"losses": [], "correct": 0, "seen": 0}  # the epoch so far (for its epoch line)
     checkpoint_path = out / CHECKPOINT_FILE
     if checkpoint_path.exists():
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
@@ -457,6 +458,7 @@ def _train_in(
         scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
         start = int(state["step"])
+        running = state["epoch_running"]
         logger.info("%s: resuming at step %d of %d", out, start, total)
     else:
         torch.manual_seed(derive_seed(config.seed, "train", d.rank))
@@ -491,8 +493,8 @@ def _train_in(
         "seed": config.seed,
     }
     step_times: dict[str, list[float]] = {"step_s": [], "data_s": [], "mix_s": [], "compute_s": []}
-    epoch_loss: list[float] = []
-    epoch_correct = epoch_seen = 0
+    epoch_loss: list[float] = list(running["losses"])
+    epoch_correct, epoch_seen = int(running["correct"]), int(running["seen"])
     bar = _progress_bar(total, start, progress and d.main)
     started = time.perf_counter()
     batches: Iterator[Any] | None = None
@@ -561,7 +563,8 @@ def _train_in(
                 epoch_loss, epoch_correct, epoch_seen = [], 0, 0
             every = config.checkpoint_every
             if (every and step % every == 0) or (not every and end_of_epoch) or step == total:
-                _checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, step, d)
+                running = {"losses": epoch_loss, "correct": epoch_correct, "seen": epoch_seen}
+                _checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, step, running, d)
     finally:
         bar.close()
         metrics.close()
@@ -632,6 +635,7 @@ def _checkpoint(
     scheduler: Any,
     scaler: Any,
     step: int,
+    running: dict[str, Any],
     d: _Dist,
 ) -> None:
     rng = _gather_rng(d)
@@ -644,6 +648,7 @@ def _checkpoint(
             "scaler": scaler.state_dict(),
             "step": step,
             "rng": rng,
+            "epoch_running": running,
         }
         _atomic_torch_save(state, path)
     _barrier(d)
