@@ -150,7 +150,9 @@ def test_bad_input_is_one_line_with_exit_2(data: Path, synthetic: Path, tmp_path
     _one_line_error(_train(data, run, "--val", other), "'009.yak'")
     _one_line_error(_train(other, run, "--method", "synthetic-add", "--synthetic", synthetic, "-b", "2"),
                     "--synthetic", "classes that DATA does not have")  # fmt: skip
+    _one_line_error(_train(data, run, "--test", other), "--test", "'009.yak'")
     _one_line_error(_train(data, run, "--init", tmp_path / "missing.pt"), "missing.pt")
+    assert not run.exists()  # every refusal came before the run claimed its folder
     _one_line_error(_train(data, data / "001.cat", "--max-steps", "3"), "inside")
     assert not (data / "001.cat" / "run.json").exists()
 

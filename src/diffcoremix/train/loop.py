@@ -421,6 +421,13 @@ def _train_in(
         "steps": total,
     }
     settings = _settings(config, facts)
+    eval_tf = eval_transform(config.transform, config.img_size, config.mean, config.std)
+    for listing_, what in ((prepared.val, "--val"), (prepared.test, "--test")):
+        if listing_ is not None:  # a class the training data lacks is refused now, not after training
+            EvalDataset(listing_, classes, eval_tf, what)
+    # The model first: weights that cannot be had (offline --pretrained, a wrong --init) leave RUN unclaimed.
+    with seeded_init(config.seed):
+        model = create_model(config.model, len(classes), pretrained=config.pretrained, init=config.init)
     if d.main:
         folder.write_run_record(data, command="train")
         _check_settings(folder, settings)
@@ -433,8 +440,6 @@ def _train_in(
         logger.info("%s has finished already", out)
         return TrainResult(out, read_summary(out))
 
-    with seeded_init(config.seed):
-        model = create_model(config.model, len(classes), pretrained=config.pretrained, init=config.init)
     model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -477,7 +482,6 @@ def _train_in(
 
     mixer = _mixer(config, len(classes))
     sampler = EpochDistributedSampler(len(dataset), d.world, d.rank, config.seed)
-    eval_tf = eval_transform(config.transform, config.img_size, config.mean, config.std)
     val_loader = _eval_loader(prepared.val, classes, eval_tf, config, "--val") if prepared.val is not None else None
     metrics = _Appender(out / METRICS_FILE if d.main else None)
     samples = _Appender(out / SAMPLES_FILE if (d.main and log_samples) else None)
