@@ -9,21 +9,9 @@ holds the defaults below.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from diffcoremix.config import check_types, require
-
-METHODS = (
-    "none",
-    "mixup",
-    "cutmix",
-    "synthetic-add",
-    "synthetic-sub",
-    "diffcoremix",
-    "diffcoremix-pixel",
-    "diffcoremix-patch",
-)
-"""Every training method: no augmentation, the classical mixers, the synthetic-data baselines and DiffCoRe-Mix."""
 
 PAIR_METHODS = ("synthetic-sub", "diffcoremix", "diffcoremix-pixel", "diffcoremix-patch")
 """Methods that mix (or swap) each real image with a partner."""
@@ -38,6 +26,10 @@ Method = Literal[
     "diffcoremix-pixel",
     "diffcoremix-patch",
 ]
+
+
+METHODS: tuple[str, ...] = get_args(Method)
+"""Every training method: no augmentation, the classical mixers, the synthetic-data baselines and DiffCoRe-Mix."""
 
 
 @dataclass(frozen=True)
