@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for command in ALL_COMMANDS:
-        child = sub.add_parser(command.name, help=command.help, description=command.help, parents=[common])
+        text = command.help.replace("%", "%%")  # argparse %-formats help and descriptions
+        child = sub.add_parser(command.name, help=text, description=text, parents=[common])
         command.add_arguments(child)
         child.set_defaults(_command=command)
     return parser
