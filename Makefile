@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/filter_speed.py
 	$(BIN)/python benchmarks/augment.py
 	$(BIN)/python benchmarks/mixing.py
+	$(BIN)/python benchmarks/train_overhead.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

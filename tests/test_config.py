@@ -23,6 +23,7 @@ from diffcoremix.config import (
     build_config,
     field_docs,
     load_config_file,
+    resolve_preset,
     to_plain,
     write_resolved_config,
 )
@@ -189,3 +190,11 @@ def test_option_help_names_every_registered_choice() -> None:
         words = set(field_docs(cls)[name].replace(",", " ").replace("(", " ").replace(":", " ").split())
         missing = [n for n in registry.names() if n not in words]
         assert not missing, f"the help of {cls.__name__}.{name} does not name {missing}"
+
+
+def test_a_preset_name_is_found_beside_a_folder_of_that_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cifar").mkdir()  # e.g. the output folder of an earlier `compare -o cifar`
+    monkeypatch.chdir(tmp_path)
+    assert resolve_preset("cifar") == PRESET_DIR / "cifar.yaml"
+    (tmp_path / "mine.yaml").write_text("train: {lr: 0.5}\n")
+    assert resolve_preset("mine.yaml") == Path("mine.yaml")

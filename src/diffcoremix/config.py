@@ -144,9 +144,9 @@ def require(condition: bool, field: str, value: Any, requirement: str) -> None:
 def resolve_preset(path_or_name: str | Path) -> Path:
     """A config file path, or the name of a shipped preset (``paper`` -> ``configs/paper.yaml``)."""
     path = Path(path_or_name)
-    if path.exists():
+    if path.is_file():
         return path
-    preset = PRESET_DIR / f"{path_or_name}.yaml"
+    preset = PRESET_DIR / f"{path_or_name}.yaml"  # a preset name, even where a folder of that name is at hand
     if preset.exists():
         return preset
     known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
