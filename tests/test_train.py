@@ -83,24 +83,35 @@ def test_every_method_trains_writes_its_files_and_changes_the_training(
 
 
 def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(data: Path, tmp_path: Path) -> None:
-    args = ("--method", "diffcoremix", "--partners", "real", "--max-steps", "4", "--val-split", "0.25")
-    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
-        assert _train(data, tmp_path / name, *args, "--seed", seed).returncode == 0
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        config = TrainConfig(method="diffcoremix", partners="real", max_steps=4, val_split=0.25, batch_size=8,
+                             seed=seed)  # fmt: skip
+        train(data, config=config, output=tmp_path / name)
     assert _untimed(tmp_path / "a") == _untimed(tmp_path / "b")
     assert _untimed(tmp_path / "a") != _untimed(tmp_path / "c")
     assert all(torch.equal(v, _weights(tmp_path / "b")[k]) for k, v in _weights(tmp_path / "a").items())
 
 
+# 24 images in batches of 8: 3 steps per epoch; checkpoints at steps 2, 4, 6, 8: mid-epoch, so a resume must
+# restore the data position, the optimizer and the RNG, not only the epoch.
+KILL_ARGS = ("--method", "diffcoremix", "--mix-prob", "1", "--max-steps", "9", "--checkpoint-every", "2")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data: Path, synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The run that the killed ones must equal (the same options, in-process)."""
+    run = tmp_path_factory.mktemp("reference") / "run"
+    config = TrainConfig(method="diffcoremix", mix_prob=1.0, max_steps=9, batch_size=8)
+    train(data, config=config, output=run, synthetic=synthetic, test=data)
+    return run
+
+
 @pytest.mark.parametrize("kill_after", [3, 6])
 def test_a_killed_run_resumes_to_the_uninterrupted_weights_and_metrics(
-    data: Path, synthetic: Path, tmp_path: Path, kill_after: int
+    data: Path, synthetic: Path, uninterrupted: Path, tmp_path: Path, kill_after: int
 ) -> None:
-    # 24 images in batches of 8: 3 steps per epoch; checkpoints at steps 2, 4, 6, 8: mid-epoch, so a resume must
-    # restore the data position, the optimizer and the RNG, not only the epoch.
-    args = ("--method", "diffcoremix", "--mix-prob", "1", "--synthetic", synthetic, "--max-steps", "9",
-            "--checkpoint-every", "2", "--test", data)  # fmt: skip
-    reference = tmp_path / "reference"
-    assert _train(data, reference, *args).returncode == 0
+    args = (*KILL_ARGS, "--synthetic", synthetic, "--test", data)
+    reference = uninterrupted
     run = tmp_path / "run"
     # Kill after `kill_after` metrics lines: between checkpoints, so the resumed run redoes steps and must
     # truncate the metrics it logged after its last checkpoint.
@@ -132,28 +143,34 @@ def test_a_finished_run_is_not_retrained_and_other_settings_are_refused(data: Pa
     assert read_summary(run)["config"]["lr"] == 0.01
 
 
-def _one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.count("\n") == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for word in words:
-        assert word in result.stderr
+def test_bad_input_is_one_line_with_exit_2(
+    data: Path, synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real entry point, in-process (nine refusals; a subprocess each would cost seconds of imports)."""
+    from diffcoremix.cli.main import main
 
-
-def test_bad_input_is_one_line_with_exit_2(data: Path, synthetic: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    _one_line_error(run_cli("train", data, "--model", "resnet_18", "-o", run), "unknown model 'resnet_18'", "resnet18")
-    _one_line_error(_train(data, run, "--max-steps", "1"), "--max-steps", "one epoch (3 steps of 8 images)")
-    _one_line_error(_train(data, run, "-b", "64"), "fewer than one batch of 64")
-    _one_line_error(_train(data, run, "--method", "diffcoremix"), "--synthetic")
+
+    def refused(*args: str | Path, words: tuple[str, ...]) -> None:
+        assert main(["train", *map(str, args)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert err.startswith("diffcoremix train: error: ")
+        for word in words:
+            assert word in err
+
+    refused(data, "--model", "resnet_18", "-o", run, words=("unknown model 'resnet_18'", "resnet18"))
+    refused(data, *FAST, "-o", run, "--max-steps", "1", words=("--max-steps", "one epoch (3 steps of 8 images)"))
+    refused(data, *FAST, "-o", run, "-b", "64", words=("fewer than one batch of 64",))
+    refused(data, *FAST, "-o", run, "--method", "diffcoremix", words=("--synthetic",))
     other = make_class_folders(tmp_path / "other", {"001.cat": 2, "009.yak": 2}, size=32)
-    _one_line_error(_train(data, run, "--val", other), "'009.yak'")
-    _one_line_error(_train(other, run, "--method", "synthetic-add", "--synthetic", synthetic, "-b", "2"),
-                    "--synthetic", "classes that DATA does not have")  # fmt: skip
-    _one_line_error(_train(data, run, "--test", other), "--test", "'009.yak'")
-    _one_line_error(_train(data, run, "--init", tmp_path / "missing.pt"), "missing.pt")
+    refused(data, *FAST, "-o", run, "--val", other, words=("'009.yak'",))
+    refused(other, *FAST, "-o", run, "--method", "synthetic-add", "--synthetic", synthetic, "-b", "2",
+            words=("--synthetic", "classes that DATA does not have"))  # fmt: skip
+    refused(data, *FAST, "-o", run, "--test", other, words=("--test", "'009.yak'"))
+    refused(data, *FAST, "-o", run, "--init", tmp_path / "missing.pt", words=("missing.pt",))
     assert not run.exists()  # every refusal came before the run claimed its folder
-    _one_line_error(_train(data, data / "001.cat", "--max-steps", "3"), "inside")
+    refused(data, *FAST, "-o", data / "001.cat", "--max-steps", "3", words=("inside",))
     assert not (data / "001.cat" / "run.json").exists()
 
 
