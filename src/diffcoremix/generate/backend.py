@@ -20,6 +20,7 @@ from diffcoremix import hub
 from diffcoremix.digests import file_sha256
 from diffcoremix.errors import ModelLoadError, UnknownNameError
 from diffcoremix.generate.config import GenerationSettings
+from diffcoremix.generate.finetuned import finetune_summary, read_finetune_info
 from diffcoremix.generate.presets import BUILTIN_PREFIX
 from diffcoremix.registry import Registry
 
@@ -93,10 +94,40 @@ def load_pipeline(settings: GenerationSettings) -> tuple[Any, dict[str, Any]]:
         pipe = _load_diffusers(model, settings, dtype, provenance)
     if settings.scheduler is not None:
         pipe.scheduler = _scheduler(settings.scheduler, pipe.scheduler.config, settings.scheduler_kwargs)
+    _add_finetune_provenance(model, settings, provenance)
+    if settings.lora is not None:
+        _load_lora(pipe, settings.lora)
     pipe.set_progress_bar_config(disable=True)  # the runner's bar counts images; per-step bars would interleave
     provenance["pipeline"] = type(pipe).__name__
     provenance["scheduler"] = type(pipe.scheduler).__name__
     return pipe, provenance
+
+
+def _add_finetune_provenance(model: str, settings: GenerationSettings, provenance: dict[str, Any]) -> None:
+    """Record what ``finetune`` made the model or LoRA from (``provenance["finetune"]``) and the LoRA's path."""
+    provenance["finetune"] = None
+    provenance["lora"] = str(Path(settings.lora).expanduser().resolve()) if settings.lora is not None else None
+    for path in (settings.lora, None if model.startswith(BUILTIN_PREFIX) else model):
+        info = read_finetune_info(path) if path is not None else None
+        if info is not None:
+            provenance["finetune"] = finetune_summary(path, info)  # type: ignore[arg-type]
+            if path == model:
+                provenance["model_revision"] = info.get("weights_sha256")
+            return
+
+
+def _load_lora(pipe: Any, lora: str) -> None:
+    path = Path(lora).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"LoRA weights {path} do not exist (make them with `diffcoremix finetune --method lora`)")
+    try:
+        if path.is_file():
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+        else:
+            pipe.load_lora_weights(str(path))
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        raise ModelLoadError(f"cannot load LoRA weights {path} into {type(pipe).__name__} ({reason})") from err
 
 
 def _is_checkpoint(path: Path) -> bool:

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from diffcoremix.config import check_types, require
 from diffcoremix.devices import resolve_device
-from diffcoremix.generate.presets import GENERATOR_PRESETS, Family
+from diffcoremix.generate.finetuned import read_finetune_info
+from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS, Family
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -25,6 +26,9 @@ class GenerateConfig:
     """Replaces the preset's model: a hub id, a local diffusers folder, or a .safetensors/.ckpt checkpoint."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of the model."""
+    lora: str | None = None
+    """LoRA weights applied over the model: a folder made by ``diffcoremix finetune --method lora`` (its base
+    model is then the default ``--model``), or any diffusers LoRA folder or ``.safetensors`` file."""
     model_config: str | None = None
     """For a single-file checkpoint: a diffusers folder (or hub id) holding the matching component configs;
     without it diffusers fetches them from the hub, which an offline run cannot."""
@@ -64,6 +68,7 @@ class GenerateConfig:
         known = GENERATOR_PRESETS.names()
         require(self.preset in known, "preset", self.preset, "one of " + ", ".join(known))
         require(self.model is None or bool(self.model.strip()), "model", self.model, "a non-empty id or path")
+        require(self.lora is None or bool(self.lora.strip()), "lora", self.lora, "a non-empty path")
         for name in ("num_inference_steps", "batch_size"):
             value = getattr(self, name)
             require(value is None or value >= 1, name, value, ">= 1")
@@ -95,6 +100,9 @@ class GenerationSettings:
     width: int = 64
     dtype: str = "float32"
     device: str = "cpu"
+    lora: str | None = None
+    finetune_sha256: str | None = None
+    """The weights digest of a fine-tuned model or LoRA (``finetune.json``): retrained weights change it."""
 
 
 def resolve_settings(config: GenerateConfig) -> GenerationSettings:
@@ -114,21 +122,40 @@ def resolve_settings(config: GenerateConfig) -> GenerationSettings:
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
 
+    model = config.model
+    lora_info = read_finetune_info(config.lora) if config.lora is not None else None
+    if model is None and lora_info is not None:
+        model = lora_info.get("base_model")
+    model_info = read_finetune_info(model) if model is not None and not model.startswith(BUILTIN_PREFIX) else None
+    tuned = model_info or lora_info
+    sampling: dict[str, Any] = dict(tuned.get("sampling") or {}) if tuned else {}
+    if tuned is not None and config.scheduler is None:  # a fine-tuned model keeps the schedule it was made with
+        scheduler = sampling.get("scheduler")
+        scheduler_kwargs = (
+            dict(sampling.get("scheduler_kwargs") or {}) if config.scheduler_kwargs is None else scheduler_kwargs
+        )
+
+    def default(name: str) -> Any:
+        return sampling.get(name, getattr(preset, name))
+
+    digests = [info.get("weights_sha256") for info in (model_info, lora_info) if info is not None]
     return GenerationSettings(
         preset=preset.name,
-        model=pick(config.model, preset.model),
+        model=pick(model, preset.model),
         revision=config.revision,
         model_config=config.model_config,
         vae=pick(config.vae, preset.vae),
-        family=preset.family,
+        family=sampling.get("family", preset.family),
         scheduler=scheduler,
         scheduler_kwargs=scheduler_kwargs,
-        num_inference_steps=pick(config.num_inference_steps, preset.num_inference_steps),
-        guidance_scale=float(pick(config.guidance_scale, preset.guidance_scale)),
-        height=pick(config.height, preset.height),
-        width=pick(config.width, preset.width),
+        num_inference_steps=pick(config.num_inference_steps, default("num_inference_steps")),
+        guidance_scale=float(pick(config.guidance_scale, default("guidance_scale"))),
+        height=pick(config.height, default("height")),
+        width=pick(config.width, default("width")),
         dtype=dtype,
         device=device,
+        lora=config.lora,
+        finetune_sha256=":".join(str(d) for d in digests) if digests else None,
     )
 
 

@@ -423,6 +423,8 @@ def _entry(
         "model_sha256": provenance.get("model_sha256"),
         "pipeline": provenance.get("pipeline"),
         "scheduler": provenance.get("scheduler"),
+        "lora": provenance.get("lora"),
+        "finetune": provenance.get("finetune"),
         "num_inference_steps": settings.num_inference_steps,
         "guidance_scale": settings.guidance_scale,
         "height": settings.height,

@@ -153,3 +153,57 @@ def tiny_sdxl_pipeline(seed: int = 0) -> Any:
             scheduler=_scheduler(),
             force_zeros_for_empty_prompt=False,
         )
+
+
+def tiny_learnable_sd_pipeline(resolution: int = 32, seed: int = 0) -> Any:
+    """A ``StableDiffusionPipeline`` small enough to learn a small dataset on a CPU (``finetune --preset tiny``).
+
+    Not a product model: a tool for offline runs, demos and tests, so that what the filter, the judge and the
+    mixing see has content. Its weights start random, so ``finetune`` trains the VAE first (a one-downsampling
+    autoencoder: ``resolution``/2 latents, four channels, no attention) and then the UNet. The UNet has three
+    levels with cross-attention at the lowest one only, and its text conditioning also enters every residual
+    block through ``addition_embed_type="text"`` (the attention-pooled prompt embedding added to the time
+    embedding), which is what lets a 1.4M-parameter network learn class-conditional images in minutes.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    if resolution < 16 or resolution % 8:
+        raise ValueError(f"resolution must be a multiple of 8 and at least 16, got {resolution}")
+    with seeded_init(seed):
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32),
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=8,
+            sample_size=resolution,
+            mid_block_add_attention=False,
+        )
+        unet = UNet2DConditionModel(
+            block_out_channels=(32, 64, 64),
+            layers_per_block=1,
+            sample_size=resolution // 2,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+            norm_num_groups=8,
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            addition_embed_type="text",
+            addition_embed_type_num_heads=4,
+        )
+        return StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=CLIPTextModel(_text_config(32)),
+            tokenizer=clip_tokenizer(),
+            unet=unet,
+            scheduler=_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )

@@ -9,12 +9,14 @@ cache entries and temporaries), and anything else stays.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from diffcoremix.atomic import TMP_SUFFIX, remove_stale_temporaries
+from diffcoremix.atomic import TMP_SUFFIX, atomic_write_text, remove_stale_temporaries
 from diffcoremix.manifest.layout import (
     CACHE_DIR,
     CONFIG_FILE,
@@ -162,3 +164,38 @@ def open_output(
         raise
     else:
         lock.release()
+
+
+def check_settings(folder: OutputFolder, settings: dict[str, Any], what: str) -> None:
+    """Write ``settings.json``, or check that the earlier run's equals it.
+
+    Raises:
+        OutputFolderError: the folder holds a run (``what``: "a training run") with other settings.
+    """
+    path = folder / SETTINGS_FILE
+    if path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != settings:
+            changed = _changed(old, settings)
+            raise OutputFolderError(
+                f"{folder.path} holds {what} with other settings ({changed}): choose another -o, or start "
+                "afresh with --overwrite"
+            )
+        return
+    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+
+def _changed(old: Any, new: dict[str, Any]) -> str:
+    if not isinstance(old, dict):
+        return f"{SETTINGS_FILE} is damaged"
+    diffs = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        elif a != b:
+            diffs.append(f"{key}: {str(a)[:40]!r} -> {str(b)[:40]!r}")
+    return "; ".join(diffs[:3]) or "unknown difference"

@@ -40,8 +40,8 @@ from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.devices import resolve_device
 from diffcoremix.errors import ConfigError, DatasetError
-from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, OutputFolder, OutputFolderError, write_layout
-from diffcoremix.manifest.ownership import open_output
+from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, OutputFolder, write_layout
+from diffcoremix.manifest.ownership import check_settings, open_output
 from diffcoremix.mix import MixOutput, collate_pairs, make_mixer
 from diffcoremix.mix.mixers import Mixer
 from diffcoremix.seeds import derive_seed, generator_for, seeded_init
@@ -124,41 +124,6 @@ def _listing_digest(listing: DatasetListing) -> str:
 def _settings(config: TrainConfig, facts: dict[str, Any]) -> dict[str, Any]:
     options = {k: v for k, v in to_plain(config).items() if k not in NOT_WEIGHTS}
     return {"version": SETTINGS_VERSION, "train": options, **facts}
-
-
-def _check_settings(folder: OutputFolder, settings: dict[str, Any]) -> None:
-    """Write ``settings.json``, or check that the earlier run's equals it.
-
-    Raises:
-        OutputFolderError: RUN holds a run with other settings.
-    """
-    path = folder / SETTINGS_FILE
-    if path.exists():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old != settings:
-            changed = _changed(old, settings)
-            raise OutputFolderError(
-                f"{folder.path} holds a training run with other settings ({changed}): choose another -o, or start "
-                "afresh with --overwrite"
-            )
-        return
-    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
-
-
-def _changed(old: Any, new: dict[str, Any]) -> str:
-    if not isinstance(old, dict):
-        return f"{SETTINGS_FILE} is damaged"
-    diffs = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            diffs += [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-        elif a != b:
-            diffs.append(f"{key}: {str(a)[:40]!r} -> {str(b)[:40]!r}")
-    return "; ".join(diffs[:3]) or "unknown difference"
 
 
 def _lr_lambda(total: int, warmup: int) -> Any:
@@ -430,7 +395,7 @@ def _train_in(
         model = create_model(config.model, len(classes), pretrained=config.pretrained, init=config.init)
     if d.main:
         folder.write_run_record(data, command="train")
-        _check_settings(folder, settings)
+        check_settings(folder, settings, "a training run")
         write_resolved_config(out / CONFIG_FILE, {"train": config, "data": data_config}, data=data)
         write_layout(out, {*TRAIN_FILES, SETTINGS_FILE, CONFIG_FILE})
     _barrier(d)
