@@ -210,7 +210,10 @@ def test_both_checks_must_pass(generated: Path) -> None:
     [
         (("--threshold", "2"), "--threshold must be in [-1, 1], got 2.0"),
         (("--reference", "nearest"), "--reference must be one of first, knn, prototype, source, got 'nearest'"),
-        (("--embedder", "clipper"), "unknown embedder 'clipper'; known: hf, open_clip, resnet20, tiny"),
+        (
+            ("--embedder", "clipper"),
+            "unknown embedder 'clipper'; known: cifar-resnet, hf, open_clip, resnet20, resnet56, tiny",
+        ),
         (("--embedder", "resnet20:no/such.th"), "ResNet-20 checkpoint no/such.th does not exist"),
     ],
 )

@@ -9,6 +9,8 @@ are named by a spec string:
   ``open_clip:ViT-B-32`` alone gives random weights (speed benchmarks);
 - ``hf:<hub id or folder>``: a Hugging Face transformers ``CLIPModel`` (e.g. ``hf:openai/clip-vit-base-patch32``);
 - ``resnet20:<path>``: the CIFAR-10 ResNet-20 of ``../shared/models`` (its 64-d pooled features; no text tower).
+- ``resnet56:<path>``, ``cifar-resnet:<path>``: the ResNet-56, or a CIFAR ResNet of any depth 6n + 2 (read
+  from the checkpoint); the id ``resnet<depth>:<digest>`` names the weights whatever the spec.
 
 ``id`` names the model and its weights; the on-disk cache keys embeddings by it.
 """
@@ -187,23 +189,49 @@ def _open_clip_cached_weights(tag: dict[str, Any]) -> str | None:
     return None
 
 
-def resnet20_embedder(path: str | Path, device: str = "cpu") -> ModuleEmbedder:
-    """The CIFAR-10 ResNet-20 checkpoint's 64-d pooled features (images resized to 32 x 32)."""
+def cifar_resnet_transform() -> Callable[[Image.Image], torch.Tensor]:
+    """What the shared CIFAR ResNets read: the image resized to 32 x 32, in [0, 1], normalised."""
     from torchvision.transforms import v2
 
-    from diffcoremix.embedders.resnet20 import load_resnet20
+    from diffcoremix.embedders.resnet20 import CIFAR_MEAN, CIFAR_STD
 
-    path = Path(path)
-    if not path.is_file():
-        raise EmbedderLoadError(f"ResNet-20 checkpoint {path} does not exist")
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    transform = v2.Compose([
+    transform: Callable[[Image.Image], torch.Tensor] = v2.Compose([
         v2.Resize((32, 32), antialias=True),
         v2.PILToTensor(),
         v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        v2.Normalize(mean=CIFAR_MEAN, std=CIFAR_STD),
     ])  # fmt: skip
-    return ModuleEmbedder(load_resnet20(path).features, transform, f"resnet20:{digest}", device)
+    return transform
+
+
+def cifar_resnet_id(path: str | Path, depth: int) -> str:
+    """``resnet<depth>:<16 hex digits of the checkpoint's SHA-256>``: names the network and its weights, whatever
+    spec loaded them (``resnet20:``, ``cifar-resnet:``), so the filter's and the judge's ids can be compared."""
+    return f"resnet{depth}:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"
+
+
+def cifar_resnet_embedder(path: str | Path, device: str = "cpu", depth: int | None = None) -> ModuleEmbedder:
+    """A CIFAR ResNet checkpoint's 64-d pooled features (images resized to 32 x 32); ``depth`` None takes any.
+
+    Raises:
+        EmbedderLoadError: the checkpoint does not exist. ModelLoadError: it is not a CIFAR ResNet of ``depth``.
+    """
+    from diffcoremix.embedders.resnet20 import load_cifar_resnet
+
+    path = Path(path)
+    if not path.is_file():
+        raise EmbedderLoadError(f"{_cifar_resnet_name(depth)} checkpoint {path} does not exist")
+    model = load_cifar_resnet(path, depth=depth)
+    return ModuleEmbedder(model.features, cifar_resnet_transform(), cifar_resnet_id(path, model.depth), device)
+
+
+def _cifar_resnet_name(depth: int | None) -> str:
+    return "CIFAR ResNet" if depth is None else f"ResNet-{depth}"
+
+
+def resnet20_embedder(path: str | Path, device: str = "cpu") -> ModuleEmbedder:
+    """The CIFAR-10 ResNet-20 checkpoint's 64-d pooled features (images resized to 32 x 32)."""
+    return cifar_resnet_embedder(path, device, depth=20)
 
 
 class HFClipEmbedder:
@@ -280,8 +308,18 @@ def _resnet20(argument: str, device: str) -> Embedder:
     return resnet20_embedder(argument, device)
 
 
+@EMBEDDERS.register("resnet56")
+def _resnet56(argument: str, device: str) -> Embedder:
+    return cifar_resnet_embedder(argument, device, depth=56)
+
+
+@EMBEDDERS.register("cifar-resnet")
+def _cifar_resnet(argument: str, device: str) -> Embedder:
+    return cifar_resnet_embedder(argument, device)
+
+
 def load_embedder(spec: str, device: str = "cpu", option: str = "--embedder") -> Embedder:
-    """An embedder from its spec (``tiny``, ``open_clip:ViT-B-32:openai``, ``resnet20:PATH``).
+    """An embedder from its spec (``tiny``, ``open_clip:ViT-B-32:openai``, ``resnet20:PATH``, ``resnet56:PATH``).
 
     Args:
         spec: the embedder spec.
