@@ -8,6 +8,7 @@
     OUT/images/<class>/<source file>.k<k>.png
     OUT/manifest/shard-RRRRR-of-WWWWW.jsonl  one record per candidate (names every image above)
     OUT/filter.jsonl                         the filter's decisions, one per candidate
+    OUT/judge.jsonl                          the judge's label of each generated image (``diffcoremix judge``)
     OUT/train/<class>/..., OUT/rejected/<class>/...   hard links to the images, by decision
     OUT/train/metadata.jsonl                 Hugging Face imagefolder metadata (prompt, score, source, label)
     OUT/layout.json                          every file the filter placed (train/, rejected/, plots)
@@ -44,8 +45,12 @@ CACHE_DIR = "cache"
 FILTER_CONFIG_FILE = "filter.config.yaml"
 FILTER_REPORT_FILE = "filter_report.json"
 CALIBRATION_FILE = "calibration.json"
-FILTER_FILES = (FILTER_CONFIG_FILE, FILTER_REPORT_FILE, CALIBRATION_FILE)
-"""Fixed-name files the filter writes."""
+JUDGE_FILE = "judge.jsonl"
+"""The judge's labels (``diffcoremix judge``), one line per judged candidate."""
+FILTER_FILES = (FILTER_CONFIG_FILE, FILTER_REPORT_FILE, CALIBRATION_FILE, JUDGE_FILE)
+"""Fixed-name files that the filter and the judge write (starting afresh deletes them by name). The judge's file is
+named here, not in the layout record: a re-filtering prunes that record to the filter's own files, and a judgement
+outlives a re-filtering."""
 REPORT_DIR = "filter_report"
 """Where the filter's histograms go (the files are named in the layout record)."""
 

@@ -19,10 +19,17 @@ from typing import Any
 
 from diffcoremix.atomic import atomic_write_text
 from diffcoremix.manifest.decisions import FILTER_COLUMNS, read_decisions
-from diffcoremix.manifest.layout import DECISIONS_FILE, IMAGES_DIR, MANIFEST_DIR, OutputFolder
+from diffcoremix.manifest.layout import (
+    DECISIONS_FILE,
+    IMAGES_DIR,
+    JUDGE_FILE,
+    MANIFEST_DIR,
+    OutputFolder,
+    OutputFolderError,
+)
 
-__all__ = ["COLUMNS", "FILTER_COLUMNS", "IMAGES_DIR", "MANIFEST_DIR", "ManifestWriter", "latest_by_key",
-           "read_manifest", "read_records", "shard_path"]  # fmt: skip
+__all__ = ["COLUMNS", "FILTER_COLUMNS", "IMAGES_DIR", "JUDGE_COLUMNS", "MANIFEST_DIR", "ManifestWriter",
+           "latest_by_key", "read_judgements", "read_manifest", "read_records", "shard_path"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +73,36 @@ batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the m
 ``settings_sha256`` is a digest of everything that determines the pixels besides the record's own prompt, negative
 prompt and seed (model, revision, scheduler, steps, guidance, size, dtype, device): a resumed run reuses an image
 only when its record matches what it would make now."""
+
+
+JUDGE_COLUMNS = ("judge", "judge_class", "judge_label", "judge_confidence", "agrees")
+"""Columns that ``diffcoremix judge`` adds to the manifest table: the judge's id, the class it sees (in its own
+spelling), that class's label in OUT (null when it is not a class of OUT), its softmax probability, and whether it is
+the candidate's class (null when the judge does not know the candidate's class: not judged)."""
+
+
+def read_judgements(out: str | Path) -> dict[str, dict[str, Any]]:
+    """The judge's lines of ``OUT/judge.jsonl`` by key (empty when the run has not been judged).
+
+    Raises:
+        OutputFolderError: a line is not a JSON judgement (the file is written atomically, so it was damaged).
+    """
+    path = Path(out) / JUDGE_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return {}
+    judgements: dict[str, dict[str, Any]] = {}
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or "key" not in row:
+            raise OutputFolderError(f"{path}:{number} is not a judgement; judge afresh with `diffcoremix judge {out} "
+                                    "--classifier SPEC --overwrite`")  # fmt: skip
+        judgements[row["key"]] = row
+    return judgements
 
 
 def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
@@ -156,6 +193,10 @@ def read_manifest(out: str | Path, *, backend: str = "pandas") -> Any:
     if (Path(out) / DECISIONS_FILE).is_file():  # the filter's decisions, joined by key
         rows = [{**r, **{c: by_key.get(r["key"], {}).get(c) for c in FILTER_COLUMNS}} for r in rows]
         names += list(FILTER_COLUMNS)
+    judged = read_judgements(out)
+    if (Path(out) / JUDGE_FILE).is_file():  # the judge's labels, joined by key
+        rows = [{**r, **{c: judged.get(r["key"], {}).get(c) for c in JUDGE_COLUMNS}} for r in rows]
+        names += list(JUDGE_COLUMNS)
     columns = {name: [r.get(name) for r in rows] for name in names}
     if backend == "pyarrow":
         import pyarrow as pa
