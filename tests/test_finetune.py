@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from diffcoremix.cli.main import main
 from diffcoremix.finetune import FinetuneConfig, finetune
 from diffcoremix.finetune.loop import CHECKPOINT_FILE, LOSS_FILE, LOSS_PLOT
-from diffcoremix.generate.finetuned import FINETUNE_FILE, LORA_WEIGHTS
+from diffcoremix.finetuned import FINETUNE_FILE, LORA_WEIGHTS
 from diffcoremix.manifest.records import read_records
 
 from .helpers import cli_command, kill_when_lines, make_class_folders

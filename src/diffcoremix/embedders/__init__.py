@@ -38,6 +38,9 @@ DEFAULT_EMBEDDER = "open_clip:ViT-B-32:openai"
 
 
 def default_embedder(generator_model: str | None = None) -> str:
-    """The embedder spec used when none is given: ``tiny`` for images of a built-in (offline, random-weight)
-    generator, whose pictures a real CLIP could not judge anyway, else :data:`DEFAULT_EMBEDDER`."""
-    return "tiny" if generator_model is not None and generator_model.startswith("builtin:") else DEFAULT_EMBEDDER
+    """The embedder spec used when none is given: ``tiny`` for images of a built-in (offline, tiny) generator or
+    of a model fine-tuned from one, else :data:`DEFAULT_EMBEDDER`."""
+    from diffcoremix.finetuned import base_model
+
+    model = base_model(generator_model) if generator_model is not None else None
+    return "tiny" if model is not None and model.startswith("builtin:") else DEFAULT_EMBEDDER

@@ -49,8 +49,8 @@ from diffcoremix.digests import file_sha256
 from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.finetune.config import FinetuneConfig, resolve
 from diffcoremix.finetune.data import Caption, SquareImages, StepBatches, step_generator
+from diffcoremix.finetuned import FINETUNE_FILE, LORA_WEIGHTS
 from diffcoremix.generate.config import GenerateConfig, resolve_settings
-from diffcoremix.generate.finetuned import FINETUNE_FILE, LORA_WEIGHTS
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS
 from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, OutputFolder, write_layout
 from diffcoremix.manifest.ownership import check_settings, open_output

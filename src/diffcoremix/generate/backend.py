@@ -19,8 +19,8 @@ from PIL import Image
 from diffcoremix import hub
 from diffcoremix.digests import file_sha256
 from diffcoremix.errors import ModelLoadError, UnknownNameError
+from diffcoremix.finetuned import finetune_summary, read_finetune_info
 from diffcoremix.generate.config import GenerationSettings
-from diffcoremix.generate.finetuned import finetune_summary, read_finetune_info
 from diffcoremix.generate.presets import BUILTIN_PREFIX
 from diffcoremix.registry import Registry
 

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from diffcoremix.config import check_types, require
 from diffcoremix.devices import resolve_device
-from diffcoremix.generate.finetuned import read_finetune_info
+from diffcoremix.finetuned import read_finetune_info
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS, Family
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]

@@ -56,6 +56,8 @@ COLUMNS = (
     "model_sha256",
     "pipeline",
     "scheduler",
+    "lora",
+    "finetune",
     "num_inference_steps",
     "guidance_scale",
     "height",
@@ -70,8 +72,11 @@ COLUMNS = (
 )
 """The fields of a record, in order. ``output`` is relative to OUT; ``seconds`` is the image's share of its
 batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the message and ``output`` is null);
-``settings_sha256`` is a digest of everything that determines the pixels besides the record's own prompt, negative
-prompt and seed (model, revision, scheduler, steps, guidance, size, dtype, device): a resumed run reuses an image
+``lora`` is the path of LoRA weights applied over the model; ``finetune`` says what ``diffcoremix finetune`` made
+the model (or the LoRA) from: base model, data hash, steps, final loss, the digests of the loss curve and the
+weights (null for a model it did not make); ``settings_sha256`` is a digest of everything that determines the
+pixels besides the record's own prompt, negative prompt and seed (model, revision, scheduler, steps, guidance,
+size, dtype, device, fine-tuned weights): a resumed run reuses an image
 only when its record matches what it would make now."""
 
 

@@ -57,6 +57,21 @@ def read_finetune_info(path: str | Path) -> dict[str, Any] | None:
     return info
 
 
+def base_model(model: str) -> str:
+    """The model that ``model`` was fine-tuned from (recursively), or ``model`` itself."""
+    seen = set()
+    while model not in seen and not model.startswith("builtin:"):
+        seen.add(model)
+        try:
+            info = read_finetune_info(model)
+        except (FinetunedModelError, OSError):
+            return model
+        if info is None or not isinstance(info.get("base_model"), str):
+            return model
+        model = info["base_model"]
+    return model
+
+
 def finetune_summary(path: str | Path, info: dict[str, Any]) -> dict[str, Any]:
     """What a manifest record says about the fine-tuned model at ``path``."""
     return {**{key: info.get(key) for key in SUMMARY_KEYS}, "model": str(Path(path).expanduser().resolve())}
