@@ -19,8 +19,11 @@ demo: $(STAMP)
 	$(BIN)/diffcoremix sample-data $(DEMO_OUT)/data --overwrite
 	$(BIN)/diffcoremix scan $(DEMO_OUT)/data
 	$(BIN)/diffcoremix prompts $(DEMO_OUT)/data --pack generic --seed 0 -o $(DEMO_OUT)/prompts.jsonl
-	$(BIN)/diffcoremix augment $(DEMO_OUT)/data -o $(DEMO_OUT)/augmented --preset tiny --context sample \
-		--pack generic --seed 0 --per-image 2 --threshold 0.986 --retries 1
+	@echo "fine-tuning the tiny generator on the sample dataset (its VAE, then its UNet; about 2 minutes):"
+	$(BIN)/diffcoremix finetune $(DEMO_OUT)/data -o $(DEMO_OUT)/generator --preset tiny --vae-steps 300 \
+		--max-steps 1000 --batch-size 16
+	$(BIN)/diffcoremix augment $(DEMO_OUT)/data -o $(DEMO_OUT)/augmented --preset tiny --model $(DEMO_OUT)/generator \
+		--context sample --pack generic --seed 0 --per-image 2 --threshold 0.96 --retries 1
 	@echo "manifest of $(DEMO_OUT)/augmented (first rows):"
 	@$(BIN)/python -c "import diffcoremix as d; print(d.read_manifest('$(DEMO_OUT)/augmented')[['key', 'context', 'score', 'accepted']].head().to_string())"
 	@echo "a smoke run of training (24 procedural images, tested on themselves; real figures: benchmarks/README.md):"

@@ -38,11 +38,12 @@ def full_model(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _weights(model: Path) -> dict[str, torch.Tensor]:
-    return {
-        f"{part}.{k}": v
-        for part in ("unet", "vae")
-        for k, v in load_file(model / part / "diffusion_pytorch_model.safetensors").items()
+    files = {
+        "unet": "unet/diffusion_pytorch_model.safetensors",
+        "vae": "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder": "text_encoder/model.safetensors",
     }
+    return {f"{part}.{k}": v for part, file in files.items() for k, v in load_file(model / file).items()}
 
 
 def test_a_full_finetune_writes_a_model_that_generate_loads_with_its_provenance(
@@ -57,6 +58,13 @@ def test_a_full_finetune_writes_a_model_that_generate_loads_with_its_provenance(
     assert [line["step"] for line in losses] == list(range(8))
     assert (full_model / LOSS_PLOT).read_bytes().startswith(b"\x89PNG")
     assert not (full_model / CHECKPOINT_FILE).exists()
+    from diffcoremix.generate.tiny import tiny_learnable_sd_pipeline
+
+    start = tiny_learnable_sd_pipeline(32, seed=0)
+    trained = load_file(full_model / "text_encoder" / "model.safetensors")
+    initial = start.text_encoder.state_dict()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)  # the text encoder learns too
+    assert not torch.equal(_weights(full_model)["vae.encoder.conv_in.weight"], start.vae.encoder.conv_in.weight)
     vae_config = json.loads((full_model / "vae" / "config.json").read_text())
     assert vae_config["scaling_factor"] != pytest.approx(0.18215)  # measured on the trained VAE's latents
 
@@ -155,3 +163,19 @@ def test_bad_finetune_options_are_one_line_refusals_that_leave_model_unclaimed(
     assert main(["finetune", str(data), "-o", str(data / "inside")]) == 2
     assert not model.exists()
     assert not (data / "inside").exists()
+
+
+def test_lora_leaves_every_base_weight_frozen() -> None:
+    from diffcoremix.finetune.config import resolve
+    from diffcoremix.finetune.loop import _prepare_models
+    from diffcoremix.generate.tiny import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline()
+    models = _prepare_models(pipe, resolve(FinetuneConfig(preset="tiny", method="lora", rank=2)), "cpu")
+    trained = {id(p) for p in models.trainable}
+    names = [n for n, p in pipe.unet.named_parameters() if id(p) in trained]
+    assert names
+    assert all("lora" in n for n in names)
+    assert len(names) == sum(p.requires_grad for p in pipe.unet.parameters())
+    for module in (pipe.text_encoder, pipe.vae):
+        assert not any(p.requires_grad for p in module.parameters())

@@ -38,6 +38,9 @@ class FinetuneConfig:
     method: Literal["auto", "lora", "full"] = "auto"
     """lora (peft adapters on the UNet's attention projections), full (every UNet weight), or auto: full for the
     built-in tiny model, lora otherwise."""
+    train_text_encoder: bool | None = None
+    """Also train the (first) text encoder; null: on for full on a built-in model, whose random text encoder
+    gives the class words no meaning to start from (not with lora, nor for SDXL's two encoders)."""
     rank: int = 4
     """LoRA rank (and alpha)."""
     max_steps: int = 1000
@@ -147,6 +150,8 @@ def resolve(config: FinetuneConfig) -> FinetuneConfig:
         lr = 1e-4 if method == "lora" else (1e-3 if config.builtin else 1e-5)
     steps = config.max_steps
     full_builtin = method == "full" and config.builtin
+    if method == "lora" and config.train_text_encoder:
+        raise ConfigError("train_text_encoder", True, "off with --method lora (LoRA adapts only the UNet)")
     if method == "lora" and config.vae_steps:
         raise ConfigError("vae_steps", config.vae_steps, "0 or null with --method lora (LoRA adapts only the UNet)")
     return dataclasses.replace(
@@ -156,5 +161,6 @@ def resolve(config: FinetuneConfig) -> FinetuneConfig:
         learning_rate=lr,
         vae_steps=config.vae_steps if config.vae_steps is not None else (1500 if full_builtin else 0),
         use_ema=config.use_ema if config.use_ema is not None else method == "full",
+        train_text_encoder=full_builtin if config.train_text_encoder is None else config.train_text_encoder,
         checkpointing_steps=config.checkpointing_steps or max(50, -(-steps // 20)),
     )

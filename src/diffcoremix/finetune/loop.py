@@ -68,7 +68,7 @@ NOT_WEIGHTS = frozenset({"device", "workers", "checkpointing_steps"})
 VAE_LR = 2e-3
 TEXT_CACHE_SIZE = 8192
 """Prompts whose text-encoder output is kept in memory (the captions repeat every epoch)."""
-TINY_SAMPLING = {"num_inference_steps": 25, "guidance_scale": 3.0}
+TINY_SAMPLING = {"num_inference_steps": 25, "guidance_scale": 7.5}
 """Sampling settings that suit the learnable tiny model (DDIM)."""
 
 
@@ -156,11 +156,18 @@ def _prepare_models(pipe: Any, config: FinetuneConfig, device: str) -> _Models:
         )
     else:
         unet.requires_grad_(True)
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    if config.train_text_encoder:
+        if sdxl:
+            raise ConfigError("train_text_encoder", True, "off for SDXL models (two text encoders)")
+        pipe.text_encoder.requires_grad_(True)
+        pipe.text_encoder.train()
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     pipe.to(device)
     trainable = [p for p in unet.parameters() if p.requires_grad]
-    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    if config.train_text_encoder:
+        trainable += [p for p in pipe.text_encoder.parameters() if p.requires_grad]
     return _Models(pipe, unet, vae, sdxl, trainable)
 
 
@@ -341,6 +348,7 @@ class _Trainer:
             "vae_done": self.vae_done,
             "unet": unet_state,
             "vae": self.m.vae.state_dict() if self.vae_steps else None,
+            "text_encoder": self.m.pipe.text_encoder.state_dict() if self.config.train_text_encoder else None,
             "scaling_factor": self.m.vae.config.scaling_factor,
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
@@ -360,6 +368,8 @@ class _Trainer:
             self.m.unet.load_state_dict(state["unet"])
         if state["vae"] is not None:
             self.m.vae.load_state_dict(state["vae"])
+        if state["text_encoder"] is not None:
+            self.m.pipe.text_encoder.load_state_dict(state["text_encoder"])
         self.m.vae.register_to_config(scaling_factor=state["scaling_factor"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -485,6 +495,13 @@ class _Trainer:
         return row
 
     def _encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.config.train_text_encoder:  # with gradients, the batch at once (the same batch on a resume)
+            tokenizer = self.m.pipe.tokenizer
+            ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids  # fmt: skip
+            with self._autocast():
+                hidden: torch.Tensor = self.m.pipe.text_encoder(ids.to(self.device))[0]
+            return hidden, None
         rows = [self._encode_one(p) for p in prompts]
         hidden = torch.stack([r[0] for r in rows]).to(self.device)
         pooled_rows = [r[1] for r in rows]
