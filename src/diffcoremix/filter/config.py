@@ -16,8 +16,9 @@ class FilterConfig:
 
     embedder: str | None = None
     """Embedder spec: open_clip:<model>[:<pretrained or weights file>], hf:<hub id or folder> (a transformers
-    CLIPModel), resnet20:<checkpoint>, or tiny (offline, random weights); null is open_clip:ViT-B-32:openai, or
-    tiny when the images come from a built-in generator preset (tiny, tiny-sdxl)."""
+    CLIPModel), resnet20:<checkpoint>, resnet56:<checkpoint>, cifar-resnet:<checkpoint> (any CIFAR ResNet depth),
+    or tiny (offline, random weights); null is open_clip:ViT-B-32:openai, or tiny when the images come from a
+    built-in generator preset (tiny, tiny-sdxl) or a model fine-tuned from one."""
     threshold: float = 0.6
     """Keep a candidate iff cosine(candidate, reference) >= threshold (the paper's 0.6 is for CLIP ViT-B/32)."""
     reference: str = "prototype"
