@@ -583,8 +583,11 @@ def _save_model(out: Path, models: _Models, config: FinetuneConfig, trainer: _Tr
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(models.unet))
         type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
     else:
+        from diffcoremix.generate.backend import quiet_loading
+
         pipe.to("cpu")
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        with quiet_loading():
+            pipe.save_pretrained(tmp, safe_serialization=True)
     names = sorted(p.name for p in tmp.iterdir())
     layout = {SETTINGS_FILE, CONFIG_FILE, LOSS_FILE, LOSS_PLOT, CHECKPOINT_FILE, FINETUNE_FILE}
     saved = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -121,13 +121,33 @@ def _load_lora(pipe: Any, lora: str) -> None:
     if not path.exists():
         raise ModelLoadError(f"LoRA weights {path} do not exist (make them with `diffcoremix finetune --method lora`)")
     try:
-        if path.is_file():
-            pipe.load_lora_weights(str(path.parent), weight_name=path.name)
-        else:
-            pipe.load_lora_weights(str(path))
+        with quiet_loading():
+            if path.is_file():
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+            else:
+                pipe.load_lora_weights(str(path))
     except (OSError, ValueError, RuntimeError, KeyError) as err:
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise ModelLoadError(f"cannot load LoRA weights {path} into {type(pipe).__name__} ({reason})") from err
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """diffusers' and transformers' own progress bars ("Loading pipeline components", "Loading weights", "Writing
+    model shards") off while loading or saving a local model: they would interleave with the command's bar."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was[0]:
+            diffusers_logging.enable_progress_bar()
+        if was[1]:
+            transformers_logging.enable_progress_bar()
 
 
 def _is_checkpoint(path: Path) -> bool:
@@ -151,7 +171,7 @@ def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, proven
     try:
         # Offline, local_files_only keeps diffusers off the network; the hub's own offline mode also covers what
         # ignores it (from_single_file downloads missing configs regardless; user-agent telemetry).
-        with hub.cache_only() if offline else contextlib.nullcontext():
+        with hub.cache_only() if offline else contextlib.nullcontext(), quiet_loading():
             return _read_pipeline(model, settings, {"torch_dtype": dtype, "local_files_only": offline}, provenance)
     except ModelLoadError:
         raise
