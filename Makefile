@@ -53,6 +53,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/augment.py
 	$(BIN)/python benchmarks/mixing.py
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/finetune.py
+	$(BIN)/python benchmarks/generation_quality.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

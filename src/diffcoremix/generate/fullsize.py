@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from diffcoremix.generate.tiny import clip_tokenizer
+from diffcoremix.generate.tiny import clip_tokenizer, sd_pipeline
 from diffcoremix.seeds import seeded_init
 
 
@@ -62,7 +62,7 @@ def _scheduler() -> Any:
 
 def random_sd15_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
     """The Stable Diffusion 1.5 architecture (UNet, VAE, CLIP ViT-L/14 text encoder) with random weights."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
 
     with seeded_init(seed), torch.device("cpu"):
         unet = UNet2DConditionModel(
@@ -72,16 +72,7 @@ def random_sd15_pipeline(seed: int = 0, dtype: torch.dtype = torch.float32) -> A
             block_out_channels=(320, 640, 1280, 1280),
             layers_per_block=2,
         )
-        pipe: Any = StableDiffusionPipeline(
-            vae=_vae(0.18215),
-            text_encoder=_text_encoder(768, 12, 12),
-            tokenizer=clip_tokenizer(),
-            unet=unet,
-            scheduler=_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe: Any = sd_pipeline(_vae(0.18215), _text_encoder(768, 12, 12), unet, _scheduler())
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 

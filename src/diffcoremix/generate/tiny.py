@@ -63,18 +63,34 @@ def _text_config(hidden: int, projection: int | None = None) -> Any:
     )
 
 
-def _vae() -> Any:
+def _vae(**overrides: Any) -> Any:
+    """A two-block (one downsampling) VAE with four latent channels; ``overrides`` change its other settings."""
     from diffusers import AutoencoderKL
 
+    settings: dict[str, Any] = {"block_out_channels": (8, 16), "norm_num_groups": 4, "sample_size": 64}
     return AutoencoderKL(
-        block_out_channels=(8, 16),
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
         latent_channels=4,
-        norm_num_groups=4,
-        sample_size=64,
+        **{**settings, **overrides},
+    )
+
+
+def sd_pipeline(vae: Any, text_encoder: Any, unet: Any, scheduler: Any) -> Any:
+    """A ``StableDiffusionPipeline`` of these components, the CLIP tokenizer, and no safety checker."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -110,20 +126,13 @@ def _unet(**kwargs: Any) -> Any:
 
 def tiny_sd_pipeline(seed: int = 0) -> Any:
     """A ``StableDiffusionPipeline`` (the SD 1.x family) with tiny, seeded random weights."""
-    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
     with seeded_init(seed):
-        return StableDiffusionPipeline(
-            vae=_vae(),
-            text_encoder=CLIPTextModel(_text_config(32)),
-            tokenizer=clip_tokenizer(),
-            unet=_unet(cross_attention_dim=32, attention_head_dim=4),
-            scheduler=_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        vae = _vae()  # built in this order: the seeded weights depend on it
+        text_encoder = CLIPTextModel(_text_config(32))
+        unet = _unet(cross_attention_dim=32, attention_head_dim=4)
+        return sd_pipeline(vae, text_encoder, unet, _scheduler())
 
 
 def tiny_sdxl_pipeline(seed: int = 0) -> Any:
@@ -165,24 +174,14 @@ def tiny_learnable_sd_pipeline(resolution: int = 32, seed: int = 0) -> Any:
     block through ``addition_embed_type="text"`` (the attention-pooled prompt embedding added to the time
     embedding), which is what lets a 1.4M-parameter network learn class-conditional images in minutes.
     """
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     if resolution < 16 or resolution % 8:
         raise ValueError(f"resolution must be a multiple of 8 and at least 16, got {resolution}")
     with seeded_init(seed):
-        vae = AutoencoderKL(
-            block_out_channels=(16, 32),
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            latent_channels=4,
-            layers_per_block=1,
-            norm_num_groups=8,
-            sample_size=resolution,
-            mid_block_add_attention=False,
-        )
+        vae = _vae(block_out_channels=(16, 32), layers_per_block=1, norm_num_groups=8, sample_size=resolution,
+                   mid_block_add_attention=False)  # fmt: skip
         unet = UNet2DConditionModel(
             block_out_channels=(32, 64, 64),
             layers_per_block=1,
@@ -197,13 +196,4 @@ def tiny_learnable_sd_pipeline(resolution: int = 32, seed: int = 0) -> Any:
             addition_embed_type="text",
             addition_embed_type_num_heads=4,
         )
-        return StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=CLIPTextModel(_text_config(32)),
-            tokenizer=clip_tokenizer(),
-            unet=unet,
-            scheduler=_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        return sd_pipeline(vae, CLIPTextModel(_text_config(32)), unet, _scheduler())

@@ -52,21 +52,29 @@ def read_decisions(out: str | Path) -> dict[str, dict[str, Any]]:
     Raises:
         OutputFolderError: a line is not a JSON decision (the file is written atomically, so it was damaged).
     """
-    path = Path(out) / DECISIONS_FILE
+    return read_keyed_lines(Path(out) / DECISIONS_FILE, "filter decision", f"rerun `diffcoremix filter {out}`")
+
+
+def read_keyed_lines(path: Path, what: str, remedy: str) -> dict[str, dict[str, Any]]:
+    """The JSON objects of a JSON Lines file that we write atomically, by their ``key`` (empty when it is missing).
+
+    Raises:
+        OutputFolderError: a line is not a JSON object with a key: ``"{path}:{line} is not a {what}; {remedy}"``.
+    """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return {}
-    decisions: dict[str, dict[str, Any]] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for number, line in enumerate(lines, start=1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             row = None
         if not isinstance(row, dict) or "key" not in row:
-            raise OutputFolderError(f"{path}:{number} is not a filter decision; rerun `diffcoremix filter {out}`")
-        decisions[row["key"]] = row
-    return decisions
+            raise OutputFolderError(f"{path}:{number} is not a {what}; {remedy}")
+        rows[row["key"]] = row
+    return rows
 
 
 def write_decisions(out: str | Path, rows: Iterable[Mapping[str, Any]]) -> bool:

@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from diffcoremix.atomic import atomic_write_text
-from diffcoremix.manifest.decisions import FILTER_COLUMNS, read_decisions
+from diffcoremix.manifest.decisions import FILTER_COLUMNS, read_decisions, read_keyed_lines
 from diffcoremix.manifest.layout import (
     DECISIONS_FILE,
     IMAGES_DIR,
     JUDGE_FILE,
     MANIFEST_DIR,
     OutputFolder,
-    OutputFolderError,
 )
 
 __all__ = ["COLUMNS", "FILTER_COLUMNS", "IMAGES_DIR", "JUDGE_COLUMNS", "MANIFEST_DIR", "ManifestWriter",
@@ -92,22 +91,8 @@ def read_judgements(out: str | Path) -> dict[str, dict[str, Any]]:
     Raises:
         OutputFolderError: a line is not a JSON judgement (the file is written atomically, so it was damaged).
     """
-    path = Path(out) / JUDGE_FILE
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        return {}
-    judgements: dict[str, dict[str, Any]] = {}
-    for number, line in enumerate(lines, start=1):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        if not isinstance(row, dict) or "key" not in row:
-            raise OutputFolderError(f"{path}:{number} is not a judgement; judge afresh with `diffcoremix judge {out} "
-                                    "--classifier SPEC --overwrite`")  # fmt: skip
-        judgements[row["key"]] = row
-    return judgements
+    remedy = f"judge afresh with `diffcoremix judge {out} --classifier SPEC --overwrite`"
+    return read_keyed_lines(Path(out) / JUDGE_FILE, "judgement", remedy)
 
 
 def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
