@@ -106,7 +106,7 @@ def grid(out: Path, path: Path, per_side: int = 6, scale: int = 2) -> None:
                 colour = "green" if record.get("agrees") is True else "red"
                 draw.rectangle((x, y + cell - 4, x + cell - 1, y + cell - 1), fill=colour)
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    canvas.quantize(256).save(path, optimize=True)  # a small file to commit
 
 
 def main() -> int:

@@ -11,6 +11,12 @@ Two tables (the commands below are exactly what runs; every step resumes, so a r
   test set; timm's ``resnet10t`` from random initialisation at 64 px, 240 steps of 64 images, seeds 0-1:
   ``none``, ``cutmix``, ``diffcoremix`` with real partners and with tiny-preset generations. About 40 minutes.
 
+- ``cifar10-finetuned``: the ``cifar10`` recipe with generations that have content: those of
+  ``benchmarks/generation_quality.py`` (the tiny generator fine-tuned on the same training images, one counterpart
+  per image), filtered (the ResNet-20 prototype rule at its calibrated threshold, as that benchmark leaves them) and
+  unfiltered (a copy re-filtered at threshold -1: every generation accepted); ``none``, ``synthetic-add`` and
+  ``diffcoremix`` with each, seeds 0-2. Run ``generation_quality.py`` first.
+
 Run: ``.venv/bin/python benchmarks/train_evidence.py [--tables cifar10,flowers102] [--out DIR]``; the tables are
 printed and written to ``DIR/<table>/results.md``.
 """
@@ -34,6 +40,23 @@ def shared_data() -> Path:
 
 def commands(table: str, data: Path, out: Path) -> list[list[str]]:
     """The augment and compare command lines of one table."""
+    program = [sys.executable, "-m", "diffcoremix"]
+    if table == "cifar10-finetuned":
+        train, test = data / "cifar10" / "train", data / "cifar10" / "test"
+        generated = REPO / "benchmarks" / ".work" / "generation_quality" / "generated"
+        unfiltered = out / "unfiltered"
+        recipe = ["--config", "cifar", "--seeds", "0,1,2", "--max-steps", "400"]
+        embedder = f"resnet20:{data.parent / 'models' / 'resnet20_cifar10.th'}"
+        return [
+            [sys.executable, "-c", "import shutil, sys; from pathlib import Path; "
+             "Path(sys.argv[2]).exists() or shutil.copytree(sys.argv[1], sys.argv[2])", str(generated),
+             str(unfiltered)],
+            [*program, "filter", str(unfiltered), "--embedder", embedder, "--threshold", "-1"],
+            [*program, "compare", str(train), "--test", str(test), "--synthetic", str(generated), *recipe,
+             "--methods", "none,synthetic-add,diffcoremix", "-o", str(out / "cifar-ft-filtered")],
+            [*program, "compare", str(train), "--test", str(test), "--synthetic", str(unfiltered), *recipe,
+             "--methods", "synthetic-add,diffcoremix", "-o", str(out / "cifar-ft-unfiltered")],
+        ]  # fmt: skip
     if table == "cifar10":
         train, test, synth, size = data / "cifar10" / "train", data / "cifar10" / "test", out / "synth", "32"
         compare = ["--config", "cifar", "--methods",
@@ -46,8 +69,7 @@ def commands(table: str, data: Path, out: Path) -> list[list[str]]:
                    "--methods", "none,cutmix,diffcoremix@real,diffcoremix@generated", "--seeds", "0,1",
                    "--max-steps", "240"]  # fmt: skip
     else:
-        raise SystemExit(f"unknown table {table!r}: cifar10 or flowers102")
-    program = [sys.executable, "-m", "diffcoremix"]
+        raise SystemExit(f"unknown table {table!r}: cifar10, flowers102 or cifar10-finetuned")
     return [
         [*program, "augment", str(train), "-o", str(synth), "--preset", "tiny", "--height", size, "--width", size,
          "--seed", "0"],
@@ -64,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     data = shared_data()
     for table in args.tables.split(","):
         for command in commands(table, data, args.out):
-            print("$", " ".join(command[2:]), file=sys.stderr)
+            print("$", " ".join(command[2:] if command[1] == "-m" else command), file=sys.stderr)
             subprocess.run(command, check=True)
     return 0
 
