@@ -118,6 +118,18 @@ def test_after_a_failed_offline_run_the_tiny_preset_runs_in_the_same_out(
     assert result.returncode == 0, result.stderr
 
 
+def test_an_offline_finetune_of_the_default_preset_fails_in_one_line_and_leaves_model_unclaimed(
+    data: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    result, seconds = timed_cli("finetune", data, "-o", model, env=offline_env(tmp_path / "hf"))
+    line = one_line(result)
+    assert seconds < FAILS_WITHIN_S
+    assert "cannot load model 'stable-diffusion-v1-5/stable-diffusion-v1-5' (" in line
+    assert "--preset tiny" in line
+    assert not model.exists()
+
+
 def test_default_embedder_fails_in_seconds_in_one_line(data: Path, tmp_path: Path) -> None:
     env = offline_env(tmp_path / "hf")
     out = tmp_path / "out"
