@@ -160,6 +160,9 @@ def test_bad_finetune_options_are_one_line_refusals_that_leave_model_unclaimed(
     assert "--vae-steps" in capsys.readouterr().err
     assert main(["finetune", str(data), "-o", str(model), "--preset", "tiny", "--resolution", "20"]) == 2
     assert "--resolution" in capsys.readouterr().err
+    full_sdxl = ["--preset", "tiny-sdxl", "--method", "full", "--train-text-encoder"]
+    assert main(["finetune", str(data), "-o", str(model), *full_sdxl]) == 2
+    assert "--train-text-encoder must be off for SDXL" in capsys.readouterr().err
     assert main(["finetune", str(data), "-o", str(data / "inside")]) == 2
     assert not model.exists()
     assert not (data / "inside").exists()

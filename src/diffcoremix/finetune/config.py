@@ -150,6 +150,9 @@ def resolve(config: FinetuneConfig) -> FinetuneConfig:
         lr = 1e-4 if method == "lora" else (1e-3 if config.builtin else 1e-5)
     steps = config.max_steps
     full_builtin = method == "full" and config.builtin
+    sdxl = preset.family == "sdxl" and config.model is None
+    if sdxl and config.train_text_encoder:
+        raise ConfigError("train_text_encoder", True, "off for SDXL models (two text encoders)")
     if method == "lora" and config.train_text_encoder:
         raise ConfigError("train_text_encoder", True, "off with --method lora (LoRA adapts only the UNet)")
     if method == "lora" and config.vae_steps:
@@ -161,6 +164,8 @@ def resolve(config: FinetuneConfig) -> FinetuneConfig:
         learning_rate=lr,
         vae_steps=config.vae_steps if config.vae_steps is not None else (1500 if full_builtin else 0),
         use_ema=config.use_ema if config.use_ema is not None else method == "full",
-        train_text_encoder=full_builtin if config.train_text_encoder is None else config.train_text_encoder,
+        train_text_encoder=(full_builtin and not sdxl)
+        if config.train_text_encoder is None
+        else config.train_text_encoder,
         checkpointing_steps=config.checkpointing_steps or max(50, -(-steps // 20)),
     )
