@@ -1,6 +1,6 @@
 """The first evidence tables: classifiers trained with each method under one recipe, on real photographs.
 
-Two tables (the commands below are exactly what runs; every step resumes, so a rerun finishes what is missing):
+Three tables (the commands below are exactly what runs; every step resumes, so a rerun finishes what is missing):
 
 - ``cifar10``: CIFAR-10 with 100 training images per class (``../shared/data/cifar10/train``), evaluated on the
   full 10,000-image test set; the CIFAR ResNet-20 from random initialisation (``--config cifar``), 400 optimizer
