@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/diffcoremix sample-data $(DEMO_OUT)/data --overwrite
 	$(BIN)/diffcoremix scan $(DEMO_OUT)/data
 	$(BIN)/diffcoremix prompts $(DEMO_OUT)/data --pack generic --seed 0 -o $(DEMO_OUT)/prompts.jsonl
-	@echo "fine-tuning the tiny generator on the sample dataset (its VAE, then its UNet; about 2 minutes):"
+	@echo "fine-tuning the tiny generator on the sample dataset (its VAE, then its UNet and text encoder; about 2.5 minutes):"
 	$(BIN)/diffcoremix finetune $(DEMO_OUT)/data -o $(DEMO_OUT)/generator --preset tiny --vae-steps 300 \
 		--max-steps 1000 --batch-size 16
 	$(BIN)/diffcoremix augment $(DEMO_OUT)/data -o $(DEMO_OUT)/augmented --preset tiny --model $(DEMO_OUT)/generator \
