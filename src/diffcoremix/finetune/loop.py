@@ -62,6 +62,8 @@ LOSS_FILE = "loss.jsonl"
 LOSS_PLOT = "loss.png"
 CHECKPOINT_FILE = "checkpoints/state.pt"
 SAVE_TMP = ".save.tmp"
+MODEL_FILES = frozenset({SETTINGS_FILE, CONFIG_FILE, LOSS_FILE, LOSS_PLOT, CHECKPOINT_FILE, FINETUNE_FILE})
+"""MODEL's fixed-name files (the saved weights are added to the layout record when they are written)."""
 SETTINGS_VERSION = 1
 NOT_WEIGHTS = frozenset({"device", "workers", "checkpointing_steps"})
 """Options that do not change the trained weights (a resumed run may change them)."""
@@ -210,11 +212,10 @@ def _finetune_in(
     folder.write_run_record(data, command="finetune")
     check_settings(folder, settings, "a fine-tuning run")
     write_resolved_config(out / CONFIG_FILE, {"finetune": config, "data": data_config}, data=data)
-    fixed = {SETTINGS_FILE, CONFIG_FILE, LOSS_FILE, LOSS_PLOT, CHECKPOINT_FILE, FINETUNE_FILE}
     if (out / FINETUNE_FILE).exists():
         logger.info("%s has finished already", out)
         return FinetuneResult(out, json.loads((out / FINETUNE_FILE).read_text(encoding="utf-8")))
-    write_layout(out, fixed)
+    write_layout(out, set(MODEL_FILES))
 
     models = _prepare_models(pipe, config, device)
     trainer = _Trainer(models, config, device, [listing.root / item.relpath for item in listing.items], captions)
@@ -228,8 +229,7 @@ def _finetune_in(
 
     saved = _save_model(out, models, config, trainer)
     losses = trainer.losses
-    loss_text = "".join(json.dumps(line) + "\n" for line in losses)
-    atomic_write_text(out / LOSS_FILE, loss_text)
+    loss_text = _write_losses(out, losses)
     atomic_write_bytes(out / LOSS_PLOT, _loss_plot(losses))
     unet_losses = [line["loss"] for line in losses if line["stage"] == "unet"]
     preset = GENERATOR_PRESETS.get(config.preset)
@@ -432,7 +432,7 @@ class _Trainer:
         bar.set_postfix(stage=stage, loss=f"{loss:.4f}")
         if self.step % every == 0 and self.step < self.total:
             self.save_checkpoint(out)
-            atomic_write_text(out / LOSS_FILE, "".join(json.dumps(line) + "\n" for line in self.losses))
+            _write_losses(out, self.losses)
 
     def _autocast(self) -> Any:
         if self.use_amp:
@@ -560,6 +560,13 @@ class _Trainer:
         return float(loss.detach())
 
 
+def _write_losses(out: Path, losses: list[dict[str, Any]]) -> str:
+    """Write ``loss.jsonl`` (every step so far, rewritten at each checkpoint) and return its text."""
+    text = "".join(json.dumps(line) + "\n" for line in losses)
+    atomic_write_text(out / LOSS_FILE, text)
+    return text
+
+
 def _read_checkpoint(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
@@ -589,9 +596,8 @@ def _save_model(out: Path, models: _Models, config: FinetuneConfig, trainer: _Tr
         with quiet_loading():
             pipe.save_pretrained(tmp, safe_serialization=True)
     names = sorted(p.name for p in tmp.iterdir())
-    layout = {SETTINGS_FILE, CONFIG_FILE, LOSS_FILE, LOSS_PLOT, CHECKPOINT_FILE, FINETUNE_FILE}
     saved = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-    write_layout(out, layout | set(saved))
+    write_layout(out, set(MODEL_FILES) | set(saved))
     for name in names:
         target = out / name
         if target.is_dir() and not target.is_symlink():
