@@ -30,6 +30,8 @@ KEPT_COLOR = "#2e8b57"
 """Bars at or above the threshold (sea green)."""
 THRESHOLD_COLOR = "#d62728"
 """The threshold line and its label (red)."""
+SUGGESTION_COLOR = "#1f5fbf"
+"""The calibrated threshold's dashed line and label (blue)."""
 FIGSIZE = (6.4, 3.6)
 """Inches; at :data:`DPI` a plot is 640 x 360 pixels."""
 DPI = 100
@@ -91,7 +93,7 @@ def write_histograms(
     for cls, scores in scores_by_class.items():
         figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
         FigureCanvasAgg(figure)
-        _draw(figure.add_subplot(), cls, np.asarray(scores, dtype=np.float64), threshold, bins)
+        draw_histogram(figure.add_subplot(), cls, np.asarray(scores, dtype=np.float64), threshold, bins)
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png", dpi=DPI)
         path = folder / histogram_file_name(cls)
@@ -100,10 +102,20 @@ def write_histograms(
     return paths
 
 
-def _draw(ax: Axes, cls: str, scores: np.ndarray, threshold: float, bins: int) -> None:
+def draw_histogram(
+    ax: Axes, cls: str, scores: np.ndarray, threshold: float, bins: int, *, suggestion: float | None = None
+) -> None:
+    """Draw one class's histogram on ``ax``: gray bars rejected, green bars kept, the threshold as a red line.
+
+    Args:
+        suggestion: a calibrated threshold (``filter --calibrate``) to draw as a dashed line, when one exists.
+    """
     from matplotlib.ticker import MaxNLocator
 
     edges, split = histogram_edges(scores, threshold, bins)
+    if suggestion is not None:  # widen the range to show the suggested threshold too
+        lo, hi = min(edges[0], suggestion), max(edges[-1], suggestion)
+        edges, split = histogram_edges(np.concatenate([scores, [lo, hi]]), threshold, bins)
     kept = scores >= threshold  # the filter's own decision decides the colour, whatever rounding in binning
     rejected_counts, _ = np.histogram(scores[~kept], edges[: split + 1])
     kept_counts, _ = np.histogram(scores[kept], edges[split:])
@@ -115,6 +127,11 @@ def _draw(ax: Axes, cls: str, scores: np.ndarray, threshold: float, bins: int) -
     label = f" threshold {threshold:g}" if right else f"threshold {threshold:g} "
     ax.text(threshold, 0.97, label, transform=ax.get_xaxis_transform(), color=THRESHOLD_COLOR,
             ha="left" if right else "right", va="top")  # fmt: skip
+    if suggestion is not None:
+        ax.axvline(suggestion, color=SUGGESTION_COLOR, linewidth=1.2, linestyle="--")
+        ax.text(suggestion, 0.85, f" suggested {suggestion:.3f}" if right else f"suggested {suggestion:.3f} ",
+                transform=ax.get_xaxis_transform(), color=SUGGESTION_COLOR, ha="left" if right else "right",
+                va="top")  # fmt: skip
     ax.set_xlim(edges[0], edges[-1])
     ax.set_ylim(0, max(int(counts.max()), 1) * 1.15)  # headroom for the label
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
