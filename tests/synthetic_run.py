@@ -44,8 +44,13 @@ def make_synthetic_run(
     dims: int = 16,
     seed: int = 0,
     class_names: list[str] | None = None,
+    judged: bool = False,
 ) -> tuple[Path, Path]:
-    """Write DATA and OUT under ``root``; returns ``(data, out)``."""
+    """Write DATA and OUT under ``root``; returns ``(data, out)``.
+
+    With ``judged``, ``judge.jsonl`` labels every candidate: the judge agrees with every candidate of even classes
+    and with none of odd classes (it sees class ``c + 1``).
+    """
     rng = np.random.default_rng(seed)
     data, out = root / "data", root / "out"
     names = class_names or [f"class {c}" for c in range(classes)]
@@ -72,8 +77,8 @@ def make_synthetic_run(
     means = rng.uniform(threshold - 0.08, threshold + 0.08, size=classes)
     shard = out / "manifest" / "shard-00000-of-00001.jsonl"
     shard.parent.mkdir(parents=True)
+    judge_lines: list[str] = []
     with shard.open("w", encoding="utf-8") as manifest, (out / "filter.jsonl").open("w", encoding="utf-8") as decisions:
-        per_class: dict[str, dict[str, int | list[float]]] = {}
         for index in range(candidates):
             c = index % classes
             source_index = (index // classes) % real_per_class
@@ -104,9 +109,14 @@ def make_synthetic_run(
                 "reference_rule": "source", "reference": source, "score": score, "threshold": threshold,
                 "text_score": None, "text_threshold": None, "accepted": accepted,
             }, ensure_ascii=False) + "\n")  # fmt: skip
-            entry = per_class.setdefault(folders[c], {"candidates": 0, "accepted": 0, "scores": []})
-            entry["candidates"] = int(entry["candidates"]) + 1  # type: ignore[call-overload]
-            entry["accepted"] = int(entry["accepted"]) + int(accepted)  # type: ignore[call-overload]
+            if judged:
+                seen = c if c % 2 == 0 else (c + 1) % classes
+                judge_lines.append(json.dumps({
+                    "key": key, "judge": "synthetic-judge", "judge_class": names[seen], "judge_label": seen,
+                    "judge_confidence": 0.9, "agrees": seen == c, "output_sha256": pool_hash,
+                }, ensure_ascii=False) + "\n")  # fmt: skip
+    if judged:
+        (out / "judge.jsonl").write_text("".join(judge_lines), encoding="utf-8")
     (out / "run.json").write_text(json.dumps({"data": str(data), "made_by": "diffcoremix", "skipped_sources": []}))
     (out / "settings.json").write_text(json.dumps({"settings": {"model": "synthetic", "preset": "synthetic"}}))
     (out / "config.yaml").write_text("prompts:\n  pack: generic\n  fraction: 1.0\n# run facts (not options)\n"
