@@ -280,8 +280,8 @@ def _provenance(page: _Page, run: GenerationRun) -> None:
         ("dtype, device", f"{_unique(ok, 'dtype')}, {_unique(ok, 'device')}"),
         ("preset", str(settings.get("preset", "-"))),
     ]
-    if finetune:
-        generation.append(("fine-tune run", ", ".join(f"{k}: {v}" for k, v in finetune.items())))
+    if finetune:  # what `diffcoremix finetune` made the model from: base, data hash, steps, loss, digests
+        generation += [(f"fine-tune: {k.replace('_', ' ')}", _plain(v)) for k, v in finetune.items()]
     report = run.filter_report
     filtering = [
         ("embedder", str(report.get("embedder", run.filter_options.get("embedder") or "-"))),
