@@ -232,11 +232,21 @@ def _overview(page: _Page, run: GenerationRun, grid: int) -> None:
         "filtered": run.filtered,
         "judged": run.judged,
         "grid": grid,
+        "judge_agrees": _judge_agreement(table),
+        "max_mib": REPORT_MAX_BYTES // 2**20,
         "built": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
     if not run.filtered:
         page.note(f"{run.out} has not been filtered yet (no filter.jsonl): scores, grids and distances are empty; "
                   f"run `diffcoremix filter {run.out}`")  # fmt: skip
+
+
+def _judge_agreement(table: pd.DataFrame) -> tuple[str, int] | None:
+    """The share of judged candidates whose class the judge agrees with and their count; None when none was."""
+    if "agrees" not in table.columns:
+        return None
+    judged = table.agrees.dropna()
+    return (f"{judged.astype(bool).mean():.0%}", len(judged)) if len(judged) else None
 
 
 def _unique(table: pd.DataFrame, column: str) -> str:
