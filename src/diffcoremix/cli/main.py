@@ -18,16 +18,27 @@ from typing import NoReturn
 from diffcoremix import __version__
 from diffcoremix.cli.commands import COMMANDS, Command
 from diffcoremix.cli.compare_command import COMPARE_COMMAND
+from diffcoremix.cli.demo_command import DEMO_COMMAND
 from diffcoremix.cli.eval_command import EVAL_COMMAND
 from diffcoremix.cli.finetune_command import FINETUNE_COMMAND
 from diffcoremix.cli.judge_command import JUDGE_COMMAND
 from diffcoremix.cli.options import option_name
+from diffcoremix.cli.report_command import REPORT_COMMAND
 from diffcoremix.cli.train_command import TRAIN_COMMAND
 from diffcoremix.errors import ConfigError, DiffCoReMixError, ImageReadError
 from diffcoremix.generate.runner import GenerationError
 
 PROG = "diffcoremix"
-ALL_COMMANDS = (*COMMANDS, TRAIN_COMMAND, COMPARE_COMMAND, EVAL_COMMAND, JUDGE_COMMAND, FINETUNE_COMMAND)
+ALL_COMMANDS = (
+    *COMMANDS,
+    TRAIN_COMMAND,
+    COMPARE_COMMAND,
+    EVAL_COMMAND,
+    JUDGE_COMMAND,
+    FINETUNE_COMMAND,
+    REPORT_COMMAND,
+    DEMO_COMMAND,
+)
 BAD_INPUT = 2
 
 
