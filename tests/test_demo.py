@@ -97,6 +97,29 @@ def test_the_folder_is_claimed_when_new_empty_its_own_or_an_earlier_make_demo(tm
     assert not (stranger / RECORD_FILE).exists()
 
 
+def test_augment_names_the_generator_as_the_earlier_run_in_the_folder_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # augment refuses a rerun whose settings differ, and the model's path is one of them: a rerun must spell it as
+    # the first run did (the Makefile's demo spelled it relative to the repository), else absolutely.
+    monkeypatch.chdir(tmp_path)
+    out = Path("demo_out")
+    (out / "generator").mkdir(parents=True)
+    absolute = str((tmp_path / "demo_out" / "generator").resolve())
+    assert demo_command._generator_model(out) == absolute  # a new folder
+    settings = out / "augmented" / "settings.json"
+    settings.parent.mkdir()
+    for earlier in ("demo_out/generator", "./demo_out/generator/", absolute):  # the same folder: kept as spelled
+        settings.write_text(json.dumps({"settings": {"model": earlier}}))
+        assert demo_command._generator_model(out) == earlier
+    settings.write_text(json.dumps({"settings": {"model": "elsewhere/generator"}}))
+    assert demo_command._generator_model(out) == absolute
+    settings.write_text(json.dumps({"settings": {"model": "demo_out/generator"}}))
+    assert demo_command._generator_model(Path(absolute).parent) == "demo_out/generator"  # -o spelled otherwise
+    settings.write_text("{damaged")
+    assert demo_command._generator_model(out) == absolute
+
+
 def test_a_second_demo_in_a_busy_folder_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     claim_folder(out)

@@ -57,11 +57,12 @@ SALIENCY = 3
 STEPS = 8
 
 ABOUT = """\
-What this was: the tiny models are the real classes at tiny size, not toys: the generator is diffusers'
+What this was: the tiny models are the real classes at tiny size: the generator is diffusers'
 StableDiffusionPipeline (UNet2DConditionModel, AutoencoderKL) with a transformers CLIPTextModel, fine-tuned here
-from random weights on 24 procedural images for about 2 minutes; the filter's embedder is a real open_clip CLIP
-with random weights; the classifiers are ResNet-20s trained for 12 steps. Their images and accuracies are a smoke
-test of the pipeline, not figures about the method; the real figures are in benchmarks/README.md."""
+from random weights on 24 procedural images for 1,300 steps (a few minutes on a CPU); the filter's embedder is a
+real open_clip CLIP with random weights; the classifiers are ResNet-20s trained for 12 steps. Their images and
+accuracies are a smoke test of the pipeline, not figures about the method; the real figures are in
+benchmarks/README.md."""
 
 REAL_MODEL = """\
 The same on a real model (a GPU, and the Hugging Face hub or local weights):
