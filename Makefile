@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_CHROMIUM := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
-.PHONY: install demo browser test test-all lint typecheck bench clean
+.PHONY: install demo browser test test-all screenshot lint typecheck bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test: lint typecheck browser
 test-all: lint typecheck browser
 	$(BIN)/pytest -m ''
 
+# The README's picture of the report: the end-to-end demo test saves the top of the demo's page here.
+screenshot: $(STAMP) browser
+	DIFFCOREMIX_SCREENSHOT=$(CURDIR)/docs/report.png $(BIN)/pytest -m slow -k end_to_end tests/test_demo.py
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
 	$(BIN)/python benchmarks/filter_quality.py
@@ -50,6 +54,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_overhead.py
 	$(BIN)/python benchmarks/finetune.py
 	$(BIN)/python benchmarks/generation_quality.py
+	$(BIN)/python benchmarks/report.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

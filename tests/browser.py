@@ -87,6 +87,17 @@ _PAGE_FACTS = """() => ({
 })"""
 
 
+def save_top_of_page(full_page: Path, target: Path, *, height: int = 1400) -> Path:
+    """The top ``height`` pixels of a full-page screenshot as a 256-colour PNG (small enough to commit)."""
+    from PIL import Image
+
+    with Image.open(full_page) as image:
+        top = image.crop((0, 0, image.width, min(image.height, height))).convert("RGB")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    top.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+    return target
+
+
 def render_page(
     html: Path,
     screenshot: Path | None = None,

@@ -14,6 +14,7 @@ from diffcoremix.cli.demo_command import RECORD_FILE, DemoFolderError, claim_fol
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.manifest.lock import FolderBusyError, FolderLock
 
+from .browser import render_page, save_top_of_page
 from .helpers import cli_command, run_cli
 
 REAL_MODEL_COMMANDS = (
@@ -24,6 +25,7 @@ REAL_MODEL_COMMANDS = (
     "diffcoremix compare DATA",
     "diffcoremix report OUT --compare CMP --eval EVAL -o report.html",
 )
+REPORT_SECTIONS = ["overview", "provenance", "budget", "scores", "grids", "distances", "mixing", "training"]
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -172,6 +174,20 @@ def check_finished_demo(out: Path, result: subprocess.CompletedProcess[str]) -> 
     assert result.stderr == ""  # no progress bars without a terminal, no warnings
 
 
+def check_demo_report_in_chromium(report: Path, shot: Path) -> None:
+    """The demo's page as a reader's browser meets it; with ``DIFFCOREMIX_SCREENSHOT=FILE`` (``make screenshot``)
+    the top of it is saved there: the README's picture."""
+    result = render_page(report, shot)
+    assert result.console_errors == []
+    assert result.requests == []
+    assert result.section_ids == REPORT_SECTIONS
+    broken = [i.alt for i in result.images if not (i.complete and i.natural_width > 0 and i.natural_height > 0)]
+    assert broken == []
+    assert len(result.images) >= 20
+    if os.environ.get("DIFFCOREMIX_SCREENSHOT"):
+        save_top_of_page(shot, Path(os.environ["DIFFCOREMIX_SCREENSHOT"]))
+
+
 def model_files(out: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in sorted((out / "generator").rglob("*.safetensors"))}
 
@@ -181,6 +197,7 @@ def model_files(out: Path) -> dict[Path, int]:
 def test_the_demo_runs_end_to_end_and_a_rerun_resumes(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     check_finished_demo(out, _demo(out, tmp_path))
+    check_demo_report_in_chromium(out / "report.html", tmp_path / "report.png")
     before = model_files(out)
     assert len(before) == 3  # UNet, VAE, text encoder
     again = _demo(Path("demo"), cwd=tmp_path)  # the same folder, spelled otherwise: it resumes

@@ -5,7 +5,6 @@ ownership of the output file, and a run of thousands of candidates drawn from bo
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -85,17 +84,6 @@ def test_the_page_loads_in_chromium_with_no_error_no_request_and_every_section_a
                      "overhead against accuracy", "confusion matrix", "Grad-CAM grid"):  # fmt: skip
         assert expected in alts, expected
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("DIFFCOREMIX_SCREENSHOT"):  # the README's picture: `make screenshot`
-        _save_screenshot(shot, Path(os.environ["DIFFCOREMIX_SCREENSHOT"]))
-
-
-def _save_screenshot(full_page: Path, target: Path) -> None:
-    """The top of the page, at most 1280 x 1400, as a 256-colour PNG (small enough to commit)."""
-    from PIL import Image
-
-    with Image.open(full_page) as image:
-        top = image.crop((0, 0, image.width, min(image.height, 1400))).convert("RGB")
-    top.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
 
 
 def test_user_text_is_shown_as_text_never_as_markup(page: tuple[Path, str]) -> None:
