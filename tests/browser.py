@@ -67,6 +67,8 @@ class PageResult:
     """``document.body.innerText``."""
     section_ids: list[str]
     """The ``id`` of every ``<section>``, in document order (``""`` for one without)."""
+    section_tops: list[int]
+    """The top of each of those sections in page pixels (CSS pixels; a screenshot has the same scale)."""
     images: list[ImageInfo]
     scroll_width: int
     """``document.documentElement.scrollWidth``: wider than ``viewport_width`` means horizontal overflow (a phone
@@ -79,6 +81,7 @@ class PageResult:
 _PAGE_FACTS = """() => ({
     text: document.body ? document.body.innerText : "",
     sections: Array.from(document.querySelectorAll("section"), (s) => s.id),
+    tops: Array.from(document.querySelectorAll("section"), (s) => s.getBoundingClientRect().top + window.scrollY),
     images: Array.from(document.images, (i) => ({
         src: i.currentSrc || i.src, alt: i.getAttribute("alt"), width: i.naturalWidth, height: i.naturalHeight,
         complete: i.complete,
@@ -87,14 +90,21 @@ _PAGE_FACTS = """() => ({
 })"""
 
 
-def save_top_of_page(full_page: Path, target: Path, *, height: int = 1400) -> Path:
-    """The top ``height`` pixels of a full-page screenshot as a 256-colour PNG (small enough to commit)."""
+def save_picture(full_page: Path, target: Path, bands: list[tuple[int, int]], *, width: int = 1024) -> Path:
+    """Bands ``(top, bottom)`` of a full-page screenshot, stacked and scaled to ``width``, as a 256-colour PNG
+    (small enough to commit)."""
     from PIL import Image
 
     with Image.open(full_page) as image:
-        top = image.crop((0, 0, image.width, min(image.height, height))).convert("RGB")
+        crops = [image.crop((0, top, image.width, min(bottom, image.height))).convert("RGB") for top, bottom in bands]
+    picture = Image.new("RGB", (crops[0].width, sum(c.height for c in crops)), "white")
+    y = 0
+    for crop in crops:
+        picture.paste(crop, (0, y))
+        y += crop.height
+    picture = picture.resize((width, round(picture.height * width / picture.width)), Image.Resampling.LANCZOS)
     target.parent.mkdir(parents=True, exist_ok=True)
-    top.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
+    picture.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
     return target
 
 
@@ -170,6 +180,7 @@ def render_page(
         dialogs=dialogs,
         text=facts["text"],
         section_ids=list(facts["sections"]),
+        section_tops=[round(top) for top in facts["tops"]],
         images=[ImageInfo(i["src"], i["alt"], i["width"], i["height"], i["complete"]) for i in facts["images"]],
         scroll_width=int(facts["scrollWidth"]),
         viewport_width=view[0],

@@ -14,7 +14,7 @@ from diffcoremix.cli.demo_command import RECORD_FILE, DemoFolderError, claim_fol
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.manifest.lock import FolderBusyError, FolderLock
 
-from .browser import render_page, save_top_of_page
+from .browser import render_page, save_picture
 from .helpers import cli_command, run_cli
 
 REAL_MODEL_COMMANDS = (
@@ -26,6 +26,9 @@ REAL_MODEL_COMMANDS = (
     "diffcoremix report OUT --compare CMP --eval EVAL -o report.html",
 )
 REPORT_SECTIONS = ["overview", "provenance", "budget", "scores", "grids", "distances", "mixing", "training"]
+
+README_PICTURE_SCORES_HEIGHT = 1900
+"""Page pixels of the README's picture from the top of the scores section: the histograms and the borderline cases."""
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -176,7 +179,7 @@ def check_finished_demo(out: Path, result: subprocess.CompletedProcess[str]) -> 
 
 def check_demo_report_in_chromium(report: Path, shot: Path) -> None:
     """The demo's page as a reader's browser meets it; with ``DIFFCOREMIX_SCREENSHOT=FILE`` (``make screenshot``)
-    the top of it is saved there: the README's picture."""
+    its overview and its scores and borderline candidates are saved there: the README's picture."""
     result = render_page(report, shot)
     assert result.console_errors == []
     assert result.requests == []
@@ -185,7 +188,9 @@ def check_demo_report_in_chromium(report: Path, shot: Path) -> None:
     assert broken == []
     assert len(result.images) >= 20
     if os.environ.get("DIFFCOREMIX_SCREENSHOT"):
-        save_top_of_page(shot, Path(os.environ["DIFFCOREMIX_SCREENSHOT"]))
+        top = dict(zip(result.section_ids, result.section_tops, strict=True))
+        bands = [(0, top["provenance"]), (top["scores"], top["scores"] + README_PICTURE_SCORES_HEIGHT)]
+        save_picture(shot, Path(os.environ["DIFFCOREMIX_SCREENSHOT"]), bands)
 
 
 def model_files(out: Path) -> dict[Path, int]:

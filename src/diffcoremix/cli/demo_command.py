@@ -190,7 +190,7 @@ def _run_steps(out: Path, progress: bool) -> Path:
                               pack_file=plan.pack.source)  # fmt: skip
         _say(f"      {len(plan.records)} prompts, e.g. {plan.records[0].prompt!r}")
 
-    with step(f"fine-tuning the tiny generator on {data} (its VAE, then its UNet and text encoder; about 2.5 minutes)"):
+    with step(f"fine-tuning the tiny generator on {data} (its VAE, then its UNet and text encoder; 2 to 4 minutes)"):
         tuned = finetune(data, generator, FINETUNE_CONFIG, data_config=DataConfig(), progress=progress)
         _say(f"      {tuned.info['steps']} steps (+{tuned.info.get('vae_steps') or 0} VAE steps), final loss "
              f"{tuned.info['final_loss']:.4f} -> {tuned.model}")  # fmt: skip
