@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from diffcoremix import PromptsConfig
-from diffcoremix.augment import AugmentResult, augment
+from diffcoremix.augmentation import AugmentResult, augment
 from diffcoremix.filter import FilterConfig, filter_run
 from diffcoremix.generate import GenerateConfig, generate, read_manifest
 from diffcoremix.manifest import read_decisions, shard_path

@@ -70,3 +70,15 @@ def test_every_module_imports_alone() -> None:
     with ThreadPoolExecutor(max_workers=2) as pool:
         failures = [(m, err) for m, code, err in pool.map(load, modules) if code != 0]
     assert failures == []
+
+
+@pytest.mark.parametrize("first", ["", "import diffcoremix.augmentation, diffcoremix.filter.runner; "])
+def test_the_lazy_public_names_stay_what_they_name(first: str) -> None:
+    # dcm.augment was the function on first use and the module diffcoremix.augment afterwards (the import of a
+    # submodule sets the package attribute of its name): every lazy name must give the same object every time.
+    code = (f"{first}import types, diffcoremix as d; from diffcoremix import augment, filter_run, AugmentResult; "
+            "names = [d.augment, d.augment, augment, d.filter_run, filter_run, d.AugmentResult, AugmentResult]; "
+            "assert not [n for n in names if isinstance(n, types.ModuleType)], names; "
+            "assert d.augment.__name__ == 'augment' and d.filter_run.__name__ == 'filter_run'")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -93,8 +93,8 @@ __all__ = [
 
 _LAZY = {
     "ClassFolderDataset": "diffcoremix.data.dataset",
-    "AugmentResult": "diffcoremix.augment",
-    "augment": "diffcoremix.augment",
+    "AugmentResult": "diffcoremix.augmentation",
+    "augment": "diffcoremix.augmentation",
     "FilterReport": "diffcoremix.filter.runner",
     "filter_run": "diffcoremix.filter.runner",
 }
@@ -105,5 +105,5 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(importlib.import_module(_LAZY[name]), name)  # no module may share a lazy name (a test)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

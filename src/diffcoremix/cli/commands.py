@@ -203,7 +203,7 @@ def _augment_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _augment(args: argparse.Namespace) -> int:
-    from diffcoremix.augment import augment  # imports torch: only when augmenting
+    from diffcoremix.augmentation import augment  # imports torch: only when augmenting
 
     prompts = config_from_args(PromptsConfig, args, "prompts")
     generate_config = config_from_args(GenerateConfig, args, "generate")

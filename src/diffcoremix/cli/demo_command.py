@@ -166,7 +166,7 @@ def run_demo(out: Path, *, progress: bool = False) -> Path:
 
 
 def _run_steps(out: Path, progress: bool) -> Path:
-    from diffcoremix.augment import augment  # torch and diffusers: imported only when the demo runs
+    from diffcoremix.augmentation import augment  # torch and diffusers: imported only when the demo runs
     from diffcoremix.finetune import finetune
     from diffcoremix.manifest.records import read_manifest
     from diffcoremix.train.compare import RUNS_DIR, compare
