@@ -35,11 +35,15 @@ browser:
 	@test -x $(CHROMIUM) || $(APT_CHROMIUM) || { $(SUDO) apt-get update && $(APT_CHROMIUM); }
 	@test -x $(CHROMIUM) || { echo "$(CHROMIUM) is still missing after installing Debian's chromium" >&2; exit 1; }
 
+# Two test processes (pytest-xdist, a test file per process at a time), one torch thread each: on two cores this
+# halves the wall time; more threads per process would oversubscribe the cores.
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/pytest -n 2 --dist loadfile
+
 test: lint typecheck browser
-	$(BIN)/pytest
+	$(PYTEST)
 
 test-all: lint typecheck browser
-	$(BIN)/pytest -m ''
+	$(PYTEST) -m ''
 
 # The README's picture of the report: the end-to-end demo test saves the top of the demo's page here.
 screenshot: $(STAMP) browser

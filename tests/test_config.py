@@ -18,6 +18,7 @@ from diffcoremix import (
     UnknownNameError,
 )
 from diffcoremix.atomic import atomic_write_text
+from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.config import (
     PRESET_DIR,
     build_config,
@@ -36,6 +37,7 @@ STAGES = {
     "generate": GenerateConfig,
     "filter": FilterConfig,
     "train": TrainConfig,
+    "executor": ExecutorConfig,
 }
 PRESETS = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 

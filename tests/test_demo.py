@@ -172,7 +172,7 @@ def check_finished_demo(out: Path, result: subprocess.CompletedProcess[str]) -> 
     for command in REAL_MODEL_COMMANDS:
         assert command in text, command
     commands = [line for line in text.splitlines() if line.lstrip().startswith("diffcoremix ")]
-    assert not [line for line in commands if "ray" in line]  # Ray is planned, never shown as a command
+    assert [line for line in commands if "--executor ray --address auto" in line]
     assert "benchmarks/README.md" in text
     assert result.stderr == ""  # no progress bars without a terminal, no warnings
 

@@ -59,6 +59,7 @@ def test_the_contracts_catch_an_upward_import_and_a_cycle(tmp_path: Path, module
     assert f"{broken}" in result.stdout.split("Broken contracts")[-1]
 
 
+@pytest.mark.slow  # about 100 s: a fresh interpreter per module; import cycles are also the contracts' business
 def test_every_module_imports_alone() -> None:
     def load(module: str) -> tuple[str, int, str]:
         result = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,

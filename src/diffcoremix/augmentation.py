@@ -17,23 +17,32 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.devices import resolve_device
+from diffcoremix.embedders.cache import EmbedFiles, embed_files
 from diffcoremix.embedders.models import Embedder, load_embedder
 from diffcoremix.errors import ConfigError
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.filter.runner import FilterReport, Scored, resolve_embedder_spec, score, write_outputs
 from diffcoremix.generate.backend import ImageGenerator
 from diffcoremix.generate.config import GenerateConfig, resolve_settings
-from diffcoremix.generate.runner import ModelSlot, plan_records, run_generation
+from diffcoremix.generate.runner import GenerationRunner, ModelSlot, plan_records, run_generation
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.prompts.builder import PromptRecord, PromptsConfig
+
+if TYPE_CHECKING:
+    from diffcoremix.cluster.ray_backend import RayCluster
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +79,7 @@ def augment(
     data_config: DataConfig | None = None,
     generator: ImageGenerator | None = None,
     embedder: Embedder | None = None,
+    executor: ExecutorConfig | None = None,
     overwrite: bool = False,
     progress: bool = False,
 ) -> AugmentResult:
@@ -82,7 +92,8 @@ def augment(
             unless ``filter_config.device`` says otherwise.
         retries: how many times a rejected candidate may be regenerated with a new seed.
         data_config: which classes (and images per class) of ``data`` to augment.
-        generator, embedder: prebuilt models to use instead of loading the configs' ones.
+        generator, embedder: prebuilt models to use instead of loading the configs' ones (local executor only).
+        executor: where the models run: this process (default) or a Ray cluster (same rounds, files and results).
         overwrite: start afresh: first delete every file of an earlier run in ``out`` (and nothing else).
         progress: show progress bars.
     """
@@ -95,22 +106,29 @@ def augment(
     if filter_config.device == "auto":
         filter_config = dataclasses.replace(filter_config, device=generate_config.device)
     data = Path(data)
-    with open_output(out, data=data, overwrite=overwrite) as folder:
+    executor = executor or ExecutorConfig()
+    if executor.on_ray and (generator is not None or embedder is not None):
+        raise ConfigError("executor", executor.executor, "local when a generator or embedder object is passed "
+                          "(Ray workers load the models from the configs)")  # fmt: skip
+    with open_output(out, data=data, overwrite=overwrite) as folder, _executor(executor, generate_config) as cluster:
         sources = usable_sources(data, data_config, progress=progress)  # checked before any model loads
         records = plan_records(sources.listing, prompts)
+        spec, _ = resolve_embedder_spec(filter_config, model)
         if embedder is None:
-            spec, _ = resolve_embedder_spec(filter_config, model)
             embedder = load_embedder(spec, resolve_device(filter_config.device))
         budget = dict(Counter(r.class_folder for r in records))
         latest = {r.key: r for r in records}  # planned key -> its latest attempt
-        slot = ModelSlot(generator)
+        run: GenerationRunner = (
+            cluster.generate if cluster else functools.partial(run_generation, slot=ModelSlot(generator))
+        )
+        embed: EmbedFiles = cluster.embedding(spec, filter_config.device) if cluster else embed_files
         generated = attempt = 0
         while True:
-            summary = run_generation(folder, data, records, prompts, generate_config, data_config=data_config,
-                                     slot=slot, skipped=sources.skipped, progress=progress)  # fmt: skip
+            summary = run(folder, data, records, prompts, generate_config, data_config=data_config,
+                          skipped=sources.skipped, progress=progress)  # fmt: skip
             generated += summary.generated
             scored = score(folder, data, filter_config, keys={r.key for r in records}, data_config=data_config,
-                           embedder=embedder, progress=progress)  # fmt: skip
+                           embedder=embedder, embed=embed, progress=progress)  # fmt: skip
             redo = _redo(latest, budget, scored) if attempt < retries else []
             if summary.generated or summary.failed or not redo:  # a replayed round leaves the files as they are
                 write_outputs(folder, data, filter_config, scored)
@@ -123,6 +141,18 @@ def augment(
             records += retried
     accepted = dict(Counter(r["class_folder"] for r in scored.rows if r["accepted"]))
     return AugmentResult(scored.report, budget, accepted, attempt + 1, generated)
+
+
+@contextlib.contextmanager
+def _executor(executor: ExecutorConfig, generate_config: GenerateConfig) -> Iterator[RayCluster | None]:
+    """The Ray cluster's actors for the job (kept across rounds), or None for this process."""
+    if not executor.on_ray:
+        yield None
+        return
+    from diffcoremix.cluster.ray_backend import RayCluster
+
+    with RayCluster(executor, generate_config.device) as cluster:
+        yield cluster
 
 
 def _redo(latest: dict[str, PromptRecord], budget: dict[str, int], scored: Scored) -> list[PromptRecord]:

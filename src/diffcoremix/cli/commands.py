@@ -16,6 +16,7 @@ from pathlib import Path
 
 from diffcoremix.atomic import atomic_write_text
 from diffcoremix.cli.options import add_config_options, config_from_args
+from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.config import write_resolved_config
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.data.scan import ScanConfig, scan_dataset
@@ -23,7 +24,6 @@ from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.generate.config import GenerateConfig
 from diffcoremix.generate.presets import GENERATOR_PRESETS
-from diffcoremix.generate.runner import generate
 from diffcoremix.manifest.layout import check_separate
 from diffcoremix.manifest.records import MANIFEST_DIR
 from diffcoremix.prompts.builder import PromptsConfig, build_prompts
@@ -145,16 +145,21 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser, GenerateConfig)
     add_config_options(parser, PromptsConfig)
     add_config_options(parser, DataConfig)
+    add_config_options(parser, ExecutorConfig)
 
 
 def _generate(args: argparse.Namespace) -> int:
+    from diffcoremix.cluster import generate  # imports torch: only when generating
+
     prompts = config_from_args(PromptsConfig, args, "prompts")
     config = config_from_args(GenerateConfig, args, "generate")
-    summary = generate(args.data, args.output, prompts, config, data_config=_data_config(args),
+    executor = config_from_args(ExecutorConfig, args, "executor")
+    summary = generate(args.data, args.output, prompts, config, executor, data_config=_data_config(args),
                        overwrite=args.overwrite, progress=show_progress(args))  # fmt: skip
+    where = f" on {executor.executor}" if executor.on_ray else " in this shard"
     print(
         f"{summary.generated} generated, {summary.skipped} already done, {summary.failed} failed "
-        f"({summary.shard} of {summary.planned} candidates in this shard) in {summary.seconds:.1f} s -> "
+        f"({summary.shard} of {summary.planned} candidates{where}) in {summary.seconds:.1f} s -> "
         f"{summary.out} (manifest: {summary.out / MANIFEST_DIR})"
     )
     return 0
@@ -167,14 +172,16 @@ def _filter_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_file(parser)
     add_config_options(parser, FilterConfig)
     add_config_options(parser, DataConfig)
+    add_config_options(parser, ExecutorConfig)
 
 
 def _filter(args: argparse.Namespace) -> int:
-    from diffcoremix.filter.runner import filter_run  # imports torch: only when filtering
+    from diffcoremix.cluster import filter_run  # imports torch: only when filtering
 
     config = config_from_args(FilterConfig, args, "filter")
+    executor = config_from_args(ExecutorConfig, args, "executor")
     subset = _data_config(args) if {"classes", "max_per_class"} & set(vars(args)) else None  # else the run's own
-    report = filter_run(args.out, config, data=args.data, data_config=subset, progress=show_progress(args))
+    report = filter_run(args.out, config, executor, data=args.data, data_config=subset, progress=show_progress(args))
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.to_text())
     if not config.calibrate:
         print(f"accepted images: {args.out / 'train'}   rejected: {args.out / 'rejected'}")
@@ -183,7 +190,7 @@ def _filter(args: argparse.Namespace) -> int:
 
 # --- augment ----------------------------------------------------------------------------------------------------
 
-_FILTER_SHARED = ("batch_size", "device", "workers", "calibrate", "cache_dir")
+_FILTER_SHARED = ("batch_size", "device", "loader_workers", "calibrate", "cache_dir")
 """Filter options that augment does not expose (it shares the generation's device; calibration is its own job)."""
 
 
@@ -200,6 +207,7 @@ def _augment_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser, PromptsConfig)
     add_config_options(parser, FilterConfig, skip=_FILTER_SHARED)
     add_config_options(parser, DataConfig)
+    add_config_options(parser, ExecutorConfig)
 
 
 def _augment(args: argparse.Namespace) -> int:
@@ -210,7 +218,8 @@ def _augment(args: argparse.Namespace) -> int:
     filter_config = config_from_args(FilterConfig, args, "filter", skip=_FILTER_SHARED)
     result = augment(
         args.data, args.output, prompts, generate_config, filter_config, retries=args.retries,
-        data_config=_data_config(args), overwrite=args.overwrite, progress=show_progress(args),
+        data_config=_data_config(args), executor=config_from_args(ExecutorConfig, args, "executor"),
+        overwrite=args.overwrite, progress=show_progress(args),
     )  # fmt: skip
     print(result.report.to_text())
     short = result.shortfall

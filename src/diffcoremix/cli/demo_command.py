@@ -73,7 +73,8 @@ The same on a real model (a GPU, and the Hugging Face hub or local weights):
   diffcoremix compare DATA --methods none,mixup,cutmix,diffcoremix --seeds 0,1,2 --synthetic OUT --test TEST -o CMP
   diffcoremix eval CMP/runs/none-seed0 CMP/runs/diffcoremix-seed0 --data TEST --saliency 8 -o EVAL
   diffcoremix report OUT --compare CMP --eval EVAL -o report.html
-Spreading generation over a Ray cluster (--executor ray) is planned for a later release; it does not exist yet."""
+and on a Ray cluster (pip install 'diffcoremix[ray]'; OUT on storage every node sees):
+  diffcoremix augment DATA -o /shared/OUT --preset sd15 --pack birds --retries 2 --executor ray --address auto"""
 
 
 class DemoFolderError(OutputFolderError):

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 from diffcoremix.cli.commands import Command, show_progress
+from diffcoremix.cli.options import add_config_options, config_from_args
+from diffcoremix.cluster.config import ExecutorConfig
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,13 +29,15 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         help="judge every image afresh (by default a rerun judges only the images this judge has not judged as "
         "they are now)",
     )  # fmt: skip
+    add_config_options(parser, ExecutorConfig)
 
 
 def _run(args: argparse.Namespace) -> int:
     from diffcoremix.judge import judge  # imports torch: only when judging
 
     result = judge(args.out, args.classifier, batch_size=args.batch_size, device=args.device,
-                   overwrite=args.overwrite, progress=show_progress(args))  # fmt: skip
+                   overwrite=args.overwrite, executor=config_from_args(ExecutorConfig, args, "executor"),
+                   progress=show_progress(args))  # fmt: skip
     print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_text())
     print(f"labels: {args.out / 'judge.jsonl'} (columns of read_manifest)")
     return 0

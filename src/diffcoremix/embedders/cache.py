@@ -12,6 +12,7 @@ import io
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -50,6 +51,10 @@ class EmbeddingCache:
         self.misses += 1
         return None
 
+    def has(self, digest: str) -> bool:
+        """Whether an entry exists (not counted as a lookup; a damaged one is found out by :meth:`get`)."""
+        return self._path(digest).is_file()
+
     def put(self, digest: str, vector: np.ndarray) -> None:
         buffer = io.BytesIO()
         np.save(buffer, vector.astype(np.float32))
@@ -66,6 +71,35 @@ class _Files(Dataset[torch.Tensor]):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.embedder.preprocess(open_image(self.paths[index]))
+
+
+class EmbedFiles(Protocol):
+    """The signature of :func:`embed_files` (the filter takes any function of it: the Ray executor has one)."""
+
+    def __call__(
+        self,
+        embedder: Embedder,
+        paths: Sequence[str | Path],
+        cache: EmbeddingCache | None = None,
+        *,
+        batch_size: int = 64,
+        workers: int = 0,
+        progress: bool = False,
+        desc: str = "embed",
+    ) -> np.ndarray: ...
+
+
+def missing_files(paths: Sequence[str | Path], cache: EmbeddingCache) -> list[Path]:
+    """The files of ``paths`` whose embedding is not cached, one per content, in order: what :func:`embed_files`
+    would compute, in the order (and so the batches) it would compute them."""
+    files = [Path(p) for p in paths]
+    digests = [file_sha256(p) for p in files]
+    present = [np.zeros(0) if cache.has(d) else None for d in digests]
+    return [files[i] for i in _misses(digests, present)]
+
+
+def _misses(digests: Sequence[str], vectors: Sequence[np.ndarray | None]) -> list[int]:
+    return sorted({digests[i]: i for i, v in enumerate(vectors) if v is None}.values())  # the first of each content
 
 
 def embed_files(
@@ -86,7 +120,7 @@ def embed_files(
     files = [Path(p) for p in paths]
     digests = [file_sha256(p) for p in files]
     vectors: list[np.ndarray | None] = [cache.get(d) if cache else None for d in digests]
-    todo = sorted({digests[i]: i for i, v in enumerate(vectors) if v is None}.values())  # one per content
+    todo = _misses(digests, vectors)
     if todo:
         loader = DataLoader(_Files([files[i] for i in todo], embedder), batch_size=batch_size, num_workers=workers)
         computed: list[np.ndarray] = []

@@ -30,8 +30,8 @@ class FilterConfig:
     """Only report real-to-real similarity statistics per class and a suggested threshold; change nothing."""
     batch_size: int = 64
     """Images per embedder call."""
-    workers: int = 0
-    """DataLoader worker processes decoding images."""
+    loader_workers: int = 0
+    """DataLoader worker processes decoding images (``--workers`` is the Ray executor's)."""
     device: str = "auto"
     """auto (CUDA when available), cpu, cuda or cuda:N."""
     cache_dir: str | None = None
@@ -45,5 +45,5 @@ class FilterConfig:
         tc = self.text_check
         require(tc is None or -1.0 <= tc <= 1.0, "text_check", tc, "in [-1, 1] or null")
         require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
-        require(self.workers >= 0, "workers", self.workers, ">= 0")
+        require(self.loader_workers >= 0, "loader_workers", self.loader_workers, ">= 0")
         require(self.embedder is None or bool(self.embedder.strip()), "embedder", self.embedder, "a non-empty spec")

@@ -26,7 +26,7 @@ from diffcoremix.data.folder import DatasetListing
 from diffcoremix.data.sources import DataConfig
 from diffcoremix.devices import resolve_device
 from diffcoremix.embedders import default_embedder
-from diffcoremix.embedders.cache import EmbeddingCache, embed_files
+from diffcoremix.embedders.cache import EmbeddingCache, EmbedFiles, embed_files
 from diffcoremix.embedders.models import Embedder, load_embedder
 from diffcoremix.errors import DatasetError
 from diffcoremix.filter.config import FilterConfig
@@ -146,6 +146,7 @@ def filter_run(
     data: str | Path | None = None,
     data_config: DataConfig | None = None,
     embedder: Embedder | None = None,
+    embed: EmbedFiles = embed_files,
     progress: bool = False,
 ) -> FilterReport:
     """Filter (or, with ``config.calibrate``, only calibrate) the candidates of a generation run.
@@ -156,6 +157,7 @@ def filter_run(
         data: the real dataset; by default the one recorded in ``OUT/run.json``.
         data_config: which classes (and images per class) of the dataset to filter; by default the run's own.
         embedder: an embedder instance to use instead of loading ``config.embedder``.
+        embed: computes the embeddings (:func:`embed_files`; the Ray executor passes its own).
         progress: show progress bars.
 
     Returns:
@@ -167,7 +169,8 @@ def filter_run(
         check_separate(data, folder.path)
         if config.cache_dir is not None:
             check_separate(data, config.cache_dir)  # the cache is written too
-        scored = score(folder, data, config, data_config=data_config, embedder=embedder, progress=progress)
+        scored = score(folder, data, config, data_config=data_config, embedder=embedder, embed=embed,
+                       progress=progress)  # fmt: skip
         write_outputs(folder, data, config, scored)
     return scored.report
 
@@ -195,6 +198,12 @@ def _skipped_sources(folder: OutputFolder) -> set[str]:
     return {s["relpath"] for s in record.get("skipped_sources", []) if isinstance(s, dict) and "relpath" in s}
 
 
+def embedder_spec(out: str | Path, config: FilterConfig) -> str:
+    """The spec of the embedder that filtering OUT with ``config`` loads (the default follows OUT's generator)."""
+    model = _settings(OutputFolder(Path(out))).get("settings", {}).get("model")
+    return resolve_embedder_spec(config, model)[0]
+
+
 def resolve_embedder_spec(config: FilterConfig, generator_model: str | None) -> tuple[str, str | None]:
     """The embedder spec to load, and a note when it is the default that follows the generator."""
     if config.embedder is not None:
@@ -213,26 +222,27 @@ def score(
     keys: Collection[str] | None = None,
     data_config: DataConfig | None = None,
     embedder: Embedder | None = None,
+    embed: EmbedFiles = embed_files,
     progress: bool = False,
 ) -> Scored:
     """Embed and score the candidates of an opened output folder (only ``keys``, when given); write nothing but
-    embedding-cache entries."""
+    embedding-cache entries. ``embed`` computes the embeddings (:func:`embed_files`, or the Ray executor's)."""
     candidates = _candidates(folder, keys)
     settings = _settings(folder)  # what generation recorded: its model and its subset of DATA
     model = settings.get("settings", {}).get("model")
     spec, note = resolve_embedder_spec(config, model)
     embedder = embedder or load_embedder(spec, resolve_device(config.device))
     cache = EmbeddingCache(Path(config.cache_dir) if config.cache_dir else folder / CACHE_DIR, embedder.id)
-    kwargs: dict[str, Any] = {"batch_size": config.batch_size, "workers": config.workers, "progress": progress}
+    kwargs: dict[str, Any] = {"batch_size": config.batch_size, "workers": config.loader_workers, "progress": progress}
     listing = (data_config or _recorded_data_config(settings)).select(data).without(_skipped_sources(folder))
     candidates = _with_real_images(candidates, listing)
-    index = _real_index(embedder, listing, candidates, config, cache, kwargs)
+    index = _real_index(embedder, listing, candidates, config, cache, kwargs, embed)
     report = FilterReport(config.threshold, config.reference, embedder.id, {}, embedder_note=note)
     rows: list[dict[str, Any]] = []
     if config.calibrate:
         report.suggested_threshold, report.calibration = suggest_threshold(index, config.reference)
     else:
-        rows = _decide(embedder, folder, candidates, index, config, cache, kwargs)
+        rows = _decide(embedder, folder, candidates, index, config, cache, kwargs, embed)
         for row in rows:
             cls = report.classes.setdefault(row["class_folder"], ClassReport())
             cls.candidates += 1
@@ -268,6 +278,7 @@ def _real_index(
     config: FilterConfig,
     cache: EmbeddingCache,
     kwargs: dict[str, Any],
+    embed: EmbedFiles,
 ) -> RealIndex:
     """Embed only the real images the rule compares with: sources, the classes' first images, or whole classes."""
     by_class = listing.by_class()
@@ -279,7 +290,7 @@ def _real_index(
         members = {}
     sources = {r["source"] for r in candidates} if config.reference == "source" else set()
     needed = sorted({p for paths in members.values() for p in paths} | sources)
-    vectors = embed_files(embedder, [listing.root / p for p in needed], cache, desc="embed real", **kwargs)
+    vectors = embed(embedder, [listing.root / p for p in needed], cache, desc="embed real", **kwargs)
     return RealIndex(dict(zip(needed, vectors, strict=True)), members)
 
 
@@ -291,10 +302,11 @@ def _decide(
     config: FilterConfig,
     cache: EmbeddingCache,
     kwargs: dict[str, Any],
+    embed: EmbedFiles,
 ) -> list[dict[str, Any]]:
     """One decision row per candidate: its reference, score, text score and whether it is kept."""
     paths = [folder / r["output"] for r in candidates]
-    vectors = embed_files(embedder, paths, cache, desc="embed generated", **kwargs)
+    vectors = embed(embedder, paths, cache, desc="embed generated", **kwargs)
     sources, classes = [r["source"] for r in candidates], [r["class_folder"] for r in candidates]
     refs = score_candidates(config.reference, index, vectors, sources, classes)
     text_scores = _text_scores(embedder, candidates, vectors) if config.text_check is not None else None

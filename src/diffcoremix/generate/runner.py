@@ -19,10 +19,10 @@ import io
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from PIL import Image
 from tqdm import tqdm
@@ -108,6 +108,24 @@ class ModelSlot:
         return self.generator
 
 
+class GenerationRunner(Protocol):
+    """Generates planned records into an opened output folder (:func:`run_generation`'s signature, less the
+    model slot); the Ray executor has one."""
+
+    def __call__(
+        self,
+        folder: OutputFolder,
+        data: Path,
+        records: Sequence[PromptRecord],
+        prompts: PromptsConfig,
+        config: GenerateConfig,
+        *,
+        data_config: DataConfig | None = None,
+        skipped: tuple[Finding, ...] = (),
+        progress: bool = False,
+    ) -> GenerationSummary: ...
+
+
 def output_relpath(record: PromptRecord) -> str:
     """Where a candidate's image goes, relative to OUT: ``images/<source path>.k<k>.png`` (a class-folder tree);
     a regeneration adds ``.r<attempt>``."""
@@ -132,6 +150,7 @@ def generate(
     records: Sequence[PromptRecord] | None = None,
     data_config: DataConfig | None = None,
     overwrite: bool = False,
+    runner: GenerationRunner | None = None,
     progress: bool = False,
 ) -> GenerationSummary:
     """Generate the counterparts of a class-folder dataset into ``out``, resuming whatever is already there.
@@ -145,6 +164,8 @@ def generate(
         records: the candidates to make, instead of the plan of ``data`` (no source check then).
         data_config: which classes and how many images per class of ``data`` to plan from.
         overwrite: start afresh: first delete every file of an earlier run in ``out`` (and nothing else).
+        runner: what generates the planned records into the opened folder: :func:`run_generation` in this process
+            by default; the Ray executor passes its own.
         progress: show a progress bar (images/s and ETA) on stderr.
 
     Returns:
@@ -164,8 +185,11 @@ def generate(
         if records is None:  # every source is checked before any model loads
             sources = usable_sources(data, data_config, progress=progress)
             records, skipped = plan_records(sources.listing, prompts), sources.skipped
-        return run_generation(folder, data, records, prompts, config, data_config=data_config,
-                              slot=ModelSlot(generator), skipped=skipped, progress=progress)  # fmt: skip
+        if runner is None:
+            return run_generation(folder, data, records, prompts, config, data_config=data_config,
+                                  slot=ModelSlot(generator), skipped=skipped, progress=progress)  # fmt: skip
+        return runner(folder, data, records, prompts, config, data_config=data_config, skipped=skipped,
+                      progress=progress)  # fmt: skip
 
 
 def run_generation(
@@ -178,18 +202,21 @@ def run_generation(
     data_config: DataConfig | None = None,
     slot: ModelSlot | None = None,
     skipped: tuple[Finding, ...] = (),
+    previous: Mapping[str, dict[str, Any]] | None = None,
     progress: bool = False,
 ) -> GenerationSummary:
     """Generate ``records`` into an output folder that the caller has opened (and locked) with ``open_output``.
 
-    The model is taken from ``slot`` (loaded into it on first need, before OUT is claimed)."""
+    The model is taken from ``slot`` (loaded into it on first need, before OUT is claimed). ``previous`` holds the
+    latest manifest record of (at least) this shard's keys, when the caller has read them already (the Ray
+    executor reads the manifest once for all shards); by default the manifest is read here."""
     slot = slot or ModelSlot()
     started = time.perf_counter()
     settings = resolve_settings(config)
     rank, world_size = resolve_shard(config.rank, config.world_size)
     fingerprint = _fingerprint(prompts, settings, data_config)
     _check_settings(folder, fingerprint)  # a conflicting earlier run is refused before any model loads
-    job = _plan_job(folder, records, config.batch_size, rank, world_size, settings_digest(settings))
+    job = _plan_job(folder, records, config.batch_size, rank, world_size, settings_digest(settings), previous)
     logger.info("shard %d/%d: %d candidates, %d already done, %d to generate", rank, world_size, job.size,
                 job.size - job.remaining, job.remaining)  # fmt: skip
     generator = slot.get(settings, config) if job.todo else None  # may fail (offline): nothing is claimed yet
@@ -273,13 +300,20 @@ def _versions() -> dict[str, str]:
 
 
 def _plan_job(
-    folder: OutputFolder, records: Sequence[PromptRecord], batch_size: int, rank: int, world_size: int, digest: str
+    folder: OutputFolder,
+    records: Sequence[PromptRecord],
+    batch_size: int,
+    rank: int,
+    world_size: int,
+    digest: str,
+    previous: Mapping[str, dict[str, Any]] | None = None,
 ) -> _Job:
     # Batches are fixed chunks of the plan, and shards take whole chunks: an image is computed in the same
     # batch whichever shard runs it and however often the run was interrupted, so its bytes are the same.
     indexed = list(enumerate(records))
     chunks = [indexed[i : i + batch_size] for i in range(0, len(indexed), batch_size)][rank::world_size]
-    previous = latest_by_key(read_records(folder.path))
+    if previous is None:
+        previous = latest_by_key(read_records(folder.path))
     done = {r.key for chunk in chunks for _, r in chunk if _reusable(folder, previous.get(r.key), r, digest)}
     return _Job(chunks, done)
 

@@ -15,17 +15,19 @@ every few batches, so a killed run loses at most those batches.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from diffcoremix.atomic import write_text_if_changed
+from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.data.images import decode_image, read_bytes, to_rgb
 from diffcoremix.devices import resolve_device
 from diffcoremix.errors import ConfigError, DatasetError, ImageReadError
@@ -35,6 +37,9 @@ from diffcoremix.manifest.decisions import read_decisions
 from diffcoremix.manifest.layout import JUDGE_FILE, OutputFolder, OutputFolderError
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.manifest.records import latest_by_key, read_judgements, read_records
+
+if TYPE_CHECKING:
+    from diffcoremix.cluster.ray_backend import RayCluster
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +140,7 @@ def judge(
     batch_size: int = 64,
     device: str = "auto",
     overwrite: bool = False,
+    executor: ExecutorConfig | None = None,
     progress: bool = False,
 ) -> JudgeResult:
     """Label every generated image of OUT with an independent classifier and record agreement with its class.
@@ -145,6 +151,8 @@ def judge(
         batch_size: images per forward pass.
         device: where the classifier runs (``auto``: CUDA when available).
         overwrite: judge every image afresh (by default only those this judge has not judged in these bytes).
+        executor: where the classifier runs: this process (default), or Ray actors (each classifies slices of the
+            images; this process writes the file). On Ray ``classifier`` must be a spec.
         progress: show a progress bar.
 
     Returns:
@@ -166,8 +174,13 @@ def judge(
     if not OutputFolder(out).is_ours():
         raise OutputFolderError(f"{out} is not a diffcoremix output (no run.json): judge reads the images of a "
                                 "generate or augment output folder")  # fmt: skip
+    executor = executor or ExecutorConfig()
+    if executor.on_ray and not isinstance(classifier, str):
+        raise ConfigError("executor", executor.executor, "local when a classifier object is passed (Ray workers "
+                          "load the classifier from its spec)")  # fmt: skip
     with open_output(out, must_exist=True) as folder:
         records, out_classes, labels = _candidates(folder)
+        spec = classifier
         if isinstance(classifier, str):
             classifier = load_classifier(classifier, resolve_device(device), out_classes)
         _check_independent(folder, classifier)
@@ -176,7 +189,15 @@ def judge(
             raise JudgeError(_no_overlap(out, out_classes, classifier))
         earlier, replaced = _earlier(folder, classifier.id, overwrite)
         job = _Job(folder, classifier, mapping, labels, records, earlier)
-        job.run(batch_size, progress)
+        if executor.on_ray:
+            from diffcoremix.cluster.ray_backend import RayCluster
+
+            with RayCluster(executor, device) as cluster:
+                task = _Slice(str(spec), cluster.worker_device if device == "auto" else device, out_classes,
+                              str(folder.path), mapping, labels, batch_size)  # fmt: skip
+                job.run_on(cluster, task, progress)
+        else:
+            job.run(batch_size, progress)
         return _result(folder, classifier, mapping, job, replaced, out_classes)
 
 
@@ -234,16 +255,35 @@ class _Job:
         self.lines: dict[str, dict[str, Any]] = {}
         self.judged = self.reused = self.batches = 0
         self.pending: list[tuple[dict[str, Any], str, torch.Tensor]] = []
+        self.persist = True
 
-    def run(self, batch_size: int, progress: bool) -> None:
+    def run(self, batch_size: int, progress: bool, *, persist: bool = True) -> None:
+        """Judge every record here; ``persist``: write the file every few batches and at the end."""
         from tqdm import tqdm
 
+        self.persist = persist
         for record in tqdm(self.records, desc="judge", unit="image", disable=not progress):
             self._visit(record)
             if len(self.pending) >= batch_size:
                 self._classify()
         self._classify()
-        self.save()
+        if persist:
+            self.save()
+
+    def run_on(self, cluster: RayCluster, task: _Slice, progress: bool) -> None:
+        """Judge on Ray: the actors judge slices of SAVE_EVERY batches; the lines are written here as they come."""
+        size = task.batch_size * SAVE_EVERY
+        slices = [self.records[i : i + size] for i in range(0, len(self.records), size)]
+
+        def call(actor: Any, records: Sequence[dict[str, Any]]) -> Any:
+            earlier = {r["key"]: self.earlier[r["key"]] for r in records if r["key"] in self.earlier}
+            return actor.run.remote(dataclasses.replace(task, records=list(records), earlier=earlier))
+
+        for lines, judged, reused in cluster.map(call, slices, desc="judge (slices)", progress=progress):
+            self.lines.update(lines)
+            self.judged += judged
+            self.reused += reused
+            self.save()
 
     def _visit(self, record: dict[str, Any]) -> None:
         key, path = record["key"], self.folder / record["output"]
@@ -272,7 +312,7 @@ class _Job:
         self.judged += len(self.pending)
         self.pending = []
         self.batches += 1
-        if self.batches % SAVE_EVERY == 0:
+        if self.persist and self.batches % SAVE_EVERY == 0:
             self.save()
 
     def _line(self, record: dict[str, Any], index: int | None, confidence: float | None, sha: str | None,
@@ -299,6 +339,29 @@ class _Job:
         text = "".join(json.dumps({f: current[k].get(f) for f in JUDGE_FIELDS}, ensure_ascii=False) + "\n"
                        for k in keys)  # fmt: skip
         write_text_if_changed(self.folder / JUDGE_FILE, text)
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """A Ray actor's share of a judge: these records, judged by the actor's copy of the classifier (loaded once
+    per actor); returns the lines and the counts, and writes nothing."""
+
+    spec: str
+    device: str
+    out_classes: Mapping[str, str]
+    out: str
+    mapping: ClassMap
+    labels: Mapping[str, int]
+    batch_size: int
+    records: Sequence[dict[str, Any]] = ()
+    earlier: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __call__(self, worker: Any) -> tuple[dict[str, dict[str, Any]], int, int]:
+        key = ("classifier", self.spec, self.device)
+        classifier = worker.model(key, lambda: load_classifier(self.spec, self.device, self.out_classes))
+        job = _Job(OutputFolder(Path(self.out)), classifier, self.mapping, self.labels, self.records, self.earlier)
+        job.run(self.batch_size, progress=False, persist=False)
+        return job.lines, job.judged, job.reused
 
 
 def _result(folder: OutputFolder, classifier: Classifier, mapping: ClassMap, job: _Job, replaced: str | None,
