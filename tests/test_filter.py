@@ -119,6 +119,29 @@ def test_second_run_hits_the_cache(generated: Path) -> None:
     assert again.cache_hits == 6 + 12  # six real images, twelve generated
 
 
+def test_an_altered_or_moved_cache_entry_is_recomputed_not_trusted(generated: Path) -> None:
+    import io
+
+    from diffcoremix.embedders.cache import TAG_BYTES
+
+    config = FilterConfig(embedder="tiny", threshold=0.5, reference="source")
+    first = json.loads(json.dumps(filter_run(generated, config).to_dict()["classes"]))
+    entries = sorted((generated / "cache").rglob("*.npy"))
+    assert len(entries) == 18
+    vector = np.load(entries[0])  # numpy still reads an entry (the tag follows the array)
+    altered = io.BytesIO()
+    np.save(altered, -vector)  # loadable, and wrong
+    data = entries[0].read_bytes()
+    entries[0].write_bytes(altered.getvalue() + data[-TAG_BYTES:])
+    shutil.copyfile(entries[2], entries[1])  # a valid entry under another image's key
+    entries[3].write_bytes(entries[3].read_bytes()[:-1])  # torn
+    again = filter_run(generated, config)
+    assert again.cache_misses == 3
+    assert again.cache_hits == 15
+    assert json.loads(json.dumps(again.to_dict()["classes"])) == first  # the same scores as before the damage
+    assert np.allclose(np.load(entries[0]), vector, atol=1e-6)  # rewritten (recomputed in a smaller batch)
+
+
 def test_output_loads_with_image_folder_and_datasets(generated: Path, tmp_path: Path) -> None:
     import datasets
 

@@ -2,7 +2,10 @@
 
 The cache keys an embedding by the embedder's id and the file's SHA-256, so a renamed or copied image is not
 embedded twice, an edited one is, and a second run over the same real images computes nothing. Each entry is one
-small ``.npy`` file written atomically (a killed run leaves no torn entry).
+small ``.npy`` file written atomically (a killed run leaves no torn entry), followed by a 32-byte tag: the SHA-256 of
+the embedder id, the image digest and the ``.npy`` bytes. An entry whose tag does not match (altered, damaged, or
+moved under another key or embedder) is not trusted: it is recomputed. ``numpy.load`` still reads an entry (it stops
+at the end of the array).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ from diffcoremix.embedders.models import Embedder
 
 logger = logging.getLogger(__name__)
 
+TAG_BYTES = 32
+"""The SHA-256 tag after each entry's ``.npy`` bytes."""
+
 
 class EmbeddingCache:
     """``root/<embedder id hash>/<sha[:2]>/<sha>.npy``; ``hits`` and ``misses`` count lookups."""
@@ -39,15 +45,28 @@ class EmbeddingCache:
     def _path(self, digest: str) -> Path:
         return self.folder / digest[:2] / f"{digest}.npy"
 
+    def _tag(self, digest: str, payload: bytes) -> bytes:
+        return hashlib.sha256(self.embedder_id.encode() + b"\0" + digest.encode() + b"\0" + payload).digest()
+
     def get(self, digest: str) -> np.ndarray | None:
         path = self._path(digest)
-        if path.is_file():
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            data = None
+        except OSError as err:
+            logger.info("recomputing unreadable cache entry %s: %s", path, err)
+            data = None
+        if data is not None:
+            payload, tag = data[:-TAG_BYTES], data[-TAG_BYTES:]
             try:
-                value: np.ndarray = np.load(path)
+                if len(data) <= TAG_BYTES or tag != self._tag(digest, payload):
+                    raise ValueError("its tag does not match its key and content")
+                value: np.ndarray = np.load(io.BytesIO(payload))
                 self.hits += 1
                 return value
-            except (OSError, ValueError):  # a damaged entry is recomputed
-                logger.info("recomputing damaged cache entry %s", path)
+            except (OSError, ValueError) as err:  # an altered or damaged entry is recomputed
+                logger.info("recomputing cache entry %s: %s", path, err)
         self.misses += 1
         return None
 
@@ -58,7 +77,8 @@ class EmbeddingCache:
     def put(self, digest: str, vector: np.ndarray) -> None:
         buffer = io.BytesIO()
         np.save(buffer, vector.astype(np.float32))
-        atomic_write_bytes(self._path(digest), buffer.getvalue())
+        payload = buffer.getvalue()
+        atomic_write_bytes(self._path(digest), payload + self._tag(digest, payload))
 
 
 class _Files(Dataset[torch.Tensor]):
