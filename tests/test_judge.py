@@ -337,3 +337,27 @@ def test_bad_input_is_one_line_with_exit_2(cifar_out: Path, tmp_path: Path, caps
         judge(strangers, f"resnet56:{R56}")
     assert not (cifar_out / "judge.jsonl").exists()
     assert not (foreign / "judge.jsonl").exists()
+
+
+def test_damaged_lines_of_the_judge_and_filter_files_are_skipped_and_repaired_by_a_rerun(
+    tiny_out: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Both files are written atomically, so only something else damages them; OUT must stay usable, and the
+    # command that wrote a file must rewrite it whole.
+    judge(tiny_out, "tiny:1")
+    for name in ("judge.jsonl", "filter.jsonl"):
+        lines = (tiny_out / name).read_text().splitlines()
+        (tiny_out / name).write_text("\n".join(["[1, 2]", lines[0][:20], *lines[1:]]) + "\n")  # junk, a torn line
+    with caplog.at_level("WARNING", logger="diffcoremix"):
+        table = read_manifest(tiny_out)
+    assert table.accepted.isna().sum() == 1  # the torn decision's candidate is undecided, the others are not
+    assert table.agrees.isna().sum() >= 1
+    messages = " | ".join(r.getMessage() for r in caplog.records)
+    for name in ("judge.jsonl", "filter.jsonl"):
+        assert f"{tiny_out / name}: line(s) 1, 2 damaged" in messages
+    result = judge(tiny_out, "tiny:1")
+    assert result.judged == 1  # only the image whose line was torn
+    filter_run(tiny_out, FilterConfig(threshold=0.99))
+    for name in ("judge.jsonl", "filter.jsonl"):
+        rows = [json.loads(line) for line in (tiny_out / name).read_text().splitlines()]
+        assert len(rows) == len({r["key"] for r in rows}) == 4

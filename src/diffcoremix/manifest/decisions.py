@@ -47,33 +47,36 @@ _NO_LINKS = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOT
 
 
 def read_decisions(out: str | Path) -> dict[str, dict[str, Any]]:
-    """The decisions of ``OUT/filter.jsonl`` by key (empty when the run has not been filtered).
-
-    Raises:
-        OutputFolderError: a line is not a JSON decision (the file is written atomically, so it was damaged).
-    """
+    """The decisions of ``OUT/filter.jsonl`` by key (empty when the run has not been filtered); a damaged line is
+    skipped with a warning (its candidate is undecided until the next ``filter``, which rewrites the file)."""
     return read_keyed_lines(Path(out) / DECISIONS_FILE, "filter decision", f"rerun `diffcoremix filter {out}`")
 
 
 def read_keyed_lines(path: Path, what: str, remedy: str) -> dict[str, dict[str, Any]]:
     """The JSON objects of a JSON Lines file that we write atomically, by their ``key`` (empty when it is missing).
 
-    Raises:
-        OutputFolderError: a line is not a JSON object with a key: ``"{path}:{line} is not a {what}; {remedy}"``.
+    A line that is not a JSON object with a key (torn or altered: the file is written atomically, so something else
+    damaged it) is skipped with one warning per file, ``"{path}:{line}: ... is not a {what} ...; {remedy}"``, as the
+    manifest skips a torn record: the command that rewrites the file still runs, and repairs it.
     """
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return {}
     rows: dict[str, dict[str, Any]] = {}
+    damaged: list[int] = []
     for number, line in enumerate(lines, start=1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             row = None
-        if not isinstance(row, dict) or "key" not in row:
-            raise OutputFolderError(f"{path}:{number} is not a {what}; {remedy}")
+        if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+            damaged.append(number)
+            continue
         rows[row["key"]] = row
+    if damaged:
+        where = ", ".join(map(str, damaged[:5])) + (", ..." if len(damaged) > 5 else "")
+        logger.warning("%s: line(s) %s damaged (not a %s): ignored; %s", path, where, what, remedy)
     return rows
 
 

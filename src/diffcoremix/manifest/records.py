@@ -86,12 +86,9 @@ the candidate's class (null when the judge does not know the candidate's class: 
 
 
 def read_judgements(out: str | Path) -> dict[str, dict[str, Any]]:
-    """The judge's lines of ``OUT/judge.jsonl`` by key (empty when the run has not been judged).
-
-    Raises:
-        OutputFolderError: a line is not a JSON judgement (the file is written atomically, so it was damaged).
-    """
-    remedy = f"judge afresh with `diffcoremix judge {out} --classifier SPEC --overwrite`"
+    """The judge's lines of ``OUT/judge.jsonl`` by key (empty when the run has not been judged); a damaged line is
+    skipped with a warning (its image is judged again by the next ``judge``)."""
+    remedy = f"the next `diffcoremix judge {out} --classifier SPEC` judges those images again"
     return read_keyed_lines(Path(out) / JUDGE_FILE, "judgement", remedy)
 
 
