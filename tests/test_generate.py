@@ -168,6 +168,26 @@ def test_torn_record_and_damaged_image_are_redone(data: Path, tmp_path: Path) ->
     assert _stable(read_manifest(out)) == _stable(reference)
 
 
+def test_a_source_photo_replaced_in_data_is_noticed_and_its_candidates_made_again(
+    data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    prompts = PromptsConfig(per_image=2)
+    generate(data, out, prompts, _tiny())
+    before = read_manifest(out).set_index("key")
+    source = data / "002.Laysan_Albatross" / "img_001.png"
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(source)  # another photo under the same name
+    with caplog.at_level("WARNING", logger="diffcoremix"):
+        summary = generate(data, out, prompts, _tiny())
+    assert (summary.generated, summary.skipped) == (2, 8)
+    assert "2 candidate(s) made from a source image that has changed" in caplog.text
+    after = read_manifest(out).set_index("key")
+    mine = after.source == "002.Laysan_Albatross/img_001.png"
+    assert set(after.source_sha256[mine]) == {hashlib.sha256(source.read_bytes()).hexdigest()}
+    assert (after.source_sha256[~mine] == before.source_sha256[~mine]).all()
+    assert generate(data, out, prompts, _tiny()).generated == 0  # and then it is current
+
+
 class FailingFor:
     """Fault injection around the real tiny generator: raises for chosen seeds, as a broken model would.
 

@@ -216,7 +216,8 @@ def run_generation(
     rank, world_size = resolve_shard(config.rank, config.world_size)
     fingerprint = _fingerprint(prompts, settings, data_config)
     _check_settings(folder, fingerprint)  # a conflicting earlier run is refused before any model loads
-    job = _plan_job(folder, records, config.batch_size, rank, world_size, settings_digest(settings), previous)
+    hashes = _SourceHashes(data)
+    job = _plan_job(folder, records, config.batch_size, rank, world_size, settings_digest(settings), previous, hashes)
     logger.info("shard %d/%d: %d candidates, %d already done, %d to generate", rank, world_size, job.size,
                 job.size - job.remaining, job.remaining)  # fmt: skip
     generator = slot.get(settings, config) if job.todo else None  # may fail (offline): nothing is claimed yet
@@ -227,7 +228,7 @@ def run_generation(
     writer = ManifestWriter(folder.shard_path(rank, world_size))
     generated = failed = 0
     if generator is not None:
-        generated, failed = _run(folder, data, job, generator, settings, config, writer, rank, progress)
+        generated, failed = _run(folder, data, job, generator, settings, config, writer, rank, hashes, progress)
     writer.compact(tag=tag)
     return GenerationSummary(
         out=folder.path,
@@ -307,6 +308,7 @@ def _plan_job(
     world_size: int,
     digest: str,
     previous: Mapping[str, dict[str, Any]] | None = None,
+    hashes: Mapping[str, str | None] | None = None,
 ) -> _Job:
     # Batches are fixed chunks of the plan, and shards take whole chunks: an image is computed in the same
     # batch whichever shard runs it and however often the run was interrupted, so its bytes are the same.
@@ -315,6 +317,12 @@ def _plan_job(
     if previous is None:
         previous = latest_by_key(read_records(folder.path))
     done = {r.key for chunk in chunks for _, r in chunk if _reusable(folder, previous.get(r.key), r, digest)}
+    if hashes is not None:  # a source photo replaced in DATA since its candidates were made: they are made again
+        changed = {k for k in done if previous[k].get("source_sha256") != hashes[previous[k]["source"]]}
+        if changed:
+            logger.warning("%d candidate(s) made from a source image that has changed since (its SHA-256 differs "
+                           "from the recorded one): generated again", len(changed))  # fmt: skip
+        done -= changed
     return _Job(chunks, done)
 
 
@@ -360,10 +368,10 @@ def _run(
     config: GenerateConfig,
     writer: ManifestWriter,
     rank: int,
+    hashes: _SourceHashes,
     progress: bool,
 ) -> tuple[int, int]:
     batcher = Batcher(generator, config.batch_size)
-    hashes = _SourceHashes(data)
     context = {"settings": settings, "provenance": generator.provenance, "rank": rank, "hashes": hashes,
                "digest": settings_digest(settings)}  # fmt: skip
     generated = failed = 0
