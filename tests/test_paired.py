@@ -284,6 +284,19 @@ def test_mix_preview_command(world: tuple[Path, Path], tmp_path: Path) -> None:
     bad = run_cli("mix-preview", data, "--synthetic", out, "-o", grid, "--size", "0")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "diffcoremix mix-preview: error: --size must be >= 1, got 0"
+    # Sizes and counts no machine can draw are refused at once, in one line, before any image is read.
+    huge = tmp_path / "huge.png"
+    for options, message in [
+        (["--size", "100000"], "--size must be at most 2,048 px for up to 16 rows (2 per class x 8 classes)"),
+        (["--size", "5000"], "the grid would be 20,000 x 80,000 px"),
+        (["--per-class", "1000", "--max-classes", "1000"], "--per-class must be such that per class x classes is at "
+                                                            "most 273 rows (1000 x 1000 = 1,000,000)"),
+    ]:  # fmt: skip
+        refused = run_cli("mix-preview", data, "--synthetic", out, "-o", huge, *options)
+        assert refused.returncode == 2, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        assert message in refused.stderr
+    assert not huge.exists()
 
 
 def test_an_epoch_set_on_the_dataset_that_the_sampler_does_not_carry_is_warned_about(tmp_path: Path) -> None:

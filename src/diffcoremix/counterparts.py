@@ -9,10 +9,12 @@ regenerated on its own.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from diffcoremix.data.folder import DatasetListing, ImageItem
+from diffcoremix.errors import ConfigError
 from diffcoremix.seeds import derive_seed
 
 
@@ -44,6 +46,39 @@ def count_for_fraction(n: int, fraction: float) -> int:
     return min(n, max(1, int(product.to_integral_value(rounding=ROUND_HALF_UP))))
 
 
+BYTES_PER_CANDIDATE = 4096
+"""Memory that one planned candidate takes along the pipeline, generously: its plan entry (about 1.2 KB at the
+peak of planning, measured), its manifest record as a dict and as a table row."""
+
+
+def available_memory() -> int | None:
+    """Bytes of physical memory available now (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_plan_fits(sources: int, per_image: int) -> None:
+    """Refuse, before anything is built, a plan that cannot fit in half of the memory available now.
+
+    Raises:
+        ConfigError: ``per_image must be at most N here ...``, with the candidates and memory it would take.
+    """
+    available = available_memory()
+    count = sources * per_image
+    if available is None or sources == 0 or count * BYTES_PER_CANDIDATE <= available // 2:
+        return
+    most = max(0, available // 2 // BYTES_PER_CANDIDATE // sources)
+    raise ConfigError(
+        "per_image",
+        per_image,
+        f"at most {most:,} here: {sources:,} images x {per_image:,} = {count:,} candidates would take about "
+        f"{count * BYTES_PER_CANDIDATE / 2**30:,.1f} GiB to plan and record, and {available / 2**30:.1f} GiB of "
+        "memory is available",
+    )
+
+
 def select_sources(listing: DatasetListing, fraction: float, seed: int) -> list[ImageItem]:
     """The images that get counterparts, in listing order."""
     chosen: set[str] = set()
@@ -61,6 +96,8 @@ def plan_candidates(
     Example:
         >>> plan = plan_candidates(list_images("data"), fraction=0.3, per_image=2)  # doctest: +SKIP
     """
+    sources = select_sources(listing, fraction, seed)
+    check_plan_fits(len(sources), per_image)
     return [
         Candidate(
             key=f"{item.relpath}#{k}",
@@ -70,6 +107,6 @@ def plan_candidates(
             k=k,
             seed=derive_seed(seed, "generate", item.relpath, k),
         )
-        for item in select_sources(listing, fraction, seed)
+        for item in sources
         for k in range(per_image)
     ]

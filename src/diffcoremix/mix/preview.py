@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from diffcoremix.counterparts import available_memory
 from diffcoremix.data.folder import DatasetListing
 from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.mix.mixers import make_mixer
@@ -43,10 +44,29 @@ class PreviewRows:
     """``(N,)`` ``PARTNER_*`` codes; ``PARTNER_NONE`` where the sample has no partner."""
 
 
-def _check_counts(**values: int) -> None:
-    for name, value in values.items():
+MAX_CANVAS_PX = 32_768
+"""The longest side of a preview PNG (matplotlib's renderer refuses 65,536 px; a preview needs far less)."""
+
+
+def _check_counts(*, per_class: int, max_classes: int, size: int) -> None:
+    """Counts of at least 1, and a grid that fits the renderer and half of the memory available now."""
+    for name, value in {"per_class": per_class, "max_classes": max_classes, "size": size}.items():
         if value < 1:
             raise ConfigError(name, value, ">= 1")
+    rows, tile = per_class * max_classes, max(size, _MIN_TILE_PX)
+    width, height = 4 * tile, rows * tile  # at most: the dataset may have fewer classes or images
+    available = available_memory()
+    memory = width * height * 4 * 3  # the RGBA canvas, and the tiles and the encoder's copies
+    if max(width, height) > MAX_CANVAS_PX or (available is not None and memory > available // 2):
+        most = min(MAX_CANVAS_PX // 4, MAX_CANVAS_PX // rows)
+        if most < _MIN_TILE_PX:  # too many rows at any size
+            most_rows = MAX_CANVAS_PX // _MIN_TILE_PX
+            raise ConfigError("per_class", per_class, f"such that per class x classes is at most {most_rows} rows "
+                              f"({per_class} x {max_classes} = {rows:,})")  # fmt: skip
+        raise ConfigError(
+            "size", size, f"at most {most:,} px for up to {rows:,} rows ({per_class} per class x {max_classes} "
+            f"classes): the grid would be {width:,} x {height:,} px (a preview is at most {MAX_CANVAS_PX:,} px a side)"
+        )  # fmt: skip
 
 
 def preview_rows(
