@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/finetune.py
 	$(BIN)/python benchmarks/generation_quality.py
 	$(BIN)/python benchmarks/report.py
+	$(BIN)/python benchmarks/ray_scaling.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache
