@@ -136,7 +136,9 @@ def _augment_command(data: Path, out: Path, threshold: float) -> list[str]:
                        "--batch-size", "2")  # fmt: skip
 
 
-@pytest.mark.parametrize("kill_at", [3, 20])  # records in the manifest: mid round 0, mid round 1 or 2
+@pytest.mark.parametrize(
+    "kill_at", [3, pytest.param(20, marks=pytest.mark.slow)]
+)  # records in the manifest: mid round 0 (make test), mid round 1 or 2 (make test-all)
 def test_a_killed_augment_reruns_to_the_uninterrupted_result(
     data: Path, threshold: float, tmp_path: Path, kill_at: int
 ) -> None:
