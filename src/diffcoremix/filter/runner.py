@@ -23,7 +23,8 @@ import numpy as np
 from diffcoremix.atomic import write_text_if_changed
 from diffcoremix.config import write_resolved_config
 from diffcoremix.data.folder import DatasetListing
-from diffcoremix.data.sources import DataConfig
+from diffcoremix.data.scan import ScanConfig
+from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.devices import resolve_device
 from diffcoremix.embedders import default_embedder
 from diffcoremix.embedders.cache import EmbeddingCache, EmbedFiles, embed_files
@@ -169,8 +170,11 @@ def filter_run(
         check_separate(data, folder.path)
         if config.cache_dir is not None:
             check_separate(data, config.cache_dir)  # the cache is written too
+        # Every real image it may compare with is decoded first: those that cannot be are named in one line.
+        listing = (data_config or recorded_data_config(folder)).select(data).without(_skipped_sources(folder))
+        unusable = {f.relpath for f in usable_sources(listing, progress=progress, scan=ScanConfig(min_side=1)).skipped}
         scored = score(folder, data, config, data_config=data_config, embedder=embedder, embed=embed,
-                       progress=progress)  # fmt: skip
+                       progress=progress, unusable=unusable)  # fmt: skip
         write_outputs(folder, data, config, scored)
     return scored.report
 
@@ -224,9 +228,11 @@ def score(
     embedder: Embedder | None = None,
     embed: EmbedFiles = embed_files,
     progress: bool = False,
+    unusable: Collection[str] = (),
 ) -> Scored:
     """Embed and score the candidates of an opened output folder (only ``keys``, when given); write nothing but
-    embedding-cache entries. ``embed`` computes the embeddings (:func:`embed_files`, or the Ray executor's)."""
+    embedding-cache entries. ``embed`` computes the embeddings (:func:`embed_files`, or the Ray executor's);
+    the real images at ``unusable`` (relative paths) are never embedded."""
     candidates = _candidates(folder, keys)
     settings = _settings(folder)  # what generation recorded: its model and its subset of DATA
     model = settings.get("settings", {}).get("model")
@@ -234,7 +240,8 @@ def score(
     embedder = embedder or load_embedder(spec, resolve_device(config.device))
     cache = EmbeddingCache(Path(config.cache_dir) if config.cache_dir else folder / CACHE_DIR, embedder.id)
     kwargs: dict[str, Any] = {"batch_size": config.batch_size, "workers": config.loader_workers, "progress": progress}
-    listing = (data_config or _recorded_data_config(settings)).select(data).without(_skipped_sources(folder))
+    skipped = _skipped_sources(folder) | set(unusable)
+    listing = (data_config or _recorded_data_config(settings)).select(data).without(skipped)
     candidates = _with_real_images(candidates, listing)
     index = _real_index(embedder, listing, candidates, config, cache, kwargs, embed)
     report = FilterReport(config.threshold, config.reference, embedder.id, {}, embedder_note=note)

@@ -7,14 +7,18 @@ real image unchanged). Drawn with matplotlib's Agg backend, without pyplot's glo
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
+from diffcoremix.atomic import atomic_write_bytes, remove_own_temporaries
 from diffcoremix.counterparts import available_memory
-from diffcoremix.data.folder import DatasetListing
+from diffcoremix.data.folder import DatasetListing, list_images
+from diffcoremix.data.scan import ScanConfig
+from diffcoremix.data.sources import usable_sources
 from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.mix.mixers import make_mixer
 from diffcoremix.mix.paired import PARTNER_NONE, PARTNER_OWN, PairedDataset, collate_pairs
@@ -90,7 +94,11 @@ def preview_rows(
 
     _check_counts(per_class=per_class, max_classes=max_classes, size=size)
     transform = v2.Compose([v2.Resize((size, size), antialias=True), v2.PILToTensor()])
-    dataset = PairedDataset(data, synthetic, transform=transform, seed=seed)
+    listing = data if isinstance(data, DatasetListing) else list_images(data)
+    shown = [c for c in listing.classes if c in listing.by_class()][:max_classes]
+    # Only the classes shown are decoded; what of them cannot be read is named in one warning line.
+    listing = usable_sources(listing.subset(shown), scan=ScanConfig(min_side=1)).listing
+    dataset = PairedDataset(listing, synthetic, transform=transform, seed=seed)
     chosen: list[int] = []
     in_use = dataset.listing.by_class()  # the classes of a --classes subset, else all
     for cls in [c for c in dataset.classes if c in in_use][:max_classes]:
@@ -188,5 +196,8 @@ def mix_preview(
     rows = preview_rows(data, synthetic, per_class=per_class, max_classes=max_classes, size=size, seed=seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    preview_figure(rows).savefig(out, format="png")
+    buffer = io.BytesIO()
+    preview_figure(rows).savefig(buffer, format="png")
+    remove_own_temporaries(out)  # a killed earlier write's
+    atomic_write_bytes(out, buffer.getvalue())
     return out

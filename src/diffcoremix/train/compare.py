@@ -56,7 +56,8 @@ from typing import Any, Literal, NamedTuple, cast
 
 from diffcoremix.atomic import write_bytes_if_changed, write_text_if_changed
 from diffcoremix.config import write_resolved_config
-from diffcoremix.data.sources import DataConfig, usable_sources
+from diffcoremix.data.scan import ScanConfig
+from diffcoremix.data.sources import DataConfig, require_classes, skips_named_once, usable_sources
 from diffcoremix.errors import ConfigError, DatasetError, DiffCoReMixError, UnknownNameError
 from diffcoremix.manifest.layout import CONFIG_FILE, OutputFolder, OutputFolderError, check_separate, write_layout
 from diffcoremix.manifest.ownership import open_output
@@ -471,7 +472,8 @@ def step_budget(config: TrainConfig, train_images: int) -> int:
 
 def _train_images(data: Path, config: TrainConfig, data_config: DataConfig, val: Path | None, progress: bool) -> int:
     """How many real images ``train`` trains on (the usable ones of the subset, less a --val-split share)."""
-    listing = usable_sources(data, data_config, progress=progress).listing
+    listing = usable_sources(data, data_config, progress=progress, scan=ScanConfig(min_side=1)).listing
+    require_classes(listing)
     if val is None and config.val_split:
         listing, _ = split_validation(listing, config.val_split, config.seed)  # its size does not depend on the seed
     return len(listing)
@@ -521,6 +523,7 @@ def _clear_runs(runs: Path, data: Path) -> None:
             folder.rmdir()  # only empty ones (the emptied checkpoints/ and run folders)
 
 
+@skips_named_once()  # DATA is read for every run: what it skips is named once
 def compare(
     data: str | Path,
     methods: str | Sequence[str],
@@ -568,6 +571,9 @@ def compare(
     seed_list = parse_seeds(seeds)
     _check_inputs(specs, config, out, val_path, test_path, synthetic_path)
     steps = config.max_steps or step_budget(config, _train_images(data, config, data_config, val_path, progress))
+    for path, what in ((val_path, "--val"), (test_path, "--test")):
+        if path is not None:  # named (and refused when nothing is usable) before the first run
+            usable_sources(path, progress=progress, scan=ScanConfig(min_side=1), what=what)
     if config.max_steps is None:
         logger.info(
             "step budget: %d optimizer steps for every method (%d epoch(s) of the real training set at batch size "

@@ -43,8 +43,10 @@ from torch import nn
 from diffcoremix.atomic import write_bytes_if_changed, write_text_if_changed
 from diffcoremix.data.classnames import prompt_name
 from diffcoremix.data.dataset import ClassFolderDataset
-from diffcoremix.data.folder import DatasetListing, ImageItem, list_images
+from diffcoremix.data.folder import DatasetListing, ImageItem
 from diffcoremix.data.images import open_image
+from diffcoremix.data.scan import ScanConfig
+from diffcoremix.data.sources import usable_sources
 from diffcoremix.devices import resolve_device
 from diffcoremix.errors import ConfigError, DatasetError, DiffCoReMixError
 from diffcoremix.manifest.layout import OutputFolder, OutputFolderError, inside, read_layout, write_layout
@@ -146,7 +148,7 @@ def evaluate(
 
     Raises:
         ConfigError: a bad count, no run, a run given twice, or ``saliency`` without ``output``.
-        DatasetError: DATA has no images, or a class the run does not know.
+        DatasetError: DATA has no usable image, or a class the run does not know.
         RunError: a folder is not a finished training run.
         OutputFolderError: ``output`` overlaps DATA or a run, or holds files that ``eval`` did not make.
     """
@@ -155,9 +157,8 @@ def evaluate(
         raise ConfigError("runs", [], "at least one run folder")
     if saliency and output is None:
         raise ConfigError("output", None, "a folder when saliency > 0 (saliency.png is written there)")
-    listing = data if isinstance(data, DatasetListing) else list_images(data)
-    if not listing.items:
-        raise DatasetError(f"no images to evaluate in {listing.root}")
+    # Every image that decodes is evaluated; the others are named in one warning line (none usable: DatasetError).
+    listing = usable_sources(data, scan=ScanConfig(min_side=1)).listing
     paths = [Path(r) for r in runs]
     names = run_names(paths)
     if output is not None:

@@ -35,9 +35,9 @@ from torch.utils.data import DataLoader
 
 from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, write_text_if_changed
 from diffcoremix.config import to_plain, write_resolved_config
-from diffcoremix.data.folder import DatasetListing, list_images
+from diffcoremix.data.folder import DatasetListing
 from diffcoremix.data.scan import ScanConfig
-from diffcoremix.data.sources import DataConfig, usable_sources
+from diffcoremix.data.sources import DataConfig, require_classes, usable_sources
 from diffcoremix.devices import resolve_device
 from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, OutputFolder, write_layout
@@ -258,14 +258,17 @@ def _prepare(
     # minimum size does not apply: training resizes.
     sources = usable_sources(data, data_config, progress=progress, scan=ScanConfig(min_side=1))
     listing = sources.listing
+    require_classes(listing)
     if val is not None and config.val_split:
         raise ConfigError("val_split", config.val_split, "0 when --val is given (one validation set at a time)")
     val_listing = None
     if val is not None:
-        val_listing = list_images(val)
+        val_listing = usable_sources(val, progress=progress, scan=ScanConfig(min_side=1), what="--val").listing
     elif config.val_split:
         listing, val_listing = split_validation(listing, config.val_split, config.seed)
-    test_listing = list_images(test) if test is not None else None
+    test_listing = None
+    if test is not None:
+        test_listing = usable_sources(test, progress=progress, scan=ScanConfig(min_side=1), what="--test").listing
     if config.needs_synthetic and synthetic is None:
         raise ConfigError("method", config.method, "--synthetic OUT (a filtered generation run), or --partners real")
     count = 0
