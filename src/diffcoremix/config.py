@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import inspect
 import itertools
+import math
 import textwrap
 import types
 import typing
@@ -63,7 +64,7 @@ def _describe(hint: Any) -> str:
     if hint is int:
         return "an integer"
     if hint is float:
-        return "a number"
+        return "a finite number"
     if hint is str:
         return "a string"
     if hint is bool:
@@ -90,8 +91,8 @@ def _matches(value: Any, hint: Any) -> bool:
         return isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is float:  # NaN and infinity pass every comparison a validator makes (nan > 0 is False, inf > 0 True)
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if hint is str:
         return isinstance(value, str)
     if origin is Literal:
@@ -116,7 +117,7 @@ def _coerce(value: Any, hint: Any) -> Any:
     if origin is tuple and isinstance(value, list):
         return tuple(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        return float(value) if abs(value) < 2**1023 else math.inf  # beyond a float: refused as not finite
     return value
 
 

@@ -91,6 +91,8 @@ def load_pipeline(settings: GenerationSettings) -> tuple[Any, dict[str, Any]]:
             pipe.to(dtype=dtype)
         provenance["model_revision"] = "random-weights-seed-0"
     else:
+        for name in (model, settings.vae, settings.model_config):
+            _check_local(name)
         pipe = _load_diffusers(model, settings, dtype, provenance)
     if settings.scheduler is not None:
         pipe.scheduler = _scheduler(settings.scheduler, pipe.scheduler.config, settings.scheduler_kwargs)
@@ -148,6 +150,15 @@ def quiet_loading() -> Iterator[None]:
             diffusers_logging.enable_progress_bar()
         if was[1]:
             transformers_logging.enable_progress_bar()
+
+
+def _check_local(name: str | None) -> None:
+    """A name spelt as a local path (``/x``, ``./x``, ``~/x``, ``a/b/c``, ``x.safetensors``) must exist: it is no
+    hub id (``org/name``), and asking the hub for it would only fail later, and slowly, for another reason."""
+    if name is None or Path(name).expanduser().exists():
+        return
+    if name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or _is_checkpoint(Path(name)):
+        raise ModelLoadError(f"{name} does not exist (a local model folder or file; a hub id reads org/name)")
 
 
 def _is_checkpoint(path: Path) -> bool:

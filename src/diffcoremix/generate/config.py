@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from diffcoremix.config import check_types, require
-from diffcoremix.devices import resolve_device
+from diffcoremix.devices import check_compiler, resolve_device
+from diffcoremix.errors import ConfigError
 from diffcoremix.finetuned import read_finetune_info
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS, Family
 
@@ -109,6 +110,8 @@ def resolve_settings(config: GenerateConfig) -> GenerationSettings:
     """Fill the config's unset options from its preset, and resolve ``auto`` device and dtype."""
     preset = GENERATOR_PRESETS.get(config.preset)
     device = resolve_device(config.device)
+    if config.compile:
+        check_compiler(device, "--compile")
     dtype = config.dtype
     if dtype == "auto":
         dtype = "float16" if device.startswith("cuda") else "float32"
@@ -138,10 +141,13 @@ def resolve_settings(config: GenerateConfig) -> GenerationSettings:
     def default(name: str) -> Any:
         return sampling.get(name, getattr(preset, name))
 
+    model = pick(model, preset.model)
+    if config.vae is not None and model is not None and model.startswith(BUILTIN_PREFIX):
+        raise ConfigError("vae", config.vae, f"null with the built-in model {model} (it builds its own VAE)")
     digests = [info.get("weights_sha256") for info in (model_info, lora_info) if info is not None]
     return GenerationSettings(
         preset=preset.name,
-        model=pick(model, preset.model),
+        model=model,
         revision=config.revision,
         model_config=config.model_config,
         vae=pick(config.vae, preset.vae),
