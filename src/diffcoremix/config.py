@@ -154,22 +154,60 @@ def resolve_preset(path_or_name: str | Path) -> Path:
     raise ConfigError("config", str(path_or_name), f"an existing YAML file or a preset name ({', '.join(known)})")
 
 
-def load_config_file(path_or_name: str | Path, section: str) -> dict[str, Any]:
-    """The options for ``section`` from a YAML file or preset (an empty dict if the file has none).
-
-    A file whose top-level keys include ``section`` (or any other stage name) is read as sectioned;
-    otherwise the whole mapping belongs to ``section``.
-    """
+def _read_config_document(path_or_name: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The file's path and its top-level mapping (empty for an empty file)."""
     path = resolve_preset(path_or_name)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError("config", str(path), f"a readable YAML file ({err})") from None
     if data is None:
-        return {}
+        return path, {}
     if not isinstance(data, dict):
         raise ConfigError("config", str(path), "a YAML mapping of option names to values")
-    if any(isinstance(v, dict) for v in data.values()):
+    return path, data
+
+
+def is_sectioned(data: Mapping[str, Any]) -> bool:
+    """Whether a config document has one section per stage (some value is a mapping) rather than flat options."""
+    return any(isinstance(v, dict) for v in data.values())
+
+
+def check_config_sections(path_or_name: str | Path, sections: Mapping[str, type]) -> None:
+    """Check the option names of every section of a sectioned config file, not only the running command's.
+
+    One file serves every stage, so a misspelt key in a section that this command does not read (``generate:`` in
+    a file given to ``filter``) would otherwise pass unnoticed until another command reads it -- or never.
+
+    Args:
+        sections: every section name and its stage config dataclass.
+
+    Raises:
+        UnknownNameError: a section, or a key of a section, that no stage knows.
+    """
+    path, data = _read_config_document(path_or_name)
+    if not is_sectioned(data):
+        return
+    for section, values in data.items():
+        if section not in sections:
+            raise UnknownNameError(f"config section (in {path})", str(section), sorted(sections))
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section} (in {path})", values, "a mapping of option names to values")
+        assert dataclasses.is_dataclass(sections[section])
+        known = {f.name for f in dataclasses.fields(sections[section])}
+        for key in values:
+            if str(key).replace("-", "_") not in known:
+                raise UnknownNameError(f"{section} option", str(key), sorted(known))
+
+
+def load_config_file(path_or_name: str | Path, section: str) -> dict[str, Any]:
+    """The options for ``section`` from a YAML file or preset (an empty dict if the file has none).
+
+    A file whose top-level keys include ``section`` (or any other stage name) is read as sectioned;
+    otherwise the whole mapping belongs to ``section``.
+    """
+    path, data = _read_config_document(path_or_name)
+    if is_sectioned(data):
         values = data.get(section, {})
         if not isinstance(values, dict):
             raise ConfigError(f"{section} (in {path})", values, "a mapping of option names to values")

@@ -78,3 +78,27 @@ class PackError(DiffCoReMixError):
 
 class ClassMapError(DiffCoReMixError):
     """A class-name map file is malformed or names classes that do not exist."""
+
+
+class DeviceError(ConfigError):
+    """A ``--device`` names a device that is not a torch device or that this machine does not have.
+
+    Args:
+        device: the requested device (``cuda:7``).
+        problem: what is wrong and what is available instead.
+    """
+
+    def __init__(self, device: str, problem: str) -> None:
+        super().__init__("device", device, f"a device this machine has ({problem})")
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return self.for_option("device")
+
+    def for_option(self, option: str) -> str:
+        """``--device cuda:7: this machine has 2 CUDA GPU(s): ...``."""
+        return f"{option} {self.value}: {self.problem}"
+
+
+class ToolchainError(DiffCoReMixError):
+    """A tool that the chosen options need is not installed (a C++ compiler for ``--compile``)."""

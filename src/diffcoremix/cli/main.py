@@ -130,6 +130,16 @@ def _message(err: BaseException) -> str:
     return str(err)
 
 
+def _check_device(args: argparse.Namespace) -> None:
+    """A ``--device`` this machine lacks is refused before the command reads anything (the library refuses it
+    too, where the device comes from a config file)."""
+    device = getattr(args, "device", "auto")
+    if device != "auto":
+        from diffcoremix.devices import resolve_device  # imports torch: only commands with --device get here
+
+        resolve_device(device)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -142,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = getattr(args, "debug", False)
     prefix = f"{PROG} {command.name}: error:"
     try:
+        _check_device(args)
         return command.run(args)
     except KeyboardInterrupt:
         print(f"{prefix} interrupted", file=sys.stderr)
