@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Union
 
-from diffcoremix.config import build_config, field_docs, load_config_file
+from diffcoremix.config import build_config, check_config_sections, field_docs, load_config_file
 
 
 def option_name(field: str) -> str:
@@ -104,5 +104,31 @@ def config_from_args(cls: type, args: argparse.Namespace, section: str, *, skip:
     """
     names = {f.name for f in dataclasses.fields(cls)} - set(skip)
     flags = {k: v for k, v in vars(args).items() if k in names}
-    file_layer = load_config_file(args.config, section) if getattr(args, "config", None) else {}
+    file_layer = {}
+    if getattr(args, "config", None):
+        check_config_sections(args.config, config_sections())  # every section, not only those of this command
+        file_layer = load_config_file(args.config, section)
     return build_config(cls, file_layer, flags, section=section)
+
+
+def config_sections() -> dict[str, type]:
+    """Every section a ``--config`` file may hold, and the stage config whose fields are its keys."""
+    from diffcoremix.cluster.config import ExecutorConfig
+    from diffcoremix.data.scan import ScanConfig
+    from diffcoremix.data.sources import DataConfig
+    from diffcoremix.filter.config import FilterConfig
+    from diffcoremix.finetune.config import FinetuneConfig
+    from diffcoremix.generate.config import GenerateConfig
+    from diffcoremix.prompts.builder import PromptsConfig
+    from diffcoremix.train.config import TrainConfig
+
+    return {
+        "scan": ScanConfig,
+        "data": DataConfig,
+        "prompts": PromptsConfig,
+        "generate": GenerateConfig,
+        "filter": FilterConfig,
+        "executor": ExecutorConfig,
+        "train": TrainConfig,
+        "finetune": FinetuneConfig,
+    }
