@@ -227,9 +227,9 @@ def build_config(cls: type[C], *layers: Mapping[str, Any], section: str = "") ->
     merged: dict[str, Any] = {}
     for layer in layers:
         for key, value in layer.items():
-            name = key.replace("-", "_")
+            name = str(key).replace("-", "_")  # YAML keys may be numbers (`1: x`)
             if name not in known:
-                raise UnknownNameError(f"{section or cls.__name__} option", key, sorted(known))
+                raise UnknownNameError(f"{section or cls.__name__} option", str(key), sorted(known))
             merged[name] = value
     return cls(**merged)
 
