@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from diffcoremix import faults
+
 TMP_SUFFIX = ".tmp"
 
 
@@ -24,6 +26,7 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "") -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        faults.write_point(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,6 +55,23 @@ def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
 def write_text_if_changed(path: str | Path, text: str) -> bool:
     """:func:`write_bytes_if_changed` for UTF-8 text."""
     return write_bytes_if_changed(path, text.encode("utf-8"))
+
+
+def remove_own_temporaries(path: str | Path) -> int:
+    """Delete the temporary files that a killed atomic write of ``path`` left beside it (``.<name>.*.tmp``).
+
+    For a single file that a command writes outside a folder of its own (a report page, a preview image): the
+    folder is not ours to sweep, but these names are our writer's. Returns how many were removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return 0
+    prefix = f".{path.name}."
+    stale = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(TMP_SUFFIX)]
+    for p in stale:
+        if p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def remove_stale_temporaries(folder: str | Path, *, tag: str = "") -> int:

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 
+from diffcoremix import faults
 from diffcoremix.atomic import atomic_write_bytes, atomic_write_text
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.data.scan import ScanConfig
@@ -602,6 +603,7 @@ def _save_model(out: Path, models: _Models, config: FinetuneConfig, trainer: _Tr
         target = out / name
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
+        faults.write_point(target)
         os.replace(tmp / name, target)
     tmp.rmdir()
     h = hashlib.sha256()

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from diffcoremix import faults
 from diffcoremix.atomic import TMP_SUFFIX, write_text_if_changed
 from diffcoremix.manifest.layout import (
     DECISIONS_FILE,
@@ -106,6 +107,7 @@ def _place(source: Path, target: Path) -> None:
     The copy is written to a temporary file and renamed into place: nothing is ever written through a link.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
+    faults.write_point(target)
     try:
         os.link(source, target)
         return

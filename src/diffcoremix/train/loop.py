@@ -33,6 +33,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 from torch.utils.data import DataLoader
 
+from diffcoremix import faults
 from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, write_text_if_changed
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.data.folder import DatasetListing
@@ -219,7 +220,7 @@ class _Appender:
 
     def write(self, line: dict[str, Any]) -> None:
         if self.handle is not None:
-            self.handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+            faults.append_point(self.handle, json.dumps(line, ensure_ascii=False) + "\n", Path(self.handle.name))
             self.handle.flush()
 
     def close(self) -> None:

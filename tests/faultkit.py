@@ -1,0 +1,476 @@
+"""The crash-safety harness: kill a real ``diffcoremix`` command at a chosen write or a seeded moment, rerun it,
+and compare with an uninterrupted run.
+
+A *job* is one command line of the tool with the output it writes, the write phases of that output (a glob per
+phase, relative to the output) and a *state*: what must be equal between an uninterrupted run and a killed then
+resumed one (manifest rows without wall times, decisions, image and weight hashes...). Kills are real SIGKILLs:
+
+- at a write phase: the child process kills itself at the N-th write point of the phase
+  (:mod:`diffcoremix.faults`: before the rename of an atomic write, with half of an appended record on disk,
+  before a hard link);
+- at a seeded moment: the harness kills the child after a seeded random delay, counted from the child's first
+  write (so never during imports or model loading, which would prove nothing), within the span the uninterrupted
+  run took to write.
+
+Used by ``tests/test_faults.py`` (a fast slice) and ``benchmarks/faults.py`` (the full count, RELIABILITY.md).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffcoremix.faults import FAULT_ENV, TRACE_ENV
+
+TIMEOUT = 600
+
+
+@dataclass(frozen=True)
+class Job:
+    """One command of the tool under test.
+
+    Args:
+        name: a short name (``augment``).
+        args: the command line after ``diffcoremix``; ``{out}`` stands for the output path.
+        phases: phase name -> glob of the written paths, relative to the output (``images/*``).
+        state: what must be equal after a resumed run: a JSON-able value computed from the output path.
+        prepare: fills a fresh output path before the first run (``filter`` starts from a generated run).
+    """
+
+    name: str
+    args: tuple[str, ...]
+    phases: dict[str, str]
+    state: Callable[[Path], Any]
+    prepare: Callable[[Path], None] | None = None
+
+    def command(self, out: Path) -> list[str]:
+        return [sys.executable, "-m", "diffcoremix", "-q", *(a.replace("{out}", str(out)) for a in self.args)]
+
+    def phase_of(self, out: Path, written: str) -> str | None:
+        for phase, glob in self.phases.items():
+            if fnmatch.fnmatchcase(written, f"{out.absolute().as_posix()}/{glob}"):
+                return phase
+        return None
+
+
+@dataclass
+class Outcome:
+    """What one attempt did: its exit status and how many write points each phase passed."""
+
+    returncode: int
+    stderr: str
+    writes: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, TRACE_ENV)}
+    # One torch thread in every run: the bytes of an image depend on the thread count (README, determinism).
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **extra}
+
+
+def fresh(job: Job, out: Path) -> Path:
+    """An output path ready for a first run (removed if it exists, then prepared)."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if job.prepare is not None:
+        job.prepare(out)
+    return out
+
+
+def _count(job: Job, out: Path, trace: Path) -> Counter[str]:
+    lines = trace.read_text(encoding="utf-8").splitlines() if trace.is_file() else []
+    return Counter(job.phase_of(out, line) or "other" for line in lines)
+
+
+def run(job: Job, out: Path, *, kill_at: tuple[str, int] | None = None) -> Outcome:
+    """Run the job on ``out``; with ``kill_at=(phase, n)`` the child kills itself at that phase's n-th write."""
+    trace = out.parent / f".{out.name}.trace"
+    trace.unlink(missing_ok=True)
+    extra = {TRACE_ENV: str(trace)}
+    if kill_at is not None:
+        phase, n = kill_at
+        extra[FAULT_ENV] = f"{out.absolute().as_posix()}/{job.phases[phase]}@{n}"
+    start = time.monotonic()
+    done = subprocess.run(
+        job.command(out), capture_output=True, text=True, env=_env(extra), timeout=TIMEOUT, check=False
+    )
+    outcome = Outcome(done.returncode, done.stderr, _count(job, out, trace), time.monotonic() - start)
+    trace.unlink(missing_ok=True)
+    return outcome
+
+
+def run_killed_at_moment(job: Job, out: Path, delay: float) -> Outcome:
+    """Run the job and SIGKILL it ``delay`` seconds after its first write (if it is still running then)."""
+    trace = out.parent / f".{out.name}.trace"
+    trace.unlink(missing_ok=True)
+    start = time.monotonic()
+    child = subprocess.Popen(
+        job.command(out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env({TRACE_ENV: str(trace)}),
+    )
+    try:
+        while not (trace.is_file() and trace.stat().st_size) and child.poll() is None:
+            time.sleep(0.005)
+        first = time.monotonic()
+        while child.poll() is None and time.monotonic() - first < delay:
+            time.sleep(0.005)
+        if child.poll() is None:
+            os.kill(child.pid, signal.SIGKILL)
+        _, stderr = child.communicate(timeout=TIMEOUT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    outcome = Outcome(child.returncode, stderr, _count(job, out, trace), time.monotonic() - start)
+    trace.unlink(missing_ok=True)
+    return outcome
+
+
+def killed(outcome: Outcome) -> bool:
+    return outcome.returncode == -signal.SIGKILL
+
+
+def temporaries(out: Path) -> list[str]:
+    """Temporary files or folders of our writers left below ``out`` (names ending in ``.tmp``)."""
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.name.endswith(".tmp"))
+
+
+@dataclass
+class Reference:
+    """An uninterrupted run: its state, the writes of each phase, and how long it wrote."""
+
+    state: Any
+    writes: Counter[str]
+    write_span: float
+
+
+def reference(job: Job, out: Path) -> Reference:
+    """Run the job uninterrupted on a fresh ``out``; its state and its writes per phase."""
+    fresh(job, out)
+    trace = out.parent / f".{out.name}.trace"
+    start = time.monotonic()
+    child = subprocess.Popen(
+        job.command(out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env({TRACE_ENV: str(trace)}),
+    )
+    first = None
+    while child.poll() is None:
+        if first is None and trace.is_file() and trace.stat().st_size:
+            first = time.monotonic()
+        time.sleep(0.005)
+    _, stderr = child.communicate()
+    assert child.returncode == 0, f"{job.name} failed uninterrupted: {stderr}"
+    writes = _count(job, out, trace)
+    trace.unlink(missing_ok=True)
+    return Reference(job.state(out), writes, time.monotonic() - (first or start))
+
+
+@dataclass
+class Trial:
+    """One killed-and-resumed trial: the kills that landed, the temporary files they left, and whether the final
+    rerun equals the reference and left none."""
+
+    kills: list[str]
+    landed: int = 0
+    temporaries_after_kills: int = 0
+    equal: bool = False
+    clean: bool = False
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.equal and self.clean
+
+
+def trial(job: Job, out: Path, ref: Reference, kills: Sequence[tuple[str, int] | float]) -> Trial:
+    """Kill the job once per entry of ``kills`` (a write ``(phase, n)`` or a moment in seconds), each on a rerun
+    of the one before, then rerun it to the end; compare with the reference and look for temporary files.
+
+    A kill that does not land (the run ended first) is not counted; the trial goes on.
+    """
+    fresh(job, out)
+    result = Trial([])
+    for kill in kills:
+        if isinstance(kill, tuple):
+            outcome = run(job, out, kill_at=kill)
+            result.kills.append(f"{kill[0]}#{kill[1]}")
+        else:
+            outcome = run_killed_at_moment(job, out, kill)
+            result.kills.append(f"t+{kill:.2f}s")
+        if killed(outcome):
+            result.landed += 1
+        elif outcome.returncode != 0:
+            result.problem = f"a rerun failed: {outcome.stderr.strip()[-500:]}"
+            return result
+    result.temporaries_after_kills = len(temporaries(out))
+    final = run(job, out)
+    if final.returncode != 0:
+        result.problem = f"the final rerun failed: {final.stderr.strip()[-500:]}"
+        return result
+    state = job.state(out)
+    left = temporaries(out)
+    result.equal, result.clean = state == ref.state, not left
+    if not result.equal:
+        result.problem = f"state differs: {describe_difference(state, ref.state)}"
+    if left:
+        result.problem += f" temporary files left: {left[:5]}"
+    result.problem = result.problem.strip()
+    return result
+
+
+def describe_difference(ours: Any, theirs: Any) -> str:
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        keys = sorted(set(ours) ^ set(theirs)) or sorted(k for k in ours if ours[k] != theirs[k])
+        return f"keys {keys[:5]}"
+    return "values differ"
+
+
+def write_kills(ref: Reference, phases: Sequence[str] | None = None, per_phase: int = 3) -> list[tuple[str, int]]:
+    """Kill points spread over each phase's writes of the reference run: first, middle and last (``per_phase``
+    of them, evenly spaced; 0 means every write)."""
+    points = []
+    for phase in phases or sorted(p for p in ref.writes if p != "other"):
+        n = ref.writes[phase]
+        if n == 0:
+            continue
+        chosen = range(1, n + 1) if per_phase == 0 or per_phase >= n else _spread(n, per_phase)
+        points.extend((phase, i) for i in chosen)
+    return points
+
+
+def _spread(n: int, k: int) -> list[int]:
+    if k == 1:
+        return [1]
+    return sorted({1 + round(i * (n - 1) / (k - 1)) for i in range(k)})
+
+
+def moments(ref: Reference, count: int, seed: int) -> list[float]:
+    """``count`` seeded moments within the reference run's write span."""
+    rng = random.Random(seed)
+    return [rng.uniform(0.0, ref.write_span) for _ in range(count)]
+
+
+# States -------------------------------------------------------------------------------------------------------
+
+
+def file_hashes(folder: Path, *, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """SHA-256 of every file below ``folder`` (lock files and ``skip`` prefixes aside)."""
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+        and not p.name.startswith(".diffcoremix")
+        and not p.relative_to(folder).as_posix().startswith(skip)
+    }
+
+
+def generation_state(out: Path) -> dict[str, Any]:
+    """A generation run's state: manifest rows (wall times aside), decisions, and every other file's hash (the
+    cache holds what was embedded, which a resumed run may embed again)."""
+    from diffcoremix.generate import read_manifest
+    from diffcoremix.manifest import read_decisions
+
+    manifest = read_manifest(out).drop(columns=["seconds"])
+    return {
+        "manifest": json.loads(manifest.to_json(orient="records")),
+        "decisions": json.loads(json.dumps(read_decisions(out), default=str)),
+        "files": file_hashes(out, skip=("cache/", "manifest/")),
+    }
+
+
+def train_state(run: Path) -> dict[str, Any]:
+    """A training run's state: metrics (times aside), the final weights, the samples drawn."""
+    import torch
+
+    from diffcoremix.train import read_metrics
+    from diffcoremix.train.run import MODEL_FILE, SAMPLES_FILE, TIMING_KEYS
+
+    weights = torch.load(run / MODEL_FILE, map_location="cpu", weights_only=True)["state_dict"]
+    return {
+        "metrics": [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in read_metrics(run)],
+        "weights": {k: hashlib.sha256(v.numpy().tobytes()).hexdigest() for k, v in weights.items()},
+        "samples": (run / SAMPLES_FILE).read_text(encoding="utf-8") if (run / SAMPLES_FILE).is_file() else "",
+    }
+
+
+def finetune_state(model: Path) -> dict[str, Any]:
+    """A fine-tuned model's state: its weight files and its loss log."""
+    return {
+        "weights": {k: v for k, v in file_hashes(model).items() if k.endswith((".safetensors", ".bin"))},
+        "loss": (model / "loss.jsonl").read_text(encoding="utf-8"),
+    }
+
+
+def page_state(target: Path) -> str:
+    """A report page, its build time (to the minute) aside."""
+    import re
+
+    return re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "TIME", target.read_text(encoding="utf-8"))
+
+
+# Jobs ---------------------------------------------------------------------------------------------------------
+
+TINY_GENERATION = ("--preset", "tiny", "--num-inference-steps", "1", "--height", "32", "--width", "32", "--seed", "0")
+GENERATION_PHASES = {
+    "settings": "settings.json",
+    "run-record": "run.json",
+    "config": "*config.yaml",
+    "image": "images/*",
+    "manifest": "manifest/*",
+    "embedding": "cache/*",
+    "decisions": "filter.jsonl",
+    "filter-report": "filter_report*",
+    "relayout": "train/*",
+    "relayout-rejected": "rejected/*",
+    "layout": "layout.json",
+}
+
+RECORD_PHASES = {
+    "settings": "settings.json",
+    "run-record": "run.json",
+    "config": "config.yaml",
+    "layout": "layout.json",
+}
+TRAIN_PHASES = {
+    **RECORD_PHASES,
+    "checkpoint": "checkpoints/*",
+    "metrics": "metrics.jsonl",
+    "model": "model.pt",
+    "summary": "summary.json",
+}
+FINETUNE_PHASES = {
+    **RECORD_PHASES,
+    "checkpoint": "checkpoints/*",
+    "loss": "loss.jsonl",
+    "model-index": "model_index.json",
+    "text-encoder": "text_encoder",
+    "unet": "unet",
+    "vae": "vae",
+    "record": "finetune.json",
+}
+
+
+def augment_job(data: Path, threshold: float, per_image: int = 2) -> Job:
+    """``augment`` with regeneration rounds (``threshold`` should reject part of each round)."""
+    return Job(
+        "augment",
+        (
+            "augment",
+            str(data),
+            "-o",
+            "{out}",
+            *TINY_GENERATION,
+            "--per-image",
+            str(per_image),
+            "--batch-size",
+            "2",
+            "--embedder",
+            "tiny",
+            "--threshold",
+            repr(threshold),
+            "--retries",
+            "2",
+        ),
+        GENERATION_PHASES,
+        generation_state,
+    )
+
+
+def filter_job(generated: Path, threshold: float) -> Job:
+    """``filter`` of a copy of the generated run ``generated``."""
+    return Job(
+        "filter",
+        ("filter", "{out}", "--embedder", "tiny", "--threshold", repr(threshold)),
+        GENERATION_PHASES,
+        generation_state,
+        prepare=lambda out: shutil.copytree(generated, out, symlinks=True),
+    )
+
+
+def train_job(data: Path, synthetic: Path, max_steps: int = 9) -> Job:
+    """``train --method diffcoremix`` on ``data`` and the filtered run ``synthetic``, a checkpoint every 2 steps."""
+    return Job(
+        "train",
+        (
+            "train",
+            str(data),
+            "--model",
+            "resnet20",
+            "-b",
+            "8",
+            "--img-size",
+            "32",
+            "-o",
+            "{out}",
+            "--method",
+            "diffcoremix",
+            "--mix-prob",
+            "1",
+            "--max-steps",
+            str(max_steps),
+            "--checkpoint-every",
+            "2",
+            "--synthetic",
+            str(synthetic),
+            "--test",
+            str(data),
+        ),
+        TRAIN_PHASES,
+        train_state,
+    )
+
+
+def finetune_job(data: Path) -> Job:
+    """``finetune`` of the tiny model: 2 VAE steps, then 6 UNet steps, a checkpoint every 2."""
+    return Job(
+        "finetune",
+        (
+            "finetune",
+            str(data),
+            "-o",
+            "{out}",
+            "--preset",
+            "tiny",
+            "--vae-steps",
+            "2",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "4",
+            "--checkpointing-steps",
+            "2",
+        ),
+        FINETUNE_PHASES,
+        finetune_state,
+    )
+
+
+def report_job(run_folder: Path) -> Job:
+    """``report`` of a finished run, written to OUT/report.html."""
+    return Job(
+        "report",
+        ("report", str(run_folder), "-o", "{out}/report.html"),
+        {"report": "report.html"},
+        lambda out: page_state(out / "report.html"),
+    )
