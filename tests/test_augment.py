@@ -1,11 +1,9 @@
 """`augment`, the main job: generate + filter + regeneration of rejects; resumable round by round, every attempt
-recorded, a rerun of a finished job changes nothing."""
+recorded, a rerun of a finished job changes nothing (a killed run: tests/test_faults_generation.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,9 @@ from diffcoremix import PromptsConfig
 from diffcoremix.augmentation import AugmentResult, augment
 from diffcoremix.filter import FilterConfig, filter_run
 from diffcoremix.generate import GenerateConfig, generate, read_manifest
-from diffcoremix.manifest import read_decisions, shard_path
+from diffcoremix.manifest import read_decisions
 
-from .helpers import cli_command, kill_when_lines, make_class_folders, run_cli
+from .helpers import cli_command, make_class_folders, run_cli
 
 FAST = GenerateConfig(preset="tiny", num_inference_steps=1)
 PROMPTS = PromptsConfig(per_image=2)
@@ -134,34 +132,6 @@ def _augment_command(data: Path, out: Path, threshold: float) -> list[str]:
     return cli_command("augment", data, "-o", out, "--preset", "tiny", "--num-inference-steps", "1",
                        "--per-image", "2", "--embedder", "tiny", "--threshold", repr(threshold), "--retries", "2",
                        "--batch-size", "2")  # fmt: skip
-
-
-@pytest.mark.parametrize(
-    "kill_at", [3, pytest.param(20, marks=pytest.mark.slow)]
-)  # records in the manifest: mid round 0 (make test), mid round 1 or 2 (make test-all)
-def test_a_killed_augment_reruns_to_the_uninterrupted_result(
-    data: Path, threshold: float, tmp_path: Path, kill_at: int
-) -> None:
-    reference = tmp_path / "reference"
-    full = augment(data, reference, PROMPTS, GenerateConfig(preset="tiny", num_inference_steps=1, batch_size=2),
-                   _filter(threshold), retries=2)  # fmt: skip
-    total = len(read_manifest(reference))
-    assert total > 16 + 2  # the reference made regenerations in more than one round
-    out = tmp_path / "out"
-    manifest = shard_path(out, 0, 1)
-    kill_when_lines(_augment_command(data, out, threshold), manifest, kill_at)
-    keys = set()
-    for line in manifest.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            keys.add(json.loads(line)["key"])
-    assert len(keys) < total, "the kill landed before the end"
-    result = run_cli(*_augment_command(data, out, threshold)[3:])
-    assert result.returncode == 0, result.stderr
-    assert _stable(out).equals(_stable(reference))
-    assert read_decisions(out) == read_decisions(reference)
-    assert _contents(out) == _contents(reference)
-    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    assert f"{sum(full.accepted.values())} accepted of a budget of 16" in result.stdout
 
 
 def test_retries_stop_when_the_budget_is_met(data: Path, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""`train` through the real CLI on a tiny dataset: every method trains and writes its files, a killed run resumes
-to the uninterrupted weights and metrics, the same seed gives the same metrics, two torchrun processes split the
+"""`train` through the real CLI on a tiny dataset: every method trains and writes its files (a killed run:
+tests/test_faults_training.py), the same seed gives the same metrics, two torchrun processes split the
 batches as documented, and bad input is one line with exit 2."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from diffcoremix.train import METHODS, TrainConfig, read_metrics, read_summary, train
 from diffcoremix.train.run import CHECKPOINT_FILE, MODEL_FILE, SAMPLES_FILE, TIMING_KEYS
 
-from .helpers import cli_command, kill_when_lines, make_class_folders, run_cli
+from .helpers import make_class_folders, run_cli
 
 CLASSES = {"001.cat": 8, "002.dog": 8, "003.eel": 8}
 FAST = ("--model", "resnet20", "-b", "8", "--img-size", "32")
@@ -94,40 +94,6 @@ def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(data: Pa
 
 # 24 images in batches of 8: 3 steps per epoch; checkpoints at steps 2, 4, 6, 8: mid-epoch, so a resume must
 # restore the data position, the optimizer and the RNG, not only the epoch.
-KILL_ARGS = ("--method", "diffcoremix", "--mix-prob", "1", "--max-steps", "9", "--checkpoint-every", "2")
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(data: Path, synthetic: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The run that the killed ones must equal (the same options, in-process)."""
-    run = tmp_path_factory.mktemp("reference") / "run"
-    config = TrainConfig(method="diffcoremix", mix_prob=1.0, max_steps=9, batch_size=8)
-    train(data, config=config, output=run, synthetic=synthetic, test=data)
-    return run
-
-
-@pytest.mark.parametrize("kill_after", [3, 6])
-def test_a_killed_run_resumes_to_the_uninterrupted_weights_and_metrics(
-    data: Path, synthetic: Path, uninterrupted: Path, tmp_path: Path, kill_after: int
-) -> None:
-    args = (*KILL_ARGS, "--synthetic", synthetic, "--test", data)
-    reference = uninterrupted
-    run = tmp_path / "run"
-    # Kill after `kill_after` metrics lines: between checkpoints, so the resumed run redoes steps and must
-    # truncate the metrics it logged after its last checkpoint.
-    kill_when_lines(cli_command("train", data, *FAST, "-o", run, *args), run / "metrics.jsonl", kill_after)
-    assert not (run / MODEL_FILE).exists()
-    step = torch.load(run / CHECKPOINT_FILE, weights_only=False)["step"]
-    assert step % 3 != 0  # killed after a mid-epoch checkpoint (3 lines: step 2's; 6 lines: step 4's)
-    result = _train(data, run, *args)
-    assert result.returncode == 0, result.stderr
-    assert _untimed(run) == _untimed(reference)
-    ours, theirs = _weights(run), _weights(reference)
-    assert ours.keys() == theirs.keys()
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    assert not list(run.rglob("*.tmp"))
-
-
 def test_a_finished_run_is_not_retrained_and_other_settings_are_refused(data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert _train(data, run, "--max-steps", "3").returncode == 0
