@@ -28,8 +28,10 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "") -> None:
             os.fsync(handle.fileno())
         faults.write_point(path)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err  # a failed write names no file: the target
         raise
 
 

@@ -8,6 +8,7 @@ Errors are one line on stderr; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -162,12 +163,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{prefix} {_message(err)}", file=sys.stderr)
         return 1 if isinstance(err, (ImageReadError, GenerationError)) else BAD_INPUT
-    except Exception as err:  # a bug, not bad input: say so, and how to see more
+    except Exception as err:
         if debug:
             traceback.print_exc()
-        hint = "" if debug else " (rerun with --debug for the traceback)"
+        full = _full_disk(err)
+        if full is not None:  # not a bug: the run stopped cleanly, and a rerun with room resumes it
+            print(f"{prefix} {_no_space_message(full, args)}", file=sys.stderr)
+            return 1
+        hint = "" if debug else " (rerun with --debug for the traceback)"  # a bug, not bad input: say so
         print(f"{prefix} unexpected {type(err).__name__}: {err}{hint}", file=sys.stderr)
         return 1
+
+
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""A full disk, or a full quota: what a rerun after freeing space recovers from."""
+
+
+def _full_disk(err: BaseException) -> OSError | None:
+    """The full-disk OSError that ``err`` is or was raised from (torch and PIL wrap their write errors)."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _no_space_message(err: OSError, args: argparse.Namespace) -> str:
+    """Where the disk ran full: the file being written (the destination of a link or rename), else the output
+    the command was writing (an append to an open file names no file)."""
+    output = next((getattr(args, name) for name in ("output", "out") if getattr(args, name, None)), None)
+    where = err.filename2 or err.filename or output or "the output"
+    target = output if output is not None else "the output"
+    return (f"no space left on device at {where} (free space or write {target} to a larger disk; a rerun resumes "
+            f"where this run stopped)")  # fmt: skip
 
 
 if __name__ == "__main__":
