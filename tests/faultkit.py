@@ -8,9 +8,9 @@ resumed one (manifest rows without wall times, decisions, image and weight hashe
 - at a write phase: the child process kills itself at the N-th write point of the phase
   (:mod:`diffcoremix.faults`: before the rename of an atomic write, with half of an appended record on disk,
   before a hard link);
-- at a seeded moment: the harness kills the child after a seeded random delay, counted from the child's first
-  write (so never during imports or model loading, which would prove nothing), within the span the uninterrupted
-  run took to write.
+- at a seeded moment: the harness kills the child after a seeded random delay, counted from the end of the child's
+  start-up (:func:`diffcoremix.faults.started`: arguments parsed, torch imported; a kill during imports would prove
+  nothing), within the time the uninterrupted run took from there to its end.
 
 Used by ``tests/test_faults.py`` (a fast slice) and ``benchmarks/faults.py`` (the full count, RELIABILITY.md).
 """
@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffcoremix.faults import FAULT_ENV, TRACE_ENV
+from diffcoremix.faults import FAULT_ENV, START_MARK, TRACE_ENV
 
 TIMEOUT = 600
 
@@ -94,7 +94,7 @@ def fresh(job: Job, out: Path) -> Path:
 
 def _count(job: Job, out: Path, trace: Path) -> Counter[str]:
     lines = trace.read_text(encoding="utf-8").splitlines() if trace.is_file() else []
-    return Counter(job.phase_of(out, line) or "other" for line in lines)
+    return Counter(job.phase_of(out, line) or "other" for line in lines if line != START_MARK)
 
 
 def run(job: Job, out: Path, *, kill_at: tuple[str, int] | None = None) -> Outcome:
@@ -115,7 +115,7 @@ def run(job: Job, out: Path, *, kill_at: tuple[str, int] | None = None) -> Outco
 
 
 def run_killed_at_moment(job: Job, out: Path, delay: float) -> Outcome:
-    """Run the job and SIGKILL it ``delay`` seconds after its first write (if it is still running then)."""
+    """Run the job and SIGKILL it ``delay`` seconds after its start-up (if it is still running then)."""
     trace = out.parent / f".{out.name}.trace"
     trace.unlink(missing_ok=True)
     start = time.monotonic()
@@ -155,11 +155,11 @@ def temporaries(out: Path) -> list[str]:
 
 @dataclass
 class Reference:
-    """An uninterrupted run: its state, the writes of each phase, and how long it wrote."""
+    """An uninterrupted run: its state, the writes of each phase, and how long it ran after its start-up."""
 
     state: Any
     writes: Counter[str]
-    write_span: float
+    span: float
 
 
 def reference(job: Job, out: Path) -> Reference:
@@ -266,9 +266,9 @@ def _spread(n: int, k: int) -> list[int]:
 
 
 def moments(ref: Reference, count: int, seed: int) -> list[float]:
-    """``count`` seeded moments within the reference run's write span."""
+    """``count`` seeded moments within the time the reference run took after its start-up."""
     rng = random.Random(seed)
-    return [rng.uniform(0.0, ref.write_span) for _ in range(count)]
+    return [rng.uniform(0.0, ref.span) for _ in range(count)]
 
 
 # States -------------------------------------------------------------------------------------------------------

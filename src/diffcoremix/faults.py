@@ -62,6 +62,18 @@ def _plan() -> _Plan | None:
 _PLAN = _plan()
 
 
+START_MARK = "<start>"
+"""The trace's line for :func:`started`."""
+
+
+def started() -> None:
+    """Mark the end of start-up (the CLI has parsed its arguments and imported torch) in the trace, if one is
+    kept: the harness's seeded moments count from here, so that no kill lands in the imports."""
+    if _PLAN is not None and _PLAN.trace:
+        with open(_PLAN.trace, "a", encoding="utf-8") as handle:
+            handle.write(START_MARK + "\n")
+
+
 def armed() -> bool:
     """True when a fault or a trace is requested (a writer may then split a record to tear it)."""
     return _PLAN is not None

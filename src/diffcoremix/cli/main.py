@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
-from diffcoremix import __version__
+from diffcoremix import __version__, faults
 from diffcoremix.cli.commands import COMMANDS, Command
 from diffcoremix.cli.compare_command import COMPARE_COMMAND
 from diffcoremix.cli.demo_command import DEMO_COMMAND
@@ -150,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return BAD_INPUT
     configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
+    faults.started()
     debug = getattr(args, "debug", False)
     prefix = f"{PROG} {command.name}: error:"
     try:
