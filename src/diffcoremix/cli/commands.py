@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffcoremix.atomic import atomic_write_text, remove_own_temporaries
+from diffcoremix.cells import text_cell
 from diffcoremix.cli.options import add_config_options, config_from_args
 from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.config import write_resolved_config
@@ -229,7 +230,7 @@ def _augment(args: argparse.Namespace) -> int:
         f"{result.attempts} round(s)" + (f"; short in {len(short)} class(es)" if short else "; every budget met")
     )
     if short:  # which classes, and by how much: the user's next move is more --retries or a lower --threshold
-        print("missing per class: " + ", ".join(f"{c} {n}" for c, n in sorted(short.items())))
+        print("missing per class: " + ", ".join(f"{text_cell(c)} {n}" for c, n in sorted(short.items())))
     print(f"accepted images: {args.output / 'train'}   manifest: {args.output / MANIFEST_DIR}")
     return 0
 

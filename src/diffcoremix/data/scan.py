@@ -20,6 +20,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from diffcoremix.cells import text_cell
 from diffcoremix.config import check_types, require
 from diffcoremix.data.folder import DatasetListing, Finding, ImageItem, list_images
 from diffcoremix.data.images import decode_image, read_bytes
@@ -134,12 +135,12 @@ class ScanReport:
             f"    ignored  {len(self.ignored)}",
             "",
         ]
-        width = max([len(c.folder) for c in self.classes] + [5])
+        width = max([len(text_cell(c.folder)) for c in self.classes] + [5])
         lines.append(f"{'class':<{width}}  {'images':>6}  {'flagged':>7}  {'min side':>8}  {'median WxH':>11}")
         for c in self.classes:
             median = "-" if c.median_width is None else f"{c.median_width:.0f}x{c.median_height:.0f}"
             min_side = "-" if c.min_side is None else str(c.min_side)
-            lines.append(f"{c.folder:<{width}}  {c.images:>6}  {c.flagged:>7}  {min_side:>8}  {median:>11}")
+            lines.append(f"{text_cell(c.folder):<{width}}  {c.images:>6}  {c.flagged:>7}  {min_side:>8}  {median:>11}")
         if self.modes:
             lines.append("")
             lines.append("modes    " + ", ".join(f"{k} {v}" for k, v in sorted(self.modes.items())))
@@ -148,7 +149,7 @@ class ScanReport:
             lines.append("")
             lines.append("problems:")
             for p in self.problems:
-                lines.append(f"  {p.relpath}  [{p.kind}]  {p.reason}")
+                lines.append(f"  {text_cell(p.relpath)}  [{p.kind}]  {text_cell(p.reason)}")
         if self.ignored:
             lines.append("")
             counts = Counter(i.kind for i in self.ignored)

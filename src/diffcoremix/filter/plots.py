@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from diffcoremix.atomic import write_bytes_if_changed
+from diffcoremix.cells import text_cell
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -138,4 +139,4 @@ def draw_histogram(
     ax.set_xlabel("cosine similarity to the reference")
     ax.set_ylabel("candidates")
     # Class names are user text: no mathtext ("$...$" would be parsed, and may not parse).
-    ax.set_title(f"{cls}: {int(kept.sum())} of {len(scores)} kept", parse_math=False)
+    ax.set_title(f"{text_cell(cls)}: {int(kept.sum())} of {len(scores)} kept", parse_math=False)

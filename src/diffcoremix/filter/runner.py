@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from diffcoremix.atomic import write_text_if_changed
+from diffcoremix.cells import text_cell
 from diffcoremix.config import write_resolved_config
 from diffcoremix.data.folder import DatasetListing
 from diffcoremix.data.scan import ScanConfig
@@ -98,7 +99,7 @@ class FilterReport:
         }
 
     def to_text(self) -> str:
-        width = max([len(c) for c in self.classes] + [len(c) for c in self.calibration] + [5])
+        width = max([len(text_cell(c)) for c in [*self.classes, *self.calibration]] + [5])
         lines = [f"embedder {self.embedder}   reference {self.reference}   threshold {self.threshold!r}"]
         if self.embedder_note:
             lines.append(f"({self.embedder_note})")
@@ -109,7 +110,8 @@ class FilterReport:
             for c, r in self.classes.items():
                 rate = f"{r.accepted / r.candidates:6.1%}" if r.candidates else "     -"
                 median = f"{np.median(r.scores):12.3f}" if r.scores else f"{'-':>12}"
-                lines.append(f"{c:<{width}}  {r.candidates:>5}  {r.accepted:>5}  {r.rejected:>8}  {rate}  {median}")
+                counts = f"{r.candidates:>5}  {r.accepted:>5}  {r.rejected:>8}"
+                lines.append(f"{text_cell(c):<{width}}  {counts}  {rate}  {median}")
             total = sum(r.candidates for r in self.classes.values())
             kept = sum(r.accepted for r in self.classes.values())
             lines.append(f"{'all':<{width}}  {total:>5}  {kept:>5}  {total - kept:>8}  {kept / max(total, 1):6.1%}")
@@ -122,7 +124,7 @@ class FilterReport:
         lines.append(f"{'class':<{width}}  {'n':>5}  {'min':>6}  {'p10':>6}  {'median':>6}  {'max':>6}")
         for c, s in self.calibration.items():
             values = "  ".join(f"{s[k]:6.3f}" for k in ("min", "p10", "median", "max"))
-            lines.append(f"{c:<{width}}  {s.get('count', s.get('pairs', 0)):>5.0f}  {values}")
+            lines.append(f"{text_cell(c):<{width}}  {s.get('count', s.get('pairs', 0)):>5.0f}  {values}")
         lines.append(
             f"suggested threshold for --reference {self.reference}: {self.suggested_threshold:.3f} (the pooled 10th "
             "percentile: a kept image is as close to its reference as 90% of the real images are)"

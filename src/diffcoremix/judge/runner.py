@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from diffcoremix.atomic import write_text_if_changed
+from diffcoremix.cells import text_cell
 from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.data.images import decode_image, read_bytes, to_rgb
 from diffcoremix.devices import resolve_device
@@ -113,7 +114,7 @@ class JudgeResult:
                 {k: a.to_dict() for k, a in self.by_decision.items()}}  # fmt: skip
 
     def to_text(self) -> str:
-        width = max([len(c) for c in self.classes] + [len("rejected")])
+        width = max([len(text_cell(c)) for c in self.classes] + [len("rejected")])
         lines = [f"judge {self.judge}: {self.judged} image(s) judged now, {self.reused} kept from an earlier run"]
         if self.replaced:
             lines.append(f"(replaced the judgements of {self.replaced})")
@@ -123,11 +124,12 @@ class JudgeResult:
             rows += list(self.by_decision.items())
         for name, a in rows:
             rate = f"{a.rate:6.1%}" if a.rate is not None else f"{'-':>6}"
-            lines.append(f"{name:<{width}}  {a.images:>6}  {a.judged:>6}  {a.agreed:>6}  {rate}")
+            lines.append(f"{text_cell(name):<{width}}  {a.images:>6}  {a.judged:>6}  {a.agreed:>6}  {rate}")
         if self.unknown:
             count = sum(self.classes[c].images for c in self.unknown)
-            lines.append(f"not judged: {count} image(s) of {len(self.unknown)} class(es) the judge does not know: "
-                         + ", ".join(self.unknown[:5]) + (", ..." if len(self.unknown) > 5 else ""))  # fmt: skip
+            names = ", ".join(map(text_cell, self.unknown[:5])) + (", ..." if len(self.unknown) > 5 else "")
+            unknown = f"{len(self.unknown)} class(es) the judge does not know"
+            lines.append(f"not judged: {count} image(s) of {unknown}: {names}")
         if self.unreadable:
             lines.append(f"not judged: {len(self.unreadable)} unreadable image(s), e.g. {self.unreadable[0]}")
         return "\n".join(lines)
