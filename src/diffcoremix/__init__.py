@@ -34,10 +34,12 @@ from diffcoremix.errors import (
     ClassMapError,
     ConfigError,
     DatasetError,
+    DeviceError,
     DiffCoReMixError,
     ImageReadError,
     ModelLoadError,
     PackError,
+    ToolchainError,
     UnknownNameError,
 )
 from diffcoremix.filter.config import FilterConfig
@@ -56,6 +58,7 @@ __all__ = [
     "DataConfig",
     "DatasetError",
     "DatasetListing",
+    "DeviceError",
     "DiffCoReMixError",
     "FilterConfig",
     "FilterReport",
@@ -71,6 +74,7 @@ __all__ = [
     "Registry",
     "ScanConfig",
     "ScanReport",
+    "ToolchainError",
     "UnknownNameError",
     "__version__",
     "augment",
