@@ -25,7 +25,11 @@ class Batcher:
         import torch
 
         if len(records) > self.limit:
-            return [x for i in range(0, len(records), self.limit) for x in self.run(records[i : i + self.limit])]
+            # The chunks are cut once: the limit may drop while they run (a later chunk cut at the lowered limit
+            # would start past candidates that no chunk holds).
+            size = self.limit
+            chunks = [records[i : i + size] for i in range(0, len(records), size)]
+            return [x for chunk in chunks for x in self.run(chunk)]
         try:
             return list(
                 self.generator.generate(
