@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from diffcoremix import __version__, list_packs
 from diffcoremix.cli.main import main
 from diffcoremix.data.sample import MARKER
 
-from .helpers import make_class_folders, run_cli
+from .helpers import cli_command, make_class_folders, run_cli
 
 
 def test_python_m_and_console_script_report_the_version() -> None:
@@ -129,3 +130,17 @@ def test_sample_data_scans_clean(tmp_path: Path) -> None:
     report = scan_dataset(tmp_path / "s")
     assert (len(report.classes), report.num_images, len(report.problems)) == (3, 24, 0)
     assert [c.name for c in report.classes] == ["circle", "square", "triangle"]
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly(tmp_path: Path) -> None:
+    """`diffcoremix scan DATA | head`: stdout's reader is gone; the command stops with SIGPIPE's status, no error."""
+    data = make_class_folders(tmp_path / "data", {"cat": 1, "dog": 1})
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before the first write
+    try:
+        result = subprocess.run(cli_command("scan", data), stdout=write_end, stderr=subprocess.PIPE, text=True,
+                                timeout=120, check=False)  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.returncode == 141, result.stderr
+    assert result.stderr == ""

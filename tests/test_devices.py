@@ -127,3 +127,24 @@ def test_generate_compile_without_a_cpp_compiler_is_refused(
         "install g++ or drop --compile)\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_the_training_library_refuses_torchcompile_without_a_compiler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from torch._inductor.cpp_builder import cpp_compiler_search
+
+    from diffcoremix import ToolchainError
+    from diffcoremix.train import TrainConfig, train
+
+    data = make_class_folders(tmp_path / "data", {"a": 2, "b": 2}, size=32)
+    for name, value in _no_compiler_env(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("CXX", raising=False)
+    cpp_compiler_search.cache_clear()
+    try:
+        with pytest.raises(ToolchainError, match=r"torchcompile needs a C\+\+ compiler for torch\.compile on CPU"):
+            train(data, config=TrainConfig(torchcompile=True, device="cpu", max_steps=1), output=tmp_path / "run")
+    finally:
+        cpp_compiler_search.cache_clear()
+    assert not (tmp_path / "run").exists()  # refused before the run began

@@ -7,8 +7,10 @@ recognisable (:func:`remove_stale_temporaries`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from diffcoremix import faults
@@ -32,6 +34,18 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "") -> None:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno is not None and err.filename is None:
             raise OSError(err.errno, err.strerror, str(path)) from err  # a failed write names no file: the target
+        raise
+
+
+@contextlib.contextmanager
+def naming_errors(path: str | Path) -> Iterator[None]:
+    """Re-raise an ``OSError`` that names no file (a failed ``write`` to an open file) with ``path`` as its file,
+    so that "no space left on device" says where."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is not None and err.filename is None:
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 

@@ -11,6 +11,8 @@ import argparse
 import errno
 import logging
 import os
+import select
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -159,21 +161,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prefix} interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as err:
+        if not _stdout_gone():
+            return _unexpected(err, prefix, args, debug)
+        # the reader of stdout left (`diffcoremix scan DATA | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 128 + signal.SIGPIPE
     except DiffCoReMixError as err:
         if debug:
             traceback.print_exc()
         print(f"{prefix} {_message(err)}", file=sys.stderr)
         return 1 if isinstance(err, (ImageReadError, GenerationError)) else BAD_INPUT
     except Exception as err:
-        if debug:
-            traceback.print_exc()
-        full = _full_disk(err)
-        if full is not None:  # not a bug: the run stopped cleanly, and a rerun with room resumes it
-            print(f"{prefix} {_no_space_message(full, args)}", file=sys.stderr)
-            return 1
-        hint = "" if debug else " (rerun with --debug for the traceback)"  # a bug, not bad input: say so
-        print(f"{prefix} unexpected {type(err).__name__}: {err}{hint}", file=sys.stderr)
+        return _unexpected(err, prefix, args, debug)
+
+
+def _unexpected(err: Exception, prefix: str, args: argparse.Namespace, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    full = _full_disk(err)
+    if full is not None:  # not a bug: the run stopped cleanly, and a rerun with room resumes it
+        print(f"{prefix} {_no_space_message(full, args)}", file=sys.stderr)
         return 1
+    hint = "" if debug else " (rerun with --debug for the traceback)"  # a bug, not bad input: say so
+    print(f"{prefix} unexpected {type(err).__name__}: {err}{hint}", file=sys.stderr)
+    return 1
+
+
+def _stdout_gone() -> bool:
+    """True when nobody reads our stdout any more (a pipe whose reader closed it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no poll() on this platform, or stdout is no file
+        return False
 
 
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from diffcoremix import faults
-from diffcoremix.atomic import atomic_write_text
+from diffcoremix.atomic import atomic_write_text, naming_errors
 from diffcoremix.manifest.decisions import FILTER_COLUMNS, read_decisions, read_keyed_lines
 from diffcoremix.manifest.layout import (
     DECISIONS_FILE,
@@ -146,7 +146,7 @@ class ManifestWriter:
 
     def append(self, records: Iterable[dict[str, Any]]) -> None:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-        with open(self.path, "a", encoding="utf-8") as handle:
+        with naming_errors(self.path), open(self.path, "a", encoding="utf-8") as handle:
             faults.append_point(handle, text, self.path)
             handle.flush()
             os.fsync(handle.fileno())

@@ -34,12 +34,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from diffcoremix import faults
-from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, write_text_if_changed
+from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, naming_errors, write_text_if_changed
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.data.folder import DatasetListing
 from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, require_classes, usable_sources
-from diffcoremix.devices import resolve_device
+from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, OutputFolder, write_layout
 from diffcoremix.manifest.ownership import check_settings, open_output
@@ -220,8 +220,9 @@ class _Appender:
 
     def write(self, line: dict[str, Any]) -> None:
         if self.handle is not None:
-            faults.append_point(self.handle, json.dumps(line, ensure_ascii=False) + "\n", Path(self.handle.name))
-            self.handle.flush()
+            with naming_errors(self.handle.name):
+                faults.append_point(self.handle, json.dumps(line, ensure_ascii=False) + "\n", Path(self.handle.name))
+                self.handle.flush()
 
     def close(self) -> None:
         if self.handle is not None:
@@ -320,6 +321,8 @@ def train(
     data_config = data_config or DataConfig()
     data, out = Path(data), Path(output)
     device = resolve_device(config.device)
+    if config.torchcompile:
+        check_compiler(device, "torchcompile")  # before any work, not an inductor traceback at the first step
     d = _init_distributed(device)
     if d.world > 1 and device.startswith("cuda"):
         device = f"cuda:{d.local_rank}"
