@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/generation_quality.py
 	$(BIN)/python benchmarks/report.py
 	$(BIN)/python benchmarks/ray_scaling.py
+	$(BIN)/python benchmarks/faults.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

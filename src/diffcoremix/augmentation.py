@@ -17,17 +17,16 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from diffcoremix.cluster.config import ExecutorConfig
+from diffcoremix.cluster.executor import ray_cluster
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.devices import resolve_device
 from diffcoremix.embedders.cache import EmbedFiles, embed_files
@@ -42,7 +41,7 @@ from diffcoremix.manifest.ownership import open_output
 from diffcoremix.prompts.builder import PromptRecord, PromptsConfig
 
 if TYPE_CHECKING:
-    from diffcoremix.cluster.ray_backend import RayCluster
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +109,10 @@ def augment(
     if executor.on_ray and (generator is not None or embedder is not None):
         raise ConfigError("executor", executor.executor, "local when a generator or embedder object is passed "
                           "(Ray workers load the models from the configs)")  # fmt: skip
-    with open_output(out, data=data, overwrite=overwrite) as folder, _executor(executor, generate_config) as cluster:
+    with (
+        open_output(out, data=data, overwrite=overwrite) as folder,
+        ray_cluster(executor, generate_config.device) as cluster,
+    ):
         sources = usable_sources(data, data_config, progress=progress)  # checked before any model loads
         records = plan_records(sources.listing, prompts)
         spec, _ = resolve_embedder_spec(filter_config, model)
@@ -141,18 +143,6 @@ def augment(
             records += retried
     accepted = dict(Counter(r["class_folder"] for r in scored.rows if r["accepted"]))
     return AugmentResult(scored.report, budget, accepted, attempt + 1, generated)
-
-
-@contextlib.contextmanager
-def _executor(executor: ExecutorConfig, generate_config: GenerateConfig) -> Iterator[RayCluster | None]:
-    """The Ray cluster's actors for the job (kept across rounds), or None for this process."""
-    if not executor.on_ray:
-        yield None
-        return
-    from diffcoremix.cluster.ray_backend import RayCluster
-
-    with RayCluster(executor, generate_config.device) as cluster:
-        yield cluster
 
 
 def _redo(latest: dict[str, PromptRecord], budget: dict[str, int], scored: Scored) -> list[PromptRecord]:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffcoremix.cluster.config import ExecutorConfig
+from diffcoremix.cluster.executor import ray_cluster
 from diffcoremix.data.sources import DataConfig
+from diffcoremix.embedders.cache import embed_files
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.filter.runner import FilterReport, embedder_spec
 from diffcoremix.filter.runner import filter_run as local_filter_run
@@ -33,16 +35,10 @@ def generate(
         >>> generate("data", "out", config=GenerateConfig(preset="tiny"),
         ...          executor=ExecutorConfig("ray", workers=2))  # doctest: +SKIP
     """
-    executor = executor or ExecutorConfig()
-    if not executor.on_ray:
-        return local_generate(data, out, prompts, config, data_config=data_config, overwrite=overwrite,
-                              progress=progress)  # fmt: skip
-    from diffcoremix.cluster.ray_backend import RayCluster
-
     config = config or GenerateConfig()
-    with RayCluster(executor, config.device) as cluster:
+    with ray_cluster(executor, config.device) as cluster:
         return local_generate(data, out, prompts, config, data_config=data_config, overwrite=overwrite,
-                              runner=cluster.generate, progress=progress)  # fmt: skip
+                              runner=cluster.generate if cluster else None, progress=progress)  # fmt: skip
 
 
 def filter_run(
@@ -56,12 +52,7 @@ def filter_run(
 ) -> FilterReport:
     """:func:`diffcoremix.filter_run` on the chosen executor: on Ray the actors compute the embeddings that are not
     cached (in the batches this process would use), and this process decides, as locally."""
-    executor = executor or ExecutorConfig()
     config = config or FilterConfig()
-    if not executor.on_ray:
-        return local_filter_run(out, config, data=data, data_config=data_config, progress=progress)
-    from diffcoremix.cluster.ray_backend import RayCluster
-
-    with RayCluster(executor, config.device) as cluster:
-        embed = cluster.embedding(embedder_spec(out, config), config.device)
+    with ray_cluster(executor, config.device) as cluster:
+        embed = cluster.embedding(embedder_spec(out, config), config.device) if cluster else embed_files
         return local_filter_run(out, config, data=data, data_config=data_config, embed=embed, progress=progress)

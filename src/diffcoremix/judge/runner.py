@@ -29,6 +29,7 @@ import torch
 from diffcoremix.atomic import write_text_if_changed
 from diffcoremix.cells import text_cell
 from diffcoremix.cluster.config import ExecutorConfig
+from diffcoremix.cluster.executor import ray_cluster
 from diffcoremix.data.images import decode_image, read_bytes, to_rgb
 from diffcoremix.devices import resolve_device
 from diffcoremix.errors import ConfigError, DatasetError, ImageReadError
@@ -191,15 +192,13 @@ def judge(
             raise JudgeError(_no_overlap(out, out_classes, classifier))
         earlier, replaced = _earlier(folder, classifier.id, overwrite)
         job = _Job(folder, classifier, mapping, labels, records, earlier)
-        if executor.on_ray:
-            from diffcoremix.cluster.ray_backend import RayCluster
-
-            with RayCluster(executor, device) as cluster:
+        with ray_cluster(executor, device) as cluster:
+            if cluster is None:
+                job.run(batch_size, progress)
+            else:
                 task = _Slice(str(spec), cluster.worker_device if device == "auto" else device, out_classes,
                               str(folder.path), mapping, labels, batch_size)  # fmt: skip
                 job.run_on(cluster, task, progress)
-        else:
-            job.run(batch_size, progress)
         return _result(folder, classifier, mapping, job, replaced, out_classes)
 
 
