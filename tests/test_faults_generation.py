@@ -62,11 +62,14 @@ def test_the_reference_run_writes_in_every_phase(augmented: tuple[faultkit.Job, 
     assert ref.writes["other"] == 0, "a write outside the phases the harness knows"
 
 
-def test_a_record_torn_in_half_by_a_kill_reruns_to_the_uninterrupted_result(
+def test_a_record_torn_in_half_then_a_kill_amid_the_embeddings_rerun_to_the_uninterrupted_result(
     augmented: tuple[faultkit.Job, faultkit.Reference, Path], tmp_path: Path
 ) -> None:
     job, ref, _ = augmented
-    _assert_survived(faultkit.trial(job, tmp_path / "out", ref, [("manifest", ref.writes["manifest"] // 2)]), 1)
+    # half a manifest record on disk; then, in the rerun, a kill when half of the embeddings are cached (the rest
+    # must be computed in the batches an uninterrupted run used: batched float32 rounds by batch)
+    points = [("manifest", ref.writes["manifest"] // 2), ("embedding", ref.writes["embedding"] // 2 + 1)]
+    _assert_survived(faultkit.trial(job, tmp_path / "out", ref, points), 2)
 
 
 def test_two_kills_in_an_image_write_then_before_a_link_rerun_to_the_uninterrupted_result(

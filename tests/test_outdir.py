@@ -387,3 +387,24 @@ def test_whole_folder_commands_remove_the_temporaries_of_killed_writers(tmp_path
     filter_run(out, FilterConfig(embedder="tiny", threshold=-1.0))
     assert not [p for p in stale if p.exists()]
     assert (out / "keep.tmp").is_file()
+
+
+def test_a_run_killed_inside_its_first_write_leaves_a_folder_its_rerun_takes(tmp_path: Path) -> None:
+    data = make_class_folders(tmp_path / "data", {"001.cat": 1})
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".run.json.x1y2.tmp").write_text('{"da')  # the run record's temporary file, torn by a kill
+    generate(data, out, PromptsConfig(), TINY)
+    assert read_manifest(out).status.tolist() == ["ok"]
+    assert not list(out.glob(".run.json.*.tmp"))
+    # beside anything else, the folder stays foreign (and the temporary file stays too)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / ".run.json.x1y2.tmp").write_text('{"da')
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(OutputFolderError, match="not empty and was not made by diffcoremix"):
+        generate(data, other, PromptsConfig(), TINY)
+    assert sorted(p.name for p in other.iterdir() if not p.name.endswith(".lock")) == [
+        ".run.json.x1y2.tmp",
+        "notes.txt",
+    ]

@@ -38,7 +38,7 @@ import numpy as np
 from diffcoremix.cluster.config import RAY_INSTALL_HINT, ExecutorConfig
 from diffcoremix.data.folder import Finding
 from diffcoremix.data.sources import DataConfig
-from diffcoremix.embedders.cache import EmbeddingCache, embed_files, missing_files
+from diffcoremix.embedders.cache import EmbeddingCache, embed_files, embedding_batches
 from diffcoremix.embedders.models import Embedder, load_embedder
 from diffcoremix.errors import ConfigError, DiffCoReMixError
 from diffcoremix.generate.config import GenerateConfig
@@ -301,8 +301,7 @@ class RayCluster:
         ) -> np.ndarray:
             if cache is None:
                 raise ConfigError("cache_dir", None, "a cache folder with --executor ray")
-            todo = [str(p) for p in missing_files(paths, cache)]
-            batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
+            batches = [[str(p) for p in batch] for batch in embedding_batches(paths, cache, batch_size)]
             root = str(cache.folder.parent)
 
             def call(actor: Any, batch: list[str]) -> Any:

@@ -109,17 +109,25 @@ class EmbedFiles(Protocol):
     ) -> np.ndarray: ...
 
 
-def missing_files(paths: Sequence[str | Path], cache: EmbeddingCache) -> list[Path]:
-    """The files of ``paths`` whose embedding is not cached, one per content, in order: what :func:`embed_files`
-    would compute, in the order (and so the batches) it would compute them."""
+def embedding_batches(paths: Sequence[str | Path], cache: EmbeddingCache, batch_size: int) -> list[list[Path]]:
+    """The batches that :func:`embed_files` computes for ``paths``: the call's distinct contents (the first file of
+    each, in order) cut into batches of ``batch_size``, and of those only the batches that hold an uncached content.
+
+    A batch is computed whole, cached members included: batched float32 arithmetic rounds an image's embedding
+    according to its batch, so the batches depend on the call's list alone, never on which entries an earlier
+    (killed) run happened to cache; a resumed run computes each embedding in the batch an uninterrupted run would.
+    """
     files = [Path(p) for p in paths]
     digests = [file_sha256(p) for p in files]
-    present = [np.zeros(0) if cache.has(d) else None for d in digests]
-    return [files[i] for i in _misses(digests, present)]
+    present = [cache.has(d) for d in digests]
+    return [[files[i] for i in batch] for batch in _batches(digests, present, batch_size)]
 
 
-def _misses(digests: Sequence[str], vectors: Sequence[np.ndarray | None]) -> list[int]:
-    return sorted({digests[i]: i for i, v in enumerate(vectors) if v is None}.values())  # the first of each content
+def _batches(digests: Sequence[str], present: Sequence[bool], batch_size: int) -> list[list[int]]:
+    """Indices of the batches to compute (see :func:`embedding_batches`)."""
+    distinct = sorted({d: i for i, d in reversed(list(enumerate(digests)))}.values())  # the first of each content
+    cut = [distinct[i : i + batch_size] for i in range(0, len(distinct), batch_size)]
+    return [batch for batch in cut if not all(present[i] for i in batch)]
 
 
 def embed_files(
@@ -140,14 +148,16 @@ def embed_files(
     files = [Path(p) for p in paths]
     digests = [file_sha256(p) for p in files]
     vectors: list[np.ndarray | None] = [cache.get(d) if cache else None for d in digests]
-    todo = _misses(digests, vectors)
+    # Whole batches of the call's distinct contents (embedding_batches): only the last cut batch can be short, so the
+    # loader's batches of the concatenation are these batches.
+    todo = [i for batch in _batches(digests, [v is not None for v in vectors], batch_size) for i in batch]
     if todo:
         loader = DataLoader(_Files([files[i] for i in todo], embedder), batch_size=batch_size, num_workers=workers)
         computed: list[np.ndarray] = []
         for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
             computed.extend(embedder.embed_images(batch).numpy())
-        by_digest = {digests[i]: v for i, v in zip(todo, computed, strict=True)}
-        for digest, vector in by_digest.items():
+        by_digest = {digests[i]: v for i, v in zip(todo, computed, strict=True) if vectors[i] is None}
+        for digest, vector in by_digest.items():  # a cached member of a computed batch keeps its cached vector
             if cache:
                 cache.put(digest, vector)
         vectors = [v if v is not None else by_digest[d] for v, d in zip(vectors, digests, strict=True)]

@@ -144,6 +144,8 @@ def open_output(
                 path.rmdir()
         raise
     try:
+        if not folder.is_ours():
+            _remove_first_write(folder)
         if not folder.is_ours() and not folder.is_empty():
             raise OutputFolderError(
                 f"output folder {path} is not empty and was not made by diffcoremix: choose an empty or new folder "
@@ -164,6 +166,16 @@ def open_output(
         raise
     else:
         lock.release()
+
+
+def _remove_first_write(folder: OutputFolder) -> None:
+    """A run killed inside its first write (the run record) left only that record's temporary file: remove it, so
+    that the folder counts as empty again (anything else in the folder keeps it foreign)."""
+    names = entries(folder.path)
+    if names and all(n.startswith(f".{RUN_FILE}.") and n.endswith(TMP_SUFFIX) for n in names):
+        for name in names:
+            (folder.path / name).unlink(missing_ok=True)
+        logger.info("%s: removed the run record that a run killed at its start left half-written", folder.path)
 
 
 def check_settings(folder: OutputFolder, settings: dict[str, Any], what: str) -> None:
