@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -116,21 +117,24 @@ def run(job: Job, out: Path, *, kill_at: tuple[str, int] | None = None) -> Outco
 
 def run_killed_at_moment(job: Job, out: Path, delay: float) -> Outcome:
     """Run the job and SIGKILL it ``delay`` seconds after its start-up (if it is still running then)."""
+    return _watch(job, out, delay)[0]
+
+
+def _watch(job: Job, out: Path, delay: float) -> tuple[Outcome, float]:
+    """Run the job, SIGKILL it ``delay`` seconds after its start-up if it still runs (``math.inf``: never); its
+    outcome, and how long it ran after its start-up."""
     trace = out.parent / f".{out.name}.trace"
     trace.unlink(missing_ok=True)
     start = time.monotonic()
     child = subprocess.Popen(
-        job.command(out),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        job.command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env=_env({TRACE_ENV: str(trace)}),
-    )
+    )  # fmt: skip
     try:
         while not (trace.is_file() and trace.stat().st_size) and child.poll() is None:
             time.sleep(0.005)
-        first = time.monotonic()
-        while child.poll() is None and time.monotonic() - first < delay:
+        started = time.monotonic()
+        while child.poll() is None and time.monotonic() - started < delay:
             time.sleep(0.005)
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
@@ -139,9 +143,10 @@ def run_killed_at_moment(job: Job, out: Path, delay: float) -> Outcome:
         if child.poll() is None:
             child.kill()
             child.wait()
-    outcome = Outcome(child.returncode, stderr, _count(job, out, trace), time.monotonic() - start)
+    end = time.monotonic()
+    outcome = Outcome(child.returncode, stderr, _count(job, out, trace), end - start)
     trace.unlink(missing_ok=True)
-    return outcome
+    return outcome, end - started
 
 
 def killed(outcome: Outcome) -> bool:
@@ -165,25 +170,9 @@ class Reference:
 def reference(job: Job, out: Path) -> Reference:
     """Run the job uninterrupted on a fresh ``out``; its state and its writes per phase."""
     fresh(job, out)
-    trace = out.parent / f".{out.name}.trace"
-    start = time.monotonic()
-    child = subprocess.Popen(
-        job.command(out),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env({TRACE_ENV: str(trace)}),
-    )
-    first = None
-    while child.poll() is None:
-        if first is None and trace.is_file() and trace.stat().st_size:
-            first = time.monotonic()
-        time.sleep(0.005)
-    _, stderr = child.communicate()
-    assert child.returncode == 0, f"{job.name} failed uninterrupted: {stderr}"
-    writes = _count(job, out, trace)
-    trace.unlink(missing_ok=True)
-    return Reference(job.state(out), writes, time.monotonic() - (first or start))
+    outcome, span = _watch(job, out, math.inf)
+    assert outcome.returncode == 0, f"{job.name} failed uninterrupted: {outcome.stderr}"
+    return Reference(job.state(out), outcome.writes, span)
 
 
 @dataclass
@@ -373,28 +362,9 @@ FINETUNE_PHASES = {
 
 def augment_job(data: Path, threshold: float, per_image: int = 2) -> Job:
     """``augment`` with regeneration rounds (``threshold`` should reject part of each round)."""
-    return Job(
-        "augment",
-        (
-            "augment",
-            str(data),
-            "-o",
-            "{out}",
-            *TINY_GENERATION,
-            "--per-image",
-            str(per_image),
-            "--batch-size",
-            "2",
-            "--embedder",
-            "tiny",
-            "--threshold",
-            repr(threshold),
-            "--retries",
-            "2",
-        ),
-        GENERATION_PHASES,
-        generation_state,
-    )
+    args = ("augment", str(data), "-o", "{out}", *TINY_GENERATION, "--per-image", str(per_image), "--batch-size", "2",
+            "--embedder", "tiny", "--threshold", repr(threshold), "--retries", "2")  # fmt: skip
+    return Job("augment", args, GENERATION_PHASES, generation_state)
 
 
 def filter_job(generated: Path, threshold: float) -> Job:
@@ -410,60 +380,17 @@ def filter_job(generated: Path, threshold: float) -> Job:
 
 def train_job(data: Path, synthetic: Path, max_steps: int = 9) -> Job:
     """``train --method diffcoremix`` on ``data`` and the filtered run ``synthetic``, a checkpoint every 2 steps."""
-    return Job(
-        "train",
-        (
-            "train",
-            str(data),
-            "--model",
-            "resnet20",
-            "-b",
-            "8",
-            "--img-size",
-            "32",
-            "-o",
-            "{out}",
-            "--method",
-            "diffcoremix",
-            "--mix-prob",
-            "1",
-            "--max-steps",
-            str(max_steps),
-            "--checkpoint-every",
-            "2",
-            "--synthetic",
-            str(synthetic),
-            "--test",
-            str(data),
-        ),
-        TRAIN_PHASES,
-        train_state,
-    )
+    args = ("train", str(data), "-o", "{out}", "--synthetic", str(synthetic), "--test", str(data), "--model",
+            "resnet20", "-b", "8", "--img-size", "32", "--method", "diffcoremix", "--mix-prob", "1", "--max-steps",
+            str(max_steps), "--checkpoint-every", "2")  # fmt: skip
+    return Job("train", args, TRAIN_PHASES, train_state)
 
 
 def finetune_job(data: Path) -> Job:
     """``finetune`` of the tiny model: 2 VAE steps, then 6 UNet steps, a checkpoint every 2."""
-    return Job(
-        "finetune",
-        (
-            "finetune",
-            str(data),
-            "-o",
-            "{out}",
-            "--preset",
-            "tiny",
-            "--vae-steps",
-            "2",
-            "--max-steps",
-            "6",
-            "--batch-size",
-            "4",
-            "--checkpointing-steps",
-            "2",
-        ),
-        FINETUNE_PHASES,
-        finetune_state,
-    )
+    args = ("finetune", str(data), "-o", "{out}", "--preset", "tiny", "--vae-steps", "2", "--max-steps", "6",
+            "--batch-size", "4", "--checkpointing-steps", "2")  # fmt: skip
+    return Job("finetune", args, FINETUNE_PHASES, finetune_state)
 
 
 def report_job(run_folder: Path) -> Job:
