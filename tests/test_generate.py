@@ -282,7 +282,7 @@ def test_pyarrow_table(data: Path, tmp_path: Path) -> None:
             "error: cannot load model 'stable-diffusion-v1-5/stable-diffusion-v1-5' (",
         ),
         (("--preset", "paper"), {}, "error: preset 'paper' has no downloadable model: pass --model PATH"),
-        (("--model", "no/such/model.safetensors"), {}, "checkpoint file no/such/model.safetensors does not exist"),
+        (("--model", "no/such/model.safetensors"), {}, "error: no/such/model.safetensors does not exist (a local"),
         (("--batch-size", "0"), {}, "error: --batch-size must be >= 1, got 0"),
         (("--height", "30"), {}, "error: --height must be a multiple of 8, >= 8, got 30"),
         (
