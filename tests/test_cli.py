@@ -81,6 +81,7 @@ def test_debug_shows_the_traceback() -> None:
         assert "DatasetError" in result.stderr
 
 
+@pytest.mark.slow  # heavy: several real generations; test_offline checks the log routing too: make test-all
 def test_verbosity_controls_log_output(tmp_path: Path) -> None:
     data = make_class_folders(tmp_path / "data", {"a": 2, "b": 2})
     quiet = run_cli("-q", "scan", data, "--min-side", "64")  # every 40 px image is a problem: a warning

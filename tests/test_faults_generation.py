@@ -81,6 +81,7 @@ def test_two_kills_in_an_image_write_then_before_a_link_rerun_to_the_uninterrupt
     _assert_survived(trial, 2)
 
 
+@pytest.mark.slow  # benchmarks/faults.py counts 50 seeded-moment trials: make test-all
 def test_augment_killed_at_a_seeded_moment_reruns_to_the_uninterrupted_result(
     augmented: tuple[faultkit.Job, faultkit.Reference, Path], tmp_path: Path
 ) -> None:

@@ -132,6 +132,7 @@ def test_scheduler_by_name_with_kwargs(data: Path, tmp_path: Path) -> None:
     assert set(read_manifest(tmp_path / "euler").scheduler) == {"EulerDiscreteScheduler"}
 
 
+@pytest.mark.slow  # the kill harness (tests/test_faults_*.py) kills generation at every write phase: make test-all
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
     data = make_class_folders(tmp_path / "data", {"a": 4, "b": 4, "c": 4})
     args = ("generate", data, *FAST, "--per-image", "4", "--batch-size", "2")

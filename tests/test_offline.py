@@ -182,6 +182,7 @@ def test_root_logger_records_appear_only_with_verbose(data: Path, tmp_path: Path
     assert any(line.startswith("root: ERROR: ") for line in verbose.stderr.splitlines()), verbose.stderr
 
 
+@pytest.mark.slow  # heavy: builds and saves a full checkpoint: make test-all
 def test_a_checkpoint_without_local_configs_fails_at_once_naming_model_config(data: Path, tmp_path: Path) -> None:
     import torch
     from safetensors.torch import save_file

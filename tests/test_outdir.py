@@ -341,6 +341,7 @@ def test_broken_sources_are_skipped_with_a_reason_before_generation(tmp_path: Pa
     assert skipped["002.dog/img_001.png"] in {"truncated", "corrupt"}
 
 
+@pytest.mark.slow  # heavy: several generations and filters: make test-all
 def test_class_and_size_subsets_keep_the_datasets_labels(tmp_path: Path) -> None:
     data = make_class_folders(tmp_path / "data", {"a": 3, "b": 3, "c": 3})
     out = tmp_path / "out"

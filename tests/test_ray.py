@@ -98,6 +98,7 @@ def test_augment_on_ray_from_the_command_line_equals_the_local_executor(
     assert len({r["rank"] for r in read_records(out)}) > 1  # the work was spread over several shards
 
 
+@pytest.mark.slow  # heavy: a Ray filter and a Ray judge beside local ones: make test-all
 def test_filter_and_judge_on_ray_equal_the_local_executor(data: Path, tmp_path: Path) -> None:
     local, remote = tmp_path / "local", tmp_path / "ray"
     for out in (local, remote):
@@ -118,6 +119,7 @@ def test_filter_and_judge_on_ray_equal_the_local_executor(data: Path, tmp_path: 
     assert ray_judge.judged == len(lines[0]) > 0
 
 
+@pytest.mark.slow  # the heaviest Ray test (two executors, two partial runs): make test-all
 def test_a_run_started_on_one_executor_finishes_on_the_other(data: Path, tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     local_generate(data, whole, PROMPTS, GENERATE)
@@ -142,6 +144,7 @@ def test_a_run_started_on_one_executor_finishes_on_the_other(data: Path, tmp_pat
     assert outcome(started_on_ray) == expected
 
 
+@pytest.mark.slow  # heavy: a Ray run with a worker killed mid-run: make test-all
 def test_a_killed_worker_is_redone_and_every_candidate_is_recorded_once(data: Path, tmp_path: Path) -> None:
     whole = tmp_path / "whole"
     prompts = PromptsConfig(per_image=4)  # 48 candidates in 24 batches: time to kill a worker mid-run

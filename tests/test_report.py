@@ -152,6 +152,7 @@ def test_the_cli_writes_the_report_and_refuses_a_folder_that_is_no_run(made: dic
     assert not (tmp_path / "x.html").exists()
 
 
+@pytest.mark.slow  # heavy: a synthetic run of thousands of candidates: make test-all
 def test_a_run_of_thousands_of_candidates_is_drawn_from_bounded_seeded_samples(tmp_path: Path) -> None:
     classes = 60
     _data, out = make_synthetic_run(tmp_path, candidates=6000, classes=classes, judged=True)
