@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from diffcoremix import PromptsConfig, build_prompts, derive_seed, list_images
+from diffcoremix.cli.main import main
 from diffcoremix.counterparts import count_for_fraction, plan_candidates
 from diffcoremix.prompts.context import ContextChoice, ContextRequest
 from diffcoremix.prompts.negatives import term_in
@@ -55,8 +56,10 @@ def test_same_seed_same_bytes_other_seed_other_file(cars: Path, tmp_path: Path) 
     files = []
     for name, seed in (("a", "3"), ("b", "3"), ("c", "4")):
         out = tmp_path / f"{name}.jsonl"
-        result = run_cli("prompts", cars, "--pack", "paper", "--domain", "car", "--seed", seed, "-o", out, "-q")
-        assert result.returncode == 0, result.stderr
+        assert (
+            main(["prompts", str(cars), "--pack", "paper", "--domain", "car", "--seed", seed, "-o", str(out), "-q"])
+            == 0
+        )
         files.append(out.read_bytes())
     assert files[0] == files[1]
     assert files[0] != files[2]

@@ -138,6 +138,7 @@ def test_an_existing_file_is_replaced_only_if_it_is_our_report(made: dict[str, P
     assert not (made["data"] / "report.html").exists()
 
 
+@pytest.mark.slow  # the kill harness runs the report command too (tests/test_faults_generation.py): make test-all
 def test_the_cli_writes_the_report_and_refuses_a_folder_that_is_no_run(made: dict[str, Path], tmp_path: Path) -> None:
     target = tmp_path / "r.html"
     done = run_cli("report", made["out"], "-o", target, "--grid", "4")
