@@ -24,16 +24,15 @@ def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag}", suffix=TMP_SUFFIX, dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        faults.write_point(path)
-        os.replace(tmp, path)
-    except BaseException as err:
+        with naming_errors(path):  # a failed write names no file: the target
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            faults.write_point(path)
+            os.replace(tmp, path)
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
-            raise OSError(err.errno, err.strerror, str(path)) from err  # a failed write names no file: the target
         raise
 
 
