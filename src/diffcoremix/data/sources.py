@@ -3,21 +3,22 @@
 Every command that reads DATA takes ``--classes`` and ``--max-per-class`` (:class:`DataConfig`). ``generate`` and
 ``augment`` also decode every image they could plan from, with the same check as ``scan``, before any model
 loads: an unusable file is skipped with its reason (recorded in ``OUT/run.json``, named in one log line), and
-counts in no budget.
+counts in no budget. ``filter`` decodes only the real images its reference rule compares with
+(:class:`ImageCheck`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
 from diffcoremix.config import check_types, require
-from diffcoremix.data.folder import DatasetListing, Finding, list_images
+from diffcoremix.data.folder import DatasetListing, Finding, ImageItem, list_images
 from diffcoremix.data.scan import ScanConfig, inspect_all
 from diffcoremix.errors import DatasetError
 
@@ -85,15 +86,89 @@ def usable_sources(
     Raises:
         DatasetError: no usable image is left.
     """
-    listing = (config or DataConfig()).select(data)
-    scan = scan or ScanConfig()
-    bad = [r.problem for r in inspect_all(list(listing.items), scan, progress) if r.problem is not None]
-    usable = listing.without({f.relpath for f in bad})
-    warn_skipped(usable, bad, what)
-    if not usable.items:
-        raise DatasetError(f"{what} {listing.root} has no usable image{_summary(listing.problems, bad)}: run "
-                           f"`diffcoremix scan {listing.root}` for the list")  # fmt: skip
-    return Sources(usable, tuple(bad))
+    check = ImageCheck((config or DataConfig()).select(data), scan=scan, progress=progress, what=what)
+    check.check(check.listing.items)
+    return check.result()
+
+
+class ImageCheck:
+    """The images of a listing, each decoded (as ``scan`` does) once, when a command first asks about it.
+
+    :func:`usable_sources` checks every image; ``filter`` only those its reference rule compares with, so that an
+    image it never reads is never decoded.
+
+    Args:
+        listing: the images that may be checked.
+        scan: what counts as unusable (default: ``scan``'s defaults).
+        progress: show a progress bar per batch of images decoded.
+        what: how messages name the dataset (``DATA``, ``--val``, ``--test``).
+    """
+
+    def __init__(
+        self, listing: DatasetListing, *, scan: ScanConfig | None = None, progress: bool = False, what: str = "DATA"
+    ) -> None:
+        self.listing = listing
+        self.scan = scan or ScanConfig()
+        self.progress = progress
+        self.what = what
+        self.problems: dict[str, Finding | None] = {}
+        """Relative path -> its problem, or None when it decoded; only the images checked so far."""
+
+    def check(self, items: Iterable[ImageItem]) -> None:
+        """Decode those of ``items`` not checked yet (in worker processes when they are many)."""
+        todo = list({i.relpath: i for i in items if i.relpath not in self.problems}.values())
+        if not todo:
+            return
+        for result in inspect_all(todo, self.scan, self.progress):
+            self.problems[result.relpath] = result.problem
+
+    def holds_usable(self, items: Iterable[ImageItem]) -> bool:
+        """Whether one of ``items`` is known to be usable (checked, without a problem)."""
+        return any(i.relpath in self.problems and self.problems[i.relpath] is None for i in items)
+
+    def check_until_usable(self, groups: Mapping[str, Sequence[ImageItem]]) -> None:
+        """Check each group's images in order until one decodes: after it, the first of a group's images not known
+        to be unusable is usable (or the group holds none). A round decodes the next image of every group still
+        open, so that many groups decode together."""
+        position = dict.fromkeys(groups, 0)
+        while position:
+            batch = []
+            for group in list(position):
+                items, i = groups[group], position[group]
+                while i < len(items) and self.problems.get(items[i].relpath) is not None:
+                    i += 1  # known to be unusable: the next one may be the first usable
+                if i == len(items) or items[i].relpath in self.problems:
+                    del position[group]  # none left, or the first one not known to be unusable decoded
+                else:
+                    position[group] = i
+                    batch.append(items[i])
+            self.check(batch)
+
+    def unusable(self) -> list[Finding]:
+        """The problems found so far, in listing order."""
+        order = {item.relpath: n for n, item in enumerate(self.listing.items)}
+        bad = [f for f in self.problems.values() if f is not None]
+        return sorted(bad, key=lambda f: order.get(f.relpath, len(order)))
+
+    def result(self) -> Sources:
+        """The listing less the images found unusable, which are named in one warning line (:func:`warn_skipped`).
+
+        Images never checked stay in. When none is known to be usable, every image left is checked first, so that
+        a dataset with nothing usable is refused as :func:`usable_sources` refuses it.
+
+        Raises:
+            DatasetError: no usable image is left.
+        """
+        if not self.holds_usable(self.listing.items):
+            self.check(self.listing.items)
+        bad = self.unusable()
+        usable = self.listing.without({f.relpath for f in bad})
+        warn_skipped(usable, bad, self.what)
+        if not usable.items:
+            root = self.listing.root
+            raise DatasetError(f"{self.what} {root} has no usable image{_summary(self.listing.problems, bad)}: run "
+                               f"`diffcoremix scan {root}` for the list")  # fmt: skip
+        return Sources(usable, tuple(bad))
 
 
 def require_classes(listing: DatasetListing, what: str = "DATA", minimum: int = 2) -> None:

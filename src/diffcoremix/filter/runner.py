@@ -2,9 +2,10 @@
 
 Every generated candidate of OUT is embedded and compared with its reference (a rule of
 :mod:`diffcoremix.filter.references`); it is accepted iff ``score >= threshold`` (and, with a text check, iff its
-similarity to "a photo of a {class}" is ``>= text_check`` too). The steps, in order: read the candidates, load the
-embedder, embed the real images the rule needs, score and decide, then write the decisions (``OUT/filter.jsonl``,
-joined into :func:`read_manifest`), the ``train/`` and ``rejected/`` views (see :mod:`diffcoremix.manifest.decisions`),
+similarity to "a photo of a {class}" is ``>= text_check`` too). The steps, in order: read the candidates, decode
+the real images the rule compares with (naming those that cannot be used; no other image of DATA is decoded), load
+the embedder, embed those real images, score and decide, then write the decisions (``OUT/filter.jsonl``, joined
+into :func:`read_manifest`), the ``train/`` and ``rejected/`` views (see :mod:`diffcoremix.manifest.decisions`),
 the report and the histograms. Real and generated embeddings are cached on disk; files whose content would not
 change are not rewritten.
 """
@@ -25,12 +26,12 @@ from diffcoremix.cells import text_cell
 from diffcoremix.config import write_resolved_config
 from diffcoremix.data.folder import DatasetListing
 from diffcoremix.data.scan import ScanConfig
-from diffcoremix.data.sources import DataConfig, usable_sources
+from diffcoremix.data.sources import DataConfig, ImageCheck
 from diffcoremix.devices import resolve_device
 from diffcoremix.embedders import default_embedder
 from diffcoremix.embedders.cache import EmbeddingCache, EmbedFiles, embed_files
 from diffcoremix.embedders.models import Embedder, load_embedder
-from diffcoremix.errors import DatasetError
+from diffcoremix.errors import DatasetError, ImageReadError
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.filter.plots import write_histograms
 from diffcoremix.filter.references import RealIndex, score_candidates, suggest_threshold
@@ -172,21 +173,14 @@ def filter_run(
         check_separate(data, folder.path)
         if config.cache_dir is not None:
             check_separate(data, config.cache_dir)  # the cache is written too
-        # Every real image it may compare with is decoded first: those that cannot be are named in one line.
-        listing = (data_config or recorded_data_config(folder)).select(data).without(_skipped_sources(folder))
-        unusable = {f.relpath for f in usable_sources(listing, progress=progress, scan=ScanConfig(min_side=1)).skipped}
         scored = score(folder, data, config, data_config=data_config, embedder=embedder, embed=embed,
-                       progress=progress, unusable=unusable)  # fmt: skip
+                       progress=progress, check_real=True)  # fmt: skip
         write_outputs(folder, data, config, scored)
     return scored.report
 
 
-def recorded_data_config(folder: OutputFolder) -> DataConfig:
-    """The subset of DATA that the run was generated from (all of it when none was recorded)."""
-    return _recorded_data_config(_settings(folder))
-
-
 def _recorded_data_config(settings: dict[str, Any]) -> DataConfig:
+    """The subset of DATA that the run was generated from (all of it when none was recorded)."""
     return DataConfig(**settings["data"]) if isinstance(settings.get("data"), dict) else DataConfig()
 
 
@@ -230,20 +224,25 @@ def score(
     embedder: Embedder | None = None,
     embed: EmbedFiles = embed_files,
     progress: bool = False,
-    unusable: Collection[str] = (),
+    check_real: bool = False,
 ) -> Scored:
     """Embed and score the candidates of an opened output folder (only ``keys``, when given); write nothing but
-    embedding-cache entries. ``embed`` computes the embeddings (:func:`embed_files`, or the Ray executor's);
-    the real images at ``unusable`` (relative paths) are never embedded."""
+    embedding-cache entries. ``embed`` computes the embeddings (:func:`embed_files`, or the Ray executor's).
+
+    DATA is listed once, less the sources that generation skipped (``OUT/run.json`` names them). With
+    ``check_real``, the real images that the rule compares with are decoded before the embedder loads, and those
+    that cannot be used are named in one warning line and never embedded (:func:`check_compared`); without it they
+    are taken as usable (``augment`` decoded every image of DATA before generating)."""
     candidates = _candidates(folder, keys)
     settings = _settings(folder)  # what generation recorded: its model and its subset of DATA
+    listing = (data_config or _recorded_data_config(settings)).select(data).without(_skipped_sources(folder))
+    if check_real:
+        listing = check_compared(listing, candidates, config, progress=progress)
     model = settings.get("settings", {}).get("model")
     spec, note = resolve_embedder_spec(config, model)
     embedder = embedder or load_embedder(spec, resolve_device(config.device))
     cache = EmbeddingCache(Path(config.cache_dir) if config.cache_dir else folder / CACHE_DIR, embedder.id)
     kwargs: dict[str, Any] = {"batch_size": config.batch_size, "workers": config.loader_workers, "progress": progress}
-    skipped = _skipped_sources(folder) | set(unusable)
-    listing = (data_config or _recorded_data_config(settings)).select(data).without(skipped)
     candidates = _with_real_images(candidates, listing)
     index = _real_index(embedder, listing, candidates, config, cache, kwargs, embed)
     report = FilterReport(config.threshold, config.reference, embedder.id, {}, embedder_note=note)
@@ -268,6 +267,43 @@ def _candidates(folder: OutputFolder, keys: Collection[str] | None) -> list[dict
         raise DatasetError(f"{folder.path} has no generation manifest records to filter")
     rows: list[dict[str, Any]] = table[table.status == "ok"].to_dict(orient="records")
     return rows if keys is None else [r for r in rows if r["key"] in keys]
+
+
+def check_compared(
+    listing: DatasetListing, candidates: Sequence[dict[str, Any]], config: FilterConfig, *, progress: bool = False
+) -> DatasetListing:
+    """Decode the real images that ``config``'s rule compares with, and leave out those that cannot be used.
+
+    What is decoded: with ``source``, the candidates' sources; with ``first``, each candidate class's images in
+    listing order until one decodes (that one is the class's first); with ``prototype``, ``knn`` and
+    ``calibrate``, whole classes (the candidates' classes; with ``calibrate``, every class). A class with
+    candidates is also checked, in order, until it is known to hold one usable image (it is filtered only if it
+    does). The unusable images found are named in one warning line (with the listing's own problems); an image
+    never compared with is never decoded.
+
+    Returns:
+        The listing less the images found unusable.
+
+    Raises:
+        DatasetError: no image of the listing is usable.
+        ImageReadError: with ``source``, the source of a candidate to filter cannot be used (it is the candidate's
+            reference).
+    """
+    check = ImageCheck(listing, scan=ScanConfig(min_side=1), progress=progress)
+    by_class = listing.by_class()
+    classes = list(by_class) if config.calibrate else sorted({r["class_folder"] for r in candidates} & by_class.keys())
+    sources = {r["source"] for r in candidates} if config.reference == "source" else set()
+    if config.calibrate or config.reference not in ("source", "first"):
+        check.check(item for c in classes for item in by_class[c])
+    check.check(item for item in listing.items if item.relpath in sources)
+    check.check_until_usable({c: by_class[c] for c in classes if not check.holds_usable(by_class[c])})
+    result = check.result()
+    filtered = {c for c, items in result.listing.by_class().items() if items}  # see _with_real_images
+    compared = {r["source"] for r in candidates if r["class_folder"] in filtered} & sources
+    for finding in result.skipped:
+        if finding.relpath in compared:  # the reference of its candidates: the embedding would fail on it
+            raise ImageReadError(listing.root / finding.relpath, finding.kind, finding.reason)
+    return result.listing
 
 
 def _with_real_images(candidates: list[dict[str, Any]], listing: DatasetListing) -> list[dict[str, Any]]:
