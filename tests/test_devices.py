@@ -7,6 +7,7 @@ import argparse
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -107,21 +108,24 @@ def test_torchcompile_without_a_cpp_compiler_is_one_line_and_exit_2(tmp_path: Pa
     assert not (tmp_path / "out").exists()  # refused before the run began
 
 
-def test_generate_compile_without_a_cpp_compiler_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from torch._inductor.cpp_builder import cpp_compiler_search  # inductor remembers the compiler it found
+@pytest.fixture
+def no_compiler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process without a C++ compiler (:func:`_no_compiler_env`), inductor's memo of the one it found cleared."""
+    from torch._inductor.cpp_builder import cpp_compiler_search
 
-    data = make_class_folders(tmp_path / "data", {"a": 1}, size=32)
     for name, value in _no_compiler_env(tmp_path).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("CXX", raising=False)
     cpp_compiler_search.cache_clear()
-    try:
-        argv = ["generate", str(data), "-o", str(tmp_path / "out"), "--preset", "tiny", "--compile", "--device", "cpu"]
-        assert main(argv) == 2
-    finally:
-        cpp_compiler_search.cache_clear()
+    yield
+    cpp_compiler_search.cache_clear()  # the compiler of the machine again, for the next test
+
+
+@pytest.mark.usefixtures("no_compiler")
+def test_generate_compile_without_a_cpp_compiler_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_class_folders(tmp_path / "data", {"a": 1}, size=32)
+    argv = ["generate", str(data), "-o", str(tmp_path / "out"), "--preset", "tiny", "--compile", "--device", "cpu"]
+    assert main(argv) == 2
     assert capsys.readouterr().err == (
         "diffcoremix generate: error: --compile needs a C++ compiler for torch.compile on CPU (none found: "
         "install g++ or drop --compile)\n"
@@ -129,22 +133,29 @@ def test_generate_compile_without_a_cpp_compiler_is_refused(
     assert not (tmp_path / "out").exists()
 
 
-def test_the_training_library_refuses_torchcompile_without_a_compiler(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from torch._inductor.cpp_builder import cpp_compiler_search
-
+@pytest.mark.usefixtures("no_compiler")
+def test_the_training_library_refuses_torchcompile_without_a_compiler(tmp_path: Path) -> None:
+    # The one check of train (the command line has none of its own): the message names the option as the library
+    # spells it, the command line as its flag (the test above).
     from diffcoremix import ToolchainError
     from diffcoremix.train import TrainConfig, train
 
     data = make_class_folders(tmp_path / "data", {"a": 2, "b": 2}, size=32)
-    for name, value in _no_compiler_env(tmp_path).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("CXX", raising=False)
-    cpp_compiler_search.cache_clear()
-    try:
-        with pytest.raises(ToolchainError, match=r"torchcompile needs a C\+\+ compiler for torch\.compile on CPU"):
-            train(data, config=TrainConfig(torchcompile=True, device="cpu", max_steps=1), output=tmp_path / "run")
-    finally:
-        cpp_compiler_search.cache_clear()
+    with pytest.raises(ToolchainError, match=r"^torchcompile needs a C\+\+ compiler for torch\.compile on CPU \("):
+        train(data, config=TrainConfig(torchcompile=True, device="cpu", max_steps=1), output=tmp_path / "run")
     assert not (tmp_path / "run").exists()  # refused before the run began
+
+
+@pytest.mark.usefixtures("no_compiler")
+def test_compare_refuses_torchcompile_without_a_compiler_before_its_first_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # train would refuse it too, but only once compare had decoded DATA and claimed its folder for the first run.
+    data = make_class_folders(tmp_path / "data", {"a": 2, "b": 2}, size=32)
+    args = ["--methods", "none", "--test", str(data), "--torchcompile", "--device", "cpu", "--max-steps", "1"]
+    assert main(["compare", str(data), "-o", str(tmp_path / "cmp"), *args]) == 2
+    assert capsys.readouterr().err == (
+        "diffcoremix compare: error: --torchcompile needs a C++ compiler for torch.compile on CPU (none found: "
+        "install g++ or drop --torchcompile)\n"
+    )
+    assert not (tmp_path / "cmp").exists()

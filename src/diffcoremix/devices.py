@@ -39,7 +39,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def check_compiler(device: str, option: str = "--compile") -> None:
+def check_compiler(device: str, option: str = "compile") -> None:
     """Refuse ``torch.compile`` up front where its backend cannot build code on ``device``.
 
     Inductor, torch.compile's default backend, writes C++ (CPU) or Triton (CUDA) kernels and builds them with the
@@ -47,7 +47,8 @@ def check_compiler(device: str, option: str = "--compile") -> None:
 
     Args:
         device: a resolved device (``cpu``, ``cuda:0``).
-        option: the option that asked for compilation, for the message.
+        option: the option that asked for compilation, in Python spelling (``compile``, ``torchcompile``): the
+            error names it so, and the command line as its flag (``--torchcompile``).
 
     Raises:
         ToolchainError: no compiler that torch.compile can use is installed.
@@ -56,12 +57,10 @@ def check_compiler(device: str, option: str = "--compile") -> None:
         # Triton builds its launcher with the C compiler it finds as $CC, cc, gcc or clang.
         found = any(shutil.which(c) for c in (os.environ.get("CC", ""), "cc", "gcc", "clang") if c)
         if not found:
-            raise ToolchainError(f"{option} needs a C compiler for torch.compile on CUDA (none found: install gcc "
-                                 f"or drop {option})")  # fmt: skip
+            raise ToolchainError(option, "a C compiler for torch.compile on CUDA", "install gcc")
         return
     if not _cpp_compiler_found():
-        raise ToolchainError(f"{option} needs a C++ compiler for torch.compile on CPU (none found: install g++ or "
-                             f"drop {option})")  # fmt: skip
+        raise ToolchainError(option, "a C++ compiler for torch.compile on CPU", "install g++")
 
 
 def _cpp_compiler_found() -> bool:

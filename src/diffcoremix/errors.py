@@ -100,5 +100,23 @@ class DeviceError(ConfigError):
         return f"{option} {self.value}: {self.problem}"
 
 
-class ToolchainError(DiffCoReMixError):
-    """A tool that the chosen options need is not installed (a C++ compiler for ``--compile``)."""
+class ToolchainError(ConfigError):
+    """An option needs a tool that this machine lacks (a C++ compiler for ``compile`` or ``torchcompile``).
+
+    Args:
+        field: the option, in Python spelling (``torchcompile``); the CLI shows it as ``--torchcompile``.
+        tool: what it needs (``a C++ compiler for torch.compile on CPU``).
+        install: how to get it (``install g++``).
+    """
+
+    def __init__(self, field: str, tool: str, install: str) -> None:
+        super().__init__(field, True, f"off where {tool} is missing")
+        self.tool = tool
+        self.install = install
+
+    def __str__(self) -> str:
+        return self.for_option(self.field)
+
+    def for_option(self, option: str) -> str:
+        """``--torchcompile needs a C++ compiler for torch.compile on CPU (none found: install g++ or drop ...)``."""
+        return f"{option} needs {self.tool} (none found: {self.install} or drop {option})"

@@ -8,12 +8,7 @@ from pathlib import Path
 
 from diffcoremix.cli.commands import Command, add_overwrite, show_progress
 from diffcoremix.cli.options import config_from_args
-from diffcoremix.cli.train_command import (
-    add_data_arguments,
-    add_recipe_arguments,
-    check_toolchain,
-    resolve_data_arguments,
-)
+from diffcoremix.cli.train_command import add_data_arguments, add_recipe_arguments, resolve_data_arguments
 from diffcoremix.data.sources import DataConfig
 from diffcoremix.train.compare import PLOT_FILE, RESULTS_CSV, RESULTS_MD, RUNS_CSV, RUNS_DIR, compare
 from diffcoremix.train.config import METHODS, TrainConfig
@@ -44,7 +39,6 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     config: TrainConfig = config_from_args(TrainConfig, args, "train", skip=PER_RUN)
-    check_toolchain(config)
     data_config: DataConfig = config_from_args(DataConfig, args, "data")
     resolve_data_arguments(args)
     result = compare(

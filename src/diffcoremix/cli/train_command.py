@@ -74,17 +74,8 @@ def resolve_data_arguments(args: argparse.Namespace) -> None:
     args.test = resolve_dataset(args, args.test, "test")
 
 
-def check_toolchain(config: TrainConfig) -> None:
-    """Refuse ``--torchcompile`` before any work where torch.compile could not build its kernels."""
-    if config.torchcompile:
-        from diffcoremix.devices import check_compiler, resolve_device
-
-        check_compiler(resolve_device(config.device), "--torchcompile")
-
-
 def _run(args: argparse.Namespace) -> int:
     config: TrainConfig = config_from_args(TrainConfig, args, "train")
-    check_toolchain(config)
     resolve_data_arguments(args)
     data_config: DataConfig = config_from_args(DataConfig, args, "data")
     result = train(

@@ -111,7 +111,7 @@ def resolve_settings(config: GenerateConfig) -> GenerationSettings:
     preset = GENERATOR_PRESETS.get(config.preset)
     device = resolve_device(config.device)
     if config.compile:
-        check_compiler(device, "--compile")
+        check_compiler(device, "compile")
     dtype = config.dtype
     if dtype == "auto":
         dtype = "float16" if device.startswith("cuda") else "float32"

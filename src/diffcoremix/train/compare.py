@@ -63,7 +63,7 @@ from diffcoremix.manifest.layout import CONFIG_FILE, OutputFolder, OutputFolderE
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.train.config import METHODS, PAIR_METHODS, Method, TrainConfig
 from diffcoremix.train.data import split_validation
-from diffcoremix.train.loop import train
+from diffcoremix.train.loop import train, training_device
 from diffcoremix.train.run import read_summary
 
 logger = logging.getLogger(__name__)
@@ -488,6 +488,7 @@ def _check_inputs(
     synthetic: Path | None,
 ) -> None:
     """Everything that can be refused before the first run (and not after hours of training)."""
+    training_device(config)  # the device, and a compiler for torchcompile
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise CompareError("compare trains its runs one after another in one process: under torchrun, run `train` "
                            "per method and seed (the table reads their summaries)")  # fmt: skip

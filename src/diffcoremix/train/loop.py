@@ -284,6 +284,21 @@ def _prepare(
     return _Prepared(listing, val_listing, test_listing, synthetic, count, len(sources.skipped))
 
 
+def training_device(config: TrainConfig) -> str:
+    """The device that ``config`` trains on (``auto`` resolved), checked before any work: a device this machine
+    lacks, or ``torchcompile`` where torch.compile cannot build its kernels, is refused here rather than with an
+    inductor traceback at the first step (``train`` and, before its first run, ``compare``).
+
+    Raises:
+        DeviceError: the device is not on this machine.
+        ToolchainError: ``torchcompile`` without a compiler.
+    """
+    device = resolve_device(config.device)
+    if config.torchcompile:
+        check_compiler(device, "torchcompile")
+    return device
+
+
 def train(
     data: str | Path,
     *,
@@ -320,9 +335,7 @@ def train(
     config = config or TrainConfig()
     data_config = data_config or DataConfig()
     data, out = Path(data), Path(output)
-    device = resolve_device(config.device)
-    if config.torchcompile:
-        check_compiler(device, "torchcompile")  # before any work, not an inductor traceback at the first step
+    device = training_device(config)
     d = _init_distributed(device)
     if d.world > 1 and device.startswith("cuda"):
         device = f"cuda:{d.local_rank}"
