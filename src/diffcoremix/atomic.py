@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from diffcoremix import faults
 
@@ -20,13 +21,21 @@ TMP_SUFFIX = ".tmp"
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "") -> None:
     """Write ``data`` to ``path`` atomically; ``tag`` goes into the temporary name (e.g. a shard's rank)."""
+    with atomic_writer(path, tag=tag) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path, *, tag: str = "") -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through, in pieces: it replaces ``path`` (synced) only when the block ends
+    without an error; otherwise ``path`` is untouched and the temporary file removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag}", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with naming_errors(path):  # a failed write names no file: the target
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
             faults.write_point(path)

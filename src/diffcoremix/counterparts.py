@@ -10,8 +10,10 @@ regenerated on its own.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
+from typing import overload
 
 from diffcoremix.data.folder import DatasetListing, ImageItem
 from diffcoremix.errors import ConfigError
@@ -46,9 +48,14 @@ def count_for_fraction(n: int, fraction: float) -> int:
     return min(n, max(1, int(product.to_integral_value(rounding=ROUND_HALF_UP))))
 
 
-BYTES_PER_CANDIDATE = 4096
-"""Memory that one planned candidate takes along the pipeline, generously: its plan entry (about 1.2 KB at the
-peak of planning, measured), its manifest record as a dict and as a table row."""
+PLAN_BYTES_PER_CANDIDATE = 16384
+"""Memory that one candidate takes in a command that holds its plan and its records whole (``augment``, and
+generation on Ray, which ships the plan to its actors), generously: ``generate`` did at 10.2 KB before it streamed
+(``benchmarks/plan_memory.py``)."""
+
+STREAMED_BYTES_PER_CANDIDATE = 1024
+"""Memory that one candidate takes in ``generate``, which streams its plan: its entry in the resume index and in
+the compaction of its manifest file (measured by ``benchmarks/plan_memory.py``), generously."""
 
 
 def available_memory() -> int | None:
@@ -59,22 +66,26 @@ def available_memory() -> int | None:
         return None
 
 
-def check_plan_fits(sources: int, per_image: int) -> None:
+def check_plan_fits(sources: int, per_image: int, bytes_per_candidate: int = PLAN_BYTES_PER_CANDIDATE) -> None:
     """Refuse, before anything is built, a plan that cannot fit in half of the memory available now.
+
+    Args:
+        sources, per_image: the plan's selected images and counterparts per image.
+        bytes_per_candidate: what one candidate costs the command that runs the plan.
 
     Raises:
         ConfigError: ``per_image must be at most N here ...``, with the candidates and memory it would take.
     """
     available = available_memory()
     count = sources * per_image
-    if available is None or sources == 0 or count * BYTES_PER_CANDIDATE <= available // 2:
+    if available is None or sources == 0 or count * bytes_per_candidate <= available // 2:
         return
-    most = max(0, available // 2 // BYTES_PER_CANDIDATE // sources)
+    most = max(0, available // 2 // bytes_per_candidate // sources)
     raise ConfigError(
         "per_image",
         per_image,
         f"at most {most:,} here: {sources:,} images x {per_image:,} = {count:,} candidates would take about "
-        f"{count * BYTES_PER_CANDIDATE / 2**30:,.1f} GiB to plan and record, and {available / 2**30:.1f} GiB of "
+        f"{count * bytes_per_candidate / 2**30:,.1f} GiB to plan and record, and {available / 2**30:.1f} GiB of "
         "memory is available",
     )
 
@@ -88,25 +99,58 @@ def select_sources(listing: DatasetListing, fraction: float, seed: int) -> list[
     return [item for item in listing.items if item.relpath in chosen]
 
 
-def plan_candidates(
-    listing: DatasetListing, *, fraction: float = 1.0, per_image: int = 1, seed: int = 0
-) -> list[Candidate]:
-    """Every planned candidate, in listing order, then by k.
+class CandidatePlan(Sequence[Candidate]):
+    """Every planned candidate, in listing order, then by k: a sequence computed on access, never held whole.
 
-    Example:
-        >>> plan = plan_candidates(list_images("data"), fraction=0.3, per_image=2)  # doctest: +SKIP
+    Candidate ``i`` is counterpart ``i % per_image`` of selected image ``i // per_image``; its memory is that of
+    the selected images (one entry per image, not per candidate).
     """
-    sources = select_sources(listing, fraction, seed)
-    check_plan_fits(len(sources), per_image)
-    return [
-        Candidate(
+
+    def __init__(self, sources: Sequence[ImageItem], per_image: int, seed: int) -> None:
+        self.sources, self.per_image, self.seed = tuple(sources), per_image, seed
+
+    def __len__(self) -> int:
+        return len(self.sources) * self.per_image
+
+    @overload
+    def __getitem__(self, index: int) -> Candidate: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Candidate]: ...
+    def __getitem__(self, index: int | slice) -> Candidate | list[Candidate]:
+        if isinstance(index, slice):
+            return [self._make(i) for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"candidate {index} of a plan of {len(self)}")
+        return self._make(index % len(self))
+
+    def _make(self, i: int) -> Candidate:
+        item, k = self.sources[i // self.per_image], i % self.per_image
+        return Candidate(
             key=f"{item.relpath}#{k}",
             source=item.relpath,
             class_folder=item.class_folder,
             label=item.label,
             k=k,
-            seed=derive_seed(seed, "generate", item.relpath, k),
+            seed=derive_seed(self.seed, "generate", item.relpath, k),
         )
-        for item in sources
-        for k in range(per_image)
-    ]
+
+
+def candidate_plan(
+    listing: DatasetListing, *, fraction: float = 1.0, per_image: int = 1, seed: int = 0
+) -> CandidatePlan:
+    """Every planned candidate, computed on access (:class:`CandidatePlan`): a plan of any size takes the memory
+    of its selected images only."""
+    return CandidatePlan(select_sources(listing, fraction, seed), per_image, seed)
+
+
+def plan_candidates(
+    listing: DatasetListing, *, fraction: float = 1.0, per_image: int = 1, seed: int = 0
+) -> list[Candidate]:
+    """Every planned candidate as a list (in listing order, then by k), refused when it would not fit in memory.
+
+    Example:
+        >>> plan = plan_candidates(list_images("data"), fraction=0.3, per_image=2)  # doctest: +SKIP
+    """
+    plan = candidate_plan(listing, fraction=fraction, per_image=per_image, seed=seed)
+    check_plan_fits(len(plan.sources), per_image)
+    return list(plan)

@@ -19,6 +19,7 @@ from diffcoremix.cells import text_cell
 from diffcoremix.cli.options import add_config_options, config_from_args
 from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.config import write_resolved_config
+from diffcoremix.counterparts import STREAMED_BYTES_PER_CANDIDATE
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.data.scan import ScanConfig, scan_dataset
 from diffcoremix.data.sources import DataConfig, usable_sources
@@ -121,16 +122,16 @@ def _prompts(args: argparse.Namespace) -> int:
     config = config_from_args(PromptsConfig, args, "prompts")
     _check_file_output(args.data, args.output)
     plan = build_prompts(usable_sources(args.data, _data_config(args)).listing, config)
+    plan.check_fits(STREAMED_BYTES_PER_CANDIDATE)  # what generate would need to run it
+    plan.write_jsonl(args.output)  # streamed: the plan is never held whole
     plan.warn_conflicts()
-    plan.write_jsonl(args.output)
     config_path = write_resolved_config(
         args.output.with_suffix(".config.yaml"),
         {"prompts": config},
         data=args.data,
         pack_file=plan.pack.source,
     )
-    sources = len({r.source for r in plan.records})
-    print(f"wrote {len(plan.records)} prompts for {sources} source images to {args.output} (config: {config_path})")
+    print(f"wrote {len(plan)} prompts for {plan.sources} source images to {args.output} (config: {config_path})")
     return 0
 
 

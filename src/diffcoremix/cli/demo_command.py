@@ -185,11 +185,11 @@ def _run_steps(out: Path, progress: bool) -> Path:
     prompts_file = out / PROMPTS
     with step(f"planning the contextual and negative prompts -> {prompts_file}"):
         plan = build_prompts(usable_sources(data, DataConfig()).listing, PROMPTS_CONFIG)
-        plan.warn_conflicts()
         plan.write_jsonl(prompts_file)
+        plan.warn_conflicts()
         write_resolved_config(prompts_file.with_suffix(".config.yaml"), {"prompts": PROMPTS_CONFIG}, data=data,
                               pack_file=plan.pack.source)  # fmt: skip
-        _say(f"      {len(plan.records)} prompts, e.g. {plan.records[0].prompt!r}")
+        _say(f"      {len(plan)} prompts, e.g. {plan[0].prompt!r}")
 
     with step(f"fine-tuning the tiny generator on {data} (its VAE, then its UNet and text encoder; 2 to 4 minutes)"):
         tuned = finetune(data, generator, FINETUNE_CONFIG, data_config=DataConfig(), progress=progress)

@@ -44,7 +44,7 @@ from diffcoremix.errors import ConfigError, DiffCoReMixError
 from diffcoremix.generate.config import GenerateConfig
 from diffcoremix.generate.runner import GenerationSummary, ModelSlot, run_generation
 from diffcoremix.manifest.layout import OutputFolder
-from diffcoremix.prompts.builder import PromptRecord, PromptsConfig
+from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class _Worker:
         config: GenerateConfig,
         data_config: DataConfig | None,
         skipped: tuple[Finding, ...],
-        previous: Mapping[str, dict[str, Any]],
+        previous: Mapping[str, bytes],
     ) -> GenerationSummary:
         with _Reported():
             return run_generation(OutputFolder(out), Path(data), records, prompts, config, data_config=data_config,
@@ -247,7 +247,8 @@ class RayCluster:
         progress: bool = False,
     ) -> GenerationSummary:
         """The Ray twin of :func:`run_generation` over a folder the caller opened (and locked)."""
-        from diffcoremix.manifest.records import latest_by_key, read_records
+        from diffcoremix.generate.resume import resume_index
+        from diffcoremix.manifest.records import iter_records
 
         started = time.perf_counter()
         if config.rank is not None or config.world_size is not None:
@@ -255,11 +256,14 @@ class RayCluster:
         config = dataclasses.replace(config, device=self.worker_device)
         chunks = max(1, math.ceil(len(records) / config.batch_size))
         shards = min(chunks, self.workers * SHARDS_PER_WORKER)
-        previous = latest_by_key(read_records(folder.path))  # read once here, not once per shard
+        previous = resume_index(iter_records(folder.path))  # read once here, not once per shard
+        plan, records = records, list(records)  # shipped whole to the actors (checked to fit when planned)
+        if isinstance(plan, PromptPlan):
+            plan.warn_conflicts()
         keys = [r.key for r in records]
-        records_ref = self.ray.put(list(records))
+        records_ref = self.ray.put(records)
 
-        def shard_previous(rank: int) -> dict[str, dict[str, Any]]:  # the latest records of this shard's keys
+        def shard_previous(rank: int) -> dict[str, bytes]:  # the resume index of this shard's keys
             size = config.batch_size
             mine = (
                 keys[i] for c in range(rank, chunks, shards) for i in range(c * size, min(len(keys), (c + 1) * size))

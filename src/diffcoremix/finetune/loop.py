@@ -180,8 +180,8 @@ def _captions(listing: Any, config: FinetuneConfig) -> list[Caption]:
         listing,
         PromptsConfig(pack=config.pack, domain=config.domain, class_map=config.class_map, seed=config.seed),
     )
+    by_source = {record.source: record for record in plan}
     plan.warn_conflicts()
-    by_source = {record.source: record for record in plan.records}
     return [Caption(by_source[item.relpath].prompt, by_source[item.relpath].negative_prompt) for item in listing.items]
 
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from diffcoremix.atomic import atomic_write_bytes, remove_stale_temporaries, write_text_if_changed
 from diffcoremix.config import to_plain, write_resolved_config
+from diffcoremix.counterparts import PLAN_BYTES_PER_CANDIDATE, STREAMED_BYTES_PER_CANDIDATE
 from diffcoremix.data.folder import DatasetListing, Finding
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.digests import file_sha256
@@ -36,16 +37,14 @@ from diffcoremix.errors import DiffCoReMixError
 from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
 from diffcoremix.generate.batcher import Batcher
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
-from diffcoremix.manifest.layout import CONFIG_FILE, IMAGES_DIR, SETTINGS_FILE, OutputFolder
+from diffcoremix.generate.resume import output_relpath, resume_index, verdict
+from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, OutputFolder
 from diffcoremix.manifest.lock import claim_lock
 from diffcoremix.manifest.ownership import open_output
-from diffcoremix.manifest.records import ManifestWriter, latest_by_key, read_records
-from diffcoremix.prompts.builder import PromptRecord, PromptsConfig, build_prompts
+from diffcoremix.manifest.records import ManifestWriter, iter_records
+from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig, build_prompts
 
 logger = logging.getLogger(__name__)
-
-_IDENTITY = ("source", "seed", "prompt", "negative_prompt")
-"""Record fields that must equal the planned candidate's for its image to be reused."""
 
 
 class RunConflictError(DiffCoReMixError):
@@ -76,22 +75,28 @@ class GenerationSummary:
 
 @dataclass
 class _Job:
-    """This shard's fixed batches of ``(plan index, record)``, and the keys already complete."""
+    """This shard's fixed batches (by number) that hold work, and its counts; the records are read from the plan
+    when a batch runs, so a job of any size holds no record."""
 
-    chunks: list[list[tuple[int, PromptRecord]]]
-    done: set[str] = field(default_factory=set)
+    batch_size: int
+    size: int
+    """Candidates of this shard."""
+    todo: list[int] = field(default_factory=list)
+    """The numbers of this shard's batches with a candidate to make."""
+    done: dict[int, set[str]] = field(default_factory=dict)
+    """Of those batches, the keys already complete."""
 
-    @property
-    def size(self) -> int:
-        return sum(len(chunk) for chunk in self.chunks)
-
-    @property
-    def todo(self) -> list[list[tuple[int, PromptRecord]]]:
-        return [chunk for chunk in self.chunks if any(r.key not in self.done for _, r in chunk)]
+    planned: int = 0
+    """Candidates of the whole plan."""
 
     @property
     def remaining(self) -> int:
-        return sum(r.key not in self.done for chunk in self.chunks for _, r in chunk)
+        return sum(min(self.batch_size, self.planned - n * self.batch_size) - len(self.done[n]) for n in self.todo)
+
+    def chunk(self, records: Sequence[PromptRecord], number: int) -> list[tuple[int, PromptRecord]]:
+        """Batch ``number`` of the plan: ``(plan index, record)`` pairs."""
+        first = number * self.batch_size
+        return list(enumerate(records[first : first + self.batch_size], start=first))
 
 
 @dataclass
@@ -126,18 +131,14 @@ class GenerationRunner(Protocol):
     ) -> GenerationSummary: ...
 
 
-def output_relpath(record: PromptRecord) -> str:
-    """Where a candidate's image goes, relative to OUT: ``images/<source path>.k<k>.png`` (a class-folder tree);
-    a regeneration adds ``.r<attempt>``."""
-    retry = f".r{record.attempt}" if record.attempt else ""
-    return f"{IMAGES_DIR}/{record.source}.k{record.k}{retry}.png"
-
-
 def plan_records(listing: DatasetListing, prompts: PromptsConfig) -> list[PromptRecord]:
-    """The prompt plan of a (checked) listing, its negative-term conflicts logged once."""
+    """The whole prompt plan of a (checked) listing as a list (refused when it would not fit in memory), its
+    negative-term conflicts logged once."""
     plan = build_prompts(listing, prompts)
+    plan.check_fits(PLAN_BYTES_PER_CANDIDATE)
+    records = list(plan)
     plan.warn_conflicts()
-    return plan.records
+    return records
 
 
 def generate(
@@ -184,7 +185,9 @@ def generate(
         skipped: tuple[Finding, ...] = ()
         if records is None:  # every source is checked before any model loads
             sources = usable_sources(data, data_config, progress=progress)
-            records, skipped = plan_records(sources.listing, prompts), sources.skipped
+            plan = build_prompts(sources.listing, prompts)  # built batch by batch as the run reads it
+            plan.check_fits(STREAMED_BYTES_PER_CANDIDATE if runner is None else PLAN_BYTES_PER_CANDIDATE)
+            records, skipped = plan, sources.skipped
         if runner is None:
             return run_generation(folder, data, records, prompts, config, data_config=data_config,
                                   slot=ModelSlot(generator), skipped=skipped, progress=progress)  # fmt: skip
@@ -202,14 +205,16 @@ def run_generation(
     data_config: DataConfig | None = None,
     slot: ModelSlot | None = None,
     skipped: tuple[Finding, ...] = (),
-    previous: Mapping[str, dict[str, Any]] | None = None,
+    previous: Mapping[str, bytes] | None = None,
     progress: bool = False,
 ) -> GenerationSummary:
     """Generate ``records`` into an output folder that the caller has opened (and locked) with ``open_output``.
 
-    The model is taken from ``slot`` (loaded into it on first need, before OUT is claimed). ``previous`` holds the
-    latest manifest record of (at least) this shard's keys, when the caller has read them already (the Ray
-    executor reads the manifest once for all shards); by default the manifest is read here."""
+    The model is taken from ``slot`` (loaded into it on first need, before OUT is claimed). ``previous`` is the
+    resume index (:func:`~diffcoremix.generate.resume.resume_index`) of (at least) this shard's keys, when the caller
+    has read the manifest already (the Ray executor reads it once for all shards); by default it is read here.
+    ``records`` may be a :class:`PromptPlan`: each batch's records are then built when the batch is checked and
+    when it runs, never the whole plan at once."""
     slot = slot or ModelSlot()
     started = time.perf_counter()
     settings = resolve_settings(config)
@@ -218,6 +223,8 @@ def run_generation(
     _check_settings(folder, fingerprint)  # a conflicting earlier run is refused before any model loads
     hashes = _SourceHashes(data)
     job = _plan_job(folder, records, config.batch_size, rank, world_size, settings_digest(settings), previous, hashes)
+    if isinstance(records, PromptPlan):
+        records.warn_conflicts()  # each of this shard's prompts has been built once by now
     logger.info("shard %d/%d: %d candidates, %d already done, %d to generate", rank, world_size, job.size,
                 job.size - job.remaining, job.remaining)  # fmt: skip
     generator = slot.get(settings, config) if job.todo else None  # may fail (offline): nothing is claimed yet
@@ -228,7 +235,8 @@ def run_generation(
     writer = ManifestWriter(folder.shard_path(rank, world_size))
     generated = failed = 0
     if generator is not None:
-        generated, failed = _run(folder, data, job, generator, settings, config, writer, rank, hashes, progress)
+        generated, failed = _run(folder, data, records, job, generator, settings, config, writer, rank, hashes,
+                                 progress)  # fmt: skip
     writer.compact(tag=tag)
     return GenerationSummary(
         out=folder.path,
@@ -307,33 +315,28 @@ def _plan_job(
     rank: int,
     world_size: int,
     digest: str,
-    previous: Mapping[str, dict[str, Any]] | None = None,
-    hashes: Mapping[str, str | None] | None = None,
+    previous: Mapping[str, bytes] | None,
+    hashes: _SourceHashes,
 ) -> _Job:
     # Batches are fixed chunks of the plan, and shards take whole chunks: an image is computed in the same
     # batch whichever shard runs it and however often the run was interrupted, so its bytes are the same.
-    indexed = list(enumerate(records))
-    chunks = [indexed[i : i + batch_size] for i in range(0, len(indexed), batch_size)][rank::world_size]
     if previous is None:
-        previous = latest_by_key(read_records(folder.path))
-    done = {r.key for chunk in chunks for _, r in chunk if _reusable(folder, previous.get(r.key), r, digest)}
-    if hashes is not None:  # a source photo replaced in DATA since its candidates were made: they are made again
-        changed = {k for k in done if previous[k].get("source_sha256") != hashes[previous[k]["source"]]}
-        if changed:
-            logger.warning("%d candidate(s) made from a source image that has changed since (its SHA-256 differs "
-                           "from the recorded one): generated again", len(changed))  # fmt: skip
-        done -= changed
-    return _Job(chunks, done)
-
-
-def _reusable(folder: OutputFolder, previous: dict[str, Any] | None, planned: PromptRecord, digest: str) -> bool:
-    """Whether an earlier record is what this run would make now, and its image is intact."""
-    if previous is None or previous.get("status") != "ok" or previous.get("output") != output_relpath(planned):
-        return False
-    if previous.get("settings_sha256") != digest or any(previous.get(f) != getattr(planned, f) for f in _IDENTITY):
-        return False
-    path = folder / previous["output"]
-    return path.is_file() and file_sha256(path) == previous.get("output_sha256")
+        previous = resume_index(iter_records(folder.path))
+    job = _Job(batch_size, 0, planned=len(records))
+    changed = 0
+    for number in range(rank, -(-len(records) // batch_size), world_size):
+        chunk = job.chunk(records, number)
+        verdicts = [(r.key, verdict(folder.path, previous, r, digest, hashes.__getitem__)) for _, r in chunk]
+        changed += sum(v == "changed" for _, v in verdicts)
+        job.size += len(chunk)
+        done = {key for key, v in verdicts if v == "done"}
+        if len(done) < len(chunk):
+            job.todo.append(number)
+            job.done[number] = done
+    if changed:  # a source photo replaced in DATA since its candidates were made: they are made again
+        logger.warning("%d candidate(s) made from a source image that has changed since (its SHA-256 differs "
+                       "from the recorded one): generated again", changed)  # fmt: skip
+    return job
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -362,6 +365,7 @@ class _SourceHashes(dict[str, str | None]):
 def _run(
     folder: OutputFolder,
     data: Path,
+    records: Sequence[PromptRecord],
     job: _Job,
     generator: ImageGenerator,
     settings: GenerationSettings,
@@ -377,14 +381,15 @@ def _run(
     generated = failed = 0
     bar = tqdm(total=job.size, initial=job.size - job.remaining, desc="generate", unit="img", disable=not progress)
     try:
-        for chunk in job.todo:
+        for number in job.todo:
+            chunk, done = job.chunk(records, number), job.done[number]
             tick = time.perf_counter()
             results = _generate_chunk(batcher, chunk, hashes)
             seconds = (time.perf_counter() - tick) / len(chunk)
             entries = [
                 _finish(folder, index, record, result, seconds, f"r{rank}-", context)
                 for (index, record), result in zip(chunk, results, strict=True)
-                if record.key not in job.done
+                if record.key not in done
             ]
             writer.append(entries)  # after the images are on disk: a record never names a missing file
             generated += sum(e["status"] == "ok" for e in entries)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from diffcoremix import faults
-from diffcoremix.atomic import atomic_write_text, naming_errors
+from diffcoremix.atomic import atomic_writer, naming_errors
 from diffcoremix.manifest.decisions import FILTER_COLUMNS, read_decisions, read_keyed_lines
 from diffcoremix.manifest.layout import (
     DECISIONS_FILE,
@@ -29,7 +29,8 @@ from diffcoremix.manifest.layout import (
 )
 
 __all__ = ["COLUMNS", "FILTER_COLUMNS", "IMAGES_DIR", "JUDGE_COLUMNS", "MANIFEST_DIR", "ManifestWriter",
-           "latest_by_key", "read_judgements", "read_manifest", "read_records", "shard_path"]  # fmt: skip
+           "iter_records", "latest_by_key", "read_judgements", "read_manifest", "read_records",
+           "shard_path"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -100,22 +101,35 @@ def shard_path(out: str | Path, rank: int, world_size: int) -> Path:
 
 def read_records(out: str | Path) -> list[dict[str, Any]]:
     """Every parseable record of every shard file of ``out``, in file order (torn lines skipped)."""
-    return [record for path in OutputFolder(out).shard_paths() for record in _read_file(path)]
+    return list(iter_records(out))
 
 
-def _read_file(path: Path) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
+def iter_records(out: str | Path) -> Iterator[dict[str, Any]]:
+    """:func:`read_records`, one record at a time (a manifest of any size in the memory of one line)."""
+    for path in OutputFolder(out).shard_paths():
+        yield from _read_file(path)
+
+
+def _read_file(path: Path) -> Iterator[dict[str, Any]]:
+    for _, _, record in _read_lines(path):
+        yield record
+
+
+def _read_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """``(offset, length, record)`` of each parseable record line of ``path`` (none when it is missing)."""
     if not path.is_file():
-        return records
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            logger.info("skipping a torn record at %s:%d (redone on resume)", path, number)
-            continue
-        if isinstance(record, dict) and "key" in record:
-            records.append(record)
-    return records
+        return
+    offset = 0
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            start, offset = offset, offset + len(line)
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                logger.info("skipping a torn record at %s:%d (redone on resume)", path, number)
+                continue
+            if isinstance(record, dict) and "key" in record:
+                yield start, len(line), record
 
 
 def latest_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -155,13 +169,27 @@ class ManifestWriter:
         """Rewrite the file with one record per key (the latest), ordered by plan index, atomically.
 
         Every key the file holds stays: a run over part of the plan (an ``augment`` round) never drops the
-        records of another part.
+        records of another part. The file is streamed: what is held is the position of each key's latest line.
         """
-        latest = latest_by_key(_read_file(self.path))
-        ordered = sorted(latest.values(), key=lambda r: (r.get("index", 0), r["key"]))
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered)
-        if not self.path.is_file() or self.path.read_text(encoding="utf-8") != text:
-            atomic_write_text(self.path, text, tag=tag)
+        chosen: dict[str, tuple[int, bool, int, int]] = {}  # key -> (index, ok, offset, length): latest_by_key's rule
+        lines = 0
+        for offset, length, record in _read_lines(self.path):
+            lines += 1
+            key, ok = record["key"], record.get("status") == "ok"
+            previous = chosen.get(key)
+            if previous is None or ok or not previous[1]:
+                index = record.get("index", 0)
+                chosen[key] = (index if isinstance(index, int) else 0, ok, offset, length)
+        order = sorted(chosen.items(), key=lambda item: (item[1][0], item[0]))
+        offsets = [spot for _, (_, _, spot, _) in order]
+        size = self.path.stat().st_size if self.path.is_file() else 0
+        if lines == len(order) and offsets == sorted(offsets) and sum(e[3] for _, e in order) == size:
+            return  # already one line per key, in order, nothing torn: left untouched
+        with open(self.path, "rb") as source, atomic_writer(self.path, tag=tag) as target:
+            for _, (_, _, offset, length) in order:
+                source.seek(offset)
+                line = source.read(length)
+                target.write(line if line.endswith(b"\n") else line + b"\n")
 
 
 def read_manifest(out: str | Path, *, backend: str = "pandas") -> Any:

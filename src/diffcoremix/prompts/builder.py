@@ -12,13 +12,14 @@ import dataclasses
 import json
 import logging
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
-from diffcoremix.atomic import atomic_write_text
+from diffcoremix.atomic import atomic_writer
 from diffcoremix.config import check_types, require
-from diffcoremix.counterparts import plan_candidates
+from diffcoremix.counterparts import PLAN_BYTES_PER_CANDIDATE, Candidate, CandidatePlan, candidate_plan, check_plan_fits
 from diffcoremix.data.classnames import load_class_map
 from diffcoremix.data.folder import DatasetListing, list_images
 from diffcoremix.embedders import DEFAULT_EMBEDDER, default_embedder
@@ -114,25 +115,153 @@ class PromptRecord:
         return json.dumps(record, ensure_ascii=False)
 
 
-@dataclass
-class PromptPlan:
-    """The prompts of every planned candidate, and the negative terms dropped for contradicting them."""
+PLAN_BLOCK = 4096
+"""Candidates whose contexts are chosen in one call of the selector. The blocks are fixed by plan position, so a
+candidate's context (and its score, which batched embedding can round differently in another batch) is the same
+whichever shard, batch size or rerun builds it."""
 
-    records: list[PromptRecord]
-    pack: PromptPack
-    config: PromptsConfig
-    conflicts: Counter[NegativeConflict] = field(default_factory=Counter)
-    """How many prompts dropped each (term, where, text) conflict."""
+
+class PromptPlan(Sequence[PromptRecord]):
+    """The prompts of every planned candidate, built block by block on access: a plan of any size takes the memory
+    of a block, not of its candidates.
+
+    ``plan[i]``, ``plan[i:j]`` and iteration build what they return; ``records`` is the whole plan as a list (for
+    small plans and tests). ``conflicts`` counts the negative terms dropped in the blocks built so far.
+    """
+
+    def __init__(
+        self,
+        candidates: CandidatePlan,
+        *,
+        root: Path,
+        names: Mapping[str, str],
+        pack: PromptPack,
+        config: PromptsConfig,
+        selector: ContextSelector,
+    ) -> None:
+        self.candidates, self.root, self.names = candidates, root, names
+        self.pack, self.config, self.selector = pack, config, selector
+        self.domain = config.domain or pack.domain
+        self.conflicts: Counter[NegativeConflict] = Counter()
+        """How many prompts dropped each (term, where, text) conflict, over the blocks built so far."""
+        self._counted: set[int] = set()
+        self._warned: set[NegativeConflict] = set()
+        self._last: tuple[int, list[PromptRecord]] = (-1, [])
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    @property
+    def sources(self) -> int:
+        """How many images of DATA the plan makes counterparts of."""
+        return len(self.candidates.sources)
+
+    @overload
+    def __getitem__(self, index: int) -> PromptRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PromptRecord]: ...
+    def __getitem__(self, index: int | slice) -> PromptRecord | list[PromptRecord]:
+        if isinstance(index, int):
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"prompt {index} of a plan of {len(self)}")
+            index %= len(self)
+            return self.block(index // PLAN_BLOCK)[index % PLAN_BLOCK]
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            return [self[i] for i in range(start, stop, step)]
+        records: list[PromptRecord] = []
+        for number in range(start // PLAN_BLOCK, (stop - 1) // PLAN_BLOCK + 1 if stop > start else 0):
+            first = number * PLAN_BLOCK
+            records += self.block(number)[max(start - first, 0) : stop - first]
+        return records
+
+    def __iter__(self) -> Iterator[PromptRecord]:
+        for number in range(-(-len(self) // PLAN_BLOCK)):
+            yield from self.block(number)
+
+    @property
+    def records(self) -> list[PromptRecord]:
+        """The whole plan as a list (it is built each time: use iteration or slices for large plans)."""
+        return list(self)
+
+    def block(self, number: int) -> list[PromptRecord]:
+        """The records of block ``number`` (candidates ``number * PLAN_BLOCK`` on), the last one built kept."""
+        if self._last[0] != number:
+            self._last = (number, self._build(self.candidates[number * PLAN_BLOCK : (number + 1) * PLAN_BLOCK], number))
+        return self._last[1]
+
+    def _build(self, candidates: list[Candidate], number: int) -> list[PromptRecord]:
+        config, pack, domain = self.config, self.pack, self.domain
+        requests = [
+            ContextRequest(
+                key=c.key,
+                source=self.root / c.source,
+                class_name=self.names[c.class_folder],
+                seed=derive_seed(config.seed, "context", c.key),
+            )
+            for c in candidates
+        ]
+        choices = self.selector.choose(requests)
+        if len(choices) != len(requests):
+            raise RuntimeError(f"context selector returned {len(choices)} choices for {len(requests)} requests")
+        records: list[PromptRecord] = []
+        conflicts: Counter[NegativeConflict] = Counter()
+        for candidate, request, choice in zip(candidates, requests, choices, strict=True):
+            template = pack.templates[stable_choice(len(pack.templates), config.seed, "template", candidate.key)]
+            prompt = " ".join(template.format(name=request.class_name, domain=domain, context=choice.text).split())
+            template_text = template.replace("{name}", " ").replace("{domain}", " ").replace("{context}", " ")
+            kept, dropped = filter_negatives(
+                pack.negative,
+                [
+                    ("class name", request.class_name),
+                    ("domain word", domain if "{domain}" in template else ""),
+                    ("context", choice.text if "{context}" in template else ""),
+                    ("template", template_text),
+                ],
+            )
+            conflicts.update(dropped)
+            records.append(
+                PromptRecord(
+                    key=candidate.key,
+                    source=candidate.source,
+                    class_folder=candidate.class_folder,
+                    class_name=request.class_name,
+                    label=candidate.label,
+                    k=candidate.k,
+                    seed=candidate.seed,
+                    prompt=prompt,
+                    negative_prompt=", ".join(kept),
+                    context=choice.text,
+                    context_score=choice.score,
+                    template=template,
+                    dropped_negatives=tuple(c.term for c in dropped),
+                )
+            )
+        if number not in self._counted:  # a block built again (another pass) is not counted twice
+            self._counted.add(number)
+            self.conflicts.update(conflicts)
+        return records
+
+    def check_fits(self, bytes_per_candidate: int = PLAN_BYTES_PER_CANDIDATE) -> None:
+        """Refuse (one-line :class:`ConfigError`) a plan whose run would not fit in memory at this cost per
+        candidate (:func:`~diffcoremix.counterparts.check_plan_fits`)."""
+        check_plan_fits(self.sources, self.config.per_image, bytes_per_candidate)
 
     def write_jsonl(self, path: str | Path) -> Path:
-        """Write one JSON record per line (atomically); the same plan gives the same bytes."""
-        atomic_write_text(path, "".join(r.to_json() + "\n" for r in self.records))
+        """Write one JSON record per line (atomically, streamed block by block); the same plan gives the same
+        bytes."""
+        with atomic_writer(path) as handle:
+            for record in self:
+                handle.write((record.to_json() + "\n").encode("utf-8"))
         return Path(path)
 
     def warn_conflicts(self) -> None:
-        """Log one warning per distinct conflict, with the number of prompts it affected."""
+        """Log one warning per distinct conflict not warned of yet, with the number of prompts it affected (in the
+        blocks built so far: iterate the plan first for the whole count)."""
         for conflict, count in sorted(self.conflicts.items(), key=lambda kv: (kv[0].term, kv[0].text)):
-            logger.warning("%s: dropped from %d prompt(s)", conflict.describe(), count)
+            if conflict not in self._warned:
+                self._warned.add(conflict)
+                logger.warning("%s: dropped from %d prompt(s)", conflict.describe(), count)
 
 
 def build_prompts(
@@ -143,6 +272,8 @@ def build_prompts(
 ) -> PromptPlan:
     """Plan the candidates of a dataset and compose a prompt and a negative prompt for each.
 
+    Nothing per candidate is built here: the plan builds its records block by block when they are read.
+
     Args:
         data: a class-folder dataset, or its listing.
         config: prompt options (defaults if omitted).
@@ -150,7 +281,8 @@ def build_prompts(
             objects, such as an embedder, that a config cannot name).
 
     Returns:
-        The plan; call ``warn_conflicts()`` to report dropped negative terms, ``write_jsonl()`` to save it.
+        The plan (a sequence of :class:`PromptRecord`); ``write_jsonl()`` saves it, ``warn_conflicts()`` reports
+        the negative terms dropped from the prompts built so far.
 
     Raises:
         DatasetError, PackError, ClassMapError, UnknownNameError: bad dataset, pack or class map.
@@ -158,56 +290,9 @@ def build_prompts(
     config = config or PromptsConfig()
     listing = data if isinstance(data, DatasetListing) else list_images(data)
     pack = load_pack(config.pack)
-    domain = config.domain or pack.domain
     names = listing.class_names(load_class_map(config.class_map) if config.class_map else None)
-    candidates = plan_candidates(listing, fraction=config.fraction, per_image=config.per_image, seed=config.seed)
+    candidates = candidate_plan(listing, fraction=config.fraction, per_image=config.per_image, seed=config.seed)
     if selector is None:
         options = SelectorOptions(config.contexts, config.top_k, config.context_embedder or DEFAULT_EMBEDDER)
         selector = CONTEXT_SELECTORS.get(config.context)(pack, options)
-    requests = [
-        ContextRequest(
-            key=c.key,
-            source=listing.root / c.source,
-            class_name=names[c.class_folder],
-            seed=derive_seed(config.seed, "context", c.key),
-        )
-        for c in candidates
-    ]
-    choices = selector.choose(requests)
-    if len(choices) != len(requests):
-        raise RuntimeError(f"context selector returned {len(choices)} choices for {len(requests)} requests")
-
-    records: list[PromptRecord] = []
-    conflicts: Counter[NegativeConflict] = Counter()
-    for candidate, request, choice in zip(candidates, requests, choices, strict=True):
-        template = pack.templates[stable_choice(len(pack.templates), config.seed, "template", candidate.key)]
-        prompt = " ".join(template.format(name=request.class_name, domain=domain, context=choice.text).split())
-        template_text = template.replace("{name}", " ").replace("{domain}", " ").replace("{context}", " ")
-        kept, dropped = filter_negatives(
-            pack.negative,
-            [
-                ("class name", request.class_name),
-                ("domain word", domain if "{domain}" in template else ""),
-                ("context", choice.text if "{context}" in template else ""),
-                ("template", template_text),
-            ],
-        )
-        conflicts.update(dropped)
-        records.append(
-            PromptRecord(
-                key=candidate.key,
-                source=candidate.source,
-                class_folder=candidate.class_folder,
-                class_name=request.class_name,
-                label=candidate.label,
-                k=candidate.k,
-                seed=candidate.seed,
-                prompt=prompt,
-                negative_prompt=", ".join(kept),
-                context=choice.text,
-                context_score=choice.score,
-                template=template,
-                dropped_negatives=tuple(c.term for c in dropped),
-            )
-        )
-    return PromptPlan(records=records, pack=pack, config=config, conflicts=conflicts)
+    return PromptPlan(candidates, root=listing.root, names=names, pack=pack, config=config, selector=selector)

@@ -1,0 +1,82 @@
+"""What a rerun may reuse: the resume index of an output folder, in a few bytes per candidate.
+
+A candidate is reused when its latest successful record is what this run would make now (its output path, the
+generation settings' digest, its source, seed, prompt and negative prompt), its image is intact (the recorded
+SHA-256) and its source photo is unchanged (the recorded source SHA-256). The index keeps, per key of a
+successful record, a digest of those fields and the two SHA-256 values (80 bytes), not the record: a manifest of
+millions of candidates is checked in the memory of its keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from diffcoremix.digests import file_sha256
+from diffcoremix.manifest.layout import IMAGES_DIR
+
+_IDENTITY = ("output", "settings_sha256", "source", "seed", "prompt", "negative_prompt")
+"""Record fields that must equal the planned candidate's for its image to be reused."""
+
+Verdict = Literal["done", "changed", "todo"]
+
+
+def output_relpath(record: Any) -> str:
+    """Where a candidate's image goes, relative to OUT: ``images/<source path>.k<k>.png`` (a class-folder tree);
+    a regeneration adds ``.r<attempt>``."""
+    retry = f".r{record.attempt}" if record.attempt else ""
+    return f"{IMAGES_DIR}/{record.source}.k{record.k}{retry}.png"
+
+
+def _identity(values: Iterable[Any]) -> bytes:
+    return hashlib.sha256(json.dumps(list(values), ensure_ascii=False).encode()).digest()[:16]
+
+
+def _sha(value: Any) -> bytes | None:
+    if not isinstance(value, str) or len(value) != 64:
+        return None
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        return None
+
+
+def resume_index(records: Iterable[dict[str, Any]]) -> dict[str, bytes]:
+    """Key -> packed (identity digest, image SHA-256, source SHA-256) of each key's latest successful record.
+
+    A key whose latest successful record cannot be reused whatever the plan (no image digest) is left out, as is a
+    key with no successful record: both are generated again.
+    """
+    index: dict[str, bytes] = {}
+    for record in records:
+        if record.get("status") != "ok":
+            continue  # the latest successful record wins over any failure (latest_by_key's rule)
+        output = _sha(record.get("output_sha256"))
+        if output is None:
+            index.pop(record["key"], None)
+            continue
+        source = _sha(record.get("source_sha256")) or b""
+        index[record["key"]] = _identity(record.get(f) for f in _IDENTITY) + output + source
+    return index
+
+
+def verdict(
+    folder: Path, index: Mapping[str, bytes], planned: Any, digest: str, source_sha256: Callable[[str], str | None]
+) -> Verdict:
+    """Whether ``planned`` (a prompt record) is done (reuse its image), made from a source photo that has changed
+    since (make it again, and say so), or to do. ``source_sha256`` is called for the source's digest now."""
+    packed = index.get(planned.key)
+    if packed is None:
+        return "todo"
+    relpath = output_relpath(planned)
+    fields = (relpath, digest, planned.source, planned.seed, planned.prompt, planned.negative_prompt)
+    if packed[:16] != _identity(fields):
+        return "todo"
+    path = folder / relpath
+    if not path.is_file() or file_sha256(path) != packed[16:48].hex():
+        return "todo"
+    now = source_sha256(planned.source)
+    return "done" if (packed[48:].hex() or None) == now else "changed"
