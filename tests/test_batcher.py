@@ -81,10 +81,13 @@ def test_out_of_memory_halves_the_batch_for_good_and_changes_no_image(real: Diff
     said = _Messages()
     logger = logging.getLogger("diffcoremix.generate.batcher")
     logger.addHandler(said)  # on the module's own logger: another test may have set the CLI's handlers
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # and an in-process CLI test (-q) may have raised the package's level
     try:
         images = batcher.run(_records(8))
     finally:
         logger.removeHandler(said)
+        logger.setLevel(level)
     assert batcher.limit == 2
     assert limited.calls == [8, 4, 2, 2, 2, 2]  # halved twice, then batches of 2 for the rest of the run
     assert said.messages == [
