@@ -155,3 +155,13 @@ def test_the_resume_index_reuses_only_what_this_run_would_make_now(tmp_path: Pat
     assert check([made, {**made, "output_sha256": "not a digest"}]) == "todo"  # the latest success is unusable
     image.write_bytes(b"damaged")
     assert check([made]) == "todo"
+
+
+def test_sample_contexts_are_the_same_block_by_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_class_folders(tmp_path / "data", {"001.cat": 3, "002.dog": 2})
+    config = PromptsConfig(pack="pets", context="sample", context_embedder="tiny", top_k=1, per_image=2)
+    whole = build_prompts(data, config).records
+    monkeypatch.setattr(builder, "PLAN_BLOCK", 3)  # blocks that cut an image's counterparts apart
+    blocks = build_prompts(data, config).records
+    assert [r.context for r in blocks] == [r.context for r in whole]
+    assert [r.context_score for r in blocks] == pytest.approx([r.context_score for r in whole], abs=1e-5)

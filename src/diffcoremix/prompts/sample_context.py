@@ -34,14 +34,16 @@ class SampleContext:
         self.embedder = embedder
         self.contexts = list(contexts)
         self.top_k = max(1, min(top_k, len(self.contexts)))
+        self._texts: dict[str, np.ndarray] = {}
+        """Each class's context prompts, embedded once (a plan asks block by block)."""
 
     def choose(self, requests: Sequence[ContextRequest]) -> list[ContextChoice]:
         if not requests:
             return []
         sources = sorted({r.source for r in requests})
         images = dict(zip(sources, embed_files(self.embedder, sources), strict=True))
-        texts: dict[str, np.ndarray] = {}
-        for name in sorted({r.class_name for r in requests}):
+        texts = self._texts
+        for name in sorted({r.class_name for r in requests} - texts.keys()):
             prompts = [f"a photo of a {name}, {context}" for context in self.contexts]
             texts[name] = self.embedder.embed_texts(prompts).numpy()
         choices = []
