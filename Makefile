@@ -51,6 +51,7 @@ screenshot: $(STAMP) browser
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/generate.py
+	$(BIN)/python benchmarks/plan_memory.py
 	$(BIN)/python benchmarks/filter_quality.py
 	$(BIN)/python benchmarks/filter_speed.py
 	$(BIN)/python benchmarks/augment.py

@@ -48,10 +48,11 @@ def count_for_fraction(n: int, fraction: float) -> int:
     return min(n, max(1, int(product.to_integral_value(rounding=ROUND_HALF_UP))))
 
 
-PLAN_BYTES_PER_CANDIDATE = 16384
-"""Memory that one candidate takes in a command that holds its plan and its records whole (``augment``, and
-generation on Ray, which ships the plan to its actors), generously: ``generate`` did at 10.2 KB before it streamed
-(``benchmarks/plan_memory.py``)."""
+PLAN_BYTES_PER_CANDIDATE = 32768
+"""Memory that one candidate takes in a command that holds its plan and its records whole, generously: ``augment``
+(which also holds the filter's table of every candidate) took 18.8 KB, and ``generate`` 10.2 KB before it streamed
+(``benchmarks/plan_memory.py``); generation on Ray, which ships the plan to its actors, is checked at this cost
+too."""
 
 STREAMED_BYTES_PER_CANDIDATE = 1024
 """Memory that one candidate takes in ``generate``, which streams its plan: its entry in the resume index and in
