@@ -60,6 +60,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/finetune.py
 	$(BIN)/python benchmarks/generation_quality.py
 	$(BIN)/python benchmarks/report.py
+	$(BIN)/python benchmarks/offline.py
 	$(BIN)/python benchmarks/ray_scaling.py
 	$(BIN)/python benchmarks/faults.py
 
