@@ -8,11 +8,16 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from diffcoremix import PromptsConfig, build_prompts
+from diffcoremix.augmentation import _Attempts, _redo
+from diffcoremix.filter.runner import FilterReport, Scored
 from diffcoremix.generate import GenerateConfig, generate, read_manifest
 from diffcoremix.generate.resume import output_relpath, resume_index, verdict
 from diffcoremix.manifest.records import ManifestWriter
@@ -165,3 +170,48 @@ def test_sample_contexts_are_the_same_block_by_block(tmp_path: Path, monkeypatch
     blocks = build_prompts(data, config).records
     assert [r.context for r in blocks] == [r.context for r in whole]
     assert [r.context_score for r in blocks] == pytest.approx([r.context_score for r in whole], abs=1e-5)
+
+
+def _list_redo(latest: dict[str, Any], budget: dict[str, int], rows: list[dict[str, Any]]) -> list[Any]:
+    """The rule of augment's rounds over a whole list (what ``_redo`` did before the plan streamed)."""
+    decided = {r["key"]: r["accepted"] for r in rows}
+    accepted = Counter(r["class_folder"] for r in rows if r["accepted"])
+    redo: list[Any] = []
+    for cls, wanted in budget.items():
+        rejected = [r for r in latest.values() if r.class_folder == cls and decided.get(r.key) is not True]
+        redo += rejected[: max(0, wanted - accepted[cls])]
+    return redo
+
+
+def test_augment_rounds_read_the_plan_as_they_read_a_list(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(builder, "PLAN_BLOCK", 4)
+    data = make_class_folders(tmp_path / "data", {"001.cat": 3, "002.dog": 2, "003.owl": 2})
+    plan = build_prompts(data, PromptsConfig(per_image=2))
+    whole = list(plan)
+    assert plan.candidates.class_counts() == dict(Counter(r.class_folder for r in whole))
+    attempts = _Attempts(plan)
+    retried = [whole[1].retry(1), whole[6].retry(1), whole[9].retry(1)]
+    attempts.retried += retried
+    full = whole + retried
+    assert len(attempts) == len(full) == 17
+    assert [attempts[i] for i in range(-17, 17)] == full + full
+    for start, stop in ((0, 17), (3, 9), (12, 15), (13, 16), (14, 17), (16, 99), (5, 5)):
+        assert attempts[start:stop] == full[start:stop], (start, stop)
+    keys = attempts.keys
+    assert all(r.key in keys for r in full)
+    for other in (
+        "001.cat/img_000.png#2",
+        "001.cat/img_009.png#0",
+        "nope",
+        whole[0].retry(1).key,
+        whole[1].retry(2).key,
+    ):
+        assert other not in keys, other
+    rng = random.Random(0)
+    latest = {r.key.split("@", 1)[0]: r for r in retried}
+    budget = plan.candidates.class_counts()
+    for _ in range(50):
+        rows = [{"key": r.key, "class_folder": r.class_folder, "accepted": rng.random() < 0.4} for r in full]
+        rows = [r for r in rows if rng.random() < 0.9]  # some were never decided (failed)
+        scored = Scored(FilterReport(0.6, "prototype", "tiny", {}), rows, ())
+        assert _redo(plan, latest, budget, scored) == _list_redo({**{r.key: r for r in whole}, **latest}, budget, rows)

@@ -21,12 +21,14 @@ import dataclasses
 import functools
 import logging
 from collections import Counter
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
 
 from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.cluster.executor import ray_cluster
+from diffcoremix.counterparts import PLAN_BYTES_PER_CANDIDATE
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.devices import resolve_device
 from diffcoremix.embedders.cache import EmbedFiles, embed_files
@@ -36,9 +38,9 @@ from diffcoremix.filter.config import FilterConfig
 from diffcoremix.filter.runner import FilterReport, Scored, resolve_embedder_spec, score, write_outputs
 from diffcoremix.generate.backend import ImageGenerator
 from diffcoremix.generate.config import GenerateConfig, resolve_settings
-from diffcoremix.generate.runner import GenerationRunner, ModelSlot, plan_records, run_generation
+from diffcoremix.generate.runner import GenerationRunner, ModelSlot, run_generation
 from diffcoremix.manifest.ownership import open_output
-from diffcoremix.prompts.builder import PromptRecord, PromptsConfig
+from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig, build_prompts
 
 if TYPE_CHECKING:
     pass
@@ -114,12 +116,14 @@ def augment(
         ray_cluster(executor, generate_config.device) as cluster,
     ):
         sources = usable_sources(data, data_config, progress=progress)  # checked before any model loads
-        records = plan_records(sources.listing, prompts)
+        plan = build_prompts(sources.listing, prompts)  # built batch by batch where it is read, never whole
+        plan.check_fits(PLAN_BYTES_PER_CANDIDATE)  # the filter's table holds every candidate
+        records = _Attempts(plan)
         spec, _ = resolve_embedder_spec(filter_config, model)
         if embedder is None:
             embedder = load_embedder(spec, resolve_device(filter_config.device))
-        budget = dict(Counter(r.class_folder for r in records))
-        latest = {r.key: r for r in records}  # planned key -> its latest attempt
+        budget = plan.candidates.class_counts()
+        latest: dict[str, PromptRecord] = {}  # planned key -> its latest regeneration
         run: GenerationRunner = (
             cluster.generate if cluster else functools.partial(run_generation, slot=ModelSlot(generator))
         )
@@ -129,9 +133,10 @@ def augment(
             summary = run(folder, data, records, prompts, generate_config, data_config=data_config,
                           skipped=sources.skipped, progress=progress)  # fmt: skip
             generated += summary.generated
-            scored = score(folder, data, filter_config, keys={r.key for r in records}, data_config=data_config,
+            scored = score(folder, data, filter_config, keys=records.keys, data_config=data_config,
                            embedder=embedder, embed=embed, progress=progress)  # fmt: skip
-            redo = _redo(latest, budget, scored) if attempt < retries else []
+            plan.warn_conflicts()
+            redo = _redo(plan, latest, budget, scored) if attempt < retries else []
             if summary.generated or summary.failed or not redo:  # a replayed round leaves the files as they are
                 write_outputs(folder, data, filter_config, scored)
             if not redo:
@@ -140,17 +145,65 @@ def augment(
             retried = [r.retry(attempt) for r in redo]
             logger.info("attempt %d: regenerating %d rejected candidate(s)", attempt, len(retried))
             latest.update((r.key.split("@", 1)[0], r) for r in retried)
-            records += retried
+            records.retried += retried
     accepted = dict(Counter(r["class_folder"] for r in scored.rows if r["accepted"]))
     return AugmentResult(scored.report, budget, accepted, attempt + 1, generated)
 
 
-def _redo(latest: dict[str, PromptRecord], budget: dict[str, int], scored: Scored) -> list[PromptRecord]:
-    """The latest attempts to regenerate: per class, as many rejected (or failed) ones as its budget lacks."""
+def _redo(
+    plan: PromptPlan, latest: dict[str, PromptRecord], budget: dict[str, int], scored: Scored
+) -> list[PromptRecord]:
+    """The latest attempts to regenerate: per class (in budget order), as many rejected (or failed) ones as its
+    budget lacks, first in plan order."""
     decided = {r["key"]: r["accepted"] for r in scored.rows}
     accepted = Counter(r["class_folder"] for r in scored.rows if r["accepted"])
-    redo: list[PromptRecord] = []
-    for cls, wanted in budget.items():
-        rejected = [r for r in latest.values() if r.class_folder == cls and decided.get(r.key) is not True]
-        redo += rejected[: max(0, wanted - accepted[cls])]
-    return redo
+    lacking = {cls: max(0, wanted - accepted[cls]) for cls, wanted in budget.items()}
+    chosen: dict[str, list[PromptRecord]] = {cls: [] for cls in budget}
+    if any(lacking.values()):
+        for planned in plan:  # one pass over the plan, built block by block
+            record = latest.get(planned.key, planned)
+            picked = chosen[record.class_folder]
+            if len(picked) < lacking[record.class_folder] and decided.get(record.key) is not True:
+                picked.append(record)
+    return [record for cls in budget for record in chosen[cls]]
+
+
+class _Attempts(Sequence[PromptRecord]):
+    """What a round generates and scores: the plan, then the regenerations decided so far (a list's order and
+    indices, with the plan read from the lazy :class:`PromptPlan`, never held whole)."""
+
+    def __init__(self, plan: PromptPlan) -> None:
+        self.plan = plan
+        self.retried: list[PromptRecord] = []
+
+    def __len__(self) -> int:
+        return len(self.plan) + len(self.retried)
+
+    @overload
+    def __getitem__(self, index: int) -> PromptRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PromptRecord]: ...
+    def __getitem__(self, index: int | slice) -> PromptRecord | list[PromptRecord]:
+        n = len(self.plan)
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return self.plan[start : min(stop, n)] + self.retried[max(start - n, 0) : max(stop - n, 0)]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        index %= len(self)
+        return self.plan[index] if index < n else self.retried[index - n]
+
+    @property
+    def keys(self) -> Container[str]:
+        """The keys of these records (what the filter scores), answered without listing the plan's."""
+        return _Keys(self)
+
+
+class _Keys(Container[str]):
+    def __init__(self, attempts: _Attempts) -> None:
+        self.plan, self.retried = attempts.plan, {r.key for r in attempts.retried}
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (key in self.retried or self.plan.candidates.has_key(key))

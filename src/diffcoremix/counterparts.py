@@ -48,11 +48,11 @@ def count_for_fraction(n: int, fraction: float) -> int:
     return min(n, max(1, int(product.to_integral_value(rounding=ROUND_HALF_UP))))
 
 
-PLAN_BYTES_PER_CANDIDATE = 32768
-"""Memory that one candidate takes in a command that holds its plan and its records whole, generously: ``augment``
-(which also holds the filter's table of every candidate) took 18.8 KB, and ``generate`` 10.2 KB before it streamed
-(``benchmarks/plan_memory.py``); generation on Ray, which ships the plan to its actors, is checked at this cost
-too."""
+PLAN_BYTES_PER_CANDIDATE = 16384
+"""Memory that one candidate takes in a command that holds a table of every candidate, generously: ``augment``
+reads its plan lazily but the filter holds its table (7.8 KB per candidate measured by
+``benchmarks/plan_memory.py``); generation on Ray, which ships the plan to its actors as a list, is checked at this
+cost too."""
 
 STREAMED_BYTES_PER_CANDIDATE = 1024
 """Memory that one candidate takes in ``generate``, which streams its plan: its entry in the resume index and in
@@ -109,9 +109,26 @@ class CandidatePlan(Sequence[Candidate]):
 
     def __init__(self, sources: Sequence[ImageItem], per_image: int, seed: int) -> None:
         self.sources, self.per_image, self.seed = tuple(sources), per_image, seed
+        self._relpaths: frozenset[str] | None = None
 
     def __len__(self) -> int:
         return len(self.sources) * self.per_image
+
+    def has_key(self, key: str) -> bool:
+        """Whether ``key`` (``<source>#<k>``) is a candidate of this plan."""
+        source, _, k = key.rpartition("#")
+        if not (k.isdigit() and int(k) < self.per_image):
+            return False
+        if self._relpaths is None:
+            self._relpaths = frozenset(item.relpath for item in self.sources)
+        return source in self._relpaths
+
+    def class_counts(self) -> dict[str, int]:
+        """Candidates per class folder, in plan order."""
+        counts: dict[str, int] = {}
+        for item in self.sources:
+            counts[item.class_folder] = counts.get(item.class_folder, 0) + self.per_image
+        return counts
 
     @overload
     def __getitem__(self, index: int) -> Candidate: ...

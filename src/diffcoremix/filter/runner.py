@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,7 +219,7 @@ def score(
     data: Path,
     config: FilterConfig,
     *,
-    keys: Collection[str] | None = None,
+    keys: Container[str] | None = None,
     data_config: DataConfig | None = None,
     embedder: Embedder | None = None,
     embed: EmbedFiles = embed_files,
@@ -260,7 +260,7 @@ def score(
     return Scored(report, rows, listing.classes)
 
 
-def _candidates(folder: OutputFolder, keys: Collection[str] | None) -> list[dict[str, Any]]:
+def _candidates(folder: OutputFolder, keys: Container[str] | None) -> list[dict[str, Any]]:
     """The successfully generated candidates (restricted to ``keys`` when given), in plan order."""
     table = read_manifest(folder.path)
     if table.empty:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from diffcoremix.atomic import atomic_write_bytes, remove_stale_temporaries, write_text_if_changed
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.counterparts import PLAN_BYTES_PER_CANDIDATE, STREAMED_BYTES_PER_CANDIDATE
-from diffcoremix.data.folder import DatasetListing, Finding
+from diffcoremix.data.folder import Finding
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.digests import file_sha256
 from diffcoremix.errors import DiffCoReMixError
@@ -129,16 +129,6 @@ class GenerationRunner(Protocol):
         skipped: tuple[Finding, ...] = (),
         progress: bool = False,
     ) -> GenerationSummary: ...
-
-
-def plan_records(listing: DatasetListing, prompts: PromptsConfig) -> list[PromptRecord]:
-    """The whole prompt plan of a (checked) listing as a list (refused when it would not fit in memory), its
-    negative-term conflicts logged once."""
-    plan = build_prompts(listing, prompts)
-    plan.check_fits(PLAN_BYTES_PER_CANDIDATE)
-    records = list(plan)
-    plan.warn_conflicts()
-    return records
 
 
 def generate(
