@@ -17,6 +17,7 @@ import pytest
 
 from diffcoremix import PromptsConfig, build_prompts
 from diffcoremix.augmentation import _Attempts, _redo
+from diffcoremix.cluster.ray_backend import PlanWindow
 from diffcoremix.filter.runner import FilterReport, Scored
 from diffcoremix.generate import GenerateConfig, generate, read_manifest
 from diffcoremix.generate.resume import output_relpath, resume_index, verdict
@@ -215,3 +216,21 @@ def test_augment_rounds_read_the_plan_as_they_read_a_list(tmp_path: Path, monkey
         rows = [r for r in rows if rng.random() < 0.9]  # some were never decided (failed)
         scored = Scored(FilterReport(0.6, "prototype", "tiny", {}), rows, ())
         assert _redo(plan, latest, budget, scored) == _list_redo({**{r.key: r for r in whole}, **latest}, budget, rows)
+
+
+def test_a_ray_shard_is_sent_only_its_window_of_the_plan(tmp_path: Path) -> None:
+    plan = build_prompts(
+        make_class_folders(tmp_path / "data", {"001.cat": 3, "002.dog": 2}), PromptsConfig(per_image=2)
+    )
+    whole = list(plan)
+    window = PlanWindow(whole[4:8], 4, 10)
+    assert len(window) == 10
+    assert window[4:8] == whole[4:8]
+    assert window[6:8] == whole[6:8]
+    assert window[5] == whole[5]
+    assert window[9:9] == []
+    for outside in (slice(2, 6), slice(6, 10), slice(0, 10)):
+        with pytest.raises(IndexError):
+            window[outside]
+    with pytest.raises(IndexError):
+        window[8]

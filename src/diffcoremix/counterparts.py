@@ -51,12 +51,12 @@ def count_for_fraction(n: int, fraction: float) -> int:
 PLAN_BYTES_PER_CANDIDATE = 16384
 """Memory that one candidate takes in a command that holds a table of every candidate, generously: ``augment``
 reads its plan lazily but the filter holds its table (7.8 KB per candidate measured by
-``benchmarks/plan_memory.py``); generation on Ray, which ships the plan to its actors as a list, is checked at this
-cost too."""
+``benchmarks/plan_memory.py``)."""
 
 STREAMED_BYTES_PER_CANDIDATE = 1024
-"""Memory that one candidate takes in ``generate``, which streams its plan: its entry in the resume index and in
-the compaction of its manifest file (measured by ``benchmarks/plan_memory.py``), generously."""
+"""Memory that one candidate takes in ``generate``, which streams its plan (on Ray too: each shard is sent its own
+contiguous part of the plan, read as an actor comes free): its entry in the resume index and in the compaction of
+its manifest file (measured by ``benchmarks/plan_memory.py``), generously."""
 
 
 def available_memory() -> int | None:

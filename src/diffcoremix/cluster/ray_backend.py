@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -93,10 +93,11 @@ class _Worker:
         data_config: DataConfig | None,
         skipped: tuple[Finding, ...],
         previous: Mapping[str, bytes],
+        batches: range,
     ) -> GenerationSummary:
         with _Reported():
             return run_generation(OutputFolder(out), Path(data), records, prompts, config, data_config=data_config,
-                                  slot=self.slot, skipped=skipped, previous=previous)  # fmt: skip
+                                  slot=self.slot, skipped=skipped, previous=previous, batches=batches)  # fmt: skip
 
     def embed(self, spec: str, device: str, paths: Sequence[str], cache_root: str, batch_size: int) -> int:
         """Embed ``paths`` (in batches of ``batch_size``, as the local filter would) into the cache; how many."""
@@ -120,6 +121,32 @@ class _Worker:
     def _embedder(self, spec: str, device: str) -> Embedder:
         embedder: Embedder = self.model(("embedder", spec, device), lambda: load_embedder(spec, device))
         return embedder
+
+
+class PlanWindow(Sequence[PromptRecord]):
+    """Records ``first .. first + len(records)`` of a plan of ``total``: what one Ray shard is sent. It has the plan's
+    length and indices; reading outside the window raises ``IndexError``."""
+
+    def __init__(self, records: list[PromptRecord], first: int, total: int) -> None:
+        self.records, self.first, self.total = records, first, total
+
+    def __len__(self) -> int:
+        return self.total
+
+    @overload
+    def __getitem__(self, index: int) -> PromptRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[PromptRecord]: ...
+    def __getitem__(self, index: int | slice) -> PromptRecord | list[PromptRecord]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self.total)
+            end = self.first + len(self.records)
+            if step != 1 or (start < stop and not (self.first <= start and stop <= end)):
+                raise IndexError(f"records {start}:{stop} are outside this shard's {self.first}:{end}")
+            return self.records[start - self.first : stop - self.first]
+        if not self.first <= index < self.first + len(self.records):
+            raise IndexError(f"record {index} is outside this shard's {self.first}:{self.first + len(self.records)}")
+        return self.records[index - self.first]
 
 
 class _Reported:
@@ -257,25 +284,22 @@ class RayCluster:
         chunks = max(1, math.ceil(len(records) / config.batch_size))
         shards = min(chunks, self.workers * SHARDS_PER_WORKER)
         previous = resume_index(iter_records(folder.path))  # read once here, not once per shard
-        plan, records = records, list(records)  # shipped whole to the actors (checked to fit when planned)
-        if isinstance(plan, PromptPlan):
-            plan.warn_conflicts()
-        keys = [r.key for r in records]
-        records_ref = self.ray.put(records)
+        size, total = config.batch_size, len(records)
 
-        def shard_previous(rank: int) -> dict[str, bytes]:  # the resume index of this shard's keys
-            size = config.batch_size
-            mine = (
-                keys[i] for c in range(rank, chunks, shards) for i in range(c * size, min(len(keys), (c + 1) * size))
-            )
-            return {k: previous[k] for k in mine if k in previous}
-
-        def call(actor: Any, rank: int) -> Any:
+        def call(actor: Any, rank: int) -> Any:  # called as an actor comes free: few shards' records at a time
+            # Shard `rank` takes a contiguous run of the plan's fixed batches (each batch's images do not depend on
+            # which shard makes them), so the plan is read once, in order, a shard at a time, never held whole.
+            numbers = range(rank * chunks // shards, (rank + 1) * chunks // shards)
+            first, last = numbers.start * size, min(total, numbers.stop * size)
+            window = PlanWindow(list(records[first:last]), first, total)
+            mine = {r.key: previous[r.key] for r in window.records if r.key in previous}
             shard = dataclasses.replace(config, rank=rank, world_size=shards)
-            return actor.generate.remote(str(folder.path), str(data), records_ref, prompts, shard, data_config,
-                                         skipped, shard_previous(rank))  # fmt: skip
+            return actor.generate.remote(str(folder.path), str(data), window, prompts, shard, data_config, skipped,
+                                         mine, numbers)  # fmt: skip
 
         summaries = list(self.map(call, range(shards), desc="generate (shards)", progress=progress))
+        if isinstance(records, PromptPlan):
+            records.warn_conflicts()
         return GenerationSummary(
             out=folder.path,
             planned=len(records),

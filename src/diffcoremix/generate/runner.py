@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from diffcoremix.atomic import atomic_write_bytes, remove_stale_temporaries, write_text_if_changed
 from diffcoremix.config import to_plain, write_resolved_config
-from diffcoremix.counterparts import PLAN_BYTES_PER_CANDIDATE, STREAMED_BYTES_PER_CANDIDATE
+from diffcoremix.counterparts import STREAMED_BYTES_PER_CANDIDATE
 from diffcoremix.data.folder import Finding
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.digests import file_sha256
@@ -176,7 +176,7 @@ def generate(
         if records is None:  # every source is checked before any model loads
             sources = usable_sources(data, data_config, progress=progress)
             plan = build_prompts(sources.listing, prompts)  # built batch by batch as the run reads it
-            plan.check_fits(STREAMED_BYTES_PER_CANDIDATE if runner is None else PLAN_BYTES_PER_CANDIDATE)
+            plan.check_fits(STREAMED_BYTES_PER_CANDIDATE)  # here or on Ray: the resume index is what it holds
             records, skipped = plan, sources.skipped
         if runner is None:
             return run_generation(folder, data, records, prompts, config, data_config=data_config,
@@ -196,6 +196,7 @@ def run_generation(
     slot: ModelSlot | None = None,
     skipped: tuple[Finding, ...] = (),
     previous: Mapping[str, bytes] | None = None,
+    batches: range | None = None,
     progress: bool = False,
 ) -> GenerationSummary:
     """Generate ``records`` into an output folder that the caller has opened (and locked) with ``open_output``.
@@ -204,7 +205,8 @@ def run_generation(
     resume index (:func:`~diffcoremix.generate.resume.resume_index`) of (at least) this shard's keys, when the caller
     has read the manifest already (the Ray executor reads it once for all shards); by default it is read here.
     ``records`` may be a :class:`PromptPlan`: each batch's records are then built when the batch is checked and
-    when it runs, never the whole plan at once."""
+    when it runs, never the whole plan at once. ``batches`` are the numbers of the plan's fixed batches to run,
+    instead of this shard's ``rank, rank + world_size, ...`` (the Ray executor gives each shard a contiguous run)."""
     slot = slot or ModelSlot()
     started = time.perf_counter()
     settings = resolve_settings(config)
@@ -212,7 +214,9 @@ def run_generation(
     fingerprint = _fingerprint(prompts, settings, data_config)
     _check_settings(folder, fingerprint)  # a conflicting earlier run is refused before any model loads
     hashes = _SourceHashes(data)
-    job = _plan_job(folder, records, config.batch_size, rank, world_size, settings_digest(settings), previous, hashes)
+    if batches is None:
+        batches = range(rank, -(-len(records) // config.batch_size), world_size)
+    job = _plan_job(folder, records, config.batch_size, batches, settings_digest(settings), previous, hashes)
     if isinstance(records, PromptPlan):
         records.warn_conflicts()  # each of this shard's prompts has been built once by now
     logger.info("shard %d/%d: %d candidates, %d already done, %d to generate", rank, world_size, job.size,
@@ -302,8 +306,7 @@ def _plan_job(
     folder: OutputFolder,
     records: Sequence[PromptRecord],
     batch_size: int,
-    rank: int,
-    world_size: int,
+    batches: range,
     digest: str,
     previous: Mapping[str, bytes] | None,
     hashes: _SourceHashes,
@@ -314,7 +317,7 @@ def _plan_job(
         previous = resume_index(iter_records(folder.path))
     job = _Job(batch_size, 0, planned=len(records))
     changed = 0
-    for number in range(rank, -(-len(records) // batch_size), world_size):
+    for number in batches:
         chunk = job.chunk(records, number)
         verdicts = [(r.key, verdict(folder.path, previous, r, digest, hashes.__getitem__)) for _, r in chunk]
         changed += sum(v == "changed" for _, v in verdicts)
