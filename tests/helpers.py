@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,6 +36,21 @@ def run_cli(
     command = cli_command(*args, prefix=prefix)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "COLUMNS": "200", **(env or {})}
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False)
+
+
+def run_in_process(capsys: Any, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """:func:`run_cli` in this process (``capsys`` is pytest's fixture): the same parser, messages and exit status,
+    without the seconds of a new interpreter importing torch. For commands that change no process-wide state that
+    other tests rely on."""
+    from diffcoremix.cli.main import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 1
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess([str(a) for a in args], code, captured.out, captured.err)
 
 
 def make_class_folders(root: Path, counts: dict[str, int], size: int = 40) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -273,8 +274,11 @@ def test_mix_preview_writes_a_png_and_checks_its_arguments(world: tuple[Path, Pa
     assert not (tmp_path / "bad.png").exists()
 
 
-def test_mix_preview_command(world: tuple[Path, Path], tmp_path: Path) -> None:
-    from .helpers import run_cli
+def test_mix_preview_command(world: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from .helpers import run_in_process
+
+    def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        return run_in_process(capsys, *args)
 
     data, out = world
     grid = tmp_path / "grid.png"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from diffcoremix.counterparts import count_for_fraction, plan_candidates
 from diffcoremix.prompts.context import ContextChoice, ContextRequest
 from diffcoremix.prompts.negatives import term_in
 
-from .helpers import make_class_folders, run_cli
+from .helpers import make_class_folders, run_cli, run_in_process
 
 # Folder names as Stanford Cars spells its classes (make, model, body, year).
 CARS = {
@@ -187,7 +188,12 @@ def test_paper_preset_by_name(cars: Path, tmp_path: Path) -> None:
     assert len(_records(out)) == 3
 
 
-def test_a_plan_that_cannot_fit_in_memory_is_refused_at_once_in_one_line(tmp_path: Path) -> None:
+def test_a_plan_that_cannot_fit_in_memory_is_refused_at_once_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        return run_in_process(capsys, *args)
+
     data = make_class_folders(tmp_path / "data", {"001.cat": 2, "002.dog": 2})
     tiny = ("--preset", "tiny")
     # 1 KB per candidate where the plan streams; 16 KB where a table of every candidate is held
