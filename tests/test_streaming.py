@@ -70,6 +70,7 @@ def test_blocks_slices_and_iteration_agree_and_conflicts_count_once(
     for start, stop in ((0, 15), (2, 7), (3, 4), (4, 8), (5, 5), (7, 3), (13, 99), (-6, -1)):
         assert plan[start:stop] == whole[start:stop], (start, stop)
     assert plan[1:12:3] == whole[1:12:3]
+    assert plan[::-2] == whole[::-2]
     with pytest.raises(IndexError):
         plan[15]
     list(plan)  # a second pass builds every block again: counted once

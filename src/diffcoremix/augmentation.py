@@ -21,10 +21,10 @@ import dataclasses
 import functools
 import logging
 from collections import Counter
-from collections.abc import Container, Sequence
+from collections.abc import Container
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, overload
+from typing import TYPE_CHECKING
 
 from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.cluster.executor import ray_cluster
@@ -41,6 +41,7 @@ from diffcoremix.generate.config import GenerateConfig, resolve_settings
 from diffcoremix.generate.runner import GenerationRunner, ModelSlot, run_generation
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig, build_prompts
+from diffcoremix.sequences import LazySequence
 
 if TYPE_CHECKING:
     pass
@@ -168,7 +169,7 @@ def _redo(
     return [record for cls in budget for record in chosen[cls]]
 
 
-class _Attempts(Sequence[PromptRecord]):
+class _Attempts(LazySequence[PromptRecord]):
     """What a round generates and scores: the plan, then the regenerations decided so far (a list's order and
     indices, with the plan read from the lazy :class:`PromptPlan`, never held whole)."""
 
@@ -179,21 +180,9 @@ class _Attempts(Sequence[PromptRecord]):
     def __len__(self) -> int:
         return len(self.plan) + len(self.retried)
 
-    @overload
-    def __getitem__(self, index: int) -> PromptRecord: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[PromptRecord]: ...
-    def __getitem__(self, index: int | slice) -> PromptRecord | list[PromptRecord]:
+    def _slice(self, start: int, stop: int) -> list[PromptRecord]:
         n = len(self.plan)
-        if isinstance(index, slice):
-            start, stop, step = index.indices(len(self))
-            if step != 1:
-                return [self[i] for i in range(start, stop, step)]
-            return self.plan[start : min(stop, n)] + self.retried[max(start - n, 0) : max(stop - n, 0)]
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"record {index} of {len(self)}")
-        index %= len(self)
-        return self.plan[index] if index < n else self.retried[index - n]
+        return self.plan[start : min(stop, n)] + self.retried[max(start - n, 0) : max(stop - n, 0)]
 
     @property
     def keys(self) -> Container[str]:

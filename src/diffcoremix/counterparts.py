@@ -13,11 +13,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import overload
 
 from diffcoremix.data.folder import DatasetListing, ImageItem
 from diffcoremix.errors import ConfigError
 from diffcoremix.seeds import derive_seed
+from diffcoremix.sequences import LazySequence
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def select_sources(listing: DatasetListing, fraction: float, seed: int) -> list[
     return [item for item in listing.items if item.relpath in chosen]
 
 
-class CandidatePlan(Sequence[Candidate]):
+class CandidatePlan(LazySequence[Candidate]):
     """Every planned candidate, in listing order, then by k: a sequence computed on access, never held whole.
 
     Candidate ``i`` is counterpart ``i % per_image`` of selected image ``i // per_image``; its memory is that of
@@ -130,16 +130,8 @@ class CandidatePlan(Sequence[Candidate]):
             counts[item.class_folder] = counts.get(item.class_folder, 0) + self.per_image
         return counts
 
-    @overload
-    def __getitem__(self, index: int) -> Candidate: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Candidate]: ...
-    def __getitem__(self, index: int | slice) -> Candidate | list[Candidate]:
-        if isinstance(index, slice):
-            return [self._make(i) for i in range(*index.indices(len(self)))]
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"candidate {index} of a plan of {len(self)}")
-        return self._make(index % len(self))
+    def _slice(self, start: int, stop: int) -> list[Candidate]:
+        return [self._make(i) for i in range(start, stop)]
 
     def _make(self, i: int) -> Candidate:
         item, k = self.sources[i // self.per_image], i % self.per_image

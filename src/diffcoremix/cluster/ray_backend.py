@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +45,7 @@ from diffcoremix.generate.config import GenerateConfig
 from diffcoremix.generate.runner import GenerationSummary, ModelSlot, run_generation
 from diffcoremix.manifest.layout import OutputFolder
 from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig
+from diffcoremix.sequences import LazySequence
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ class _Worker:
         return embedder
 
 
-class PlanWindow(Sequence[PromptRecord]):
+class PlanWindow(LazySequence[PromptRecord]):
     """Records ``first .. first + len(records)`` of a plan of ``total``: what one Ray shard is sent. It has the plan's
     length and indices; reading outside the window raises ``IndexError``."""
 
@@ -133,20 +134,11 @@ class PlanWindow(Sequence[PromptRecord]):
     def __len__(self) -> int:
         return self.total
 
-    @overload
-    def __getitem__(self, index: int) -> PromptRecord: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[PromptRecord]: ...
-    def __getitem__(self, index: int | slice) -> PromptRecord | list[PromptRecord]:
-        if isinstance(index, slice):
-            start, stop, step = index.indices(self.total)
-            end = self.first + len(self.records)
-            if step != 1 or (start < stop and not (self.first <= start and stop <= end)):
-                raise IndexError(f"records {start}:{stop} are outside this shard's {self.first}:{end}")
-            return self.records[start - self.first : stop - self.first]
-        if not self.first <= index < self.first + len(self.records):
-            raise IndexError(f"record {index} is outside this shard's {self.first}:{self.first + len(self.records)}")
-        return self.records[index - self.first]
+    def _slice(self, start: int, stop: int) -> list[PromptRecord]:
+        end = self.first + len(self.records)
+        if start < stop and not (self.first <= start and stop <= end):
+            raise IndexError(f"records {start}:{stop} are outside this shard's {self.first}:{end}")
+        return self.records[start - self.first : stop - self.first]
 
 
 class _Reported:

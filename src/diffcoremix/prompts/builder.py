@@ -12,10 +12,10 @@ import dataclasses
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 from diffcoremix.atomic import atomic_writer
 from diffcoremix.config import check_types, require
@@ -27,6 +27,7 @@ from diffcoremix.prompts.context import CONTEXT_SELECTORS, ContextRequest, Conte
 from diffcoremix.prompts.negatives import NegativeConflict, filter_negatives
 from diffcoremix.prompts.packs import PromptPack, load_pack
 from diffcoremix.seeds import derive_seed, stable_choice
+from diffcoremix.sequences import LazySequence
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ candidate's context (and its score, which batched embedding can round differentl
 whichever shard, batch size or rerun builds it."""
 
 
-class PromptPlan(Sequence[PromptRecord]):
+class PromptPlan(LazySequence[PromptRecord]):
     """The prompts of every planned candidate, built block by block on access: a plan of any size takes the memory
     of a block, not of its candidates.
 
@@ -156,21 +157,9 @@ class PromptPlan(Sequence[PromptRecord]):
         """How many images of DATA the plan makes counterparts of."""
         return len(self.candidates.sources)
 
-    @overload
-    def __getitem__(self, index: int) -> PromptRecord: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[PromptRecord]: ...
-    def __getitem__(self, index: int | slice) -> PromptRecord | list[PromptRecord]:
-        if isinstance(index, int):
-            if not -len(self) <= index < len(self):
-                raise IndexError(f"prompt {index} of a plan of {len(self)}")
-            index %= len(self)
-            return self.block(index // PLAN_BLOCK)[index % PLAN_BLOCK]
-        start, stop, step = index.indices(len(self))
-        if step != 1:
-            return [self[i] for i in range(start, stop, step)]
-        records: list[PromptRecord] = []
-        for number in range(start // PLAN_BLOCK, (stop - 1) // PLAN_BLOCK + 1 if stop > start else 0):
+    def _slice(self, start: int, stop: int) -> list[PromptRecord]:
+        records: list[PromptRecord] = []  # nothing is built for an empty slice
+        for number in range(start // PLAN_BLOCK, -(-stop // PLAN_BLOCK) if stop > start else 0):
             first = number * PLAN_BLOCK
             records += self.block(number)[max(start - first, 0) : stop - first]
         return records
