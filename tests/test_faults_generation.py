@@ -72,6 +72,7 @@ def test_a_record_torn_in_half_then_a_kill_amid_the_embeddings_rerun_to_the_unin
     _assert_survived(faultkit.trial(job, tmp_path / "out", ref, points), 2)
 
 
+@pytest.mark.slow  # heavy; make test-all (augment's image and link phases: benchmarks/faults.py runs 42 augment trials)
 def test_two_kills_in_an_image_write_then_before_a_link_rerun_to_the_uninterrupted_result(
     augmented: tuple[faultkit.Job, faultkit.Reference, Path], tmp_path: Path
 ) -> None:
@@ -100,6 +101,7 @@ def test_a_filter_killed_twice_reruns_to_the_uninterrupted_result(
     _assert_survived(faultkit.trial(job, tmp_path / "out", ref, points), 2)
 
 
+@pytest.mark.slow  # heavy; make test-all (report's phases: benchmarks/faults.py runs 15 report trials)
 def test_a_report_killed_while_writing_the_page_reruns_to_the_same_page(
     augmented: tuple[faultkit.Job, faultkit.Reference, Path], tmp_path: Path
 ) -> None:
