@@ -66,9 +66,10 @@ def test_a_record_torn_in_half_then_a_kill_amid_the_embeddings_rerun_to_the_unin
     augmented: tuple[faultkit.Job, faultkit.Reference, Path], tmp_path: Path
 ) -> None:
     job, ref, _ = augmented
-    # half a manifest record on disk; then, in the rerun, a kill when half of the embeddings are cached (the rest
-    # must be computed in the batches an uninterrupted run used: batched float32 rounds by batch)
-    points = [("manifest", ref.writes["manifest"] // 2), ("embedding", ref.writes["embedding"] // 2 + 1)]
+    # half of the first batch's final records on disk (its images are written, and named only by the batch's
+    # "writing" records); then, in the rerun, a kill when half of the embeddings are cached (the rest must be computed
+    # in the batches an uninterrupted run used: batched float32 rounds by batch)
+    points = [("manifest", 2), ("embedding", ref.writes["embedding"] // 2 + 1)]
     _assert_survived(faultkit.trial(job, tmp_path / "out", ref, points), 2)
 
 

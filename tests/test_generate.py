@@ -156,16 +156,21 @@ def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(tmp_path: Path)
     assert manifest.read_text().count("\n") == 48  # compacted: one record per candidate
 
 
-def test_torn_record_and_damaged_image_are_redone(data: Path, tmp_path: Path) -> None:
+def test_a_torn_record_is_redone_and_a_damaged_image_is_kept_until_moved_away(data: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     generate(data, out, PromptsConfig(), _tiny())
     reference = read_manifest(out)
     manifest = shard_path(out, 0, 1)
     lines = manifest.read_text().splitlines(keepends=True)
     manifest.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # torn last record
-    (out / reference.output[0]).write_bytes(b"\x89PNG damaged")  # an image that no longer matches its record
+    damaged = out / reference.output[0]
+    damaged.write_bytes(b"\x89PNG damaged")  # no longer what was recorded: not ours to replace any more
     summary = generate(data, out, PromptsConfig(), _tiny())
-    assert (summary.generated, summary.skipped) == (2, 3)
+    assert (summary.generated, summary.failed, summary.skipped) == (1, 1, 3)
+    assert damaged.read_bytes() == b"\x89PNG damaged"
+    assert read_manifest(out).status.tolist() == ["blocked", "ok", "ok", "ok", "ok"]
+    damaged.unlink()  # moved away, as the warning says: the rerun makes it again
+    assert generate(data, out, PromptsConfig(), _tiny()).generated == 1
     assert _stable(read_manifest(out)) == _stable(reference)
 
 

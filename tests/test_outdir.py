@@ -373,39 +373,3 @@ def test_embedders_follow_a_built_in_generator_and_the_report_says_so(tmp_path: 
     preview = run_cli("mix-preview", data, "--synthetic", out, "-o", grid, "--classes", "002.dog", "--size", "16")
     assert preview.returncode == 0, preview.stderr
     assert grid.is_file()
-
-
-def test_whole_folder_commands_remove_the_temporaries_of_killed_writers(tmp_path: Path) -> None:
-    data = make_class_folders(tmp_path / "data", {"001.cat": 2})
-    out = tmp_path / "out"
-    generate(data, out, PromptsConfig(), TINY)
-    filter_run(out, FilterConfig(embedder="tiny", threshold=-1.0))
-    stale = [out / ".filter.jsonl.k2j3h4.tmp", out / "train" / "001.cat" / ".img_000.png.k0.png.a1b2.tmp",
-             out / "images" / "001.cat" / ".img_001.png.k0.png.r0-x9y8.tmp"]  # fmt: skip
-    for path in stale:
-        path.write_bytes(b"torn")
-    (out / "keep.tmp").write_text("not one of ours: no leading dot")
-    filter_run(out, FilterConfig(embedder="tiny", threshold=-1.0))
-    assert not [p for p in stale if p.exists()]
-    assert (out / "keep.tmp").is_file()
-
-
-def test_a_run_killed_inside_its_first_write_leaves_a_folder_its_rerun_takes(tmp_path: Path) -> None:
-    data = make_class_folders(tmp_path / "data", {"001.cat": 1})
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / ".run.json.x1y2.tmp").write_text('{"da')  # the run record's temporary file, torn by a kill
-    generate(data, out, PromptsConfig(), TINY)
-    assert read_manifest(out).status.tolist() == ["ok"]
-    assert not list(out.glob(".run.json.*.tmp"))
-    # beside anything else, the folder stays foreign (and the temporary file stays too)
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / ".run.json.x1y2.tmp").write_text('{"da')
-    (other / "notes.txt").write_text("mine")
-    with pytest.raises(OutputFolderError, match="not empty and was not made by diffcoremix"):
-        generate(data, other, PromptsConfig(), TINY)
-    assert sorted(p.name for p in other.iterdir() if not p.name.endswith(".lock")) == [
-        ".run.json.x1y2.tmp",
-        "notes.txt",
-    ]

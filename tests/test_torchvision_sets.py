@@ -34,6 +34,7 @@ from diffcoremix.data.torchvision_sets import (
     resolve_data,
 )
 from diffcoremix.errors import ConfigError, DatasetError, UnknownNameError
+from diffcoremix.scratch import SCRATCH_DIR
 
 from .helpers import run_cli
 
@@ -328,11 +329,11 @@ def test_a_killed_run_resumes_to_the_same_folder(tmp_path: Path, monkeypatch: py
     assert not (folder / MARKER).exists()
     written = {p: p.stat().st_ino for p in folder.rglob("*.png")}
     assert len(written) == 5
-    assert len(list(folder.rglob(".*.tmp"))) == 1  # the 6th image, never renamed
+    assert len(list((folder / SCRATCH_DIR).glob("*.tmp"))) == 1  # the 6th image, never renamed
 
     assert materialise("mnist", "train", tmp_path / "killed") == folder
     assert {p: p.stat().st_ino for p in written} == written  # the killed run's files were kept, not rewritten
-    assert not list(folder.rglob(".*.tmp"))
+    assert not (folder / SCRATCH_DIR).exists()  # swept, and removed
     fresh = materialise("mnist", "train", tmp_path / "fresh")
     killed_files, fresh_files = _files(folder), _files(fresh)
     assert killed_files.keys() == fresh_files.keys()

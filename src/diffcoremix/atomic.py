@@ -1,26 +1,32 @@
 """Atomic file writes: a reader (or a run resumed after a crash) sees the old file or the new one, never a torn one.
 
-The content goes to a hidden temporary file in the same folder, is flushed to disk, and is renamed over the
-target. Temporary names start with ``.<target name>.`` and end with ``.tmp``, so a crashed run's leftovers are
-recognisable (:func:`remove_stale_temporaries`).
+The content goes to a temporary file in a scratch folder of our own on the target's file system
+(:mod:`diffcoremix.scratch`: ``OUT/.diffcoremix-tmp`` for a file of an output folder a command holds, else
+``.diffcoremix-tmp`` beside the file for the time of the write), is flushed to disk, and is renamed over the target.
+Nothing is ever created beside the target under a name of ours, so no sweep ever has to guess which files are ours.
+A new file's mode is what the umask gives (0644 under 022), as for any file a program creates.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
-import tempfile
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from diffcoremix import faults
+from diffcoremix.errors import PathBlockedError
+from diffcoremix.scratch import TMP_SUFFIX, scratch_for, scratch_root
 
-TMP_SUFFIX = ".tmp"
+__all__ = ["TMP_SUFFIX", "atomic_write_bytes", "atomic_write_text", "atomic_writer", "ensure_folder", "naming_errors",
+           "write_bytes_if_changed", "write_text_if_changed"]  # fmt: skip
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, tag: str = "") -> None:
-    """Write ``data`` to ``path`` atomically; ``tag`` goes into the temporary name (e.g. a shard's rank)."""
+    """Write ``data`` to ``path`` atomically; ``tag`` starts the temporary name (a shard's, to sweep its own)."""
     with atomic_writer(path, tag=tag) as handle:
         handle.write(data)
 
@@ -30,19 +36,56 @@ def atomic_writer(path: str | Path, *, tag: str = "") -> Iterator[BinaryIO]:
     """A binary file to write ``path`` through, in pieces: it replaces ``path`` (synced) only when the block ends
     without an error; otherwise ``path`` is untouched and the temporary file removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{tag}", suffix=TMP_SUFFIX, dir=path.parent)
+    ensure_folder(path.parent)
+    with scratch_for(path) as scratch:  # OUT's, or (a file on its own) one beside it for this write
+        fd, tmp = scratch.new_file(tag)
+        try:
+            with naming_errors(path):  # a failed write names no file: the target
+                with os.fdopen(fd, "wb") as handle:
+                    yield handle
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                faults.write_point(path)
+                _replace(tmp, path, tag)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _replace(tmp: Path, path: Path, tag: str) -> None:
+    """Rename ``tmp`` over ``path``; where the two lie on different file systems (a folder of OUT that links to another
+    disk), through a scratch folder beside ``path`` instead."""
     try:
-        with naming_errors(path):  # a failed write names no file: the target
-            with os.fdopen(fd, "wb") as handle:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            faults.write_point(path)
-            os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        os.replace(tmp, path)
+    except OSError as err:
+        if err.errno != errno.EXDEV:
+            raise
+        with scratch_root(path.parent) as near:
+            fd, moved = near.new_file(tag)
+            try:
+                with open(tmp, "rb") as source, os.fdopen(fd, "wb") as target:
+                    shutil.copyfileobj(source, target)
+                    target.flush()
+                    os.fsync(target.fileno())
+                os.replace(moved, path)
+            except BaseException:
+                moved.unlink(missing_ok=True)
+                raise
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_folder(path: str | Path) -> None:
+    """Create the folder ``path`` (and its parents) unless it exists.
+
+    Raises:
+        PathBlockedError: a file stands where it, or one of its parents, should be.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in (path, *path.parents) if os.path.lexists(p) and not p.is_dir()), path)
+        raise PathBlockedError(blocker) from None
 
 
 @contextlib.contextmanager
@@ -79,37 +122,3 @@ def write_bytes_if_changed(path: str | Path, data: bytes) -> bool:
 def write_text_if_changed(path: str | Path, text: str) -> bool:
     """:func:`write_bytes_if_changed` for UTF-8 text."""
     return write_bytes_if_changed(path, text.encode("utf-8"))
-
-
-def remove_own_temporaries(path: str | Path) -> int:
-    """Delete the temporary files that a killed atomic write of ``path`` left beside it (``.<name>.*.tmp``).
-
-    For a single file that a command writes outside a folder of its own (a report page, a preview image): the
-    folder is not ours to sweep, but these names are our writer's. Returns how many were removed.
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        return 0
-    prefix = f".{path.name}."
-    stale = [p for p in path.parent.iterdir() if p.name.startswith(prefix) and p.name.endswith(TMP_SUFFIX)]
-    for p in stale:
-        if p.is_file() and not p.is_symlink():
-            p.unlink(missing_ok=True)
-    return len(stale)
-
-
-def remove_stale_temporaries(folder: str | Path, *, tag: str = "") -> int:
-    """Delete the temporary files a killed writer left below ``folder`` (only those whose name holds ``tag``).
-
-    Returns:
-        How many were removed.
-    """
-    removed = 0
-    folder = Path(folder)
-    if not folder.is_dir():
-        return 0
-    for path in folder.rglob(f".*{TMP_SUFFIX}"):
-        if path.is_file() and (not tag or f".{tag}" in path.name):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed

@@ -247,6 +247,10 @@ def to_plain(value: Any) -> Any:
     return value
 
 
+CONFIG_MARK = "# diffcoremix_version: "
+"""The first facts line of every resolved config (:func:`write_resolved_config`): a mark only diffcoremix writes."""
+
+
 def write_resolved_config(path: str | Path, stages: Mapping[str, Any], **extra: Any) -> Path:
     """Write the resolved configuration of a run (one section per stage, plus ``extra`` facts) as YAML.
 
@@ -255,8 +259,10 @@ def write_resolved_config(path: str | Path, stages: Mapping[str, Any], **extra: 
     from diffcoremix._version import __version__
 
     document = {name: to_plain(cfg) for name, cfg in stages.items()}
-    meta = {"diffcoremix_version": __version__, **to_plain(extra)}
+    meta = to_plain(extra)
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
-    text += "# run facts (not options)\n" + "\n".join(f"# {k}: {v}" for k, v in meta.items()) + "\n"
+    text += f"# run facts (not options)\n{CONFIG_MARK}{__version__}\n" + "".join(
+        f"# {k}: {v}\n" for k, v in meta.items()
+    )
     write_text_if_changed(path, text)  # a rerun with the same options leaves the file as it was
     return Path(path)

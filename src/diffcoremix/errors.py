@@ -120,3 +120,13 @@ class ToolchainError(ConfigError):
     def for_option(self, option: str) -> str:
         """``--torchcompile needs a C++ compiler for torch.compile on CPU (none found: install g++ or drop ...)``."""
         return f"{option} needs {self.tool} (none found: {self.install} or drop {option})"
+
+
+class PathBlockedError(DiffCoReMixError):
+    """A file (or something else) stands where diffcoremix keeps a folder of its own output."""
+
+    def __init__(self, blocker: str | Path) -> None:
+        super().__init__(
+            f"{blocker} is a file where diffcoremix keeps a folder: move it away (mv {blocker} ELSEWHERE) and rerun"
+        )
+        self.blocker = Path(blocker)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffcoremix.atomic import atomic_write_text, remove_own_temporaries
+from diffcoremix.atomic import atomic_write_text
 from diffcoremix.cells import text_cell
 from diffcoremix.cli.options import add_config_options, config_from_args
 from diffcoremix.cluster.config import ExecutorConfig
@@ -96,7 +96,6 @@ def _scan(args: argparse.Namespace) -> int:
     report = scan_dataset(_data_config(args).select(args.data), config, progress=show_progress(args))
     document = report.to_dict()
     if args.output:
-        remove_own_temporaries(args.output)  # a killed earlier write's
         atomic_write_text(args.output, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
         write_resolved_config(args.output.with_suffix(".config.yaml"), {"scan": config}, data=args.data)
     print(json.dumps(document, indent=2, ensure_ascii=False) if args.json else report.to_text())

@@ -179,10 +179,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _unexpected(err: Exception, prefix: str, args: argparse.Namespace, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    full = _full_disk(err)
+    full = _caused_by(err, NO_SPACE)
     if full is not None:  # not a bug: the run stopped cleanly, and a rerun with room resumes it
         print(f"{prefix} {_no_space_message(full, args)}", file=sys.stderr)
         return 1
+    denied = _caused_by(err, NOT_WRITABLE)
+    if denied is not None:  # a read-only mount, or no permission: the place, not the input, is wrong
+        where = denied.filename or _output(args) or "the output"
+        text = (
+            f"cannot write to {where}: read-only file system"
+            if denied.errno == errno.EROFS
+            else f"{where}: permission denied"
+        )
+        print(f"{prefix} {text}", file=sys.stderr)
+        return BAD_INPUT
     hint = "" if debug else " (rerun with --debug for the traceback)"  # a bug, not bad input: say so
     print(f"{prefix} unexpected {type(err).__name__}: {err}{hint}", file=sys.stderr)
     return 1
@@ -202,20 +212,29 @@ NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 """A full disk, or a full quota: what a rerun after freeing space recovers from."""
 
 
-def _full_disk(err: BaseException) -> OSError | None:
-    """The full-disk OSError that ``err`` is or was raised from (torch and PIL wrap their write errors)."""
+NOT_WRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+"""A read-only file system, or no permission to write there."""
+
+
+def _caused_by(err: BaseException, errnos: frozenset[int]) -> OSError | None:
+    """The OSError of one of ``errnos`` that ``err`` is or was raised from (torch and PIL wrap their write errors)."""
     seen: BaseException | None = err
     while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in NO_SPACE:
+        if isinstance(seen, OSError) and seen.errno in errnos:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
 
 
+def _output(args: argparse.Namespace) -> str | None:
+    """The output the command was writing (``-o``), if it has one."""
+    return next((str(getattr(args, name)) for name in ("output", "out") if getattr(args, name, None)), None)
+
+
 def _no_space_message(err: OSError, args: argparse.Namespace) -> str:
     """Where the disk ran full: the file being written (the destination of a link or rename), else the output
     the command was writing (an append to an open file names no file)."""
-    output = next((getattr(args, name) for name in ("output", "out") if getattr(args, name, None)), None)
+    output = _output(args)
     where = err.filename2 or err.filename or output or "the output"
     target = output if output is not None else "the output"
     return (f"no space left on device at {where} (free space or write {target} to a larger disk; a rerun resumes "

@@ -45,6 +45,7 @@ from diffcoremix.generate.config import GenerateConfig
 from diffcoremix.generate.runner import GenerationSummary, ModelSlot, run_generation
 from diffcoremix.manifest.layout import OutputFolder
 from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig
+from diffcoremix.scratch import scratch_root
 from diffcoremix.sequences import LazySequence
 
 logger = logging.getLogger(__name__)
@@ -96,13 +97,13 @@ class _Worker:
         previous: Mapping[str, bytes],
         batches: range,
     ) -> GenerationSummary:
-        with _Reported():
+        with _Reported(), scratch_root(out):  # beside the driver, which holds OUT's lock
             return run_generation(OutputFolder(out), Path(data), records, prompts, config, data_config=data_config,
                                   slot=self.slot, skipped=skipped, previous=previous, batches=batches)  # fmt: skip
 
     def embed(self, spec: str, device: str, paths: Sequence[str], cache_root: str, batch_size: int) -> int:
         """Embed ``paths`` (in batches of ``batch_size``, as the local filter would) into the cache; how many."""
-        with _Reported():
+        with _Reported(), scratch_root(cache_root):
             embedder = self._embedder(spec, device)
             embed_files(embedder, paths, EmbeddingCache(cache_root, embedder.id), batch_size=batch_size)
             return len(paths)

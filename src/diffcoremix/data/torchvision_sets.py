@@ -44,9 +44,10 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, remove_stale_temporaries
+from diffcoremix.atomic import atomic_write_bytes, atomic_write_text
 from diffcoremix.errors import ConfigError, DatasetError, UnknownNameError
 from diffcoremix.registry import Registry
+from diffcoremix.scratch import scratch_root
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def _dataset_lock(folder: Path) -> Iterator[None]:
     """One process at a time per dataset (the ranks of a distributed run all resolve DATA); the kernel drops the
     lock of a killed process. The lock file stays: removing it would race with a waiter that has opened it."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".diffcoremix.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(folder / ".diffcoremix.lock", os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -303,7 +304,9 @@ def materialise(
     with _dataset_lock(base / name):
         if _marker_matches(folder / MARKER, name, split):  # another process finished it while we waited
             return folder
-        _write_split(name, spec, base / name / "raw", split, folder, download=download, progress=progress)
+        folder.mkdir(parents=True, exist_ok=True)
+        with scratch_root(folder):  # its temporary files, and a killed run's, in folder/.diffcoremix-tmp
+            _write_split(name, spec, base / name / "raw", split, folder, download=download, progress=progress)
     return folder
 
 
@@ -320,7 +323,6 @@ def _write_split(
     _check_entries(folder, folders)
     for class_folder in folders:  # every class, so that labels agree across splits
         (folder / class_folder).mkdir(exist_ok=True)
-    remove_stale_temporaries(folder)  # a killed run's half-written files
     present = {f"{class_folder}/{e.name}" for class_folder in folders for e in os.scandir(folder / class_folder)}
     targets = [f"{folders[label]}/{index:06d}.png" for index, label in enumerate(labels)]
     for stray in sorted(present - set(targets)):  # an image of ours under another label: it would be mislabelled

@@ -67,6 +67,25 @@ def histogram_edges(scores: np.ndarray, threshold: float, bins: int) -> tuple[np
     return threshold + width * np.arange(-below, above + 1), below
 
 
+def render_histograms(
+    scores_by_class: Mapping[str, Sequence[float]], threshold: float, *, bins: int = 20
+) -> dict[str, bytes]:
+    """One histogram PNG per class (640 x 360 pixels), by file name (:func:`histogram_file_name`), in the order of
+    ``scores_by_class``; arguments as for :func:`write_histograms`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pictures = {}
+    for cls, scores in scores_by_class.items():
+        figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+        FigureCanvasAgg(figure)
+        draw_histogram(figure.add_subplot(), cls, np.asarray(scores, dtype=np.float64), threshold, bins)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=DPI)
+        pictures[histogram_file_name(cls)] = buffer.getvalue()
+    return pictures
+
+
 def write_histograms(
     folder: Path, scores_by_class: Mapping[str, Sequence[float]], threshold: float, *, bins: int = 20
 ) -> list[Path]:
@@ -86,20 +105,10 @@ def write_histograms(
         >>> write_histograms(Path("out/filter_report"), {"001.cat": [0.55, 0.71, 0.64]}, 0.6)  # doctest: +SKIP
         [PosixPath('out/filter_report/001.cat.png')]
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for cls, scores in scores_by_class.items():
-        figure = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-        FigureCanvasAgg(figure)
-        draw_histogram(figure.add_subplot(), cls, np.asarray(scores, dtype=np.float64), threshold, bins)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=DPI)
-        path = folder / histogram_file_name(cls)
-        write_bytes_if_changed(path, buffer.getvalue())  # a rerun leaves an equal plot as it was
-        paths.append(path)
+    for name, data in render_histograms(scores_by_class, threshold, bins=bins).items():
+        write_bytes_if_changed(folder / name, data)  # a rerun leaves an equal plot as it was
+        paths.append(folder / name)
     return paths
 
 

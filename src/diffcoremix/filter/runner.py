@@ -12,6 +12,7 @@ change are not rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Container, Sequence
@@ -33,7 +34,7 @@ from diffcoremix.embedders.cache import EmbeddingCache, EmbedFiles, embed_files
 from diffcoremix.embedders.models import Embedder, load_embedder
 from diffcoremix.errors import DatasetError, ImageReadError
 from diffcoremix.filter.config import FilterConfig
-from diffcoremix.filter.plots import write_histograms
+from diffcoremix.filter.plots import render_histograms
 from diffcoremix.filter.references import RealIndex, score_candidates, suggest_threshold
 from diffcoremix.manifest.decisions import relayout, write_decisions
 from diffcoremix.manifest.layout import (
@@ -48,6 +49,7 @@ from diffcoremix.manifest.layout import (
 )
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.manifest.records import read_manifest
+from diffcoremix.scratch import scratch_root
 
 logger = logging.getLogger(__name__)
 
@@ -241,23 +243,26 @@ def score(
     model = settings.get("settings", {}).get("model")
     spec, note = resolve_embedder_spec(config, model)
     embedder = embedder or load_embedder(spec, resolve_device(config.device))
-    cache = EmbeddingCache(Path(config.cache_dir) if config.cache_dir else folder / CACHE_DIR, embedder.id)
+    cache_root = Path(config.cache_dir) if config.cache_dir else folder / CACHE_DIR
+    cache = EmbeddingCache(cache_root, embedder.id)
     kwargs: dict[str, Any] = {"batch_size": config.batch_size, "workers": config.loader_workers, "progress": progress}
-    candidates = _with_real_images(candidates, listing)
-    index = _real_index(embedder, listing, candidates, config, cache, kwargs, embed)
-    report = FilterReport(config.threshold, config.reference, embedder.id, {}, embedder_note=note)
-    rows: list[dict[str, Any]] = []
-    if config.calibrate:
-        report.suggested_threshold, report.calibration = suggest_threshold(index, config.reference)
-    else:
-        rows = _decide(embedder, folder, candidates, index, config, cache, kwargs, embed)
-        for row in rows:
-            cls = report.classes.setdefault(row["class_folder"], ClassReport())
-            cls.candidates += 1
-            cls.accepted += int(row["accepted"])
-            cls.scores.append(round(row["score"], 6))
-    report.cache_hits, report.cache_misses = cache.hits, cache.misses
-    return Scored(report, rows, listing.classes)
+    # a cache of its own (shared between runs, say) keeps its temporary files in a scratch folder of its own
+    with scratch_root(cache_root) if config.cache_dir else contextlib.nullcontext():
+        candidates = _with_real_images(candidates, listing)
+        index = _real_index(embedder, listing, candidates, config, cache, kwargs, embed)
+        report = FilterReport(config.threshold, config.reference, embedder.id, {}, embedder_note=note)
+        rows: list[dict[str, Any]] = []
+        if config.calibrate:
+            report.suggested_threshold, report.calibration = suggest_threshold(index, config.reference)
+        else:
+            rows = _decide(embedder, folder, candidates, index, config, cache, kwargs, embed)
+            for row in rows:
+                cls = report.classes.setdefault(row["class_folder"], ClassReport())
+                cls.candidates += 1
+                cls.accepted += int(row["accepted"])
+                cls.scores.append(round(row["score"], 6))
+        report.cache_hits, report.cache_misses = cache.hits, cache.misses
+        return Scored(report, rows, listing.classes)
 
 
 def _candidates(folder: OutputFolder, keys: Container[str] | None) -> list[dict[str, Any]]:
@@ -372,7 +377,8 @@ def _decide(
                 "text_score": text_score,
                 "text_threshold": config.text_check,
                 "accepted": bool(ref.score >= config.threshold and text_ok),
-                # for the views' metadata, not the decisions file
+                # for the views (their content) and their metadata, not the decisions file
+                "output_sha256": row["output_sha256"],
                 "label": row["label"],
                 "source": row["source"],
                 "prompt": row["prompt"],
@@ -401,8 +407,8 @@ def write_outputs(folder: OutputFolder, data: Path, config: FilterConfig, scored
         write_text_if_changed(folder / CALIBRATION_FILE, _report_json(report))
         return
     write_decisions(folder.path, ({f: r[f] for f in _DECISION_FIELDS} for r in scored.rows))
-    plots = write_histograms(folder / REPORT_DIR, {c: r.scores for c, r in report.classes.items()}, config.threshold)
-    extra = [p.relative_to(folder.path).as_posix() for p in plots]
+    plots = render_histograms({c: r.scores for c, r in report.classes.items()}, config.threshold)
+    extra = {f"{REPORT_DIR}/{name}": data for name, data in plots.items()}
     counts = relayout(folder.path, scored.rows, scored.classes, extra=extra)
     logger.info("views re-derived: %s", counts)
     write_resolved_config(folder / FILTER_CONFIG_FILE, {"filter": config}, data=data)

@@ -41,7 +41,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch.utils.data import DataLoader
 
 from diffcoremix import faults
-from diffcoremix.atomic import atomic_write_bytes, atomic_write_text
+from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, ensure_folder
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, usable_sources
@@ -53,16 +53,23 @@ from diffcoremix.finetune.data import Caption, SquareImages, StepBatches, step_g
 from diffcoremix.finetuned import FINETUNE_FILE, LORA_WEIGHTS
 from diffcoremix.generate.config import GenerateConfig, resolve_settings
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS
-from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, OutputFolder, write_layout
+from diffcoremix.manifest.layout import (
+    CONFIG_FILE,
+    SETTINGS_FILE,
+    Layout,
+    OutputFolder,
+    OutputFolderError,
+    changed_message,
+)
 from diffcoremix.manifest.ownership import check_settings, open_output
 from diffcoremix.prompts.builder import PromptsConfig, build_prompts
+from diffcoremix.scratch import scratch_for
 
 logger = logging.getLogger(__name__)
 
 LOSS_FILE = "loss.jsonl"
 LOSS_PLOT = "loss.png"
 CHECKPOINT_FILE = "checkpoints/state.pt"
-SAVE_TMP = ".save.tmp"
 MODEL_FILES = frozenset({SETTINGS_FILE, CONFIG_FILE, LOSS_FILE, LOSS_PLOT, CHECKPOINT_FILE, FINETUNE_FILE})
 """MODEL's fixed-name files (the saved weights are added to the layout record when they are written)."""
 SETTINGS_VERSION = 1
@@ -106,7 +113,7 @@ def finetune(
     data_config = data_config or DataConfig()
     data, out = Path(data), Path(output)
     device = resolve_device(config.device)
-    with open_output(out, data=data, overwrite=overwrite) as folder:
+    with open_output(out, data=data, overwrite=overwrite, fixed=MODEL_FILES) as folder:
         return _finetune_in(folder, data, config, data_config, device, progress)
 
 
@@ -216,7 +223,7 @@ def _finetune_in(
     if (out / FINETUNE_FILE).exists():
         logger.info("%s has finished already", out)
         return FinetuneResult(out, json.loads((out / FINETUNE_FILE).read_text(encoding="utf-8")))
-    write_layout(out, set(MODEL_FILES))
+    Layout(out, damaged="reset").declare(MODEL_FILES)
 
     models = _prepare_models(pipe, config, device)
     trainer = _Trainer(models, config, device, [listing.root / item.relpath for item in listing.items], captions)
@@ -388,7 +395,7 @@ class _Trainer:
         buffer = io.BytesIO()
         torch.save(self.state(), buffer)
         path = out / CHECKPOINT_FILE
-        path.parent.mkdir(exist_ok=True)
+        ensure_folder(path.parent)
         atomic_write_bytes(path, buffer.getvalue())
 
     # -- the loop ------------------------------------------------------------------------------------------------
@@ -576,41 +583,56 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
 
 
 def _save_model(out: Path, models: _Models, config: FinetuneConfig, trainer: _Trainer) -> str:
-    """Write the weights into MODEL (through a temporary folder, moved into place); returns their digest."""
+    """Write the weights into MODEL (saved into a scratch folder, then moved into place); returns their digest."""
     if trainer.ema is not None:
         trainer.ema.copy_to(models.trainable)
-    tmp = out / SAVE_TMP
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     pipe = models.pipe
-    if config.method == "lora":
-        from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
+    with scratch_for(out / FINETUNE_FILE) as scratch:
+        tmp = scratch.new_folder("save-")
+        if config.method == "lora":
+            from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
+            from peft.utils import get_peft_model_state_dict
 
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(models.unet))
-        type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
-    else:
-        from diffcoremix.generate.backend import quiet_loading
+            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(models.unet))
+            type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
+        else:
+            from diffcoremix.generate.backend import quiet_loading
 
-        pipe.to("cpu")
-        with quiet_loading():
-            pipe.save_pretrained(tmp, safe_serialization=True)
-    names = sorted(p.name for p in tmp.iterdir())
-    saved = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-    write_layout(out, set(MODEL_FILES) | set(saved))
-    for name in names:
-        target = out / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        faults.write_point(target)
-        os.replace(tmp / name, target)
-    tmp.rmdir()
+            pipe.to("cpu")
+            with quiet_loading():
+                pipe.save_pretrained(tmp, safe_serialization=True)
+        saved = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        _move_into_place(out, tmp, saved)
     h = hashlib.sha256()
-    for rel in saved:
+    for rel, sha in saved.items():
         if rel.endswith((".safetensors", ".bin")):
-            h.update(f"{rel}\t{file_sha256(out / rel)}\n".encode())
+            h.update(f"{rel}\t{sha}\n".encode())
     return h.hexdigest()
+
+
+def _move_into_place(out: Path, tmp: Path, saved: dict[str, str]) -> None:
+    """Move the saved files (relative path: SHA-256) from ``tmp`` into MODEL, folder by folder, replacing only files
+    that hold what an earlier save wrote (recorded first), and deleting the earlier save's files that this one lacks.
+
+    Raises:
+        OutputFolderError: a file of the model was replaced or changed since diffcoremix wrote it (the new model cannot
+            be put together around it).
+    """
+    layout = Layout(out, damaged="reset")
+    earlier = {f for f, digests in layout.files.items() if digests is not None and f not in saved}
+    changed = [rel for rel in saved if not layout.ours(rel)]
+    if changed:
+        raise OutputFolderError(changed_message(out, changed))
+    layout.expect(saved)
+    for top in sorted({rel.split("/")[0] for rel in saved}):
+        faults.write_point(out / top)
+        for rel in (r for r in saved if r.split("/")[0] == top):
+            ensure_folder((out / rel).parent)
+            os.replace(tmp / rel, out / rel)
+    shutil.rmtree(tmp)
+    layout.settle(saved)
+    layout.delete(earlier)
+    layout.warn_changed()
 
 
 def _loss_plot(losses: list[dict[str, Any]]) -> bytes:

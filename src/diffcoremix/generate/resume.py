@@ -52,6 +52,8 @@ def resume_index(records: Iterable[dict[str, Any]]) -> dict[str, bytes]:
     """
     index: dict[str, bytes] = {}
     for record in records:
+        if record.get("status") == "blocked":  # its place holds a file of the user's: nothing to reuse
+            index.pop(record["key"], None)
         if record.get("status") != "ok":
             continue  # the latest successful record wins over any failure (latest_by_key's rule)
         output = _sha(record.get("output_sha256"))

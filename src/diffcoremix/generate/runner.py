@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from typing import Any, Protocol
 from PIL import Image
 from tqdm import tqdm
 
-from diffcoremix.atomic import atomic_write_bytes, remove_stale_temporaries, write_text_if_changed
+from diffcoremix.atomic import atomic_write_bytes, write_text_if_changed
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.counterparts import STREAMED_BYTES_PER_CANDIDATE
 from diffcoremix.data.folder import Finding
@@ -38,11 +39,12 @@ from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
 from diffcoremix.generate.batcher import Batcher
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
 from diffcoremix.generate.resume import output_relpath, resume_index, verdict
-from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, OutputFolder
+from diffcoremix.manifest.layout import CONFIG_FILE, RUN_FILE, SETTINGS_FILE, OutputFolder, changed_message
 from diffcoremix.manifest.lock import claim_lock
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.manifest.records import ManifestWriter, iter_records
 from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig, build_prompts
+from diffcoremix.scratch import held_scratch
 
 logger = logging.getLogger(__name__)
 
@@ -224,7 +226,8 @@ def run_generation(
     generator = slot.get(settings, config) if job.todo else None  # may fail (offline): nothing is claimed yet
     _claim(folder, data, fingerprint, prompts, config, skipped)
     tag = f"r{rank}-"
-    if removed := remove_stale_temporaries(folder.path, tag=tag):
+    scratch = held_scratch(folder / RUN_FILE)  # OUT's: its shard lock makes this tag's leftovers ours alone
+    if scratch is not None and (removed := scratch.sweep(tag)):
         logger.info("removed %d temporary file(s) left by an interrupted run", removed)
     writer = ManifestWriter(folder.shard_path(rank, world_size))
     generated = failed = 0
@@ -372,6 +375,7 @@ def _run(
     context = {"settings": settings, "provenance": generator.provenance, "rank": rank, "hashes": hashes,
                "digest": settings_digest(settings)}  # fmt: skip
     generated = failed = 0
+    owned = _RecordedImages(folder)
     bar = tqdm(total=job.size, initial=job.size - job.remaining, desc="generate", unit="img", disable=not progress)
     try:
         for number in job.todo:
@@ -379,14 +383,15 @@ def _run(
             tick = time.perf_counter()
             results = _generate_chunk(batcher, chunk, hashes)
             seconds = (time.perf_counter() - tick) / len(chunk)
-            entries = [
-                _finish(folder, index, record, result, seconds, f"r{rank}-", context)
+            made = [
+                _made(index, record, result, seconds, context)
                 for (index, record), result in zip(chunk, results, strict=True)
                 if record.key not in done
             ]
+            entries = _write_images(folder, made, writer, f"r{rank}-", owned)
             writer.append(entries)  # after the images are on disk: a record never names a missing file
             generated += sum(e["status"] == "ok" for e in entries)
-            failed += sum(e["status"] == "error" for e in entries)
+            failed += sum(e["status"] != "ok" for e in entries)
             bar.update(len(entries))
             bar.set_postfix(failed=failed, refresh=False)
             errors = [e for e in entries if e["status"] == "error"]
@@ -394,6 +399,7 @@ def _run(
                 raise GenerationError(f"candidate {errors[0]['key']} failed: {errors[0]['error']}")
     finally:
         bar.close()
+        owned.warn()
     return generated, failed
 
 
@@ -408,25 +414,74 @@ def _generate_chunk(
     ]
 
 
-def _finish(
-    folder: OutputFolder,
-    index: int,
-    record: PromptRecord,
-    result: Image.Image | BaseException,
-    seconds: float,
-    tag: str,
-    context: dict[str, Any],
-) -> dict[str, Any]:
-    """Write one candidate's image (atomically) and return its manifest record."""
+def _made(
+    index: int, record: PromptRecord, result: Image.Image | BaseException, seconds: float, context: dict[str, Any]
+) -> tuple[dict[str, Any], bytes | None]:
+    """One candidate's manifest record, and its image's PNG bytes (None when it failed)."""
     entry = _entry(index, record, seconds, **context)
     if isinstance(result, BaseException):
         entry.update(status="error", error=f"{type(result).__name__}: {result}")
-        return entry
-    relpath = output_relpath(record)
+        return entry, None
     payload = _png_bytes(result)
-    atomic_write_bytes(folder / relpath, payload, tag=tag)
-    entry.update(output=relpath, output_sha256=hashlib.sha256(payload).hexdigest())
-    return entry
+    entry.update(output=output_relpath(record), output_sha256=hashlib.sha256(payload).hexdigest())
+    return entry, payload
+
+
+WRITING = "writing"
+"""The status of the record a batch appends before it writes its images: what is about to be written where. A run
+killed among the images leaves every image it wrote named, by content, in a record (the final ``ok`` record replaces
+it when the manifest is compacted); so the rerun may replace them, and a file the user put there is told apart."""
+
+
+def _write_images(
+    folder: OutputFolder,
+    made: list[tuple[dict[str, Any], bytes | None]],
+    writer: ManifestWriter,
+    tag: str,
+    owned: _RecordedImages,
+) -> list[dict[str, Any]]:
+    """Write a batch's images (atomically), each only where the file in its place is one we wrote (or none), and return
+    the batch's records: a candidate whose place holds a file replaced since is recorded as failed, the file kept."""
+    writes = [(entry, payload) for entry, payload in made if payload is not None]
+    if writes:
+        writer.append([{**entry, "status": WRITING} for entry, _ in writes])
+    for entry, payload in writes:
+        path = folder / entry["output"]
+        if not owned.may_replace(path, entry["output"], entry["output_sha256"]):
+            entry.update(status="blocked", error=f"{path} was replaced since diffcoremix wrote it: left in place",
+                         output=None, output_sha256=None)  # fmt: skip
+            continue
+        atomic_write_bytes(path, payload, tag=tag)
+    return [entry for entry, _ in made]
+
+
+class _RecordedImages:
+    """Which contents our records give each image path (read from the manifest on the first image found in the
+    way), and the paths left in place because they hold something else."""
+
+    def __init__(self, folder: OutputFolder) -> None:
+        self.folder = folder
+        self.recorded: dict[str, set[str]] | None = None
+        self.kept: list[str] = []
+
+    def may_replace(self, path: Path, relpath: str, new: str) -> bool:
+        if not os.path.lexists(path):
+            return True
+        if path.is_file() and not path.is_symlink() and (now := file_sha256(path)) == new:
+            return True  # the same bytes: writing them again changes nothing
+        if self.recorded is None:
+            self.recorded = {}
+            for record in iter_records(self.folder.path):
+                if isinstance(record.get("output"), str) and isinstance(record.get("output_sha256"), str):
+                    self.recorded.setdefault(record["output"], set()).add(record["output_sha256"])
+        if path.is_file() and not path.is_symlink() and now in self.recorded.get(relpath, set()):
+            return True
+        self.kept.append(relpath)
+        return False
+
+    def warn(self) -> None:
+        if self.kept:
+            logger.warning("%s", changed_message(self.folder.path, self.kept))
 
 
 def _entry(

@@ -19,21 +19,14 @@ import json
 import logging
 import os
 import shutil
-import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from diffcoremix import faults
-from diffcoremix.atomic import TMP_SUFFIX, write_text_if_changed
-from diffcoremix.manifest.layout import (
-    DECISIONS_FILE,
-    REJECTED_DIR,
-    TRAIN_DIR,
-    OutputFolderError,
-    read_layout,
-    write_layout,
-)
+from diffcoremix.atomic import atomic_writer, ensure_folder, write_text_if_changed
+from diffcoremix.digests import file_sha256
+from diffcoremix.manifest.layout import DECISIONS_FILE, REJECTED_DIR, REPORT_DIR, TRAIN_DIR, Layout, OutputFolderError
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +97,9 @@ def _same_file(a: Path, b: Path) -> bool:
 def _place(source: Path, target: Path) -> None:
     """A hard link to ``source`` at ``target`` (which must not exist); a copy where links are impossible.
 
-    The copy is written to a temporary file and renamed into place: nothing is ever written through a link.
+    The copy is written through a temporary file and renamed into place: nothing is ever written through a link.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(target.parent)
     faults.write_point(target)
     try:
         os.link(source, target)
@@ -114,74 +107,104 @@ def _place(source: Path, target: Path) -> None:
     except OSError as err:
         if err.errno not in _NO_LINKS:  # FileExistsError above all: never taken for "links not allowed"
             raise
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=TMP_SUFFIX, dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with open(source, "rb") as handle, atomic_writer(target) as copy:
+        shutil.copyfileobj(handle, copy)
 
 
 def relayout(
-    out: str | Path, rows: Sequence[Mapping[str, Any]], classes: Sequence[str], extra: Iterable[str] = ()
+    out: str | Path,
+    rows: Sequence[Mapping[str, Any]],
+    classes: Sequence[str],
+    extra: Mapping[str, bytes] | None = None,
 ) -> dict[str, int]:
     """Make ``train/`` and ``rejected/`` match the decisions, touching only what differs.
 
     Args:
         out: the output folder.
-        rows: one per decided candidate, with ``output``, ``class_folder``, ``accepted``, and for the metadata
-            ``key``, ``label``, ``source``, ``prompt``, ``score``.
+        rows: one per decided candidate, with ``output``, ``output_sha256``, ``class_folder``, ``accepted``, and for
+            the metadata ``key``, ``label``, ``source``, ``prompt``, ``score``.
         classes: every class folder of DATA (each gets its folders in both views).
-        extra: other files (relative to OUT) that the filter wrote and the layout record should name.
+        extra: other files the filter writes (relative to OUT: their contents), recorded like the views.
 
     Returns:
-        Counts: ``placed`` (new links), ``removed`` (our stale files), ``kept``, ``foreign`` (left alone).
+        Counts: ``placed`` (new links), ``removed`` (our stale files), ``kept``, ``foreign`` (left alone), ``changed``
+        (ours once, replaced or changed since: left alone).
 
     Raises:
         OutputFolderError: a file that diffcoremix did not make stands where a view file must go.
     """
     out = Path(out)
-    desired: dict[str, str] = {}
+    desired: dict[str, Mapping[str, Any]] = {}
     metadata: list[dict[str, Any]] = []
     for row in rows:
         view = TRAIN_DIR if row["accepted"] else REJECTED_DIR
         name = f"{row['class_folder']}/{view_name(row['output'])}"
-        desired[f"{view}/{name}"] = row["output"]
+        desired[f"{view}/{name}"] = row
         if row["accepted"]:
             fields = ("key", "label", "class_folder", "source", "prompt", "score")
             metadata.append({"file_name": name, **{f: row.get(f) for f in fields}})
-    previous = set(read_layout(out))
+    layout = Layout(out, damaged="reset")
+    if layout.damaged:
+        adopt_views(layout, {row["output_sha256"] for row in rows})
+    previous = layout.names()
     meta_path = f"{TRAIN_DIR}/{METADATA_FILE}"
-    final = set(desired) | {meta_path} | set(extra)
-    write_layout(out, previous | final)  # first: a crash below still leaves every file we place recorded
-    counts = {"placed": 0, "removed": 0, "kept": 0, "foreign": 0}
-    for relpath in sorted(previous - final):
-        if (out / relpath).is_file() or (out / relpath).is_symlink():
-            (out / relpath).unlink()
-            counts["removed"] += 1
-    for relpath, output in desired.items():
-        target, source = out / relpath, out / output
+    files = {meta_path: "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in metadata).encode(), **(extra or {})}
+    final = set(desired) | set(files)
+    # Recorded first: a crash below still leaves every file we place named, with the content it holds.
+    layout.expect({relpath: row["output_sha256"] for relpath, row in desired.items()})
+    counts = {"placed": 0, "removed": 0, "kept": 0, "foreign": 0, "changed": 0}
+    counts["removed"] = layout.delete(previous - final)
+    for relpath, row in desired.items():
+        target, source = out / relpath, out / row["output"]
         if os.path.lexists(target):
             if _same_file(target, source):
                 counts["kept"] += 1
                 continue
             if relpath not in previous:
                 raise OutputFolderError(
-                    f"{target} was not made by diffcoremix and stands where the filter puts {output}: move it away"
+                    f"{target} was not made by diffcoremix and stands where the filter puts {row['output']}: move it "
+                    "away"
                 )
+            if not layout.ours(relpath):
+                layout.changed.append(relpath)
+                continue
             target.unlink()
             counts["removed"] += 1
         _place(source, target)
         counts["placed"] += 1
     for view in (TRAIN_DIR, REJECTED_DIR):
         for cls in classes:
-            (out / view / cls).mkdir(parents=True, exist_ok=True)
-    write_text_if_changed(out / meta_path, "".join(json.dumps(m, ensure_ascii=False) + "\n" for m in metadata))
-    write_layout(out, final)
-    counts["foreign"] = _count_foreign(out, final)
+            ensure_folder(out / view / cls)
+    for relpath, data in files.items():
+        layout.write(relpath, data)
+    layout.settle({relpath: row["output_sha256"] for relpath, row in desired.items() if relpath not in layout.changed})
+    layout.forget(set(layout.changed) - final)
+    layout.save()
+    layout.warn_changed()
+    counts["changed"] = len(layout.changed)
+    counts["foreign"] = _count_foreign(out, final | set(layout.changed))
     return counts
+
+
+def adopt_views(layout: Layout, digests: Collection[str]) -> int:
+    """Rebuild the view part of a damaged layout record from evidence: a file of ``train/`` or ``rejected/`` that holds
+    the content of a generated image (``digests``: the manifest's) is ours, and so are the metadata file and the
+    filter's histograms, by name. Returns how many files were adopted."""
+    out, adopted = layout.out, 0
+    for view in (TRAIN_DIR, REJECTED_DIR, REPORT_DIR):
+        for path in sorted((out / view).rglob("*")) if (out / view).is_dir() else []:
+            if not path.is_file() or path.is_symlink():
+                continue
+            relpath = path.relative_to(out).as_posix()
+            if relpath == f"{TRAIN_DIR}/{METADATA_FILE}" or (view == REPORT_DIR and path.suffix == ".png"):
+                layout.adopt(relpath, None)
+            elif view != REPORT_DIR and (sha := file_sha256(path)) in digests:
+                layout.adopt(relpath, sha)
+            else:
+                continue
+            adopted += 1
+    layout.save()
+    return adopted
 
 
 def _count_foreign(out: Path, ours: set[str]) -> int:

@@ -21,14 +21,19 @@ opens OUT, and how it starts afresh, is in :mod:`diffcoremix.manifest.ownership`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from diffcoremix.atomic import write_text_if_changed
+from diffcoremix.atomic import atomic_write_bytes, write_text_if_changed
+from diffcoremix.config import CONFIG_MARK
+from diffcoremix.digests import file_sha256
 from diffcoremix.errors import DiffCoReMixError
+from diffcoremix.scratch import SCRATCH_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +83,10 @@ def check_separate(data: str | Path, out: str | Path) -> None:
 
 
 def entries(folder: Path) -> list[str]:
-    """The folder's entries, less our lock files."""
-    return sorted(n for n in os.listdir(folder) if not (n.startswith(".diffcoremix") and n.endswith(".lock")))
+    """The folder's entries, less our lock files and scratch folder."""
+    return sorted(
+        n for n in os.listdir(folder) if n != SCRATCH_DIR and not (n.startswith(".diffcoremix") and n.endswith(".lock"))
+    )
 
 
 class OutputFolder:
@@ -115,6 +122,36 @@ class OutputFolder:
     def is_ours(self) -> bool:
         return self.run_record() is not None
 
+    def run_record_problem(self) -> str | None:
+        """Why the folder is not (yet) ours, in words that follow its path (``has no run.json``); None when it is."""
+        path = self.path / RUN_FILE
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return f"has no {RUN_FILE}"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"has a damaged {RUN_FILE} ({err})"
+        if not (isinstance(record, dict) and record.get("made_by") == MADE_BY):
+            return f"has a {RUN_FILE} that diffcoremix did not write"
+        return None
+
+    def has_our_records(self) -> bool:
+        """Whether the folder holds records that only diffcoremix writes: the facts line of a resolved config, or a
+        layout record of our format (what takes back a folder whose run record was lost)."""
+        try:
+            with open(self.path / CONFIG_FILE, encoding="utf-8", errors="replace") as handle:
+                if any(line.startswith(CONFIG_MARK) for line in handle):
+                    return True
+        except OSError:
+            pass
+        try:
+            layout = json.loads((self.path / LAYOUT_FILE).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return False
+        return (
+            isinstance(layout, dict) and layout.get("format") == LAYOUT_FORMAT and isinstance(layout.get("files"), dict)
+        )
+
     def is_empty(self) -> bool:
         return not self.path.exists() or not entries(self.path)
 
@@ -143,17 +180,208 @@ def inside(path: Path, folder: Path) -> bool:
     return os.path.normpath(path).startswith(os.path.normpath(folder) + os.sep)
 
 
-def read_layout(out: str | Path) -> list[str]:
-    """The files (relative to OUT) that the filter placed, from ``layout.json`` (empty if none)."""
+LAYOUT_FORMAT = 2
+"""``layout.json`` format 2 maps each file to the digests of the contents we wrote there, or to null for a file of the
+folder's fixed bookkeeping (``metrics.jsonl``, ``model.pt``...), which is ours by its name; format 1 (a list of names,
+written before 0.2) named the files only, and its files are ours by name."""
+
+
+def read_layout(out: str | Path) -> dict[str, list[str] | None]:
+    """The files (relative to OUT) that a command placed, from ``layout.json``, each with the digests of the contents
+    it wrote there (None: a file that is ours by its name); empty if there is no record.
+
+    Raises:
+        LayoutError: the record is damaged.
+    """
     path = Path(out) / LAYOUT_FILE
     try:
         files = json.loads(path.read_text(encoding="utf-8")).get("files", [])
     except FileNotFoundError:
-        return []
-    except (OSError, json.JSONDecodeError, AttributeError) as err:
-        raise OutputFolderError(f"{path} is damaged ({err}); start afresh with --overwrite") from None
-    return [f for f in files if isinstance(f, str)]
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as err:
+        raise LayoutError(path, str(err)) from None
+    if isinstance(files, list):
+        return {f: None for f in files if isinstance(f, str)}
+    if not isinstance(files, dict):
+        raise LayoutError(path, "its files are not a mapping")
+    return {f: None if v is None else [d for d in v if isinstance(d, str)] for f, v in files.items()
+            if v is None or isinstance(v, list)}  # fmt: skip
 
 
-def write_layout(out: str | Path, files: set[str]) -> None:
-    write_text_if_changed(Path(out) / LAYOUT_FILE, json.dumps({"files": sorted(files)}, indent=1) + "\n")
+class LayoutError(OutputFolderError):
+    """``layout.json`` is damaged."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} is damaged ({reason})")
+        self.path = path
+
+
+def content_digest(data: bytes) -> str:
+    """The digest that the layout records for a whole file's content."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def prefix_digest(path: Path) -> str:
+    """The digest that the layout records for a log we append to: ``SHA256/SIZE`` of its content so far (a file
+    that begins with that content is still ours)."""
+    data = path.read_bytes()
+    return f"{content_digest(data)}/{len(data)}"
+
+
+def holds(path: Path, digests: list[str] | None) -> bool:
+    """Whether the file at ``path`` (which exists) holds one of the contents ``digests`` records (always, for a file
+    that is ours by name: None)."""
+    if digests is None:
+        return True
+    if not digests or path.is_dir():
+        return False
+    try:
+        if path.is_symlink():
+            return False  # we write files and hard links, never symbolic links
+        whole = file_sha256(path)
+        for digest in digests:
+            sha, _, size = digest.partition("/")
+            if sha == whole or (size.isdigit() and _prefix_sha(path, int(size)) == sha):
+                return True
+    except OSError:
+        return False
+    return False
+
+
+def _prefix_sha(path: Path, size: int) -> str | None:
+    with open(path, "rb") as handle:
+        data = handle.read(size)
+    return content_digest(data) if len(data) == size else None
+
+
+class Layout:
+    """``OUT/layout.json``: every file a command placed in OUT (besides the generated images, which the manifest names)
+    with the digests of the contents it wrote there.
+
+    A command replaces or deletes such a file only while it still holds one of those contents: a file that the user has
+    since replaced or edited is left in place and counted in :attr:`changed` (the caller warns once, or stops where
+    the file is needed). A content is recorded *before* it is written (a kill between the two leaves the old and
+    the new content both recorded, both ours), and the record is rewritten only when it changes.
+
+    Args:
+        out: the output folder.
+        damaged: what to do with a damaged record: ``"raise"`` (:class:`LayoutError`) or ``"reset"`` (start an
+            empty one, with a warning: its files are then ours only where other records prove it).
+    """
+
+    def __init__(self, out: str | Path, *, damaged: str = "raise") -> None:
+        self.out = Path(out)
+        self.damaged = False
+        """The record was damaged and has been started anew (``damaged="reset"``)."""
+        try:
+            self.files = read_layout(self.out)
+        except LayoutError as err:
+            if damaged != "reset":
+                raise
+            logger.warning("%s: rebuilding it from the other records", err)
+            self.files = {}
+            self.damaged = True
+        self.changed: list[str] = []
+        """The files found changed since we wrote them, left in place (relative to OUT)."""
+
+    def names(self) -> set[str]:
+        """The recorded files (relative to OUT) that lie inside OUT (a ``..`` in a damaged record leads nowhere)."""
+        return {f for f in self.files if inside(self.out / f, self.out)}
+
+    def ours(self, relpath: str) -> bool:
+        """Whether ``OUT/relpath`` may be replaced or deleted: it is missing, or holds a content recorded for it."""
+        path = self.out / relpath
+        if not os.path.lexists(path):
+            return True
+        return relpath in self.files and holds(path, self.files[relpath])
+
+    def declare(self, relpaths: Iterable[str]) -> None:
+        """Name the folder's bookkeeping files (ours by name, whatever they hold), before they are written, and save."""
+        for relpath in relpaths:
+            self.files[relpath] = None
+        self.save()
+
+    def adopt(self, relpath: str, digest: str | None) -> None:
+        """Record a file found to be ours by other evidence (rebuilding a damaged record)."""
+        self.files[relpath] = None if digest is None else [digest]
+
+    def expect(self, digests: Mapping[str, str]) -> None:
+        """Record contents about to be written (kept beside the last one until :meth:`settle`), and save."""
+        for relpath, digest in digests.items():
+            if relpath in self.files and self.files[relpath] is None:
+                continue  # ours by name
+            known = self.files.get(relpath) or []
+            self.files[relpath] = [*(d for d in known[-1:] if d != digest), digest]
+        self.save()
+
+    def settle(self, digests: Mapping[str, str]) -> None:
+        """Record that these contents are now on disk (the earlier ones are forgotten at the next save)."""
+        for relpath, digest in digests.items():
+            if not (relpath in self.files and self.files[relpath] is None):
+                self.files[relpath] = [digest]
+
+    def forget(self, relpaths: Iterable[str]) -> None:
+        for relpath in relpaths:
+            self.files.pop(relpath, None)
+
+    def save(self) -> None:
+        files = dict(sorted(self.files.items()))
+        text = json.dumps({"format": LAYOUT_FORMAT, "files": files}, indent=1) + "\n"
+        write_text_if_changed(self.out / LAYOUT_FILE, text)
+
+    def write(self, relpath: str, data: bytes, *, required: bool = False) -> bool:
+        """Write ``OUT/relpath`` (atomically, recorded) unless it holds ``data`` already or was changed since we wrote
+        it (then it is left in place and counted in :attr:`changed`); True if written.
+
+        Raises:
+            OutputFolderError: ``required`` and the file there was changed since we wrote it.
+        """
+        path = self.out / relpath
+        digest = content_digest(data)
+        if os.path.lexists(path) and path.is_file() and not path.is_symlink() and file_sha256(path) == digest:
+            if relpath not in self.files or self.files[relpath] not in (None, [digest]):
+                self.expect({relpath: digest})
+                self.settle({relpath: digest})
+                self.save()
+            return False
+        if not self.ours(relpath):
+            if required:
+                raise OutputFolderError(changed_message(self.out, [relpath]))
+            self.changed.append(relpath)
+            return False
+        self.expect({relpath: digest})
+        atomic_write_bytes(path, data)
+        self.settle({relpath: digest})  # saved with the next change (until then the old content counts as ours too)
+        return True
+
+    def write_text(self, relpath: str, text: str, *, required: bool = False) -> bool:
+        """:meth:`write` for UTF-8 text."""
+        return self.write(relpath, text.encode("utf-8"), required=required)
+
+    def delete(self, relpaths: Iterable[str]) -> int:
+        """Delete these recorded files where they are still ours (the others are counted in :attr:`changed`), forget
+        them, and save; returns how many were deleted."""
+        deleted = 0
+        for relpath in sorted(relpaths):
+            path = self.out / relpath
+            if not self.ours(relpath):
+                self.changed.append(relpath)
+            elif path.is_file() or path.is_symlink():
+                path.unlink()
+                deleted += 1
+            self.files.pop(relpath, None)
+        self.save()
+        return deleted
+
+    def warn_changed(self) -> None:
+        """One warning naming how many files were left in place, and the first (if any)."""
+        if self.changed:
+            logger.warning("%s", changed_message(self.out, self.changed))
+
+
+def changed_message(out: Path, relpaths: list[str]) -> str:
+    """``N file(s) ... left in place: FIRST``: what a command says of files it did not replace or delete."""
+    first = out / relpaths[0]
+    more = f" (and {len(relpaths) - 1} more)" if len(relpaths) > 1 else ""
+    return (f"{len(relpaths)} file(s) that diffcoremix wrote in {out} have been replaced or changed since, and are "
+            f"left in place: {first}{more}; move them away to let diffcoremix write them again")  # fmt: skip

@@ -69,7 +69,7 @@ class FileLock:
     def acquire(self) -> bool:
         """Take the lock; False if another process holds it incompatibly."""
         for _ in range(10):  # retried only when the file was replaced between open and lock
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             except OSError as err:
@@ -164,7 +164,7 @@ def claim_lock(folder: Path) -> Iterator[None]:
     """
     path = folder / ".diffcoremix.claim.lock"
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             same = os.stat(path).st_ino == os.fstat(fd).st_ino

@@ -2,21 +2,25 @@
 
 A non-empty folder that is not one of our outputs is refused, ``overwrite`` or not; a run that fails before it
 writes its run record leaves OUT as it found it; starting afresh deletes only the files that our own records name
-(images named by manifest records, manifest parts, decisions, the views and plots named by the layout record, our
-cache entries and temporaries), and anything else stays.
+and that still hold what we wrote there (images named by manifest records, manifest parts, decisions, the views and
+plots named by the layout record, our cache entries), and anything else stays; temporary files live in the folder's
+scratch folder (:mod:`diffcoremix.scratch`), never beside the user's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from diffcoremix.atomic import TMP_SUFFIX, atomic_write_text, remove_stale_temporaries
+from diffcoremix.atomic import atomic_write_text
+from diffcoremix.manifest.decisions import adopt_views
 from diffcoremix.manifest.layout import (
     CACHE_DIR,
     CONFIG_FILE,
@@ -30,50 +34,73 @@ from diffcoremix.manifest.layout import (
     RUN_FILE,
     SETTINGS_FILE,
     TRAIN_DIR,
+    Layout,
     OutputFolder,
     OutputFolderError,
+    changed_message,
     check_separate,
     entries,
+    holds,
     inside,
-    read_layout,
 )
 from diffcoremix.manifest.lock import FolderLock
 from diffcoremix.manifest.records import read_records
+from diffcoremix.scratch import scratch_root
 
 logger = logging.getLogger(__name__)
 
 _CACHE_ENTRY = re.compile(r"^[0-9a-f]{16}/[0-9a-f]{2}/[0-9a-f]{64}\.npy$")
 
 
-def owned_files(folder: OutputFolder) -> list[Path]:
-    """Every file that our records name: images, manifest parts, decisions, views, reports, cache entries."""
+def owned_files(folder: OutputFolder, fixed: Iterable[str] = ()) -> tuple[list[Path], list[str]]:
+    """The files our records name and that still hold what we wrote, and those (relative to OUT) that were changed.
+
+    Ours: images whose content is one a manifest record gives for them, manifest parts, the fixed bookkeeping files
+    (and ``fixed``: those of the command's own kind), the files of the layout record while they hold what it records
+    (a damaged record is rebuilt: views that hold a generated image's content), cache entries.
+    """
     out = folder.path
     named: set[Path] = set()
+    changed: list[str] = []
+    images: dict[Path, set[str]] = {}
     for record in read_records(out):
-        output = record.get("output")
+        output, sha = record.get("output"), record.get("output_sha256")
         if isinstance(output, str) and inside(out / output, folder.images):
-            named.add(out / output)
+            images.setdefault(out / output, set()).update([sha] if isinstance(sha, str) else [])
+    for path, digests in images.items():
+        if not os.path.lexists(path):
+            continue
+        if holds(path, sorted(digests)):
+            named.add(path)
+        else:
+            changed.append(path.relative_to(out).as_posix())
     named.update(folder.shard_paths())
-    for name in (RUN_FILE, SETTINGS_FILE, CONFIG_FILE, DECISIONS_FILE, LAYOUT_FILE, *FILTER_FILES):
+    for name in (RUN_FILE, SETTINGS_FILE, CONFIG_FILE, DECISIONS_FILE, LAYOUT_FILE, *FILTER_FILES, *fixed):
         named.add(out / name)
-    for relpath in read_layout(out):
-        if inside(out / relpath, out):
+    layout = Layout(out, damaged="reset")
+    if layout.damaged:
+        adopt_views(layout, {d for digests in images.values() for d in digests})
+    for relpath in layout.names():
+        if layout.ours(relpath):
             named.add(out / relpath)
+        else:
+            changed.append(relpath)
     cache = out / CACHE_DIR
     if cache.is_dir():
         named.update(p for p in cache.rglob("*.npy") if _CACHE_ENTRY.match(p.relative_to(cache).as_posix()))
-    named.update(p for p in out.rglob(f".*{TMP_SUFFIX}") if p.is_file())
-    return sorted(p for p in named if p.is_file() or p.is_symlink())
+    return sorted(p for p in named if p.is_file() or p.is_symlink()), changed
 
 
-def clear(folder: OutputFolder) -> int:
-    """Delete every file our records name (and the folders they leave empty); keep anything else.
+def clear(folder: OutputFolder, fixed: Iterable[str] = ()) -> int:
+    """Delete every file our records name that still holds what we wrote (and the folders they leave empty); keep
+    anything else, and warn once of files we wrote that were changed since.
 
     Returns:
         How many files were deleted.
     """
+    ours, changed = owned_files(folder, fixed)
     # The run record goes last: a kill part-way leaves a folder that is still ours, so a rerun may clear the rest.
-    files = sorted(owned_files(folder), key=lambda p: p == folder.path / RUN_FILE)
+    files = sorted(ours, key=lambda p: p == folder.path / RUN_FILE)
     for path in files:
         path.unlink(missing_ok=True)
     for name in (IMAGES_DIR, MANIFEST_DIR, TRAIN_DIR, REJECTED_DIR, CACHE_DIR, REPORT_DIR):
@@ -81,7 +108,9 @@ def clear(folder: OutputFolder) -> int:
     for parent in sorted({p.parent for p in files if p.parent != folder.path}, key=lambda p: -len(p.parts)):
         with contextlib.suppress(OSError):  # folders that held only our files (a train run's checkpoints/)
             parent.rmdir()
-    left = entries(folder.path)
+    if changed:
+        logger.warning("%s", changed_message(folder.path, changed))
+    left = [name for name in entries(folder.path) if name not in {p.split("/")[0] for p in changed}]
     if left:
         logger.warning(
             "%s: started afresh; %d entr%s not made by diffcoremix left in place: %s",
@@ -111,8 +140,12 @@ def open_output(
     shard: tuple[int, int] | None = None,
     overwrite: bool = False,
     must_exist: bool = False,
+    fixed: Iterable[str] = (),
 ) -> Iterator[OutputFolder]:
     """Check and lock an output folder for one command; on an error before the run record exists, leave it as found.
+
+    While the block runs, the folder's temporary files live in its scratch folder (``OUT/.diffcoremix-tmp``, see
+    :mod:`diffcoremix.scratch`), which is swept of a killed run's leftovers when no other process uses it.
 
     Args:
         out: the output folder (created if missing, unless ``must_exist``).
@@ -120,9 +153,11 @@ def open_output(
         shard: ``(rank, world_size)`` of a generation shard (shards of one run may work side by side).
         overwrite: start afresh: delete every file our records name first (never anything else).
         must_exist: the folder must already be a diffcoremix output (``filter``).
+        fixed: the bookkeeping files of the command's kind of folder (``overwrite`` deletes them by name).
 
     Raises:
-        OutputFolderError: overlap with DATA, a file where the folder should be, a foreign non-empty folder.
+        OutputFolderError: overlap with DATA, a file where the folder should be, a foreign non-empty folder, a folder
+            that cannot be written.
         FolderBusyError: another run holds the folder.
     """
     path = Path(out)
@@ -131,33 +166,27 @@ def open_output(
     if path.exists() and not path.is_dir():
         raise OutputFolderError(f"output {path} is a file, not a folder")
     folder = OutputFolder(path)
-    if must_exist and not folder.is_ours():
-        folder.data_folder()  # raises the "not a diffcoremix output" error
+    if must_exist:
+        _check_ours(folder, repairable=False, must_exist=True)
     created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    lock = FolderLock(path, None if overwrite else shard)
+    with writable(path):
+        path.mkdir(parents=True, exist_ok=True)
+        lock = FolderLock(path, None if overwrite else shard)
     try:
-        lock.acquire()
+        with writable(path):
+            lock.acquire()
     except BaseException:
         if created:
             with contextlib.suppress(OSError):
                 path.rmdir()
         raise
     try:
-        if not folder.is_ours():
-            _remove_first_write(folder)
-        if not folder.is_ours() and not folder.is_empty():
-            raise OutputFolderError(
-                f"output folder {path} is not empty and was not made by diffcoremix: choose an empty or new folder "
-                "(--overwrite never deletes files diffcoremix did not make)"
-            )
-        if overwrite and folder.is_ours():
-            removed = clear(folder)
-            logger.info("%s: deleted %d file(s) of the earlier run (--overwrite)", path, removed)
-        elif shard is None and folder.is_ours() and (stale := remove_stale_temporaries(path)):
-            # The folder is ours alone now: any temporary file of our writers was left by a killed run.
-            logger.info("%s: removed %d temporary file(s) left by an interrupted run", path, stale)
-        yield folder
+        _check_ours(folder, repairable=data is not None)
+        with writable(path), scratch_root(path):
+            if overwrite and folder.is_ours():
+                removed = clear(folder, fixed)
+                logger.info("%s: deleted %d file(s) of the earlier run (--overwrite)", path, removed)
+            yield folder
     except BaseException:
         lock.release()
         if created and folder.is_empty():  # nothing was claimed: the corrected command starts from scratch
@@ -168,14 +197,51 @@ def open_output(
         lock.release()
 
 
-def _remove_first_write(folder: OutputFolder) -> None:
-    """A run killed inside its first write (the run record) left only that record's temporary file: remove it, so
-    that the folder counts as empty again (anything else in the folder keeps it foreign)."""
-    names = entries(folder.path)
-    if names and all(n.startswith(f".{RUN_FILE}.") and n.endswith(TMP_SUFFIX) for n in names):
-        for name in names:
-            (folder.path / name).unlink(missing_ok=True)
-        logger.info("%s: removed the run record that a run killed at its start left half-written", folder.path)
+def _check_ours(folder: OutputFolder, *, repairable: bool, must_exist: bool = False) -> None:
+    """Refuse a folder that is not ours, saying why; take back one whose run record alone is missing or damaged when
+    the command knows its DATA (``repairable``: it writes the record again).
+
+    Raises:
+        OutputFolderError: the folder is foreign (or, ``must_exist``, not an output at all), or its run record is
+            missing or damaged and this command cannot write it again.
+    """
+    problem = folder.run_record_problem()
+    if problem is None:
+        return
+    if folder.has_our_records():
+        if repairable:
+            logger.warning("%s %s, but its other records are diffcoremix's: taken as ours (the run record is written "
+                           "again)", folder.path, problem)  # fmt: skip
+            return
+        raise OutputFolderError(
+            f"{folder.path} {problem}, but its other records are diffcoremix's: rerun the command that made it "
+            f"(`diffcoremix augment DATA -o {folder.path}`, or generate), which writes the run record again"
+        )
+    if must_exist:
+        raise OutputFolderError(
+            f"{folder.path} is not a diffcoremix output ({problem}); run generate or augment first, or pass the "
+            "dataset with --data"
+        )
+    if not folder.is_empty():
+        raise OutputFolderError(
+            f"output folder {folder.path} is not empty and was not made by diffcoremix ({problem}): choose an empty "
+            "or new folder (--overwrite never deletes files diffcoremix did not make)"
+        )
+
+
+READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+"""Errors that mean "this folder cannot be written" (a read-only mount, no permission)."""
+
+
+@contextlib.contextmanager
+def writable(path: Path) -> Iterator[None]:
+    """Turn "read-only file system" or "permission denied" while creating or locking ``path`` into one line."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in READ_ONLY:
+            raise
+        raise OutputFolderError(f"cannot write to {path}: {os.strerror(err.errno or 0).lower()}") from None
 
 
 def check_settings(folder: OutputFolder, settings: dict[str, Any], what: str) -> None:

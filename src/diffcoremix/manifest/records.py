@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from diffcoremix import faults
-from diffcoremix.atomic import atomic_writer, naming_errors
+from diffcoremix.atomic import atomic_writer, ensure_folder, naming_errors
 from diffcoremix.manifest.decisions import FILTER_COLUMNS, read_decisions, read_keyed_lines
 from diffcoremix.manifest.layout import (
     DECISIONS_FILE,
@@ -28,7 +28,7 @@ from diffcoremix.manifest.layout import (
     OutputFolder,
 )
 
-__all__ = ["COLUMNS", "FILTER_COLUMNS", "IMAGES_DIR", "JUDGE_COLUMNS", "MANIFEST_DIR", "ManifestWriter",
+__all__ = ["COLUMNS", "FILTER_COLUMNS", "FINAL", "IMAGES_DIR", "JUDGE_COLUMNS", "MANIFEST_DIR", "ManifestWriter",
            "iter_records", "latest_by_key", "read_judgements", "read_manifest", "read_records",
            "shard_path"]  # fmt: skip
 
@@ -72,7 +72,11 @@ COLUMNS = (
     "settings_sha256",
 )
 """The fields of a record, in order. ``output`` is relative to OUT; ``seconds`` is the image's share of its
-batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the message and ``output`` is null);
+batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the message and ``output`` is null),
+``blocked`` when the image's place holds a file that the user put there since diffcoremix wrote it (left in place,
+and named in ``error``), or ``writing`` for the record a batch appends before it writes its images (what is about to
+be written where: the ``ok`` record that follows replaces it when the manifest is compacted; one left alone was
+killed among its images);
 ``lora`` is the path of LoRA weights applied over the model; ``finetune`` says what ``diffcoremix finetune`` made
 the model (or the LoRA) from: base model, data hash, steps, final loss, the digests of the loss curve and the
 weights (null for a model it did not make); ``settings_sha256`` is a digest of everything that determines the
@@ -132,12 +136,17 @@ def _read_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
                 yield start, len(line), record
 
 
+FINAL = frozenset({"ok", "blocked"})
+"""Statuses that settle a candidate until a later one of them: its image was made (``ok``), or its place holds a file
+the user put there since (``blocked``: left in place). A later failure does not undo either."""
+
+
 def latest_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """One record per key: the last successful one, else the last one."""
+    """One record per key: the last final one (:data:`FINAL`), else the last one."""
     chosen: dict[str, dict[str, Any]] = {}
     for record in records:
         previous = chosen.get(record["key"])
-        if previous is None or record.get("status") == "ok" or previous.get("status") != "ok":
+        if previous is None or record.get("status") in FINAL or previous.get("status") not in FINAL:
             chosen[record["key"]] = record
     return chosen
 
@@ -147,7 +156,7 @@ class ManifestWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(self.path.parent)
         self._repair_torn_tail()
 
     def _repair_torn_tail(self) -> None:
@@ -175,7 +184,7 @@ class ManifestWriter:
         lines = 0
         for offset, length, record in _read_lines(self.path):
             lines += 1
-            key, ok = record["key"], record.get("status") == "ok"
+            key, ok = record["key"], record.get("status") in FINAL
             previous = chosen.get(key)
             if previous is None or ok or not previous[1]:
                 index = record.get("index", 0)

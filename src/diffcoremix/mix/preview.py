@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from diffcoremix.atomic import atomic_write_bytes, remove_own_temporaries
+from diffcoremix.atomic import atomic_write_bytes
 from diffcoremix.counterparts import available_memory
 from diffcoremix.data.folder import DatasetListing, list_images
 from diffcoremix.data.scan import ScanConfig
@@ -198,6 +198,5 @@ def mix_preview(
     out.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     preview_figure(rows).savefig(buffer, format="png")
-    remove_own_temporaries(out)  # a killed earlier write's
     atomic_write_bytes(out, buffer.getvalue())
     return out

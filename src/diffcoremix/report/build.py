@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diffcoremix import __version__
-from diffcoremix.atomic import atomic_write_text, remove_own_temporaries
+from diffcoremix.atomic import atomic_write_text
 from diffcoremix.data.images import open_image
 from diffcoremix.embedders.cache import EmbeddingCache
 from diffcoremix.errors import ConfigError, DiffCoReMixError
@@ -176,7 +176,6 @@ def build_report(
         (logger.info if progress else logger.debug)("report: %s drawn in %.1f s", name, time.perf_counter() - t0)
     text = _render(page, run)
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_own_temporaries(target)  # a killed earlier write's
     atomic_write_text(target, text)
     size = len(text.encode("utf-8"))
     if size > REPORT_MAX_BYTES:  # cannot happen by construction; said loudly if it ever does

@@ -59,12 +59,12 @@ from diffcoremix.config import write_resolved_config
 from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, require_classes, skips_named_once, usable_sources
 from diffcoremix.errors import ConfigError, DatasetError, DiffCoReMixError, UnknownNameError
-from diffcoremix.manifest.layout import CONFIG_FILE, OutputFolder, OutputFolderError, check_separate, write_layout
+from diffcoremix.manifest.layout import CONFIG_FILE, Layout, OutputFolder, OutputFolderError, check_separate
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.train.config import METHODS, PAIR_METHODS, Method, TrainConfig
 from diffcoremix.train.data import split_validation
 from diffcoremix.train.loop import train, training_device
-from diffcoremix.train.run import read_summary
+from diffcoremix.train.run import TRAIN_FILES, read_summary
 
 logger = logging.getLogger(__name__)
 
@@ -517,7 +517,7 @@ def _clear_runs(runs: Path, data: Path) -> None:
         return
     for run in sorted(p for p in runs.iterdir() if p.is_dir() and not p.is_symlink()):
         if OutputFolder(run).is_ours():
-            with open_output(run, data=data, overwrite=True):
+            with open_output(run, data=data, overwrite=True, fixed=TRAIN_FILES):
                 pass
     for folder in sorted((p for p in runs.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
         with contextlib.suppress(OSError):
@@ -583,7 +583,7 @@ def compare(
         )  # fmt: skip
     recipe = dataclasses.replace(config, max_steps=steps)
     labels = [s.label for s in specs]
-    with open_output(out, data=data, overwrite=overwrite) as folder:
+    with open_output(out, data=data, overwrite=overwrite, fixed=COMPARE_FILES) as folder:
         record = folder.run_record()
         if record is not None and record.get("command") != "compare":
             raise OutputFolderError(f"{out} is the output of another command ({record.get('command', 'generate')}), "
@@ -591,7 +591,7 @@ def compare(
         folder.write_run_record(data, command="compare", methods=labels, seeds=seed_list)  # first: OUT is ours
         if overwrite:
             _clear_runs(out / RUNS_DIR, data)
-        write_layout(out, set(COMPARE_FILES))
+        Layout(out, damaged="reset").declare(COMPARE_FILES)
         summaries: dict[str, dict[int, dict[str, Any]]] = {s.label: {} for s in specs}
         total = len(specs) * len(seed_list)
         for i, (seed, spec) in enumerate(((seed, spec) for seed in seed_list for spec in specs), 1):

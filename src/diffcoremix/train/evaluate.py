@@ -40,7 +40,6 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from diffcoremix.atomic import write_bytes_if_changed, write_text_if_changed
 from diffcoremix.data.classnames import prompt_name
 from diffcoremix.data.dataset import ClassFolderDataset
 from diffcoremix.data.folder import DatasetListing, ImageItem
@@ -49,7 +48,7 @@ from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import usable_sources
 from diffcoremix.devices import resolve_device
 from diffcoremix.errors import ConfigError, DatasetError, DiffCoReMixError
-from diffcoremix.manifest.layout import OutputFolder, OutputFolderError, inside, read_layout, write_layout
+from diffcoremix.manifest.layout import Layout, OutputFolder, OutputFolderError
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.seeds import generator_for
 from diffcoremix.train.run import TrainedModel, load_run
@@ -535,30 +534,31 @@ def _write_outputs(folder: OutputFolder, listing: DatasetListing, results: Seque
                    trained: Sequence[TrainedModel], labels: Sequence[torch.Tensor], *, saliency: int, seed: int,
                    device: str, overwrite: bool) -> None:  # fmt: skip
     """Write the files and delete an earlier eval's that are not among them (all of them first, with
-    ``overwrite``); the layout record names the files before they exist, so a killed run's files are ours too."""
+    ``overwrite``). The layout record names each file with its content before it is written, so a killed run's files
+    are ours too, and a file replaced since is left in place (one warning)."""
     out = folder.path
-    earlier = {f for f in read_layout(out) if inside(out / f, out)}
+    layout = Layout(out, damaged="reset")
     if overwrite:
-        _delete(out, earlier)
-        earlier = set()
-    files = {EVAL_JSON, EVAL_CSV, PER_CLASS_CSV, *(confusion_file_name(r.name) for r in results)}
-    files |= {SALIENCY_FILE} if saliency else set()
-    write_layout(out, files | earlier)
+        layout.delete(layout.names())
     counts = {c: len(items) for c, items in listing.by_class().items()}
     document = {"data": str(listing.root.resolve()), "n": len(listing), "counts": counts,
                 "runs": [r.to_dict() for r in results]}  # fmt: skip
-    write_text_if_changed(out / EVAL_JSON, json.dumps(document, indent=1, ensure_ascii=False) + "\n")
-    write_text_if_changed(out / EVAL_CSV, _csv(
-        ("run", "model", "method", "seed", "top1", "top5", "n", "partners", "loss"),
-        [(r.run, r.model, r.method, r.seed, r.top1, r.top5, r.n, r.partners, r.loss) for r in results],
-    ))  # fmt: skip
-    write_text_if_changed(out / PER_CLASS_CSV, _csv(
-        ("run", "class", "n", "correct", "accuracy"),
-        [(r.run, c, r.counts[c], r.confusion[r.classes.index(c)][r.classes.index(c)], acc)
-         for r in results for c, acc in r.per_class.items()],
-    ))  # fmt: skip
-    for result in results:
-        write_bytes_if_changed(out / confusion_file_name(result.name), _png(confusion_figure(result)))
+    files = {
+        EVAL_JSON: (json.dumps(document, indent=1, ensure_ascii=False) + "\n").encode(),
+        EVAL_CSV: _csv(
+            ("run", "model", "method", "seed", "top1", "top5", "n", "partners", "loss"),
+            [(r.run, r.model, r.method, r.seed, r.top1, r.top5, r.n, r.partners, r.loss) for r in results],
+        ).encode(),
+        PER_CLASS_CSV: _csv(
+            ("run", "class", "n", "correct", "accuracy"),
+            [
+                (r.run, c, r.counts[c], r.confusion[r.classes.index(c)][r.classes.index(c)], acc)
+                for r in results
+                for c, acc in r.per_class.items()
+            ],
+        ).encode(),
+        **{confusion_file_name(r.name): _png(confusion_figure(r)) for r in results},
+    }
     if saliency:
         items = choose_images(listing, saliency, seed)
         runs = zip(trained, results, labels, strict=True)
@@ -566,14 +566,11 @@ def _write_outputs(folder: OutputFolder, listing: DatasetListing, results: Seque
                    for t, r, to_run in runs]  # fmt: skip
         first = _unnormalise(torch.stack([for_run(trained[0].info)(open_image(i.path)) for i in items]),
                              trained[0].info)  # fmt: skip
-        write_bytes_if_changed(out / SALIENCY_FILE, _png(saliency_figure(items, first, columns)))
-    _delete(out, earlier - files)  # an earlier eval's files that this one does not write (of other runs)
-    write_layout(out, files)
-
-
-def _delete(out: Path, files: set[str]) -> None:
-    for relpath in files:
-        (out / relpath).unlink(missing_ok=True)
+        files[SALIENCY_FILE] = _png(saliency_figure(items, first, columns))
+    for relpath, data in files.items():
+        layout.write(relpath, data)
+    layout.delete(layout.names() - set(files))  # an earlier eval's files that this one does not write (of other runs)
+    layout.warn_changed()
     confusion = out / CONFUSION_DIR
     if confusion.is_dir() and not confusion.is_symlink() and not any(confusion.iterdir()):
         confusion.rmdir()

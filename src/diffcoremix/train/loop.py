@@ -34,14 +34,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from diffcoremix import faults
-from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, naming_errors, write_text_if_changed
+from diffcoremix.atomic import (
+    atomic_write_bytes,
+    atomic_write_text,
+    ensure_folder,
+    naming_errors,
+    write_text_if_changed,
+)
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.data.folder import DatasetListing
 from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, require_classes, usable_sources
 from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError, DatasetError
-from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, OutputFolder, write_layout
+from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, Layout, OutputFolder
 from diffcoremix.manifest.ownership import check_settings, open_output
 from diffcoremix.mix import MixOutput, collate_pairs, make_mixer
 from diffcoremix.mix.mixers import Mixer
@@ -343,7 +349,7 @@ def train(
     if config.batch_size % d.world:
         raise ConfigError("batch_size", config.batch_size, f"a multiple of the {d.world} processes")
     if d.main:
-        with open_output(out, data=data, overwrite=overwrite) as folder:
+        with open_output(out, data=data, overwrite=overwrite, fixed=TRAIN_FILES) as folder:
             for path in (val, test):
                 if path is not None:
                     from diffcoremix.manifest.layout import check_separate
@@ -417,7 +423,7 @@ def _train_in(
         folder.write_run_record(data, command="train")
         check_settings(folder, settings, "a training run")
         write_resolved_config(out / CONFIG_FILE, {"train": config, "data": data_config}, data=data)
-        write_layout(out, {*TRAIN_FILES, SETTINGS_FILE, CONFIG_FILE})
+        Layout(out, damaged="reset").declare({*TRAIN_FILES, SETTINGS_FILE, CONFIG_FILE})
     _barrier(d)
     if (out / SUMMARY_FILE).exists() and (out / MODEL_FILE).exists():
         from diffcoremix.train.run import read_summary
@@ -629,7 +635,7 @@ def _checkpoint(
 ) -> None:
     rng = _gather_rng(d)
     if d.main:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_folder(path.parent)
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
