@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diffcoremix import GenerateConfig, PromptsConfig, generate, make_sample_dataset, read_manifest
+from diffcoremix import GenerateConfig, PromptsConfig, make_sample_dataset, read_manifest
 from diffcoremix.data import open_image
 from diffcoremix.embedders import load_embedder
 from diffcoremix.filter import FilterConfig, filter_run
+from diffcoremix.generate import generate
 
 
 def reference_filter(embedder: object, out: Path, data: Path, table: object, threshold: float) -> int:

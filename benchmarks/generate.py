@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from diffcoremix import GenerateConfig, PromptsConfig, build_prompts, generate, make_sample_dataset
-from diffcoremix.generate import DiffusersGenerator, resolve_settings
+from diffcoremix import GenerateConfig, PromptsConfig, build_prompts, make_sample_dataset
+from diffcoremix.generate import DiffusersGenerator, generate, resolve_settings
 
 
 def reference_loop(pipe: Any, records: list[Any], settings: Any, out: Path) -> None:

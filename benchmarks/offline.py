@@ -29,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from diffcoremix import GenerateConfig, PromptsConfig, generate, make_sample_dataset
+from diffcoremix import GenerateConfig, PromptsConfig, make_sample_dataset
+from diffcoremix.generate import generate
 
 CLOSED_ENDPOINT = "http://127.0.0.1:9"
 

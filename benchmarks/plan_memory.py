@@ -41,7 +41,8 @@ class InstantGenerator:
 
 
 def child(kind: str, data: str, out: str, per_image: int) -> None:
-    from diffcoremix import FilterConfig, GenerateConfig, PromptsConfig, augment, build_prompts, generate
+    from diffcoremix import FilterConfig, GenerateConfig, PromptsConfig, augment, build_prompts
+    from diffcoremix.generate import generate
 
     prompts = PromptsConfig(per_image=per_image)
     if kind == "prompts":

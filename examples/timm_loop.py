@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from diffcoremix.mix import PARTNER_OWN, EpochSampler, MixOutput, PairedDataset, collate_pairs, make_mixer
+from diffcoremix.mix import PARTNER_OWN, MixOutput, PairedDataset, collate_pairs, make_mixer
 from diffcoremix.mix.mixers import KIND_NONE
 
 
@@ -67,13 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     pairs = PairedDataset(args.data, args.synthetic, mode=mode, transform=transform, seed=args.seed)
     if len(pairs) < args.batch_size:
         raise SystemExit(f"--batch-size {args.batch_size} is larger than the {len(pairs)} images of {args.data}")
-    # EpochSampler yields (epoch, index): the epoch travels with the index, so persistent workers see it too.
     # A plain DataLoader, not timm's create_loader: its collate (FastCollateMixup with the prefetcher) has no partners.
-    sampler = EpochSampler(pairs, shuffle=True, seed=args.seed)
+    # Its shuffling is timm's too (a RandomSampler, here with a seeded generator of its own).
     loader = DataLoader(
         pairs,
         batch_size=args.batch_size,
-        sampler=sampler,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(args.seed),
         collate_fn=collate_pairs,
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
@@ -95,10 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     step, epoch, loss = 0, 0, torch.tensor(math.nan)
     with open(args.log or os.devnull, "w") as log:
         while step < args.steps:
-            # timm's train.py calls `dataset_train.set_epoch(epoch)` when the dataset has that method (PairedDataset
-            # has) and the sampler's only when distributed. Call the sampler's, always: the dataset's reaches no
-            # DataLoader worker, and the (epoch, index) pairs the sampler yields override it anyway.
-            sampler.set_epoch(epoch)
+            # What timm's train.py does when the dataset has the method: new partners and crops every epoch. The
+            # epoch is in shared memory, so it reaches the persistent workers' copies of the dataset too.
+            pairs.set_epoch(epoch)
             for batch in loader:
                 batch = {key: value.to(device) for key, value in batch.items()}
                 # --- replaces timm's `input, target = mixup_fn(input, target)` -------------------------------

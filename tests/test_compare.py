@@ -16,7 +16,7 @@ import pytest
 
 from diffcoremix.errors import ConfigError, UnknownNameError
 from diffcoremix.train import TrainConfig
-from diffcoremix.train.compare import (
+from diffcoremix.train.comparison import (
     PLOT_FILE,
     RESULTS_CSV,
     RESULTS_MD,

@@ -23,7 +23,7 @@ from diffcoremix.cli.eval_command import EVAL_COMMAND
 from diffcoremix.data.folder import list_images
 from diffcoremix.manifest.layout import OutputFolder, OutputFolderError
 from diffcoremix.seeds import seeded_init
-from diffcoremix.train.evaluate import (
+from diffcoremix.train.evaluation import (
     SALIENCY_HEADER_PX,
     SALIENCY_TILE_PX,
     EvalResult,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import pickle
 import subprocess
 import warnings
 from pathlib import Path
@@ -314,3 +316,45 @@ def test_an_epoch_set_on_the_dataset_that_the_sampler_does_not_carry_is_warned_a
         pairs[(3, 0)]  # the sampler carries the same epoch: no warning
     with pytest.warns(UserWarning, match=r"set_epoch\(3\) was called, but the sampler yields epoch 0"):
         pairs[(0, 1)]
+
+
+def _natural_loop(dataset: PairedDataset, workers: int, context: str | None = None) -> list[PairBatch]:
+    """Three epochs of timm's loop: a plain sampler, and only ``dataset.set_epoch`` told the epoch; all batches."""
+    loader = DataLoader(
+        dataset, batch_size=3, num_workers=workers, persistent_workers=workers > 0, multiprocessing_context=context,
+        collate_fn=collate_pairs,
+    )  # fmt: skip
+    epochs = []
+    for epoch in range(3):
+        dataset.set_epoch(epoch)
+        epochs.append(collate_pairs([s for b in loader for s in zip(*b.values(), strict=True)]))  # type: ignore[misc]
+    return epochs
+
+
+@pytest.mark.parametrize("context", ["fork", pytest.param("spawn", marks=pytest.mark.slow)])  # spawn: 7-19 s here
+def test_dataset_set_epoch_reaches_persistent_workers(world: tuple[Path, Path], context: str) -> None:
+    # The epoch lives in shared memory: two persistent workers (started once, at the first epoch) read each new
+    # epoch that the main process sets, so they pair and crop as the main process does alone, epoch by epoch.
+    data, out = world
+    dataset = PairedDataset(data, out, transform=CROP_AND_FLIP, seed=2)
+    alone, workers = _natural_loop(dataset, 0), _natural_loop(dataset, 2, context)
+    for epoch, (a, w) in enumerate(zip(alone, workers, strict=True)):
+        assert all(torch.equal(a[k], w[k]) for k in a), epoch  # type: ignore[literal-required]
+    for before, after in itertools.pairwise(workers):
+        assert not torch.equal(before["x"], after["x"])  # new crops...
+        assert not torch.equal(before["partner"], after["partner"])  # ...and partners (or their crops) each epoch
+
+
+def test_a_copy_starts_at_the_epoch_then_keeps_its_own_which_reaches_its_workers(world: tuple[Path, Path]) -> None:
+    # A deep copy or a pickle (what Ray does) carries the epoch's value, not the memory: the copy shares memory of
+    # its own, so the original's set_epoch leaves it alone and its own reaches its persistent workers.
+    data, out = world
+    dataset = PairedDataset(data, out, transform=CROP_AND_FLIP, seed=2)
+    dataset.set_epoch(4)
+    for clone in (copy.deepcopy(dataset), pickle.loads(pickle.dumps(dataset))):
+        assert clone.epoch == 4
+        clone.set_epoch(5)
+        dataset.set_epoch(6)
+        assert (clone.epoch, dataset.epoch) == (5, 6)
+        for a, w in zip(_natural_loop(clone, 0), _natural_loop(clone, 2, "fork"), strict=True):
+            assert all(torch.equal(a[k], w[k]) for k in a)  # type: ignore[literal-required]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import pkgutil
+import re
 import shutil
 import subprocess
 import sys
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,3 +86,61 @@ def test_the_lazy_public_names_stay_what_they_name(first: str) -> None:
             "assert d.augment.__name__ == 'augment' and d.filter_run.__name__ == 'filter_run'")  # fmt: skip
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _walk_modules() -> list[str]:
+    """Every module of the package as ``pkgutil`` finds it (``__main__`` aside: it runs the command line)."""
+    import diffcoremix
+
+    found = pkgutil.walk_packages(diffcoremix.__path__, "diffcoremix.")
+    return ["diffcoremix", *(m.name for m in found if not m.name.endswith(".__main__"))]
+
+
+def test_import_as_gives_every_module_and_every_public_name_resolves() -> None:
+    # `import diffcoremix.generate as gen` binds getattr(diffcoremix, "generate"), not sys.modules' entry: a function
+    # of that name re-exported by the package hid the module (gen.GenerateConfig failed). Python's own statement,
+    # for every module, then every name each one's __all__ promises.
+    hidden, missing = [], []
+    for name in _walk_modules():
+        namespace: dict[str, object] = {}
+        try:
+            exec(f"import {name} as module", namespace)
+        except ImportError as error:  # `import diffcoremix.generate.runner as m` needs getattr(function, "runner")
+            hidden.append(f"{name}: {error}")
+            continue
+        module = namespace["module"]
+        if not isinstance(module, types.ModuleType) or module is not sys.modules[name]:
+            hidden.append(f"{name} -> {module!r}")
+            continue
+        missing += [f"{name}.{attr}" for attr in getattr(module, "__all__", ()) if not hasattr(module, attr)]
+    assert len(_walk_modules()) > 40
+    assert hidden == []
+    assert missing == []
+
+
+def test_the_readme_python_api_names_exist() -> None:
+    # The README's Python lines: each `from diffcoremix... import ...` runs, each `dcm.a.b` resolves, and the error
+    # classes its errors paragraph places in diffcoremix.generate and diffcoremix.train are there.
+    import diffcoremix as dcm
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    imports = re.findall(r"^from (diffcoremix[\w.]*) import ([\w, ]+?)\s*(?:#.*)?$", readme, flags=re.M)
+    assert len(imports) >= 5
+    for module, names in imports:
+        exec(f"from {module} import {names}", {})
+    dotted = set(re.findall(r"\bdcm\.(\w+(?:\.\w+)*)", readme))
+    assert {"generate.generate", "augment", "filter_run"} <= dotted
+    for path in dotted:
+        obj: object = dcm
+        for part in path.split("."):
+            assert hasattr(obj, part), f"dcm.{path}: no {part!r} in {obj!r}"
+            obj = getattr(obj, part)
+    import diffcoremix.generate as gen
+    import diffcoremix.train as train
+
+    assert [gen.RunConflictError.__name__, gen.GenerationError.__name__, train.RunError.__name__] == [
+        "RunConflictError",
+        "GenerationError",
+        "RunError",
+    ]
+    assert gen.generate.__module__ == "diffcoremix.generate.runner"

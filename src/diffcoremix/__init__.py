@@ -3,7 +3,8 @@
 The stages live in packages named after the method's vocabulary: :mod:`diffcoremix.data` (reading and
 scanning class-folder datasets), :mod:`diffcoremix.prompts` (contextual and negative prompts),
 :mod:`diffcoremix.generate`, :mod:`diffcoremix.filter`, :mod:`diffcoremix.mix`, with :mod:`diffcoremix.manifest`
-(the output folder) and :mod:`diffcoremix.embedders` below them. The most used names are re-exported here.
+(the output folder) and :mod:`diffcoremix.embedders` below them. The most used names are re-exported here, but
+never under a module's name: ``dcm.generate`` is the package, and its function is ``dcm.generate.generate``.
 
 Example:
     >>> import diffcoremix as dcm
@@ -43,7 +44,7 @@ from diffcoremix.errors import (
     UnknownNameError,
 )
 from diffcoremix.filter.config import FilterConfig
-from diffcoremix.generate import GenerateConfig, GenerationSummary, generate
+from diffcoremix.generate import GenerateConfig, GenerationSummary  # binds dcm.generate: the package
 from diffcoremix.manifest import FolderBusyError, OutputFolderError, read_manifest
 from diffcoremix.prompts import PromptPlan, PromptsConfig, build_prompts, list_packs, load_pack
 from diffcoremix.registry import Registry
@@ -81,7 +82,6 @@ __all__ = [
     "build_prompts",
     "derive_seed",
     "filter_run",
-    "generate",
     "list_images",
     "list_packs",
     "load_class_map",

@@ -1,5 +1,5 @@
 """``diffcoremix compare``: every method with every seed under one recipe, then the table and the overhead plot (a
-thin shell over :func:`diffcoremix.train.compare.compare`)."""
+thin shell over :func:`diffcoremix.train.comparison.compare`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from diffcoremix.cli.commands import Command, add_overwrite, show_progress
 from diffcoremix.cli.options import config_from_args
 from diffcoremix.cli.train_command import add_data_arguments, add_recipe_arguments, resolve_data_arguments
 from diffcoremix.data.sources import DataConfig
-from diffcoremix.train.compare import PLOT_FILE, RESULTS_CSV, RESULTS_MD, RUNS_CSV, RUNS_DIR, compare
+from diffcoremix.train.comparison import PLOT_FILE, RESULTS_CSV, RESULTS_MD, RUNS_CSV, RUNS_DIR, compare
 from diffcoremix.train.config import METHODS, TrainConfig
 
 PER_RUN = ("method", "seed")

@@ -170,8 +170,8 @@ def _run_steps(out: Path, progress: bool) -> Path:
     from diffcoremix.augmentation import augment  # torch and diffusers: imported only when the demo runs
     from diffcoremix.finetune import finetune
     from diffcoremix.manifest.records import read_manifest
-    from diffcoremix.train.compare import RUNS_DIR, compare
-    from diffcoremix.train.evaluate import evaluate
+    from diffcoremix.train.comparison import RUNS_DIR, compare
+    from diffcoremix.train.evaluation import evaluate
 
     data, generator, augmented = out / DATA, out / GENERATOR, out / AUGMENTED
     step = _Steps()

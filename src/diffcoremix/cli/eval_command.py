@@ -1,5 +1,5 @@
 """``diffcoremix eval``: top-1, top-5 and loss of trained runs on a test set, with per-class accuracy, confusion
-matrices and Grad-CAM maps written to a folder (:func:`diffcoremix.train.evaluate.evaluate`)."""
+matrices and Grad-CAM maps written to a folder (:func:`diffcoremix.train.evaluation.evaluate`)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from diffcoremix.train.evaluate import evaluate  # imports torch: only when evaluating
+    from diffcoremix.train.evaluation import evaluate  # imports torch: only when evaluating
 
     if args.output is None and (args.saliency or len(args.runs) > 1):
         raise ConfigError("output", None, "a folder with --saliency or several RUNs")

@@ -8,7 +8,8 @@ generation settings) and whose image is intact, and redoes the rest (failed ones
 where it stopped and ends with the same files and manifest as an uninterrupted one.
 
 Example:
-    >>> from diffcoremix import GenerateConfig, PromptsConfig, generate
+    >>> from diffcoremix import GenerateConfig, PromptsConfig
+    >>> from diffcoremix.generate import generate
     >>> summary = generate("data", "out", PromptsConfig(pack="birds"), GenerateConfig(preset="tiny"))  # doctest: +SKIP
 """
 

@@ -6,25 +6,26 @@ pairs each image with another real image of its class instead: what perfect gene
 ablations.
 
 Every random choice comes from a hash of (seed, epoch, image), never from a worker's random state: the partner,
-and the random transforms of the real image and of its partner (two separate streams). The epoch travels with
-the index: :class:`EpochSampler` yields ``(epoch, index)`` pairs, so DataLoader workers, persistent ones
-included, see each new epoch although they hold their own copy of the dataset. The batches are therefore the
-same with any number of workers.
+and the random transforms of the real image and of its partner (two separate streams). The epoch reaches every
+DataLoader worker, persistent ones included, although each holds its own copy of the dataset: ``set_epoch``
+writes it to shared memory, which every copy reads (timm's loop calls ``dataset.set_epoch``). An index may also
+carry its epoch: :class:`EpochSampler` yields ``(epoch, index)`` pairs, in a seeded order of that epoch. The
+batches are therefore the same with any number of workers.
 
 Example (``mixer`` from :func:`diffcoremix.mix.make_mixer`)::
 
     pairs = PairedDataset("data", "out", transform=v2.Compose([v2.RandomResizedCrop(224), v2.PILToTensor()]))
-    sampler = EpochSampler(pairs, shuffle=True, seed=0)
-    loader = DataLoader(pairs, batch_size=64, sampler=sampler, num_workers=4, persistent_workers=True,
+    loader = DataLoader(pairs, batch_size=64, shuffle=True, num_workers=4, persistent_workers=True,
                         collate_fn=collate_pairs)
     for epoch in range(epochs):
-        sampler.set_epoch(epoch)
+        pairs.set_epoch(epoch)  # or sampler.set_epoch(epoch) with sampler=EpochSampler(pairs, shuffle=True)
         for batch in loader:
             images, targets = mixer(**batch, generator=generator)
 """
 
 from __future__ import annotations
 
+import operator
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterator, Sized
@@ -61,11 +62,12 @@ def accepted_images(out: str | Path) -> list[dict[str, Any]]:
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(epoch, index)`` pairs, so that the epoch reaches the dataset in every DataLoader worker.
+    """Yields ``(epoch, index)`` pairs in an order of that epoch: one ``set_epoch`` call sets order and pairing.
 
-    A worker holds its own copy of the dataset (a persistent worker keeps it for the whole run), so an epoch set
-    on the dataset in the main process never reaches it; the sampled indices do. Call :meth:`set_epoch` before
-    each epoch, as with ``DistributedSampler``.
+    The order is a function of (seed, epoch) alone, so a run resumed at epoch ``e`` takes the order an
+    uninterrupted one took, and the epoch travels inside each index to whichever worker takes it. The dataset's
+    own :meth:`PairedDataset.set_epoch` reaches the workers too (shared memory): the sampler is a choice of
+    order, not needed for the epoch. Call :meth:`set_epoch` before each epoch, as with ``DistributedSampler``.
 
     Args:
         data_source: the dataset (only its length is used), or the length itself.
@@ -99,8 +101,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
 class PairedDataset(Dataset[Sample]):
     """Yields ``(image, label, partner, has_partner, partner_rule)`` for each real image.
 
-    Index it with ``(epoch, index)`` (what :class:`EpochSampler` yields), or with a plain ``index``, which uses
-    the epoch of :meth:`set_epoch` (enough without workers).
+    Index it with a plain ``index``, which uses the epoch of :meth:`set_epoch` (in every DataLoader worker), or
+    with ``(epoch, index)`` (what :class:`EpochSampler` yields).
 
     Args:
         data: the real dataset (folder or listing).
@@ -138,7 +140,9 @@ class PairedDataset(Dataset[Sample]):
         self.class_to_idx = {cls: label for label, cls in enumerate(self.classes)}
         self.transform = transform
         self.seed = seed
-        self.epoch = 0
+        # One int64 in shared memory: a DataLoader worker's copy of the dataset (forked or pickled to a spawned
+        # process, persistent or not) reads the same memory, so set_epoch in the main process reaches it.
+        self._epoch: torch.Tensor = torch.zeros((), dtype=torch.int64).share_memory_()  # type: ignore[no-untyped-call]
         self._warned = False
         self.mode = mode
         self.own: dict[str, list[Path]] = defaultdict(list)
@@ -159,13 +163,25 @@ class PairedDataset(Dataset[Sample]):
         elif mode != "none":
             raise ConfigError("mode", mode, "'counterpart', 'real' or 'none'")
 
+    @property
+    def epoch(self) -> int:
+        """The epoch of plain integer indices, as :meth:`set_epoch` last set it (0 at first)."""
+        return int(self._epoch)
+
     def set_epoch(self, epoch: int) -> None:
         """The epoch used by plain integer indices (an ``(epoch, index)`` pair carries its own).
 
-        It changes this copy of the dataset only: DataLoader workers hold copies of their own (persistent ones for
-        the whole run) and never see it. With workers, use :class:`EpochSampler` and its ``set_epoch``.
+        Call it before each epoch (timm's ``train.py`` does). It reaches the DataLoader workers' copies of the
+        dataset, persistent ones included: they share this memory. A copy made otherwise (``copy.deepcopy``,
+        ``pickle``, Ray) starts at this epoch and has its own from then on.
         """
-        self.epoch = epoch
+        self._epoch.fill_(operator.index(epoch))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A pickle or a deep copy brings the epoch's value in memory of its own: share that, so that the copy's
+        # set_epoch reaches its own workers. (A spawned worker's copy arrives already shared: a no-op then.)
+        self.__dict__.update(state)
+        self._epoch.share_memory_()  # type: ignore[no-untyped-call]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -204,11 +220,12 @@ class PairedDataset(Dataset[Sample]):
 
     def __getitem__(self, index: int | tuple[int, int]) -> Sample:
         if isinstance(index, tuple) and self.epoch not in (0, index[0]) and not self._warned:
-            # timm's train.py calls dataset.set_epoch(epoch) and, unless distributed, never the sampler's.
+            # Two epochs given, one lost: timm's train.py calls dataset.set_epoch(epoch) and, unless distributed,
+            # never the sampler's, so with an EpochSampler every epoch would pair as epoch 0.
             self._warned = True
             warnings.warn(
                 f"PairedDataset.set_epoch({self.epoch}) was called, but the sampler yields epoch {index[0]}: the "
-                "sampler's epoch wins; call EpochSampler.set_epoch(epoch) each epoch",
+                "sampler's epoch wins; call EpochSampler.set_epoch(epoch) too, or use a plain sampler",
                 stacklevel=2,
             )
         epoch, index = index if isinstance(index, tuple) else (self.epoch, index)

@@ -26,7 +26,7 @@ from diffcoremix.manifest.layout import (
     OutputFolder,
 )
 from diffcoremix.manifest.records import read_manifest
-from diffcoremix.train.evaluate import confusion_file_name
+from diffcoremix.train.evaluation import confusion_file_name
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from diffcoremix.errors import ModelLoadError
-from diffcoremix.train.compare import CompareResult, compare
+from diffcoremix.train.comparison import CompareResult, compare
 from diffcoremix.train.config import METHODS, PAIR_METHODS, TrainConfig
-from diffcoremix.train.evaluate import EvalResult, evaluate
+from diffcoremix.train.evaluation import EvalResult, evaluate
 from diffcoremix.train.loop import TrainResult, train
 from diffcoremix.train.models import check_model_name, create_model
 from diffcoremix.train.run import RunError, TrainedModel, load_run, read_metrics, read_summary
