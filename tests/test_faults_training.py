@@ -1,6 +1,7 @@
 """Crash safety of `train` and `finetune` (the fast slice of benchmarks/faults.py): a real SIGKILL inside a checkpoint
 write, with half a metrics record on disk, before the final weights are renamed into place, or between the parts of a
-fine-tuned model folder; the rerun ends on the uninterrupted weights, metrics and losses, with no temporary file."""
+fine-tuned model folder; the rerun ends on the uninterrupted weights, metrics and losses, with no temporary file.
+The training runs use a model with dropout (faultkit.train_job), so a resume must also replay the forward's draws."""
 
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ def test_a_train_killed_in_a_checkpoint_then_mid_record_resumes_to_the_uninterru
 ) -> None:
     job, ref = trained
     assert ref.writes["checkpoint"] == 5  # steps 2, 4, 6, 8 and the last
-    # inside the second checkpoint's write (the first holds: the metrics logged after it must be dropped), then
-    # half of a metrics record of the rerun
+    # inside the second checkpoint's write (the first holds: the metrics logged after it must be dropped; it is at
+    # step 2 of an epoch of 3, so the rerun starts a data iterator where the uninterrupted run did not), then half
+    # of a metrics record of the rerun
     _assert_survived(faultkit.trial(job, tmp_path / "run", ref, [("checkpoint", 2), ("metrics", 3)]), 2)
 
 

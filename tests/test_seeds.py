@@ -1,4 +1,5 @@
-"""Per-item seeds: stable across processes, sensitive to every part, valid for torch and NumPy."""
+"""Per-item seeds: stable across processes, sensitive to every part, valid for torch and NumPy; torch's global
+generators kept for the caller."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffcoremix.seeds import SEED_BITS, derive_seed, generator_for, stable_choice
+from diffcoremix.seeds import SEED_BITS, derive_seed, generator_for, global_generators, kept_state, stable_choice
 
 
 def test_same_parts_same_seed_in_another_process() -> None:
@@ -59,3 +60,20 @@ def test_stable_choice_is_uniform_enough_and_checks_n() -> None:
 def test_bad_part_type_raises() -> None:
     with pytest.raises(TypeError, match="seed parts must be"):
         derive_seed(1.5)  # type: ignore[arg-type]
+
+
+def test_kept_state_restores_the_global_generators_even_when_the_block_raises() -> None:
+    assert global_generators("cpu") == [torch.default_generator]  # CPU work draws from the CPU's alone
+
+    def seed_draw_and_fail() -> None:
+        with kept_state(global_generators("cpu")):
+            torch.manual_seed(99)
+            torch.rand(10)
+            raise KeyError("the block fails")
+
+    torch.manual_seed(3)
+    untouched = torch.rand(4)
+    torch.manual_seed(3)
+    with pytest.raises(KeyError):
+        seed_draw_and_fail()
+    assert torch.equal(torch.rand(4), untouched)

@@ -1,16 +1,18 @@
 """`train` through the real CLI on a tiny dataset: every method trains and writes its files (a killed run:
-tests/test_faults_training.py), the same seed gives the same metrics, two torchrun processes split the
-batches as documented, and bad input is one line with exit 2."""
+tests/test_faults_training.py), the same seed gives the same metrics, a call from Python keeps the caller's random
+state, two torchrun processes split the batches as documented, and bad input is one line with exit 2."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,6 +92,24 @@ def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(data: Pa
     assert _untimed(tmp_path / "a") == _untimed(tmp_path / "b")
     assert _untimed(tmp_path / "a") != _untimed(tmp_path / "c")
     assert all(torch.equal(v, _weights(tmp_path / "b")[k]) for k, v in _weights(tmp_path / "a").items())
+
+
+def test_train_from_python_leaves_the_callers_random_state_as_it_found_it(data: Path, tmp_path: Path) -> None:
+    # train seeds torch's global generator (module initialisation, every step's forward pass); the caller's own
+    # streams go on as if train had not run (with a validation split and a test set: every loader of the run)
+    def draws() -> tuple[list[float], float, float]:
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    def seed() -> None:
+        torch.manual_seed(7)
+        random.seed(7)
+        np.random.seed(7)
+
+    seed()
+    untouched = draws()
+    seed()
+    train(data, config=TrainConfig(max_steps=3, batch_size=8, val_split=0.25), output=tmp_path / "run", test=data)
+    assert draws() == untouched
 
 
 # 24 images in batches of 8: 3 steps per epoch; checkpoints at steps 2, 4, 6, 8: mid-epoch, so a resume must

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -82,3 +82,39 @@ def seeded_init(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         yield
+
+
+def global_generators(device: str) -> list[torch.Generator]:
+    """torch's global generators that work on ``device`` draws from: the CPU's, and on CUDA or MPS the device's own.
+
+    Dropout and drop-path take no generator: they draw from these (the CPU's on the CPU, the device's on an
+    accelerator). A loop that seeds them from the step before each forward pass makes those draws a function of
+    the step, whatever else drew from them before (see :mod:`diffcoremix.train.loop`).
+    """
+    import torch
+
+    dev = torch.device(device)
+    generators = [torch.default_generator]
+    if dev.type == "cuda":
+        torch.cuda.init()  # type: ignore[no-untyped-call]  # fills torch.cuda.default_generators
+        generators.append(
+            torch.cuda.default_generators[dev.index if dev.index is not None else torch.cuda.current_device()]
+        )
+    elif dev.type == "mps":
+        generators.append(torch.mps._get_default_mps_generator())  # MPS has one device and no public accessor
+    return generators
+
+
+@contextlib.contextmanager
+def kept_state(generators: Sequence[torch.Generator]) -> Iterator[None]:
+    """Restore ``generators`` to their states at entry when the block ends, however it ends.
+
+    A library call that seeds torch's global generators (training, see :func:`global_generators`) runs inside it,
+    so that the caller's random stream goes on as if the call had not drawn from it.
+    """
+    states = [generator.get_state() for generator in generators]
+    try:
+        yield
+    finally:
+        for generator, state in zip(generators, states, strict=True):
+            generator.set_state(state)

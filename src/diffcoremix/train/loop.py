@@ -1,9 +1,11 @@
 """Training a classifier with a method and a recipe, resumably, on one process or many (``torchrun``).
 
 Every random choice is a function of (seed, step) or (seed, epoch, image): the data order (``seed + epoch``), the
-transforms and partners (per image and epoch), the mixing (per step and rank). So a run killed and resumed from
-its last checkpoint ends with the same weights and the same metrics as an uninterrupted one (on the CPU; CUDA
-kernels may not be deterministic).
+transforms and partners (per image and epoch), the mixing (per step and rank), and the forward pass's own draws
+(dropout, drop-path), from torch's global generators seeded before each step from (seed, step, rank). So a run
+killed and resumed from its last checkpoint, mid-epoch or not, ends with the same weights and the same metrics as an
+uninterrupted one (on the CPU; CUDA kernels may not be deterministic), and a call leaves the caller's random state
+as it found it.
 
 Example::
 
@@ -51,7 +53,7 @@ from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, Layout, Outp
 from diffcoremix.manifest.ownership import check_settings, open_output
 from diffcoremix.mix import MixOutput, collate_pairs, make_mixer
 from diffcoremix.mix.mixers import Mixer
-from diffcoremix.seeds import derive_seed, generator_for, seeded_init
+from diffcoremix.seeds import derive_seed, generator_for, global_generators, kept_state, seeded_init
 from diffcoremix.train.config import TrainConfig
 from diffcoremix.train.data import (
     EpochDistributedSampler,
@@ -190,19 +192,6 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def _rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _truncate_lines(path: Path, step: int) -> None:
     """Keep only the lines of a JSONL log written up to ``step`` (a resumed run redoes the rest)."""
     if not path.exists():
@@ -321,7 +310,8 @@ def train(
     """Train a classifier on DATA with ``config``'s method and recipe into the run folder ``output``.
 
     Resumable: a rerun with the same settings continues from the last checkpoint (or returns at once when the run
-    has finished). Under ``torchrun`` every process calls this; rank 0 alone writes.
+    has finished) to the weights of an uninterrupted run. Under ``torchrun`` every process calls this; rank 0
+    alone writes. torch's global generators, which the run seeds, are left as the caller had them.
 
     Args:
         data: the training set (class folders).
@@ -348,15 +338,19 @@ def train(
         torch.cuda.set_device(d.local_rank)
     if config.batch_size % d.world:
         raise ConfigError("batch_size", config.batch_size, f"a multiple of the {d.world} processes")
-    if d.main:
-        with open_output(out, data=data, overwrite=overwrite, fixed=TRAIN_FILES) as folder:
-            for path in (val, test):
-                if path is not None:
-                    from diffcoremix.manifest.layout import check_separate
+    # The run seeds torch's global generators (each step's forward pass draws from them): the caller's are kept.
+    with kept_state(global_generators(device)):
+        if d.main:
+            with open_output(out, data=data, overwrite=overwrite, fixed=TRAIN_FILES) as folder:
+                for path in (val, test):
+                    if path is not None:
+                        from diffcoremix.manifest.layout import check_separate
 
-                    check_separate(path, out)
-            return _train_in(folder, data, config, data_config, val, test, synthetic, device, d, progress, log_samples)
-    return _train_in(OutputFolder(out), data, config, data_config, val, test, synthetic, device, d, False, log_samples)
+                        check_separate(path, out)
+                return _train_in(folder, data, config, data_config, val, test, synthetic, device, d, progress,
+                                 log_samples)  # fmt: skip
+        return _train_in(OutputFolder(out), data, config, data_config, val, test, synthetic, device, d, False,
+                         log_samples)  # fmt: skip
 
 
 def _train_in(
@@ -452,12 +446,9 @@ def _train_in(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"][d.rank] if d.rank < len(state["rng"]) else state["rng"][0])
         start = int(state["step"])
         running = state["epoch_running"]
         logger.info("%s: resuming at step %d of %d", out, start, total)
-    else:
-        torch.manual_seed(derive_seed(config.seed, "train", d.rank))
     if d.main:
         _truncate_lines(out / METRICS_FILE, start)
         _truncate_lines(out / SAMPLES_FILE, start)
@@ -493,6 +484,7 @@ def _train_in(
     bar = _progress_bar(total, start, progress and d.main)
     started = time.perf_counter()
     batches: Iterator[Any] | None = None
+    forward_rng = global_generators(device)
     step = start
     try:
         model.train()
@@ -500,8 +492,11 @@ def _train_in(
             epoch, position = divmod(step, steps_per_epoch)
             if batches is None or position == 0:
                 sampler.set_position(epoch, position * local_batch)
+                # its own generator: an iterator's worker base seed is then a function of (seed, epoch, rank), and
+                # starting one (every epoch, and mid-epoch on a resume) draws nothing from the global generator
                 loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=config.workers,
-                                    collate_fn=collate_pairs, drop_last=True)  # fmt: skip
+                                    collate_fn=collate_pairs, drop_last=True,
+                                    generator=generator_for(config.seed, "loader", epoch, d.rank))  # fmt: skip
                 batches = iter(loader)
                 order = [i for _, i in list(sampler)] if log_samples else []
                 order_offset = position * local_batch
@@ -515,6 +510,10 @@ def _train_in(
             mixed: MixOutput = mixer(**batch, generator=generator_for(config.seed, "mix", step, d.rank))
             images, targets = mixed.images, mixed.targets.to(device)
             t2 = _sync(device)
+            # Dropout and drop-path draw from torch's global generators: seeded from the step, their draws do not
+            # depend on what drew from them before (a loader's start, an evaluation, a resume's own start-up).
+            for generator in forward_rng:
+                generator.manual_seed(derive_seed(config.seed, "forward", step, d.rank))
             with torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=use_amp):
                 logits = net(images)
                 loss = _loss(logits.float(), targets, config.smoothing)
@@ -633,7 +632,6 @@ def _checkpoint(
     running: dict[str, Any],
     d: _Dist,
 ) -> None:
-    rng = _gather_rng(d)
     if d.main:
         ensure_folder(path.parent)
         state = {
@@ -642,20 +640,10 @@ def _checkpoint(
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "step": step,
-            "rng": rng,
             "epoch_running": running,
         }
         _atomic_torch_save(state, path)
     _barrier(d)
-
-
-def _gather_rng(d: _Dist) -> list[dict[str, Any]]:
-    state = _rng_state()
-    if d.world <= 1:
-        return [state]
-    gathered: list[Any] = [None] * d.world
-    dist.all_gather_object(gathered, state)
-    return gathered
 
 
 def _median(values: list[float], skip: int = 1) -> float | None:

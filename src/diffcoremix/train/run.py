@@ -6,7 +6,8 @@
     RUN/settings.json       what determines the weights; a rerun with other settings is refused
     RUN/config.yaml         resolved options and library versions
     RUN/metrics.jsonl       one line per logged step ({"kind": "step", ...}) and per epoch ({"kind": "epoch", ...})
-    RUN/checkpoints/last.pt resumable state: model, optimizer, scheduler, RNG states, data position
+    RUN/checkpoints/last.pt resumable state: model, optimizer, scheduler, step (the data position; every random
+                            draw is a function of it), the epoch's running figures
     RUN/model.pt            the final weights and what is needed to use them (classes, model name, image size...)
     RUN/summary.json        final figures: validation / test top-1 and top-5, time per step split into data / mix
                             / compute
