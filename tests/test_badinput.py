@@ -113,7 +113,7 @@ DECODED_KINDS = ("not_an_image 1", "empty_file 1", "truncated 1", "unreadable") 
 LINKED_FIRST = (
     "first: 001.cat/hard_link.png: the same file as Hund 犬/img_001.png, zz linked/img_001.png, through a link"
 )
-SHOWN = (*LISTING_KINDS, *DECODED_KINDS)
+SHOWN = (*LISTING_KINDS, *DECODED_KINDS, "too_small 1")  # mix-preview shows the 8x8 image, as training reads it
 
 READS_DATA = {
     "prompts": ("prompts {bad} -o {out}/p.jsonl", (*LISTING_KINDS, *DECODED_KINDS, "too_small 1")),
@@ -151,6 +151,7 @@ def test_bad_data_is_named_in_one_warning_line(
     skipped, read = line.split("; read ")  # what is left out, then what is read despite a problem
     assert "linked_across_classes" in read
     assert "linked_across_classes" not in skipped
+    assert ("too_small" in read) == (kinds is SHOWN)  # prompts leaves it out: skipped
     assert LINKED_FIRST in read
     assert "Traceback" not in err
 
