@@ -275,7 +275,10 @@ BAD_INPUT = [
     ("filter {file}", "is a file, not a folder"),
     ("augment {empty} -o {out} --preset tiny", "has no class sub-folders"),
     ("mix-preview {file} --synthetic {gen} -o {out}/m.png", "is not a directory"),
-    ("mix-preview {good} --synthetic {nope} -o {out}/m.png", "has not been filtered"),
+    ("mix-preview {good} --synthetic {nope} -o {out}/m.png", "--synthetic {nope} does not exist"),
+    ("mix-preview {good} --synthetic {file} -o {out}/m.png", "--synthetic {file} is not a folder"),
+    ("mix-preview {good} --synthetic {good} -o {out}/m.png", "--synthetic {good} is not a generation run"),
+    ("train {good} -o {out} --method synthetic-add --synthetic {nope}", "--synthetic {nope} does not exist"),
     ("train {nope} -o {out}", "is not an existing path nor a torchvision dataset name"),
     ("train {file} -o {out}", "not a folder"),
     ("train {empty} -o {out}", "has no class sub-folders"),
@@ -334,7 +337,7 @@ def test_bad_input_is_one_line_and_exit_2(
     line = _one_line(capsys.readouterr().err)
     assert status == 2, line
     assert line.startswith(f"diffcoremix {template.split()[0]}: error: "), line
-    assert words in line, line
+    assert words.format(**world) in line, line
 
 
 def test_unicode_and_spaces_in_names_work(world: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
