@@ -1,5 +1,7 @@
-"""Bad input everywhere: every command that reads DATA names what it skipped in one warning line, refuses a DATA
-with nothing usable in one error line (exit 2), and every (command, bad input) pair is one line, never a traceback.
+"""Bad input everywhere: every command that reads DATA names what it skipped, and the files that links make images
+of two classes, in one warning line; refuses a DATA with nothing usable in one error line (exit 2); ``train`` and
+``compare`` refuse linked files unless ``--allow-duplicates``; and every (command, bad input) pair is one line, never
+a traceback.
 
 The commands run in-process through the real entry point (``main``), a subprocess for one representative case:
 the refusals come before any model loads, and the runs that do work use the tiny generator, the tiny embedder and
@@ -27,9 +29,14 @@ WARNING = "diffcoremix: WARNING: "
 
 
 def _bad_data(root: Path) -> Path:
-    """Two usable classes (one with a unicode name and a space) and one file or entry of every kind scan reports."""
+    """Two usable classes (one with a unicode name and a space), one file or entry of every kind scan reports, and
+    files that links make images of two classes: a class folder that is a link to another class's (6 files), a hard
+    link and a file link into another class (2 more): 14 images of 6 files, each read under two or three labels."""
     make_class_folders(root, {"001.cat": 6, "Hund 犬": 6}, size=32)
     cat = root / "001.cat"
+    os.link(root / "Hund 犬" / "img_001.png", cat / "hard_link.png")
+    os.symlink("../Hund 犬/img_002.png", cat / "soft_link.png")
+    os.symlink("Hund 犬", root / "zz linked")
     (cat / "empty.png").write_bytes(b"")
     (cat / "not_an_image.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     good = (cat / "img_000.png").read_bytes()
@@ -77,7 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     w["gen"], w["run"] = root / "gen", root / "run"
     assert main(["-q", "generate", str(w["bad"]), "-o", str(w["gen"]), *GEN, "--fraction", "0.2"]) == 0
     assert main(["-q", "filter", str(w["gen"]), "--embedder", "tiny", "--threshold", "-1"]) == 0
-    assert main(["-q", "train", str(w["bad"]), "-o", str(w["run"]), *TRAIN]) == 0
+    assert main(["-q", "train", str(w["bad"]), "-o", str(w["run"]), "--allow-duplicates", *TRAIN]) == 0
     return w
 
 
@@ -101,17 +108,28 @@ def _one_line(err: str) -> str:
 
 # --- 1. bad DATA is named in one summary line by every command that reads it -----------------------------------
 
-LISTING_KINDS = ("empty_class 1", "special 1", "symlink_loop 2")
+LISTING_KINDS = ("empty_class 1", "special 1", "symlink_loop 2", "linked_across_classes 14")
 DECODED_KINDS = ("not_an_image 1", "empty_file 1", "truncated 1", "unreadable")  # unreadable: 2 when not root
+LINKED_FIRST = (
+    "first: 001.cat/hard_link.png: the same file as Hund 犬/img_001.png, zz linked/img_001.png, through a link"
+)
+SHOWN = (*LISTING_KINDS, *DECODED_KINDS, "too_small 1")  # mix-preview shows the 8x8 image, as training reads it
 
 READS_DATA = {
     "prompts": ("prompts {bad} -o {out}/p.jsonl", (*LISTING_KINDS, *DECODED_KINDS, "too_small 1")),
-    # generate's warning is checked on the run that the fixture made: see test_generate_named_the_bad_files
+    # generate's, augment's and finetune's warnings: see test_linked_files_are_named_before_any_model_loads
     "filter": ("filter {gen} --embedder tiny --threshold -1", LISTING_KINDS),  # generate's skips are recorded
-    "mix-preview": ("mix-preview {bad} --synthetic {gen} -o {out}/m.png --size 32", (*LISTING_KINDS, *DECODED_KINDS)),
-    "report": ("report {gen} -o {out}/r.html", (*LISTING_KINDS, *DECODED_KINDS)),
+    "mix-preview": ("mix-preview {bad} --synthetic {gen} -o {out}/m.png --size 32", SHOWN),
+    "report": ("report {gen} -o {out}/r.html", SHOWN),
     "eval": ("eval {run} --data {bad}", (*LISTING_KINDS, *DECODED_KINDS)),
-    "train --test": ("train {bad} -o {out} --test {bad} " + " ".join(TRAIN), (*LISTING_KINDS, *DECODED_KINDS)),
+    "train --test": (
+        "train {bad} -o {out} --test {bad} --allow-duplicates " + " ".join(TRAIN),
+        (*LISTING_KINDS, *DECODED_KINDS),
+    ),
+    "compare": (
+        "compare {bad} --methods none -o {out} --test {bad} --allow-duplicates " + " ".join(TRAIN),
+        (*LISTING_KINDS, *DECODED_KINDS),
+    ),
 }
 
 
@@ -130,7 +148,62 @@ def test_bad_data_is_named_in_one_warning_line(
     assert line.endswith(f"run `diffcoremix scan {world['bad']}` for the list")
     for kind in kinds:
         assert kind in line, (kind, line)
+    skipped, read = line.split("; read ")  # what is left out, then what is read despite a problem
+    assert "linked_across_classes" in read
+    assert "linked_across_classes" not in skipped
+    assert ("too_small" in read) == (kinds is SHOWN)  # prompts leaves it out: skipped
+    assert LINKED_FIRST in read
     assert "Traceback" not in err
+
+
+LINKED_BEFORE_MODELS = {
+    "generate": "generate {bad} -o {out} --preset tiny --model {nope}",
+    "augment": "augment {bad} -o {out} --preset tiny --embedder hf:{nope}",
+    "finetune": "finetune {bad} -o {out} --preset tiny --model {nope}",
+}
+
+
+@pytest.mark.parametrize("name", list(LINKED_BEFORE_MODELS))
+def test_linked_files_are_named_before_any_model_loads(
+    name: str, world: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands that load a model check DATA first: their warning line comes even when the model then fails."""
+    capsys.readouterr()
+    assert main(_args(world, LINKED_BEFORE_MODELS[name])) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith(WARNING)]
+    assert line.startswith(f"{WARNING}DATA {world['bad']}: skipped "), line
+    assert "; read 14 image(s) despite a problem (linked_across_classes 14; " + LINKED_FIRST in line
+    _one_line(err)
+
+
+LINKED_REFUSED = {
+    "train": "train {bad} -o {out} " + " ".join(TRAIN),
+    "train --val": "train {good} -o {out} --val {bad} " + " ".join(TRAIN),
+    "train --test": "train {good} -o {out} --test {bad} " + " ".join(TRAIN),
+    "compare --max-steps": "compare {bad} --methods none -o {out} --test {good} --max-steps 1 " + " ".join(TRAIN),
+    "compare --val": "compare {good} --methods none -o {out} --val {bad} " + " ".join(TRAIN),
+}
+
+
+@pytest.mark.parametrize("name", list(LINKED_REFUSED))
+def test_train_and_compare_refuse_linked_files_unless_allowed(
+    name: str, world: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before anything is written: one line (no warning either) naming the classes, a path, and the way out."""
+    args = _args(world, LINKED_REFUSED[name])
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    (line,) = err.splitlines()
+    what = name.split()[-1] if name.split()[-1] in ("--val", "--test") else "DATA"
+    assert line.startswith(
+        f"diffcoremix {name.split()[0]}: error: {what} {world['bad']}: 6 file(s) are images of "
+        "two classes through links (first: 001.cat/hard_link.png and Hund 犬/img_001.png and zz "
+        "linked/img_001.png are one file, in classes '001.cat' and 'Hund 犬' and 'zz linked')"
+    ), line
+    assert line.endswith("remove the links, or pass --allow-duplicates to read them as they are"), line
+    assert not Path(args[args.index("-o") + 1]).exists()  # nothing written
 
 
 def test_generate_and_train_named_the_bad_files_and_used_the_rest(world: dict[str, Path]) -> None:
@@ -146,7 +219,21 @@ def test_generate_and_train_named_the_bad_files_and_used_the_rest(world: dict[st
     assert line.startswith(f"{WARNING}DATA {world['bad']}: skipped ")
     assert "first: 001.cat/fifo.png: not a regular file or directory" in line
     assert "'empty class'" not in line  # an empty class folder is counted once, as empty_class
-    assert "for 12 source images" in result.stdout  # 6 + 6 usable
+    assert "for 20 source images" in result.stdout  # 6 + 2 links, 6, and 6 through the linked class folder
+
+
+def test_allow_duplicates_decides_whether_a_run_starts_not_its_settings(
+    world: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The fixture's run, made with --allow-duplicates, is the run its settings name: a rerun without the option is
+    refused for the links, not for other settings, and a clean DATA's run resumes with or without it."""
+    capsys.readouterr()
+    assert main(["train", str(world["bad"]), "-o", str(world["run"]), *TRAIN]) == 2
+    assert "--allow-duplicates" in _one_line(capsys.readouterr().err)
+    out = world["bad"].parent / "clean run"
+    assert main(["-q", "train", str(world["good"]), "-o", str(out), *TRAIN]) == 0
+    assert main(["-q", "train", str(world["good"]), "-o", str(out), "--allow-duplicates", *TRAIN]) == 0
+    assert "other settings" not in capsys.readouterr().err
 
 
 NOTHING_USABLE = {
@@ -188,7 +275,10 @@ BAD_INPUT = [
     ("filter {file}", "is a file, not a folder"),
     ("augment {empty} -o {out} --preset tiny", "has no class sub-folders"),
     ("mix-preview {file} --synthetic {gen} -o {out}/m.png", "is not a directory"),
-    ("mix-preview {good} --synthetic {nope} -o {out}/m.png", "has not been filtered"),
+    ("mix-preview {good} --synthetic {nope} -o {out}/m.png", "--synthetic {nope} does not exist"),
+    ("mix-preview {good} --synthetic {file} -o {out}/m.png", "--synthetic {file} is not a folder"),
+    ("mix-preview {good} --synthetic {good} -o {out}/m.png", "--synthetic {good} is not a generation run"),
+    ("train {good} -o {out} --method synthetic-add --synthetic {nope}", "--synthetic {nope} does not exist"),
     ("train {nope} -o {out}", "is not an existing path nor a torchvision dataset name"),
     ("train {file} -o {out}", "not a folder"),
     ("train {empty} -o {out}", "has no class sub-folders"),
@@ -247,7 +337,7 @@ def test_bad_input_is_one_line_and_exit_2(
     line = _one_line(capsys.readouterr().err)
     assert status == 2, line
     assert line.startswith(f"diffcoremix {template.split()[0]}: error: "), line
-    assert words in line, line
+    assert words.format(**world) in line, line
 
 
 def test_unicode_and_spaces_in_names_work(world: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -350,3 +351,36 @@ def test_link_to_the_dataset_root_is_a_loop_not_a_relabelling(tmp_path: Path) ->
     listing = list_images(tmp_path / "ds")
     assert [(i.relpath, i.label) for i in listing.items] == [("a/a.png", 0), ("b/b.png", 1)]
     assert [(p.relpath, p.kind) for p in listing.problems] == [("a/up", "symlink_loop")]
+
+
+# --- one file under two labels ------------------------------------------------------------------------------------
+
+
+def test_files_that_links_put_in_two_classes_are_found_and_copies_are_not(tmp_path: Path) -> None:
+    """A class folder linked to another's, a hard link and a file link into another class: one file each, found by
+    its identity on disk; a byte-identical copy, and a link within one class, are other matters."""
+    root = tmp_path / "data"
+    for name in ("0", "1"):
+        write_image(root / "a" / f"{name}.png", colour=(int(name), 0, 0))
+    write_image(root / "c" / "own.png", colour=(9, 9, 9))
+    (root / "b").symlink_to("a", target_is_directory=True)  # the class folder is a's
+    os.link(root / "a" / "1.png", root / "c" / "hard.png")
+    (root / "d").mkdir()
+    (root / "d" / "soft.png").symlink_to("../c/own.png")
+    (root / "d" / "copy.png").write_bytes((root / "c" / "own.png").read_bytes())  # a copy: another file
+    (root / "d" / "again").symlink_to(".")  # within one class (a loop, reported as such)
+    (root / "d" / "same.png").symlink_to("copy.png")  # one file twice in one class: one label
+
+    listing = list_images(root)
+
+    groups = [[i.relpath for i in items] for items in listing.shared_files()]
+    assert groups == [["a/0.png", "b/0.png"], ["a/1.png", "b/1.png", "c/hard.png"], ["c/own.png", "d/soft.png"]]
+    linked = {f.relpath: f.reason for f in listing.linked()}
+    assert list(linked) == ["a/0.png", "a/1.png", "b/0.png", "b/1.png", "c/hard.png", "c/own.png", "d/soft.png"]
+    assert {f.kind for f in listing.linked()} == {"linked_across_classes"}
+    assert linked["c/hard.png"] == "the same file as a/1.png, b/1.png, through a link: one image labelled 'a' and " \
+        "'b' and 'c'"  # fmt: skip
+    # Only the listing's own items count: a subset without b, or without the hard link, has fewer.
+    assert [[i.relpath for i in g] for g in listing.subset(["a", "c"]).shared_files()] == [["a/1.png", "c/hard.png"]]
+    assert listing.subset(["a", "b"], max_per_class=1).shared_files()[0][1].relpath == "b/0.png"
+    assert listing.without({"c/hard.png", "d/soft.png"}).subset(["a", "c", "d"]).shared_files() == []

@@ -305,6 +305,27 @@ def test_mix_preview_command(world: tuple[Path, Path], tmp_path: Path, capsys: p
     assert not huge.exists()
 
 
+@pytest.mark.parametrize("side", [1, 8])
+def test_mix_preview_of_tiny_photos_shows_them_and_names_them_in_one_warning_line(
+    side: int, world: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Photos below scan's minimum side (generation leaves them out) are shown as training reads them, resized; the
+    one summary line names them, as every command that reads DATA names what it finds wrong."""
+    from .helpers import run_in_process
+
+    _, out = world
+    data = make_class_folders(tmp_path / f"tiny{side}", {"a": 3, "b": 2, "c": 1}, size=side)
+    result = run_in_process(
+        capsys, "mix-preview", data, "--synthetic", out, "-o", tmp_path / "grid.png", "--size", "16"
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line == (f"diffcoremix: WARNING: DATA {data}: read 6 image(s) despite a problem (too_small 6; first: "
+                    f"a/img_000.png: {side}x{side} has a side below min_side=32); run `diffcoremix scan {data}` for "
+                    "the list")  # fmt: skip
+    assert preview_rows(data, out, size=16).class_names == ["a", "a", "b", "b", "c"]  # every one of them shown
+
+
 def test_an_epoch_set_on_the_dataset_that_the_sampler_does_not_carry_is_warned_about(tmp_path: Path) -> None:
     """timm's train.py calls dataset.set_epoch and not the sampler's: the sampler's epoch wins, with a warning."""
     data = make_class_folders(tmp_path / "data", {"a": 2, "b": 2}, size=8)

@@ -368,3 +368,26 @@ def test_scan_config_validation() -> None:
         ScanConfig(max_pixels=0)
     with pytest.raises(ConfigError, match="workers"):
         ScanConfig(workers=-1)
+
+
+def test_scan_names_linked_files_as_such_and_copies_as_byte_identical(tmp_path: Path) -> None:
+    """The same detection as every other command's warning line (the listing's): a class folder linked to another's
+    and a hard link are one file in two classes; a copy of the same bytes is a byte-identical duplicate."""
+    root = tmp_path / "data"
+    save(noise(40, 40, 1), root / "a" / "x.png")
+    save(noise(40, 40, 2), root / "c" / "y.png")
+    (root / "b").symlink_to("a", target_is_directory=True)
+    (root / "d").mkdir()
+    os.link(root / "c" / "y.png", root / "d" / "y.png")
+    (root / "d" / "copy.png").write_bytes((root / "a" / "x.png").read_bytes())
+    report = scan_dataset(root)
+    assert problem_map(report.to_dict()) == {
+        "a/x.png": "linked_across_classes",
+        "b/x.png": "linked_across_classes",
+        "c/y.png": "linked_across_classes",
+        "d/y.png": "linked_across_classes",
+        "d/copy.png": "duplicate_across_classes",
+    }
+    assert {p.relpath: p.reason for p in report.problems}["d/copy.png"] == "byte-identical to a/x.png, b/x.png"
+    assert report.num_images == 0
+    assert "linked_across_classes" in PROBLEM_KINDS

@@ -6,6 +6,11 @@ Items come in the same order as torchvision's ``ImageFolder`` (classes sorted; w
 path, then file names), so labels and indices agree with it. Entries whose names start with a dot (``.DS_Store``,
 ``.ipynb_checkpoints``) and files that are not images are not used, but every one is recorded in ``ignored``,
 never silently dropped.
+
+A file that links make an image of two classes (a class folder that is a link to another class's folder, a file
+linked into two classes by a symbolic or a hard link) would be read under two labels: each is found by its
+identity on disk (device and inode, links followed), which costs no read (:meth:`DatasetListing.linked`).
+Byte-identical copies are distinct files: ``scan`` finds those by their content.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import dataclasses
 import errno
 import os
 import stat
+from collections import defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +41,9 @@ class ImageItem:
     """Index of the class in ``DatasetListing.classes``."""
     class_folder: str
     """Name of the class folder."""
+    file: tuple[int, int] | None = field(default=None, compare=False, repr=False)
+    """The file's ``(device, inode)``, links followed: two items with the same are one file on disk (None for an
+    item not found by :func:`list_images`)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +103,27 @@ class DatasetListing:
         problems = tuple(f for f in self.problems if f.relpath.split("/")[0] in keep)
         return dataclasses.replace(self, items=tuple(items), problems=problems, selected=chosen)
 
+    def shared_files(self) -> list[tuple[ImageItem, ...]]:
+        """The files that are images of more than one class (through links), each with its items in listing order;
+        the files in the order their first item is listed. Only this listing's items count (a subset's)."""
+        by_file: dict[tuple[int, int], list[ImageItem]] = defaultdict(list)
+        for item in self.items:
+            if item.file is not None:
+                by_file[item.file].append(item)
+        return [tuple(items) for items in by_file.values() if len({i.class_folder for i in items}) > 1]
+
+    def linked(self) -> list[Finding]:
+        """A ``linked_across_classes`` finding for every item of :meth:`shared_files`, in listing order: the image
+        is read under two labels."""
+        found = {}
+        for items in self.shared_files():
+            labels = " and ".join(map(repr, dict.fromkeys(i.class_folder for i in items)))
+            for item in items:
+                others = ", ".join(o.relpath for o in items if o is not item)
+                reason = f"the same file as {others}, through a link: one image labelled {labels}"
+                found[item.relpath] = Finding(item.relpath, LINKED, reason)
+        return [found[i.relpath] for i in self.items if i.relpath in found]
+
     def without(self, relpaths: Collection[str]) -> DatasetListing:
         """The listing less the images at ``relpaths`` (labels unchanged)."""
         return dataclasses.replace(self, items=tuple(i for i in self.items if i.relpath not in relpaths))
@@ -104,6 +134,10 @@ class DatasetListing:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+LINKED = "linked_across_classes"
+"""The finding kind of an image that is one file with an image of another class (:meth:`DatasetListing.linked`)."""
 
 
 def _relpath(path: Path, root: Path) -> str:
@@ -145,7 +179,7 @@ def list_images(root: str | Path) -> DatasetListing:
         if entry.name.startswith("."):
             ignored.append(Finding(rel, "hidden", "hidden entry"))
             continue
-        kind = _entry_kind(Path(entry.path))
+        kind, _ = _entry_kind(Path(entry.path))
         if kind == "dir":
             classes.append(entry.name)
         elif kind == "file":
@@ -172,21 +206,22 @@ _KIND_REASONS = {
 }
 
 
-def _entry_kind(path: Path) -> str:
-    """``dir``, ``file``, or a problem code, following symbolic links."""
+def _entry_kind(path: Path) -> tuple[str, tuple[int, int] | None]:
+    """``dir``, ``file``, or a problem code, following symbolic links; and the ``(device, inode)`` it leads to."""
     try:
         st = os.stat(path)
     except OSError as err:
         if err.errno == errno.ELOOP:
-            return "symlink_loop"
+            return "symlink_loop", None
         if err.errno == errno.ENOENT:
-            return "broken_symlink"
-        return "unreadable"
+            return "broken_symlink", None
+        return "unreadable", None
+    ident = (st.st_dev, st.st_ino)
     if stat.S_ISDIR(st.st_mode):
-        return "dir"
+        return "dir", ident
     if stat.S_ISREG(st.st_mode):
-        return "file"
-    return "special"
+        return "file", ident
+    return "special", ident
 
 
 def _walk_class(
@@ -223,12 +258,12 @@ def _walk_class(
             if entry.name.startswith("."):
                 ignored.append(Finding(rel, "hidden", "hidden entry"))
                 continue
-            kind = _entry_kind(path)
+            kind, file = _entry_kind(path)
             if kind == "dir":
                 subdirs.append(path)
             elif kind == "file":
                 if is_image_file(path):
-                    item = ImageItem(path, rel, label, cls)
+                    item = ImageItem(path, rel, label, cls, file)
                     found.append((str(directory), entry.name, item))
                 else:
                     ignored.append(Finding(rel, "not_image_extension", f"extension {path.suffix!r} is not read"))

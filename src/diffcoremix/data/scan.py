@@ -1,7 +1,9 @@
 """``diffcoremix scan``: check a class-folder dataset before anything is generated from it.
 
 Every image is read and fully decoded (in worker processes for large datasets); its content hash finds
-byte-identical files. Nothing in the dataset is modified. Problems are reported per file with a code and a
+byte-identical files, and its identity on disk the files that links make images of two classes (the listing's
+:meth:`~diffcoremix.data.folder.DatasetListing.linked`, which every command that reads DATA names). Nothing in the
+dataset is modified. Problems are reported per file with a code and a
 reason; a file with any problem is not counted among the class's images.
 """
 
@@ -22,7 +24,7 @@ from tqdm import tqdm
 
 from diffcoremix.cells import text_cell
 from diffcoremix.config import check_types, require
-from diffcoremix.data.folder import DatasetListing, Finding, ImageItem, list_images
+from diffcoremix.data.folder import LINKED, DatasetListing, Finding, ImageItem, list_images
 from diffcoremix.data.images import decode_image, read_bytes
 from diffcoremix.errors import ImageReadError
 
@@ -38,6 +40,7 @@ PROBLEM_KINDS = {
     "empty_class": "class folder without images",
     "duplicate_across_classes": "byte-identical to a file in another class",
     "duplicate_within_class": "byte-identical to another file of the same class",
+    LINKED: "the same file as an image of another class, through a link (read under two labels)",
     "unreadable": "permission denied or unreadable",
     "symlink_loop": "symbolic link loop",
     "broken_symlink": "symbolic link to a missing target",
@@ -225,6 +228,8 @@ def scan_dataset(
     class_of = {item.relpath: item.class_folder for item in listing.items}
 
     problems = {r.relpath: r.problem for r in results if r.problem is not None}
+    for finding in listing.linked():  # one file, through links: named as such, not as a byte-identical copy
+        problems.setdefault(finding.relpath, finding)
     by_digest: dict[str, list[str]] = defaultdict(list)
     for r in results:
         decoded = r.problem is None or r.problem.kind == "too_small"

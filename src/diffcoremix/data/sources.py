@@ -5,13 +5,18 @@ Every command that reads DATA takes ``--classes`` and ``--max-per-class`` (:clas
 loads: an unusable file is skipped with its reason (recorded in ``OUT/run.json``, named in one log line), and
 counts in no budget. ``filter`` decodes only the real images its reference rule compares with
 (:class:`ImageCheck`).
+
+The same line names the images a command reads despite a problem: those that links make images of two classes
+(:meth:`~diffcoremix.data.folder.DatasetListing.linked`; ``train`` and ``compare`` refuse them unless
+``--allow-duplicates``: :func:`refuse_shared_files`), and the kinds a command keeps (``mix-preview`` shows images
+below ``scan``'s minimum side, as training reads them).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -66,11 +71,14 @@ def usable_sources(
     progress: bool = False,
     scan: ScanConfig | None = None,
     what: str = "DATA",
+    keep: Collection[str] = (),
+    allow_duplicates: bool = True,
 ) -> Sources:
     """Decode every image of the (subset of the) dataset and leave out those that cannot be used.
 
     What was left out (each bad file, and the listing's own problems: empty class folders, symbolic-link loops,
-    special files) is named in one warning line (:func:`warn_skipped`).
+    special files), and what is read despite a problem (files linked into two classes, the ``keep`` kinds), is
+    named in one warning line (:func:`warn_skipped`).
 
     Args:
         data: the dataset folder or its listing.
@@ -79,14 +87,18 @@ def usable_sources(
         scan: what counts as unusable (default: ``scan``'s defaults, which generation needs; training passes
             ``min_side=1``: any image it can decode).
         what: how messages name the dataset (``DATA``, ``--val``, ``--test``).
+        keep: problem kinds whose images are read all the same (named in the warning line, not left out).
+        allow_duplicates: read a file that links make an image of two classes (named in the warning line);
+            False refuses it (``train`` and ``compare``).
 
     Returns:
         The usable listing and the skipped files.
 
     Raises:
-        DatasetError: no usable image is left.
+        DatasetError: no usable image is left, or (``allow_duplicates=False``) one file is an image of two classes.
     """
-    check = ImageCheck((config or DataConfig()).select(data), scan=scan, progress=progress, what=what)
+    check = ImageCheck((config or DataConfig()).select(data), scan=scan, progress=progress, what=what, keep=keep,
+                       allow_duplicates=allow_duplicates)  # fmt: skip
     check.check(check.listing.items)
     return check.result()
 
@@ -102,15 +114,26 @@ class ImageCheck:
         scan: what counts as unusable (default: ``scan``'s defaults).
         progress: show a progress bar per batch of images decoded.
         what: how messages name the dataset (``DATA``, ``--val``, ``--test``).
+        keep: problem kinds whose images are usable all the same (named in the warning line).
+        allow_duplicates: False refuses a file that links make an image of two classes (see :meth:`result`).
     """
 
     def __init__(
-        self, listing: DatasetListing, *, scan: ScanConfig | None = None, progress: bool = False, what: str = "DATA"
+        self,
+        listing: DatasetListing,
+        *,
+        scan: ScanConfig | None = None,
+        progress: bool = False,
+        what: str = "DATA",
+        keep: Collection[str] = (),
+        allow_duplicates: bool = True,
     ) -> None:
         self.listing = listing
         self.scan = scan or ScanConfig()
         self.progress = progress
         self.what = what
+        self.keep = frozenset(keep)
+        self.allow_duplicates = allow_duplicates
         self.problems: dict[str, Finding | None] = {}
         """Relative path -> its problem, or None when it decoded; only the images checked so far."""
 
@@ -122,9 +145,12 @@ class ImageCheck:
         for result in inspect_all(todo, self.scan, self.progress):
             self.problems[result.relpath] = result.problem
 
+    def _usable(self, problem: Finding | None) -> bool:
+        return problem is None or problem.kind in self.keep
+
     def holds_usable(self, items: Iterable[ImageItem]) -> bool:
-        """Whether one of ``items`` is known to be usable (checked, without a problem)."""
-        return any(i.relpath in self.problems and self.problems[i.relpath] is None for i in items)
+        """Whether one of ``items`` is known to be usable (checked, without a problem or with one of ``keep``)."""
+        return any(i.relpath in self.problems and self._usable(self.problems[i.relpath]) for i in items)
 
     def check_until_usable(self, groups: Mapping[str, Sequence[ImageItem]]) -> None:
         """Check each group's images in order until one decodes: after it, the first of a group's images not known
@@ -135,7 +161,7 @@ class ImageCheck:
             batch = []
             for group in list(position):
                 items, i = groups[group], position[group]
-                while i < len(items) and self.problems.get(items[i].relpath) is not None:
+                while i < len(items) and not self._usable(self.problems.get(items[i].relpath)):
                     i += 1  # known to be unusable: the next one may be the first usable
                 if i == len(items) or items[i].relpath in self.problems:
                     del position[group]  # none left, or the first one not known to be unusable decoded
@@ -145,25 +171,34 @@ class ImageCheck:
             self.check(batch)
 
     def unusable(self) -> list[Finding]:
-        """The problems found so far, in listing order."""
+        """The problems found so far that leave their image out, in listing order."""
+        return self._in_order(f for f in self.problems.values() if not self._usable(f))
+
+    def kept(self) -> list[Finding]:
+        """The problems found so far whose images are read all the same (``keep``), in listing order."""
+        return self._in_order(f for f in self.problems.values() if f is not None and f.kind in self.keep)
+
+    def _in_order(self, findings: Iterable[Finding | None]) -> list[Finding]:
         order = {item.relpath: n for n, item in enumerate(self.listing.items)}
-        bad = [f for f in self.problems.values() if f is not None]
-        return sorted(bad, key=lambda f: order.get(f.relpath, len(order)))
+        return sorted((f for f in findings if f is not None), key=lambda f: order.get(f.relpath, len(order)))
 
     def result(self) -> Sources:
         """The listing less the images found unusable, which are named in one warning line (:func:`warn_skipped`).
 
         Images never checked stay in. When none is known to be usable, every image left is checked first, so that
-        a dataset with nothing usable is refused as :func:`usable_sources` refuses it.
+        a dataset with nothing usable is refused as :func:`usable_sources` refuses it. Without ``allow_duplicates``,
+        a file that links make an image of two classes is refused before anything is named.
 
         Raises:
-            DatasetError: no usable image is left.
+            DatasetError: no usable image is left, or (``allow_duplicates=False``) one file is an image of two classes.
         """
         if not self.holds_usable(self.listing.items):
             self.check(self.listing.items)
         bad = self.unusable()
         usable = self.listing.without({f.relpath for f in bad})
-        warn_skipped(usable, bad, self.what)
+        if not self.allow_duplicates:
+            refuse_shared_files(usable, self.what)
+        warn_skipped(usable, bad, self.what, self.kept())
         if not usable.items:
             root = self.listing.root
             raise DatasetError(f"{self.what} {root} has no usable image{_summary(self.listing.problems, bad)}: run "
@@ -184,27 +219,50 @@ def require_classes(listing: DatasetListing, what: str = "DATA", minimum: int = 
                            f"classifier needs at least {minimum}")  # fmt: skip
 
 
-def warn_skipped(listing: DatasetListing, bad: Sequence[Finding], what: str = "DATA") -> None:
+def refuse_shared_files(listing: DatasetListing, what: str = "DATA") -> None:
+    """Refuse a listing in which links make one file an image of two classes: training would read it under two
+    labels, scoring would count it wrong under one of them (``train`` and ``compare``, unless
+    ``--allow-duplicates``).
+
+    Raises:
+        DatasetError: naming the first such file, its classes, and how many there are.
+    """
+    shared = listing.shared_files()
+    if not shared:
+        return
+    first = shared[0]
+    classes = " and ".join(map(repr, dict.fromkeys(i.class_folder for i in first)))
+    paths = " and ".join(i.relpath for i in first)
+    raise DatasetError(f"{what} {listing.root}: {len(shared)} file(s) are images of two classes through links (first: "
+                       f"{paths} are one file, in classes {classes}): each would be read under two labels; remove "
+                       "the links, or pass --allow-duplicates to read them as they are")  # fmt: skip
+
+
+def warn_skipped(
+    listing: DatasetListing, bad: Sequence[Finding], what: str = "DATA", kept: Sequence[Finding] = ()
+) -> None:
     """One warning line about what of ``listing`` a command does not read: the bad files ``bad`` and the listing's
-    problems, counted per kind, with the first one and the classes left without any usable image.
+    problems, counted per kind, with the first one and the classes left without any usable image; and, on the same
+    line, what it reads despite a problem: the ``kept`` images and those that links make images of two classes.
 
     Args:
         listing: the listing the command reads (without ``bad``).
         bad: the files left out, with their problem codes.
         what: how the message names the dataset.
+        kept: images read all the same, with their problem codes.
     """
     problems = [*listing.problems, *bad]
-    if not problems:
+    flagged = [*kept, *listing.linked()]
+    if not problems and not flagged:
         return
-    others = len(listing.problems)
-    counted = f"{len(bad)} image(s) that cannot be used" + (f" and {others} other problem(s)" if others else "")
-    if not bad:
-        counted = f"{others} problem(s)"
-    reported = {f.relpath for f in listing.problems if f.kind == "empty_class"}
-    emptied = [c for c, items in listing.by_class().items() if not items and c not in reported]
-    empty = f"; no usable image in class(es) {', '.join(map(repr, emptied))}" if emptied else ""
-    message = (f"{what} {listing.root}: skipped {counted}{_summary(listing.problems, bad)}{empty}; run "
-               f"`diffcoremix scan {listing.root}` for the list")  # fmt: skip
+    parts = []
+    if problems:
+        parts.append(f"skipped {_skipped(listing, bad)}")
+    if flagged:
+        order = {item.relpath: n for n, item in enumerate(listing.items)}
+        flagged.sort(key=lambda f: order.get(f.relpath, len(order)))
+        parts.append(f"read {len({f.relpath for f in flagged})} image(s) despite a problem{_summary(flagged, ())}")
+    message = f"{what} {listing.root}: {'; '.join(parts)}; run `diffcoremix scan {listing.root}` for the list"
     said = _SAID.get()
     if said is not None:
         if message in said:
@@ -225,6 +283,19 @@ def skips_named_once() -> Iterator[None]:
         yield
     finally:
         _SAID.reset(token)
+
+
+def _skipped(listing: DatasetListing, bad: Sequence[Finding]) -> str:
+    """``2 image(s) that cannot be used and 1 other problem(s) (corrupt 2, special 1; first: ...)``, and the classes
+    left without any usable image."""
+    others = len(listing.problems)
+    counted = f"{len(bad)} image(s) that cannot be used" + (f" and {others} other problem(s)" if others else "")
+    if not bad:
+        counted = f"{others} problem(s)"
+    reported = {f.relpath for f in listing.problems if f.kind == "empty_class"}
+    emptied = [c for c, items in listing.by_class().items() if not items and c not in reported]
+    empty = f"; no usable image in class(es) {', '.join(map(repr, emptied))}" if emptied else ""
+    return f"{counted}{_summary(listing.problems, bad)}{empty}"
 
 
 def _summary(problems: Sequence[Finding], bad: Sequence[Finding]) -> str:

@@ -39,6 +39,7 @@ from diffcoremix.data.folder import DatasetListing, list_images
 from diffcoremix.data.images import open_image
 from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.manifest import read_manifest
+from diffcoremix.manifest.layout import MANIFEST_DIR, OutputFolder
 from diffcoremix.seeds import derive_seed, generator_for, stable_choice
 
 PARTNER_NONE, PARTNER_OWN, PARTNER_CLASS, PARTNER_REAL = 0, 1, 2, 3
@@ -52,8 +53,14 @@ def accepted_images(out: str | Path) -> list[dict[str, Any]]:
     """The accepted candidates of a filtered generation run (``source``, ``class_folder``, ``output``).
 
     Raises:
-        DatasetError: the run has not been filtered.
+        DatasetError: ``out`` is missing, not a folder or not a generation run, or the run has not been filtered.
     """
+    if not Path(out).is_dir():
+        missing = "does not exist" if not Path(out).exists() else "is not a folder"
+        raise DatasetError(f"--synthetic {out} {missing}: give a filtered generate or augment output folder")
+    if not OutputFolder(out).shard_paths():
+        raise DatasetError(f"--synthetic {out} is not a generation run (no {MANIFEST_DIR}/ in it): give a filtered "
+                           "generate or augment output folder")  # fmt: skip
     table = read_manifest(out)
     if "accepted" not in table.columns:
         raise DatasetError(f"{out} has not been filtered: run `diffcoremix filter {out}` (or augment) first")

@@ -96,8 +96,9 @@ def preview_rows(
     transform = v2.Compose([v2.Resize((size, size), antialias=True), v2.PILToTensor()])
     listing = data if isinstance(data, DatasetListing) else list_images(data)
     shown = [c for c in listing.classes if c in listing.by_class()][:max_classes]
-    # Only the classes shown are decoded; what of them cannot be read is named in one warning line.
-    listing = usable_sources(listing.subset(shown), scan=ScanConfig(min_side=1)).listing
+    # Only the classes shown are decoded; what of them cannot be read is named in one warning line, and so are the
+    # images below generation's minimum side (scan's): shown all the same, resized as training resizes them.
+    listing = usable_sources(listing.subset(shown), scan=ScanConfig(), keep=("too_small",)).listing
     dataset = PairedDataset(listing, synthetic, transform=transform, seed=seed)
     chosen: list[int] = []
     in_use = dataset.listing.by_class()  # the classes of a --classes subset, else all

@@ -471,8 +471,10 @@ def step_budget(config: TrainConfig, train_images: int) -> int:
 
 
 def _train_images(data: Path, config: TrainConfig, data_config: DataConfig, val: Path | None, progress: bool) -> int:
-    """How many real images ``train`` trains on (the usable ones of the subset, less a --val-split share)."""
-    listing = usable_sources(data, data_config, progress=progress, scan=ScanConfig(min_side=1)).listing
+    """How many real images ``train`` trains on (the usable ones of the subset, less a --val-split share): what
+    every run will refuse in DATA is refused here, before the first run."""
+    listing = usable_sources(data, data_config, progress=progress, scan=ScanConfig(min_side=1),
+                             allow_duplicates=config.allow_duplicates).listing  # fmt: skip
     require_classes(listing)
     if val is None and config.val_split:
         listing, _ = split_validation(listing, config.val_split, config.seed)  # its size does not depend on the seed
@@ -571,10 +573,11 @@ def compare(
     specs = parse_methods(methods, partners=config.partners)
     seed_list = parse_seeds(seeds)
     _check_inputs(specs, config, out, val_path, test_path, synthetic_path)
-    steps = config.max_steps or step_budget(config, _train_images(data, config, data_config, val_path, progress))
+    steps = step_budget(config, _train_images(data, config, data_config, val_path, progress))
     for path, what in ((val_path, "--val"), (test_path, "--test")):
-        if path is not None:  # named (and refused when nothing is usable) before the first run
-            usable_sources(path, progress=progress, scan=ScanConfig(min_side=1), what=what)
+        if path is not None:  # named (and refused when nothing is usable, or linked) before the first run
+            usable_sources(path, progress=progress, scan=ScanConfig(min_side=1), what=what,
+                           allow_duplicates=config.allow_duplicates)  # fmt: skip
     if config.max_steps is None:
         logger.info(
             "step budget: %d optimizer steps for every method (%d epoch(s) of the real training set at batch size "

@@ -101,6 +101,9 @@ class TrainConfig:
     """cuda, cpu, mps, or auto."""
     val_split: float = 0.0
     """Hold out this share of DATA, stratified by class and seeded, for validation (when no --val is given)."""
+    allow_duplicates: bool = False
+    """Read a file that links make an image of two classes of DATA, --val or --test (a class folder linked to
+    another's, a file linked into two) under both labels, with a warning; else such a dataset is refused."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every this many steps (0: at the end of every epoch)."""
     log_every: int = 1

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -77,8 +78,9 @@ from diffcoremix.train.transforms import eval_transform, train_transform
 logger = logging.getLogger(__name__)
 
 SETTINGS_VERSION = 1
-NOT_WEIGHTS = ("device", "workers", "checkpoint_every", "log_every")
-"""Options that do not change the weights: left out of ``settings.json``, so a resume may change them."""
+NOT_WEIGHTS = ("device", "workers", "checkpoint_every", "log_every", "allow_duplicates")
+"""Options that do not change the weights: left out of ``settings.json``, so a resume may change them
+(``allow_duplicates`` decides whether a run starts; the images it reads are in the settings' data digest)."""
 
 
 @dataclass(frozen=True)
@@ -252,20 +254,23 @@ def _prepare(
     if not data.is_dir():
         raise DatasetError(f"dataset {data} does not exist or is not a folder")
     # Every image that decodes is trained on (usable_sources names the others in one warning line); generation's
-    # minimum size does not apply: training resizes.
-    sources = usable_sources(data, data_config, progress=progress, scan=ScanConfig(min_side=1))
+    # minimum size does not apply: training resizes. A file that links make an image of two classes is refused
+    # unless allow_duplicates: it would be read under two labels.
+    read = functools.partial(usable_sources, progress=progress, scan=ScanConfig(min_side=1),
+                             allow_duplicates=config.allow_duplicates)  # fmt: skip
+    sources = read(data, data_config)
     listing = sources.listing
     require_classes(listing)
     if val is not None and config.val_split:
         raise ConfigError("val_split", config.val_split, "0 when --val is given (one validation set at a time)")
     val_listing = None
     if val is not None:
-        val_listing = usable_sources(val, progress=progress, scan=ScanConfig(min_side=1), what="--val").listing
+        val_listing = read(val, what="--val").listing
     elif config.val_split:
         listing, val_listing = split_validation(listing, config.val_split, config.seed)
     test_listing = None
     if test is not None:
-        test_listing = usable_sources(test, progress=progress, scan=ScanConfig(min_side=1), what="--test").listing
+        test_listing = read(test, what="--test").listing
     if config.needs_synthetic and synthetic is None:
         raise ConfigError("method", config.method, "--synthetic OUT (a filtered generation run), or --partners real")
     count = 0
