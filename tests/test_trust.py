@@ -182,8 +182,12 @@ def test_a_generated_image_replaced_by_the_user_is_kept_and_its_candidate_record
     assert row.status == "blocked"
     assert f"{image} was replaced since diffcoremix wrote it" in row.error
     assert str(image) in caplog.text
-    generate(data, out, PromptsConfig(), TINY, overwrite=True)  # starting afresh keeps it too
+    other = out / reference.output[1]
+    theirs = _photo(other, "green")  # replaced, then straight to starting afresh: the manifest still names it as ours
+    generate(data, out, PromptsConfig(), TINY, overwrite=True)  # starting afresh keeps both
     assert image.read_bytes() == mine
+    assert other.read_bytes() == theirs
+    other.unlink()
     image.rename(tmp_path / "mine.png")  # what the warning asks: then the rerun makes the image again
     generate(data, out, PromptsConfig(), TINY)
     again = read_manifest(out).set_index("key").loc[reference.key[0]]
@@ -238,11 +242,11 @@ def test_a_damaged_layout_record_of_a_training_run_does_not_stop_overwrite(data:
     from diffcoremix.train.run import read_metrics
 
     run = tmp_path / "run"
-    config = TrainConfig(model="resnet20", batch_size=4, img_size=32, max_steps=2)
-    train(data, output=run, config=config)
+    train(data, output=run, config=TrainConfig(model="resnet20", batch_size=4, img_size=32, max_steps=2))
     (run / "layout.json").write_text("{")
-    train(data, output=run, config=config, overwrite=True)  # afresh: the run's files are deleted by their names
-    assert [line["step"] for line in read_metrics(run, "step")] == [1, 2]
+    longer = TrainConfig(model="resnet20", batch_size=4, img_size=32, max_steps=3)
+    train(data, output=run, config=longer, overwrite=True)  # afresh: the run's files are deleted by their names
+    assert [line["step"] for line in read_metrics(run, "step")] == [1, 2, 3]
     assert json.loads((run / "layout.json").read_text())["format"] == 2
 
 
@@ -323,3 +327,26 @@ def test_a_read_only_output_is_one_line(data: Path, tmp_path: Path) -> None:
         assert result.stderr.strip().splitlines() == [
             f"diffcoremix augment: error: cannot write to {out}: read-only file system"
         ]
+
+
+# --- 10. the cache holds only what the run uses --------------------------------------------------------------------
+
+
+def test_after_a_settings_change_the_cache_holds_what_a_fresh_run_holds(data: Path, tmp_path: Path) -> None:
+    out, fresh = _augmented(data, tmp_path / "out"), tmp_path / "fresh"
+    other = PromptsConfig(seed=8)
+    (out / "settings.json").unlink()  # the settings change is then found record by record: every image is redone
+    (out / "cache" / "0123456789abcdef" / "00").mkdir(parents=True)  # another embedder's entry, and a file of the
+    (out / "cache" / "0123456789abcdef" / "00" / f"{'0' * 64}.npy").write_bytes(b"x")  # user's, not of our form
+    (out / "cache" / "notes.txt").write_text("mine")
+    generate(data, out, other, TINY)
+    filter_run(out, KEEP_ALL)
+    generate(data, fresh, other, TINY)
+    filter_run(fresh, KEEP_ALL)
+
+    def entries(folder: Path) -> list[str]:
+        return sorted(p.relative_to(folder).as_posix() for p in (folder / "cache").rglob("*.npy"))
+
+    assert entries(out) == entries(fresh)
+    assert len(entries(fresh)) == 8  # the 4 real images and the 4 generated ones
+    assert (out / "cache" / "notes.txt").read_text() == "mine"

@@ -10,10 +10,12 @@ at the end of the array).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -34,13 +36,15 @@ TAG_BYTES = 32
 
 
 class EmbeddingCache:
-    """``root/<embedder id hash>/<sha[:2]>/<sha>.npy``; ``hits`` and ``misses`` count lookups."""
+    """``root/<embedder id hash>/<sha[:2]>/<sha>.npy``; ``hits`` and ``misses`` count lookups, ``used`` holds the
+    digest of every image looked up or stored (what :func:`prune` keeps)."""
 
     def __init__(self, root: str | Path, embedder_id: str) -> None:
-        self.folder = Path(root) / hashlib.sha256(embedder_id.encode()).hexdigest()[:16]
+        self.folder = Path(root) / embedder_folder(embedder_id)
         self.embedder_id = embedder_id
         self.hits = 0
         self.misses = 0
+        self.used: set[str] = set()
 
     def _path(self, digest: str) -> Path:
         return self.folder / digest[:2] / f"{digest}.npy"
@@ -49,6 +53,7 @@ class EmbeddingCache:
         return hashlib.sha256(self.embedder_id.encode() + b"\0" + digest.encode() + b"\0" + payload).digest()
 
     def get(self, digest: str) -> np.ndarray | None:
+        self.used.add(digest)
         path = self._path(digest)
         try:
             data = path.read_bytes()
@@ -75,10 +80,44 @@ class EmbeddingCache:
         return self._path(digest).is_file()
 
     def put(self, digest: str, vector: np.ndarray) -> None:
+        self.used.add(digest)
         buffer = io.BytesIO()
         np.save(buffer, vector.astype(np.float32))
         payload = buffer.getvalue()
         atomic_write_bytes(self._path(digest), payload + self._tag(digest, payload))
+
+
+def embedder_folder(embedder_id: str) -> str:
+    """The cache's folder of one embedder's entries (16 hex digits of its id's SHA-256)."""
+    return hashlib.sha256(embedder_id.encode()).hexdigest()[:16]
+
+
+ENTRY = re.compile(r"^[0-9a-f]{16}/[0-9a-f]{2}/[0-9a-f]{64}\.npy$")
+"""The path of a cache entry below the cache's root: embedder folder, the digest's first two digits, digest."""
+
+
+def prune(root: str | Path, embedder_id: str, keep: Collection[str]) -> int:
+    """Delete the entries of the cache at ``root`` that hold no embedding of ``keep`` (image digests) by the embedder
+    ``embedder_id``: other embedders' entries, and the entries of images no record names any more. Only names of
+    the cache's own form are touched; folders left empty go. Returns how many entries were deleted.
+
+    For a cache that one output folder owns (``OUT/cache``), after a filtering that looked up every image its
+    decisions name: a cache shared between runs is not to be pruned.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return 0
+    mine, deleted = embedder_folder(embedder_id), 0
+    for path in sorted(root.rglob("*.npy")):
+        relpath = path.relative_to(root).as_posix()
+        if ENTRY.match(relpath) and not (relpath.startswith(f"{mine}/") and path.stem in keep):
+            path.unlink(missing_ok=True)
+            deleted += 1
+    for folder in sorted((p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()), reverse=True):
+        if re.fullmatch(r"[0-9a-f]{16}(/[0-9a-f]{2})?", folder.relative_to(root).as_posix()):
+            with contextlib.suppress(OSError):  # only empty ones
+                folder.rmdir()
+    return deleted
 
 
 class _Files(Dataset[torch.Tensor]):

@@ -30,7 +30,7 @@ from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, ImageCheck
 from diffcoremix.devices import resolve_device
 from diffcoremix.embedders import default_embedder
-from diffcoremix.embedders.cache import EmbeddingCache, EmbedFiles, embed_files
+from diffcoremix.embedders.cache import EmbeddingCache, EmbedFiles, embed_files, prune
 from diffcoremix.embedders.models import Embedder, load_embedder
 from diffcoremix.errors import DatasetError, ImageReadError
 from diffcoremix.filter.config import FilterConfig
@@ -143,6 +143,8 @@ class Scored:
     rows: list[dict[str, Any]]
     classes: tuple[str, ...]
     """Every class of DATA (each gets its folders in the views)."""
+    embedded: frozenset[str] = frozenset()
+    """The digests of every image whose embedding the scoring used (what OUT's cache keeps)."""
 
 
 def filter_run(
@@ -262,7 +264,7 @@ def score(
                 cls.accepted += int(row["accepted"])
                 cls.scores.append(round(row["score"], 6))
         report.cache_hits, report.cache_misses = cache.hits, cache.misses
-        return Scored(report, rows, listing.classes)
+        return Scored(report, rows, listing.classes, frozenset(cache.used))
 
 
 def _candidates(folder: OutputFolder, keys: Container[str] | None) -> list[dict[str, Any]]:
@@ -411,6 +413,9 @@ def write_outputs(folder: OutputFolder, data: Path, config: FilterConfig, scored
     extra = {f"{REPORT_DIR}/{name}": data for name, data in plots.items()}
     counts = relayout(folder.path, scored.rows, scored.classes, extra=extra)
     logger.info("views re-derived: %s", counts)
+    if config.cache_dir is None:  # OUT's own cache holds what these decisions used, no more (a shared one is left)
+        pruned = prune(folder / CACHE_DIR, scored.report.embedder, scored.embedded)
+        logger.info("cache: %d entr%s no record names any more deleted", pruned, "y" if pruned == 1 else "ies")
     write_resolved_config(folder / FILTER_CONFIG_FILE, {"filter": config}, data=data)
     write_text_if_changed(folder / FILTER_REPORT_FILE, _report_json(report))
 
