@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from diffcoremix import __version__, list_packs
 from diffcoremix.cli.main import main
@@ -112,11 +113,15 @@ def test_sample_data_is_deterministic_and_never_overwrites_user_data(tmp_path: P
     assert (tmp_path / "a" / MARKER).is_file()
     # A rerun replaces its own output with --overwrite (and nothing it did not write), and refuses without it.
     (tmp_path / "a" / "notes.txt").write_text("mine")
+    photo = tmp_path / "a" / "001.circle" / "circle_0001.png"  # the user's own photo under one of its names
+    Image.new("RGB", (8, 8), "red").save(photo)
+    mine = photo.read_bytes()
     assert main(["sample-data", str(tmp_path / "a"), "--per-class", "3", "--overwrite"]) == 0
     assert len(list((tmp_path / "a").rglob("*.png"))) == 9
     assert (tmp_path / "a" / "notes.txt").read_text() == "mine"
+    assert photo.read_bytes() == mine
     assert main(["sample-data", str(tmp_path / "a"), "--per-class", "1", "--overwrite"]) == 0
-    assert len(list((tmp_path / "a").rglob("*.png"))) == 3
+    assert len(list((tmp_path / "a").rglob("*.png"))) == 4  # and the user's photo
     assert main(["sample-data", str(tmp_path / "a")]) == 2
     # A folder that is not a sample dataset is never replaced, even with --overwrite.
     user = make_class_folders(tmp_path / "user", {"x": 1})

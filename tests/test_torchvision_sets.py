@@ -295,7 +295,12 @@ def test_a_folder_without_marker_is_completed_without_rewriting_its_files(
     # An image of ours under another class (as a run with other labels would leave it) would be mislabelled.
     stray = next(p for p in kept if not p.parent.name.startswith("000."))
     (folder / "000.airplane" / stray.name).write_bytes(stray.read_bytes())
+    # A photo of the user's under a name of our form is not ours, whatever its name: it stays.
+    theirs = folder / "000.airplane" / next(p.name for p in kept if p.parent.name.startswith("001."))
+    theirs.write_bytes(stray.read_bytes() + b"the user's")
     materialise("cifar10", "train", tmp_path)
+    assert theirs.read_bytes() == stray.read_bytes() + b"the user's"
+    theirs.unlink()
     assert _files(folder) == expected
     assert {p: p.stat().st_mtime_ns for p in kept} == kept
 

@@ -8,12 +8,14 @@ this set exists so that ``make demo`` needs nothing but the project itself.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from diffcoremix.atomic import atomic_write_bytes
 from diffcoremix.errors import DatasetError
 from diffcoremix.seeds import derive_seed
 
@@ -47,17 +49,42 @@ def _draw(shape: str, rng: np.random.Generator, size: int) -> Image.Image:
 
 
 def _remove_own_files(out: Path) -> None:
-    """Delete the files an earlier :func:`make_sample_dataset` wrote (by their names); keep anything else."""
+    """Delete the images an earlier :func:`make_sample_dataset` wrote that still hold what it drew (its marker
+    records the seed, count and size they are drawn from); keep anything else, a photo put there under one of its
+    names included."""
+    made = _marker(out / MARKER)
     for index, shape in enumerate(SHAPES, start=1):
         folder = out / f"{index:03d}.{shape}"
-        for path in folder.glob(f"{shape}_[0-9][0-9][0-9][0-9].png"):
-            path.unlink()
+        for i in range(made.get("per_class", 0)):
+            path = folder / f"{shape}_{i:04d}.png"
+            rng = np.random.default_rng(derive_seed(made["seed"], "sample-data", shape, i))
+            if path.is_file() and _pixels(path) == _draw(shape, rng, made["size"]).tobytes():
+                path.unlink()
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when nothing else is in it
     (out / MARKER).unlink()
     left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     if left:
         logger.warning("%s: %d file(s) not made by sample-data are kept: %s", out, len(left), ", ".join(left[:3]))
+
+
+def _marker(path: Path) -> dict[str, int]:
+    """The counts of a sample dataset's marker (empty where it is damaged: then no image is taken for ours)."""
+    made: dict[str, int] = {}
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        key, _, value = line.partition(": ")
+        if key in ("per_class", "size", "seed") and value.strip().isdigit():
+            made[key] = int(value)
+    return made if len(made) == 3 else {}
+
+
+def _pixels(path: Path) -> bytes | None:
+    try:
+        with Image.open(path) as image:
+            pixels: bytes = image.convert("RGB").tobytes()
+            return pixels
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
 
 
 def make_sample_dataset(
@@ -91,12 +118,22 @@ def make_sample_dataset(
             hint = "" if overwrite else "; pass --overwrite to replace an earlier sample dataset"
             raise DatasetError(f"{out} exists and is not a sample dataset made by diffcoremix{hint}")
     out.mkdir(parents=True, exist_ok=True)
+    kept = []
     for index, shape in enumerate(SHAPES, start=1):
         folder = out / f"{index:03d}.{shape}"
         folder.mkdir(exist_ok=True)
         for i in range(per_class):
+            path = folder / f"{shape}_{i:04d}.png"
+            if path.exists():  # a file of the user's under this name (ours were removed above): it stays
+                kept.append(path.relative_to(out).as_posix())
+                continue
             rng = np.random.default_rng(derive_seed(seed, "sample-data", shape, i))
-            _draw(shape, rng, size).save(folder / f"{shape}_{i:04d}.png")
+            buffer = io.BytesIO()
+            _draw(shape, rng, size).save(buffer, format="PNG")
+            atomic_write_bytes(path, buffer.getvalue())
+    if kept:
+        logger.warning("%s: %d file(s) that sample-data did not write stand under its names and are kept: %s", out,
+                       len(kept), ", ".join(kept[:3]))  # fmt: skip
     (out / MARKER).write_text(
         f"made_by: diffcoremix sample-data\nper_class: {per_class}\nsize: {size}\nseed: {seed}\n",
         encoding="utf-8",

@@ -326,9 +326,17 @@ def _write_split(
     present = {f"{class_folder}/{e.name}" for class_folder in folders for e in os.scandir(folder / class_folder)}
     targets = [f"{folders[label]}/{index:06d}.png" for index, label in enumerate(labels)]
     for stray in sorted(present - set(targets)):  # an image of ours under another label: it would be mislabelled
-        if _IMAGE_NAME.fullmatch(stray.rsplit("/", 1)[1]):
+        file_name = stray.rsplit("/", 1)[1]
+        if not _IMAGE_NAME.fullmatch(file_name):
+            continue
+        index = int(file_name.split(".")[0])
+        ours = index < len(labels) and (folder / stray).read_bytes() == _png(dataset[index][0])
+        if ours:  # what we wrote for that index: ours to remove
             logger.warning("%s: removing %s, which is not an image of this split", folder, stray)
             (folder / stray).unlink()
+        else:
+            logger.warning("%s: %s is not an image of this split and was not written by diffcoremix: left in place "
+                           "(image loaders will read it; move it away)", folder, stray)  # fmt: skip
     missing = [index for index, target in enumerate(targets) if target not in present]
     logger.info("%s %s: writing %d of %d images to %s", name, split, len(missing), len(targets), folder)
     done = len(targets) - len(missing)
