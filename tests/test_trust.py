@@ -350,3 +350,21 @@ def test_after_a_settings_change_the_cache_holds_what_a_fresh_run_holds(data: Pa
     assert entries(out) == entries(fresh)
     assert len(entries(fresh)) == 8  # the 4 real images and the 4 generated ones
     assert (out / "cache" / "notes.txt").read_text() == "mine"
+
+
+def test_a_file_of_the_users_beside_a_named_output_is_never_replaced(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = tmp_path / "scan.config.yaml"  # where `scan -o scan.json` writes its resolved config
+    mine.write_text("my own settings\n")
+    result = run_in_process(capsys, "scan", data, "-o", tmp_path / "scan.json")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"diffcoremix scan: error: {mine} exists and is not a resolved config written by diffcoremix: move it away, "
+        "or choose another -o"
+    ]
+    assert mine.read_text() == "my own settings\n"
+    assert not (tmp_path / "scan.json").exists()  # refused before any work
+    mine.unlink()
+    assert run_in_process(capsys, "scan", data, "-o", tmp_path / "scan.json").returncode == 0
+    assert run_in_process(capsys, "scan", data, "-o", tmp_path / "scan.json").returncode == 0  # ours: replaced

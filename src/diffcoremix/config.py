@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from diffcoremix.atomic import write_text_if_changed
-from diffcoremix.errors import ConfigError, UnknownNameError
+from diffcoremix.errors import ConfigError, ForeignFileError, UnknownNameError
 
 C = TypeVar("C")
 
@@ -251,10 +251,31 @@ CONFIG_MARK = "# diffcoremix_version: "
 """The first facts line of every resolved config (:func:`write_resolved_config`): a mark only diffcoremix writes."""
 
 
+def check_config_target(path: str | Path) -> None:
+    """Refuse a path where :func:`write_resolved_config` would replace a file that is not a resolved config.
+
+    Raises:
+        ForeignFileError: such a file (or a folder) stands at ``path``.
+    """
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            if not any(line.startswith(CONFIG_MARK) for line in handle):
+                raise ForeignFileError(path, "a resolved config")
+    except FileNotFoundError:
+        pass
+    except IsADirectoryError:
+        raise ForeignFileError(path, "a resolved config") from None
+
+
 def write_resolved_config(path: str | Path, stages: Mapping[str, Any], **extra: Any) -> Path:
     """Write the resolved configuration of a run (one section per stage, plus ``extra`` facts) as YAML.
 
-    The file can be passed back with ``--config`` to repeat the run.
+    The file can be passed back with ``--config`` to repeat the run. An existing file is replaced only when it is a
+    resolved config (it holds :data:`CONFIG_MARK`): ``scan -o report.json`` writes ``report.config.yaml`` beside the
+    file the user named, which may be one of the user's.
+
+    Raises:
+        ForeignFileError: a file that is not a resolved config stands at ``path``.
     """
     from diffcoremix._version import __version__
 
@@ -264,5 +285,6 @@ def write_resolved_config(path: str | Path, stages: Mapping[str, Any], **extra: 
     text += f"# run facts (not options)\n{CONFIG_MARK}{__version__}\n" + "".join(
         f"# {k}: {v}\n" for k, v in meta.items()
     )
+    check_config_target(path)
     write_text_if_changed(path, text)  # a rerun with the same options leaves the file as it was
     return Path(path)

@@ -130,3 +130,11 @@ class PathBlockedError(DiffCoReMixError):
             f"{blocker} is a file where diffcoremix keeps a folder: move it away (mv {blocker} ELSEWHERE) and rerun"
         )
         self.blocker = Path(blocker)
+
+
+class ForeignFileError(DiffCoReMixError):
+    """A file that diffcoremix did not write stands where it would write one of its own."""
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        super().__init__(f"{path} exists and is not {what} written by diffcoremix: move it away, or choose another -o")
+        self.path = Path(path)

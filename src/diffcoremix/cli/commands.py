@@ -18,7 +18,7 @@ from diffcoremix.atomic import atomic_write_text
 from diffcoremix.cells import text_cell
 from diffcoremix.cli.options import add_config_options, config_from_args
 from diffcoremix.cluster.config import ExecutorConfig
-from diffcoremix.config import write_resolved_config
+from diffcoremix.config import check_config_target, write_resolved_config
 from diffcoremix.counterparts import STREAMED_BYTES_PER_CANDIDATE
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.data.scan import ScanConfig, scan_dataset
@@ -71,9 +71,11 @@ def _data_config(args: argparse.Namespace) -> DataConfig:
 
 
 def _check_file_output(data: Path, output: Path | None) -> None:
-    """A file written beside a command's report must not land inside DATA."""
+    """A file written beside a command's report must not land inside DATA, nor replace a file of the user's (its
+    resolved config goes beside it): both are refused before any work."""
     if output is not None:
         check_separate(data, output)
+        check_config_target(output.with_suffix(".config.yaml"))
 
 
 # --- scan -------------------------------------------------------------------------------------------------------
