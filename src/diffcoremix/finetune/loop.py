@@ -579,10 +579,32 @@ def _save_model(out: Path, models: _Models, config: FinetuneConfig, trainer: _Tr
     """Write the weights into MODEL (through a temporary folder, moved into place); returns their digest."""
     if trainer.ema is not None:
         trainer.ema.copy_to(models.trainable)
-    tmp = out / SAVE_TMP
+    with _save_folder(out / SAVE_TMP) as tmp:
+        saved = _save_into(tmp, out, models, config)
+    h = hashlib.sha256()
+    for rel in saved:
+        if rel.endswith((".safetensors", ".bin")):
+            h.update(f"{rel}\t{file_sha256(out / rel)}\n".encode())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _save_folder(tmp: Path) -> Iterator[Path]:
+    """The temporary folder the model is saved into (emptied first, removed at the end); removed too when the save
+    stops on an error or a stop signal (SIGTERM, Ctrl-C): a rerun saves again from the last checkpoint."""
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rmdir()
+
+
+def _save_into(tmp: Path, out: Path, models: _Models, config: FinetuneConfig) -> list[str]:
+    """Save the pipeline (or its LoRA weights) into ``tmp``, then move each part into MODEL; the saved files."""
     pipe = models.pipe
     if config.method == "lora":
         from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
@@ -605,12 +627,7 @@ def _save_model(out: Path, models: _Models, config: FinetuneConfig, trainer: _Tr
             shutil.rmtree(target)
         faults.write_point(target)
         os.replace(tmp / name, target)
-    tmp.rmdir()
-    h = hashlib.sha256()
-    for rel in saved:
-        if rel.endswith((".safetensors", ".bin")):
-            h.update(f"{rel}\t{file_sha256(out / rel)}\n".encode())
-    return h.hexdigest()
+    return saved
 
 
 def _loss_plot(losses: list[dict[str, Any]]) -> bytes:
