@@ -12,6 +12,10 @@ resumed one (manifest rows without wall times, decisions, image and weight hashe
   start-up (:func:`diffcoremix.faults.started`: arguments parsed, torch imported; a kill during imports would prove
   nothing), within the time the uninterrupted run took from there to its end.
 
+A stop signal (SIGTERM, SIGHUP: what Slurm, Kubernetes and ``timeout`` send) is sent the same two ways: by the child
+to itself at a write point (``run(..., signum=...)``), or by the harness as soon as the child's trace shows a given
+write (:func:`run_signalled`), to the child alone or to its process group (its DataLoader workers too).
+
 Used by ``tests/test_faults.py`` (a fast slice) and ``benchmarks/faults.py`` (the full count, RELIABILITY.md).
 """
 
@@ -34,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from diffcoremix.faults import FAULT_ENV, START_MARK, TRACE_ENV
+from diffcoremix.faults import FAULT_ENV, SIGNAL_ENV, START_MARK, TRACE_ENV
 
 TIMEOUT = 600
 
@@ -78,7 +82,7 @@ class Outcome:
 
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, TRACE_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, TRACE_ENV, SIGNAL_ENV)}
     # One torch thread in every run: the bytes of an image depend on the thread count (README, determinism).
     return {**env, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **extra}
 
@@ -98,14 +102,18 @@ def _count(job: Job, out: Path, trace: Path) -> Counter[str]:
     return Counter(job.phase_of(out, line) or "other" for line in lines if line != START_MARK)
 
 
-def run(job: Job, out: Path, *, kill_at: tuple[str, int] | None = None) -> Outcome:
-    """Run the job on ``out``; with ``kill_at=(phase, n)`` the child kills itself at that phase's n-th write."""
+def run(
+    job: Job, out: Path, *, kill_at: tuple[str, int] | None = None, signum: signal.Signals = signal.SIGKILL
+) -> Outcome:
+    """Run the job on ``out``; with ``kill_at=(phase, n)`` the child kills itself at that phase's n-th write (or
+    sends itself ``signum`` there)."""
     trace = out.parent / f".{out.name}.trace"
     trace.unlink(missing_ok=True)
     extra = {TRACE_ENV: str(trace)}
     if kill_at is not None:
         phase, n = kill_at
         extra[FAULT_ENV] = f"{out.absolute().as_posix()}/{job.phases[phase]}@{n}"
+        extra[SIGNAL_ENV] = signum.name
     start = time.monotonic()
     done = subprocess.run(
         job.command(out), capture_output=True, text=True, env=_env(extra), timeout=TIMEOUT, check=False
@@ -147,6 +155,62 @@ def _watch(job: Job, out: Path, delay: float) -> tuple[Outcome, float]:
     outcome = Outcome(child.returncode, stderr, _count(job, out, trace), end - start)
     trace.unlink(missing_ok=True)
     return outcome, end - started
+
+
+def run_signalled(
+    job: Job, out: Path, signum: signal.Signals, after: tuple[str, int], *, group: bool = False
+) -> Outcome:
+    """Run the job and send it ``signum`` as soon as its trace shows the ``after=(phase, n)``-th write, to the child
+    alone or, with ``group``, to its whole process group (its DataLoader workers too), as Slurm and ``timeout`` do.
+    The signal lands wherever the child has got to by then: the writes go on while the harness reads the trace."""
+    trace = out.parent / f".{out.name}.trace"
+    trace.unlink(missing_ok=True)
+    start = time.monotonic()
+    child = subprocess.Popen(
+        job.command(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=_env({TRACE_ENV: str(trace)}), start_new_session=group,
+    )  # fmt: skip
+    phase, n = after
+    try:
+        while child.poll() is None and _count(job, out, trace)[phase] < n:
+            time.sleep(0.005)
+        if child.poll() is None:
+            (os.killpg if group else os.kill)(child.pid, signum)
+        _, stderr = child.communicate(timeout=TIMEOUT)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    outcome = Outcome(child.returncode, stderr, _count(job, out, trace), time.monotonic() - start)
+    trace.unlink(missing_ok=True)
+    return outcome
+
+
+def leftovers(out: Path) -> list[str]:
+    """What a stopped run must not leave below ``out``: lock files, temporary files or folders, and anything in our
+    temporary folder ``.diffcoremix-tmp``."""
+    locks = [p.name for p in out.glob(".diffcoremix*.lock")]
+    held = [p.relative_to(out).as_posix() for d in out.rglob(".diffcoremix-tmp") for p in d.rglob("*")]
+    return sorted({*locks, *temporaries(out), *held})
+
+
+def assert_stopped(outcome: Outcome, job: Job, out: Path, signum: signal.Signals) -> None:
+    """A run that a stop signal ended cleanly: exit status 128 + the signal's number, one line on stderr naming it,
+    no lock and no temporary file left in ``out``."""
+    assert outcome.returncode == 128 + signum, f"exit status {outcome.returncode}: {outcome.stderr[-2000:]}"
+    line = f"diffcoremix {job.args[0]}: error: terminated ({signum.name})"
+    assert outcome.stderr.splitlines() == [line], f"stderr: {outcome.stderr[-2000:]}"
+    left = leftovers(out)
+    assert not left, f"left in {out}: {left}"
+
+
+def assert_resumes(job: Job, out: Path, ref: Reference) -> None:
+    """A rerun on ``out`` ends with the reference's state and no temporary file."""
+    final = run(job, out)
+    assert final.returncode == 0, f"the rerun failed: {final.stderr[-2000:]}"
+    state = job.state(out)
+    assert state == ref.state, f"state differs: {describe_difference(state, ref.state)}"
+    assert not temporaries(out), f"temporary files left: {temporaries(out)}"
 
 
 def killed(outcome: Outcome) -> bool:

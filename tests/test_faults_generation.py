@@ -4,6 +4,7 @@ seeded moment, once or twice, and the rerun equals the uninterrupted run with no
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +113,26 @@ def test_a_report_killed_while_writing_the_page_reruns_to_the_same_page(
     trial = faultkit.trial(job, tmp_path / "out", ref, [("report", 1)])
     _assert_survived(trial, 1)
     assert trial.temporaries_after_kills == 1  # the page that was never renamed, removed by the rerun
+
+
+def test_augment_stopped_by_sigterm_in_an_embedding_write_says_so_in_one_line_leaves_nothing_and_reruns_to_the_result(
+    augmented: tuple[faultkit.Job, faultkit.Reference, Path], tmp_path: Path
+) -> None:
+    job, ref, _ = augmented
+    out = faultkit.fresh(job, tmp_path / "run")
+    # at an embedding's write point: the cache entry's temporary file is on disk
+    stopped = faultkit.run(job, out, kill_at=("embedding", ref.writes["embedding"] // 2), signum=signal.SIGTERM)
+    faultkit.assert_stopped(stopped, job, out, signal.SIGTERM)
+    faultkit.assert_resumes(job, out, ref)
+
+
+@pytest.mark.slow  # two more augment runs: make test-all
+def test_augment_stopped_by_sigterm_from_outside_reruns_to_the_uninterrupted_result(
+    augmented: tuple[faultkit.Job, faultkit.Reference, Path], tmp_path: Path
+) -> None:
+    job, ref, _ = augmented
+    out = faultkit.fresh(job, tmp_path / "run")
+    # to the command's process alone (as Kubernetes stops a container), after its first image
+    stopped = faultkit.run_signalled(job, out, signal.SIGTERM, after=("image", 1))
+    faultkit.assert_stopped(stopped, job, out, signal.SIGTERM)
+    faultkit.assert_resumes(job, out, ref)

@@ -179,6 +179,40 @@ def test_a_killed_worker_is_redone_and_every_candidate_is_recorded_once(data: Pa
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # no temporary file of the dead worker is left
 
 
+@pytest.mark.slow  # a Ray run stopped, then rerun, beside a local one: make test-all
+def test_a_ray_run_stopped_by_sigterm_says_so_in_one_line_and_its_rerun_ends_as_a_local_run(
+    data: Path, tmp_path: Path
+) -> None:
+    """``ray.init`` replaces the driver's SIGTERM handler with ``sys.exit``; the CLI's own must win back."""
+    whole = tmp_path / "whole"
+    local_generate(data, whole, PROMPTS, GENERATE)
+    out = tmp_path / "stopped"
+    command = cli_command("-q", "generate", data, "-o", out, "--preset", "tiny", "--batch-size", "2", "--per-image",
+                          "2", "--executor", "ray", "--address", "auto", "--workers", "2")  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(p.stat().st_size for p in (out / "manifest").glob("shard-*.jsonl")):
+            assert process.poll() is None, "the run ended before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 143, stderr
+    assert stderr.splitlines() == ["diffcoremix generate: error: terminated (SIGTERM)"]
+    assert not list(out.glob(".diffcoremix*.lock"))
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert len(read_records(out)) < 2 * sum(CLASSES.values())  # it stopped before the end
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert outcome(out) == outcome(whole)
+
+
 def test_without_ray_the_option_says_how_to_install_it(data: Path, tmp_path: Path) -> None:
     # The real package is installed here; hiding it (sys.modules["ray"] = None makes `import ray` fail) is the only
     # way to see what a user without it sees.

@@ -3,17 +3,20 @@
 Every durable write of the tool calls :func:`write_point` with its target at the worst moment for that write: an
 atomic write after its temporary file is written and synced but before the rename, an appended record when half
 of it is on disk, a hard link of the relayout before it is made. Normally this costs one global lookup and does
-nothing. Two environment variables, read once at import, arm it:
+nothing. These environment variables, read once at import, arm it:
 
 ``DIFFCOREMIX_FAULT=PATTERN@N``
     SIGKILL this process at the ``N``-th write point (1-based) whose target path matches the ``fnmatch`` glob
     ``PATTERN`` (matched against the absolute path with ``/`` separators; ``*`` crosses folders). An appended
     record is torn first: its first half is flushed to disk, then the process dies.
+``DIFFCOREMIX_FAULT_SIGNAL=NAME``
+    Send this signal (``SIGTERM``, ``SIGHUP``, ``SIGINT``) instead of SIGKILL at that write point, as a scheduler
+    would; no record is torn first (the process answers the signal itself, after the write point).
 ``DIFFCOREMIX_FAULT_TRACE=FILE``
     Append every write point's target path to ``FILE``, one per line (how the harness learns the writes of an
     uninterrupted run, to choose where to kill a second one).
 
-Neither changes what is written when unset, and nothing here is meant for users.
+None changes what is written when unset, and nothing here is meant for users.
 """
 
 from __future__ import annotations
@@ -27,15 +30,17 @@ from typing import IO
 
 FAULT_ENV = "DIFFCOREMIX_FAULT"
 TRACE_ENV = "DIFFCOREMIX_FAULT_TRACE"
+SIGNAL_ENV = "DIFFCOREMIX_FAULT_SIGNAL"
 
 
 class _Plan:
-    def __init__(self, fault: str, trace: str) -> None:
+    def __init__(self, fault: str, trace: str, signum: signal.Signals = signal.SIGKILL) -> None:
         pattern, _, count = fault.rpartition("@")
         self.pattern = pattern if fault else ""
         self.target = int(count) if fault else 0
         self.seen = 0
         self.trace = trace
+        self.signum = signum
 
     def reached(self, path: str | Path, partial: Callable[[], None] | None) -> None:
         name = Path(path).absolute().as_posix()
@@ -45,9 +50,9 @@ class _Plan:
         if self.pattern and fnmatch.fnmatchcase(name, self.pattern):
             self.seen += 1
             if self.seen == self.target:
-                if partial is not None:
+                if partial is not None and self.signum == signal.SIGKILL:
                     partial()
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), self.signum)
 
 
 def _plan() -> _Plan | None:
@@ -56,7 +61,7 @@ def _plan() -> _Plan | None:
         return None
     if fault and ("@" not in fault or not fault.rpartition("@")[2].isdigit()):
         raise ValueError(f"{FAULT_ENV} must be PATTERN@N, got {fault!r}")
-    return _Plan(fault, trace)
+    return _Plan(fault, trace, signal.Signals[os.environ.get(SIGNAL_ENV, "SIGKILL")])
 
 
 _PLAN = _plan()

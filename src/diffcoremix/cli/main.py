@@ -1,13 +1,15 @@
 """The ``diffcoremix`` entry point: argument parsing, logging handlers and exit codes, nothing else.
 
 Exit codes: 0 success; 1 the command ran and found a failure it was asked to fail on (``scan --strict``) or
-an unexpected error; 2 bad input (an invalid option value, a missing dataset, an unknown name); 130 interrupted.
-Errors are one line on stderr; ``--debug`` adds the traceback.
+an unexpected error; 2 bad input (an invalid option value, a missing dataset, an unknown name); 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP): each of these signals ends the command through its
+clean-up paths (:mod:`diffcoremix.cli.stop_signals`). Errors are one line on stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -27,6 +29,7 @@ from diffcoremix.cli.finetune_command import FINETUNE_COMMAND
 from diffcoremix.cli.judge_command import JUDGE_COMMAND
 from diffcoremix.cli.options import option_name
 from diffcoremix.cli.report_command import REPORT_COMMAND
+from diffcoremix.cli.stop_signals import StopState, Terminated, stop_signals
 from diffcoremix.cli.train_command import TRAIN_COMMAND
 from diffcoremix.errors import ConfigError, DiffCoReMixError, ImageReadError
 from diffcoremix.generate.runner import GenerationError
@@ -145,35 +148,59 @@ def _check_device(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    command: Command | None = getattr(args, "_command", None)
-    if command is None:
-        parser.print_help(sys.stderr)
-        return BAD_INPUT
-    configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
-    faults.started()
-    debug = getattr(args, "debug", False)
-    prefix = f"{PROG} {command.name}: error:"
+    with stop_signals() as stop:
+        return _main(argv, stop)
+
+
+def _main(argv: Sequence[str] | None, stop: StopState) -> int:
+    prefix = f"{PROG}: error:"  # until the command is known
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command: Command | None = getattr(args, "_command", None)
+        if command is None:
+            parser.print_help(sys.stderr)
+            return BAD_INPUT
+        configure_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
+        faults.started()
+        prefix = f"{PROG} {command.name}: error:"
+        return _run(command, args, prefix, stop)
+    except (KeyboardInterrupt, Terminated) as err:
+        if stop.signum is None and isinstance(err, Terminated):
+            stop.signum = err.signum
+        return _stopped(stop, prefix)
+
+
+def _stopped(stop: StopState, prefix: str) -> int:
+    """One line for a run a stop signal ended; the terminal may be gone (SIGHUP), so the line may be lost."""
+    with contextlib.suppress(OSError):
+        print(f"{prefix} {stop.message}", file=sys.stderr)
+    return stop.exit_status
+
+
+def _run(command: Command, args: argparse.Namespace, prefix: str, stop: StopState) -> int:
     try:
         _check_device(args)
         return command.run(args)
-    except KeyboardInterrupt:
-        print(f"{prefix} interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError as err:
-        if not _stdout_gone():
-            return _unexpected(err, prefix, args, debug)
+    except Exception as err:
+        if stop.signum is not None:  # raised by clean-up code while a stop signal unwound the command: still a stop
+            return _stopped(stop, prefix)
+        return _failed(err, prefix, args)
+
+
+def _failed(err: Exception, prefix: str, args: argparse.Namespace) -> int:
+    """The one line (or none) and the exit status of a command that raised ``err``."""
+    debug = getattr(args, "debug", False)
+    if isinstance(err, BrokenPipeError) and _stdout_gone():
         # the reader of stdout left (`diffcoremix scan DATA | head`): stop quietly, as cat does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 128 + signal.SIGPIPE
-    except DiffCoReMixError as err:
-        if debug:
-            traceback.print_exc()
-        print(f"{prefix} {_message(err)}", file=sys.stderr)
-        return 1 if isinstance(err, (ImageReadError, GenerationError)) else BAD_INPUT
-    except Exception as err:
+    if not isinstance(err, DiffCoReMixError):
         return _unexpected(err, prefix, args, debug)
+    if debug:
+        traceback.print_exc()
+    print(f"{prefix} {_message(err)}", file=sys.stderr)
+    return 1 if isinstance(err, (ImageReadError, GenerationError)) else BAD_INPUT
 
 
 def _unexpected(err: Exception, prefix: str, args: argparse.Namespace, debug: bool) -> int:

@@ -24,10 +24,13 @@ then reads them. For the judge, each actor classifies a slice of the images and 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -153,6 +156,22 @@ class _Reported:
             raise WorkerError(str(error)) from None
 
 
+@contextlib.contextmanager
+def _callers_sigterm_handler() -> Iterator[None]:
+    """Keep the caller's own SIGTERM handler across ``ray.init``, which replaces it with ``sys.exit`` (so that its
+    atexit hook shuts Ray down).
+
+    A caller that installed a handler (the CLI: SIGTERM unwinds the command, through :meth:`RayCluster.__exit__`, which
+    shuts Ray down) keeps it; one that left SIGTERM at its default gets Ray's, which is the gentler of the two.
+    """
+    earlier = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    finally:
+        if earlier is not None and earlier != signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, earlier)
+
+
 class RayCluster:
     """Actors on a Ray cluster for one command; a context manager (joins or starts Ray, and ends what it started).
 
@@ -173,12 +192,13 @@ class RayCluster:
     def __enter__(self) -> RayCluster:
         ray = self.ray
         if not ray.is_initialized():
-            try:
-                ray.init(address=self.config.address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.ERROR, configure_logging=False)  # fmt: skip
-            except (ConnectionError, RuntimeError, ValueError) as err:
-                where = self.config.address or "a new local instance"
-                raise ExecutorError(f"cannot start or join the Ray cluster at {where}: {err}") from err
+            with _callers_sigterm_handler():
+                try:
+                    ray.init(address=self.config.address, include_dashboard=False, log_to_driver=False,
+                             logging_level=logging.ERROR, configure_logging=False)  # fmt: skip
+                except (ConnectionError, RuntimeError, ValueError) as err:
+                    where = self.config.address or "a new local instance"
+                    raise ExecutorError(f"cannot start or join the Ray cluster at {where}: {err}") from err
             self._started = True
         self._size()
         return self

@@ -586,28 +586,36 @@ def _save_model(out: Path, models: _Models, config: FinetuneConfig, trainer: _Tr
     """Write the weights into MODEL (saved into a scratch folder, then moved into place); returns their digest."""
     if trainer.ema is not None:
         trainer.ema.copy_to(models.trainable)
-    pipe = models.pipe
     with scratch_for(out / FINETUNE_FILE) as scratch:
         tmp = scratch.new_folder("save-")
-        if config.method == "lora":
-            from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
-            from peft.utils import get_peft_model_state_dict
-
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(models.unet))
-            type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
-        else:
-            from diffcoremix.generate.backend import quiet_loading
-
-            pipe.to("cpu")
-            with quiet_loading():
-                pipe.save_pretrained(tmp, safe_serialization=True)
-        saved = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        _move_into_place(out, tmp, saved)
+        try:  # a save stopped by an error or a stop signal leaves no folder behind: a rerun saves again
+            _save_into(tmp, models, config)
+            saved = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            _move_into_place(out, tmp, saved)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     h = hashlib.sha256()
     for rel, sha in saved.items():
         if rel.endswith((".safetensors", ".bin")):
             h.update(f"{rel}\t{sha}\n".encode())
     return h.hexdigest()
+
+
+def _save_into(tmp: Path, models: _Models, config: FinetuneConfig) -> None:
+    """Save the pipeline (or its LoRA weights) into the folder ``tmp``."""
+    pipe = models.pipe
+    if config.method == "lora":
+        from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(models.unet))
+        type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
+    else:
+        from diffcoremix.generate.backend import quiet_loading
+
+        pipe.to("cpu")
+        with quiet_loading():
+            pipe.save_pretrained(tmp, safe_serialization=True)
 
 
 def _move_into_place(out: Path, tmp: Path, saved: dict[str, str]) -> None:
@@ -629,7 +637,6 @@ def _move_into_place(out: Path, tmp: Path, saved: dict[str, str]) -> None:
         for rel in (r for r in saved if r.split("/")[0] == top):
             ensure_folder((out / rel).parent)
             os.replace(tmp / rel, out / rel)
-    shutil.rmtree(tmp)
     layout.settle(saved)
     layout.delete(earlier)
     layout.warn_changed()
