@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from diffcoremix.faults import FAULT_ENV, SIGNAL_ENV, START_MARK, TRACE_ENV
+from diffcoremix.scratch import SCRATCH_DIR
 
 TIMEOUT = 600
 
@@ -218,8 +219,11 @@ def killed(outcome: Outcome) -> bool:
 
 
 def temporaries(out: Path) -> list[str]:
-    """Temporary files or folders of our writers left below ``out`` (names ending in ``.tmp``)."""
-    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.name.endswith(".tmp"))
+    """Temporary files or folders of our writers left below ``out`` (names ending in ``.tmp``), and scratch folders
+    (``.diffcoremix-tmp``: the last user of one removes it)."""
+    return sorted(
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.name.endswith(".tmp") or p.name == SCRATCH_DIR
+    )
 
 
 @dataclass
