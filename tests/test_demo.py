@@ -13,6 +13,7 @@ from diffcoremix.cli import demo_command
 from diffcoremix.cli.demo_command import RECORD_FILE, DemoFolderError, claim_folder, run_demo
 from diffcoremix.data.sample import make_sample_dataset
 from diffcoremix.manifest.lock import FolderBusyError, FolderLock
+from diffcoremix.manifest.records import read_manifest
 
 from .browser import render_page, save_picture
 from .helpers import cli_command, run_cli
@@ -139,12 +140,21 @@ def test_the_steps_keep_the_settings_of_the_makefile_demo() -> None:
     assert (demo_command.FINETUNE_CONFIG.vae_steps, demo_command.FINETUNE_CONFIG.max_steps) == (300, 1000)
     assert demo_command.FINETUNE_CONFIG.batch_size == 16
     assert (demo_command.AUGMENT_PROMPTS.context, demo_command.AUGMENT_PROMPTS.per_image) == ("sample", 2)
-    assert (demo_command.AUGMENT_FILTER.threshold, demo_command.AUGMENT_RETRIES) == (0.96, 1)
+    assert (demo_command.AUGMENT_FILTER.threshold, demo_command.AUGMENT_RETRIES) == (0.93, 1)
+    assert demo_command.AUGMENT_FILTER.embedder is None  # the trained embedder's path is set when the demo runs
     recipe = demo_command.COMPARE_RECIPE
     assert (recipe.model, recipe.img_size, recipe.batch_size, recipe.lr, recipe.max_steps) == (
         "resnet20", 32, 8, 0.02, 12,
     )  # fmt: skip
     assert (demo_command.COMPARE_METHODS, demo_command.SALIENCY) == ("none,diffcoremix", 3)
+    classifiers = demo_command.CLASSIFIER_RECIPE
+    assert (classifiers.model, classifiers.img_size, classifiers.batch_size, classifiers.opt) == (
+        "resnet20", 24, 32, "adamw",
+    )  # fmt: skip
+    assert (classifiers.lr, classifiers.max_steps) == (1e-3, 400)
+    # The judge is another network than the filter's embedder: other shapes, another seed, and never DATA's.
+    assert len({*demo_command.SHAPES_SEEDS.values(), 0}) == 3
+    assert len(set(demo_command.CLASSIFIER_SEEDS.values())) == 2
 
 
 def _demo(out: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -165,8 +175,8 @@ def check_finished_demo(out: Path, result: subprocess.CompletedProcess[str]) -> 
     for name in ("eval.json", "eval.csv", "saliency.png"):
         assert (out / "eval" / name).is_file(), name
     text = result.stdout
-    for number in range(1, 9):
-        assert f"[{number}/8] " in text
+    for number in range(1, 11):
+        assert f"[{number}/10] " in text
     assert f"report: {report.resolve()}" in text
     assert report.resolve().as_uri() in text
     for command in REAL_MODEL_COMMANDS:
@@ -175,6 +185,25 @@ def check_finished_demo(out: Path, result: subprocess.CompletedProcess[str]) -> 
     assert [line for line in commands if "--executor ray --address auto" in line]
     assert "benchmarks/README.md" in text
     assert result.stderr == ""  # no progress bars without a terminal, no warnings
+    check_the_filter_keeps_what_the_judge_sees(out, text)
+
+
+def check_the_filter_keeps_what_the_judge_sees(out: Path, text: str) -> None:
+    """The independent judge sees the prompted class more often among the kept candidates than the rejected ones,
+    and the demo's output and its report say so."""
+    table = read_manifest(out / "augmented")
+    decided = table[table.accepted.notna() & table.agrees.notna()]
+    kept, rejected = decided[decided.accepted.astype(bool)], decided[~decided.accepted.astype(bool)]
+    assert len(kept) >= 10
+    assert len(rejected) >= 10
+    kept_rate, rejected_rate = kept.agrees.astype(bool).mean(), rejected.agrees.astype(bool).mean()
+    # 73% against 24% here; the random tiny CLIP at 0.96 that the demo filtered with before: 54% against 33%.
+    assert kept_rate > rejected_rate + 0.3, (kept_rate, rejected_rate)
+    said = f"in {kept_rate:.0%} of the {len(kept)} kept and {rejected_rate:.0%} of the {len(rejected)} rejected"
+    assert said in text
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert f"<b>{kept_rate:.0%}</b>judge agrees among the kept (of {len(kept)})" in page
+    assert f"<b>{rejected_rate:.0%}</b>judge agrees among the rejected (of {len(rejected)})" in page
 
 
 def check_demo_report_in_chromium(report: Path, shot: Path) -> None:

@@ -301,6 +301,45 @@ def test_zero_shot_with_a_text_tower_and_never_the_filters_embedder(
                    for line in printed)  # fmt: skip
 
 
+def test_a_resnet20_train_runs_model_is_an_embedder_seeing_as_the_run_saw_and_never_its_own_judge(
+    tiny_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from diffcoremix.train import TrainConfig, load_run, train
+
+    data = make_class_folders(tmp_path / "data", {"001.cat": 2, "002.dog": 2})
+    recipe = TrainConfig(model="resnet20", img_size=16, mean=(0.5,), std=(0.25,), batch_size=2, max_steps=2,
+                         device="cpu")  # fmt: skip
+    run = train(data, config=recipe, output=tmp_path / "run").run
+    model_pt = run / "model.pt"
+    embedder = load_embedder(f"resnet20:{model_pt}")
+    assert embedder.id == f"resnet20:{_sha(model_pt)[:16]}"
+    # The run's evaluation transform: 16 x 16, (x - 0.5) / 0.25 on every channel (not CIFAR's 32 x 32 and mean).
+    pixels = embedder.preprocess(Image.new("RGB", (40, 40), (64, 128, 192)))
+    assert pixels.shape == (3, 16, 16)
+    for channel, value in enumerate((64, 128, 192)):
+        assert torch.allclose(pixels[channel], torch.full((16, 16), (value / 255 - 0.5) / 0.25), atol=1e-5)
+    # Its vectors are the run's own network's pooled features.
+    batch = torch.stack([embedder.preprocess(open_image(p)) for p in sorted(data.rglob("*.png"))])
+    with torch.no_grad():
+        features = load_run(run).model.features_of(batch)
+    assert torch.allclose(embedder.embed_images(batch), torch.nn.functional.normalize(features), atol=1e-5)
+    # The run's weights filter OUT: as a judge of OUT they are refused, whichever spec names them.
+    filter_run(tiny_out, FilterConfig(embedder=f"resnet20:{model_pt}", threshold=0.5))
+    for spec in (f"run:{run}", str(run)):
+        assert main(["judge", str(tiny_out), "--classifier", spec]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert "never the filter's embedder" in err
+    assert not (tiny_out / "judge.jsonl").exists()
+    # A run of another network is refused as such.
+    saved = torch.load(model_pt, weights_only=True)
+    torch.save({**saved, "info": {**saved["info"], "model": "resnet18"}}, tmp_path / "resnet18.pt")
+    with pytest.raises(ModelLoadError, match="holds a train run's resnet18, not a CIFAR ResNet"):
+        load_embedder(f"resnet20:{tmp_path / 'resnet18.pt'}")
+
+
 def test_the_judges_file_outlives_a_refiltering_and_goes_with_overwrite(tiny_out: Path) -> None:
     judge(tiny_out, "tiny:1")
     before = (tiny_out / "judge.jsonl").read_bytes()

@@ -197,6 +197,26 @@ def test_judge_agreement_per_class_in_the_budget_table(tmp_path: Path) -> None:
     assert "<b>50%</b>judge agrees (of 40 judged)" in page
 
 
+def test_judge_agreement_among_the_kept_and_among_the_rejected(tmp_path: Path) -> None:
+    _data, out = make_synthetic_run(tmp_path, candidates=40, classes=4, judged=True)
+    # The judge agrees with every kept candidate, with one rejected one, and leaves another rejected one unjudged.
+    kept = {d["key"]: d["accepted"] for d in map(json.loads, (out / "filter.jsonl").read_text().splitlines())}
+    rejected = [k for k, accepted in kept.items() if not accepted]
+    n_kept, n_rejected = sum(kept.values()), len(rejected)
+    assert n_kept >= 2
+    assert n_rejected >= 3
+    lines = []
+    for line in map(json.loads, (out / "judge.jsonl").read_text().splitlines()):
+        agrees = kept[line["key"]] or line["key"] == rejected[0]
+        lines.append({**line, "agrees": None if line["key"] == rejected[1] else agrees})
+    (out / "judge.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    page = build_report(out, tmp_path / "r.html").path.read_text()
+    overview = page.split('id="overview"')[1].split('id="provenance"')[0]
+    assert f"<b>100%</b>judge agrees among the kept (of {n_kept})" in overview
+    share = f"{1 / (n_rejected - 1):.0%}"
+    assert f"<b>{share}</b>judge agrees among the rejected (of {n_rejected - 1})" in overview
+
+
 def _table(classes: dict[str, int]) -> pd.DataFrame:
     rows = [{"class_folder": c, "key": f"{c}#{i}", "score": i / 100} for c, n in classes.items() for i in range(n)]
     return pd.DataFrame(rows)

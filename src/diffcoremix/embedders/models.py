@@ -8,7 +8,9 @@ are named by a spec string:
 - ``open_clip:<model>[:<pretrained>]``: e.g. ``open_clip:ViT-B-32:openai`` (the paper's, the default);
   ``open_clip:ViT-B-32`` alone gives random weights (speed benchmarks);
 - ``hf:<hub id or folder>``: a Hugging Face transformers ``CLIPModel`` (e.g. ``hf:openai/clip-vit-base-patch32``);
-- ``resnet20:<path>``: the CIFAR-10 ResNet-20 of ``../shared/models`` (its 64-d pooled features; no text tower).
+- ``resnet20:<path>``: the CIFAR-10 ResNet-20 of ``../shared/models`` (its 64-d pooled features; no text tower),
+  or the ``RUN/model.pt`` of a ``diffcoremix train --model resnet20`` run (a ResNet-20 that knows your classes),
+  shown images through the run's own evaluation transform;
 - ``resnet56:<path>``, ``cifar-resnet:<path>``: the ResNet-56, or a CIFAR ResNet of any depth 6n + 2 (read
   from the checkpoint); the id ``resnet<depth>:<digest>`` names the weights whatever the spec.
 
@@ -27,7 +29,7 @@ import torch
 from PIL import Image
 
 from diffcoremix import hub
-from diffcoremix.errors import DiffCoReMixError
+from diffcoremix.errors import DiffCoReMixError, ModelLoadError
 from diffcoremix.registry import Registry
 
 
@@ -214,15 +216,28 @@ def cifar_resnet_embedder(path: str | Path, device: str = "cpu", depth: int | No
     """A CIFAR ResNet checkpoint's 64-d pooled features (images resized to 32 x 32); ``depth`` None takes any.
 
     Raises:
-        EmbedderLoadError: the checkpoint does not exist. ModelLoadError: it is not a CIFAR ResNet of ``depth``.
+        EmbedderLoadError: the checkpoint does not exist. ModelLoadError: it is not a CIFAR ResNet of ``depth``
+            (nor a train run's model.pt of one).
     """
-    from diffcoremix.embedders.resnet20 import load_cifar_resnet
+    from diffcoremix.data.transforms import for_run
+    from diffcoremix.embedders.resnet20 import RUN_MODEL_NAME, load_cifar_resnet, trained_run_info
 
     path = Path(path)
     if not path.is_file():
         raise EmbedderLoadError(f"{_cifar_resnet_name(depth)} checkpoint {path} does not exist")
+    run = trained_run_info(path)
+    if run is not None and run["model"] != RUN_MODEL_NAME:
+        raise ModelLoadError(f"{path} holds a train run's {run['model']}, not a CIFAR ResNet: the {_spec(depth)} "
+                             f"embedder reads the model.pt of runs trained with --model {RUN_MODEL_NAME}")  # fmt: skip
     model = load_cifar_resnet(path, depth=depth)
-    return ModuleEmbedder(model.features, cifar_resnet_transform(), cifar_resnet_id(path, model.depth), device)
+    # A run's network is shown images as its evaluation showed them (its size, mean and std), a bare checkpoint
+    # as CIFAR's were.
+    transform = for_run(run) if run is not None else cifar_resnet_transform()
+    return ModuleEmbedder(model.features, transform, cifar_resnet_id(path, model.depth), device)
+
+
+def _spec(depth: int | None) -> str:
+    return "cifar-resnet:" if depth is None else f"resnet{depth}:"
 
 
 def _cifar_resnet_name(depth: int | None) -> str:

@@ -3,7 +3,9 @@ and any depth 6n + 2.
 
 Written to load the checkpoints in ``../shared/models`` (``resnet20_cifar10.th``, ``resnet56_cifar10.th``; keys
 ``module.conv1.weight``, ``module.layer{1,2,3}.{0..n-1}.{conv1,bn1,conv2,bn2}.*``, ``module.linear.*``): the number
-of blocks per stage is read from the keys. The 64-d globally pooled features are a real image embedding (the
+of blocks per stage is read from the keys. The ``model.pt`` of a ``diffcoremix train --model resnet20`` run loads
+too (a ``{"info": ..., "state_dict": ...}`` pickle; :func:`trained_run_info` reads how the run showed it images).
+The 64-d globally pooled features are a real image embedding (the
 filter's ``resnet20:`` embedder, the filter-quality benchmark); the logits head classifies CIFAR-10 (the judge's
 ``resnet56:`` classifier).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -121,12 +124,7 @@ def read_cifar_state(path: str | Path) -> dict[str, torch.Tensor]:
         ModelLoadError: the file is missing, unreadable, or holds no CIFAR ResNet (no ``layer1.0`` keys).
     """
     path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"CIFAR ResNet checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... on a damaged file
-        raise ModelLoadError(f"cannot read checkpoint {path}: {' '.join(str(err).split())[:200]}") from None
+    checkpoint = _read_checkpoint(path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ModelLoadError(f"{path} holds no state dict of tensors")
@@ -134,6 +132,34 @@ def read_cifar_state(path: str | Path) -> dict[str, torch.Tensor]:
     if not blocks_per_stage(state):
         raise ModelLoadError(f"{path} is not a CIFAR ResNet checkpoint (no layer1.0.* keys)")
     return state
+
+
+def _read_checkpoint(path: Path) -> Any:
+    if not path.is_file():
+        raise ModelLoadError(f"CIFAR ResNet checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... on a damaged file
+        raise ModelLoadError(f"cannot read checkpoint {path}: {' '.join(str(err).split())[:200]}") from None
+
+
+RUN_MODEL_NAME = "resnet20"
+"""The ``--model`` of ``diffcoremix train`` that builds :class:`ResNet20` (the runs whose model.pt loads here)."""
+RUN_INFO_KEYS = frozenset({"model", "transform", "img_size", "mean", "std"})
+"""The keys of a ``diffcoremix train`` run's ``model.pt`` ``info`` that say which network it holds and how the run
+showed it images."""
+
+
+def trained_run_info(path: str | Path) -> dict[str, Any] | None:
+    """The ``info`` of a ``diffcoremix train`` run's ``RUN/model.pt`` (model name, classes, image size, mean, std,
+    transform); None for a bare checkpoint such as the shared CIFAR ones, whose inputs are CIFAR's.
+
+    Raises:
+        ModelLoadError: the file is missing or unreadable.
+    """
+    checkpoint = _read_checkpoint(Path(path))
+    info = checkpoint.get("info") if isinstance(checkpoint, dict) else None
+    return dict(info) if isinstance(info, dict) and info.keys() >= RUN_INFO_KEYS else None
 
 
 def load_cifar_resnet(path: str | Path, *, depth: int | None = None) -> CifarResNet:

@@ -12,7 +12,7 @@ an index over the classifier's own ``classes`` and its confidence. Specs:
 
 ``id`` names the network, its weights and (zero-shot) its class texts: a judgement is reused only under the same
 id. ``model_id`` names the network and weights alone, as an embedder id does, so that the judge can refuse to be
-the filter's embedder.
+the filter's embedder (a run of a CIFAR ResNet is named as ``resnet20:RUN/model.pt`` names it as an embedder).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from diffcoremix.embedders.models import (
     cifar_resnet_transform,
     load_embedder,
 )
-from diffcoremix.embedders.resnet20 import CIFAR10_CLASSES, load_cifar_resnet
+from diffcoremix.embedders.resnet20 import CIFAR10_CLASSES, CifarResNet, load_cifar_resnet
 from diffcoremix.errors import ConfigError, DiffCoReMixError, ModelLoadError, UnknownNameError
 from diffcoremix.registry import Registry
 
@@ -158,8 +158,11 @@ def run_classifier(path: str | Path, device: str = "cpu") -> ModuleClassifier:
 
     trained = load_run(path)
     digest = file_sha256(Path(path) / MODEL_FILE)[:16]
-    return ModuleClassifier(trained.model, for_run(trained.info), trained.classes,
-                            f"run:{trained.info.get('model')}:{digest}", device)  # fmt: skip
+    classifier = ModuleClassifier(trained.model, for_run(trained.info), trained.classes,
+                                  f"run:{trained.info.get('model')}:{digest}", device)  # fmt: skip
+    if isinstance(trained.model, CifarResNet):  # as the embedder resnet20:RUN/model.pt names the same weights
+        classifier.model_id = cifar_resnet_id(Path(path) / MODEL_FILE, trained.model.depth)
+    return classifier
 
 
 @CLASSIFIERS.register("resnet20")

@@ -4,7 +4,8 @@ The page holds everything inline (images as ``data:`` URIs, CSS in a ``<style>``
 Content-Security-Policy forbids every request, so it opens offline, from an e-mail or a phone, and shows the same
 everywhere. Its sections:
 
-- ``overview``: candidates, kept, rejected, failed; what the page samples;
+- ``overview``: candidates, kept, rejected, failed; the judge's agreement overall and among the kept and the
+  rejected; what the page samples;
 - ``provenance``: model, revision or weights hash, fine-tune run, embedder, rule, threshold, library versions;
 - ``budget``: per class, the planned candidates against the generated, scored and kept ones (and the judge);
 - ``scores``: score histograms with the threshold and the calibrated suggestion;
@@ -233,6 +234,7 @@ def _overview(page: _Page, run: GenerationRun, grid: int) -> None:
         "judged": run.judged,
         "grid": grid,
         "judge_agrees": _judge_agreement(table),
+        "judge_by_decision": _judge_by_decision(run),
         "max_mib": REPORT_MAX_BYTES // 2**20,
         "built": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -247,6 +249,21 @@ def _judge_agreement(table: pd.DataFrame) -> tuple[str, int] | None:
         return None
     judged = table.agrees.dropna()
     return (f"{judged.astype(bool).mean():.0%}", len(judged)) if len(judged) else None
+
+
+def _judge_by_decision(run: GenerationRun) -> list[tuple[str, str, int]]:
+    """The judge's agreement among the kept and among the rejected candidates: ``(group, share, judged count)``.
+
+    The filter's own score cannot say whether it keeps the right images; an independent network can: a filter that
+    keeps what the generator drew of the class agrees with the judge more often among the kept than among the
+    rejected. Empty unless OUT was both filtered and judged.
+    """
+    if not (run.filtered and run.judged):
+        return []
+    decided = _decided(run)
+    judged = decided[decided.agrees.notna()]
+    groups = (("kept", judged[judged.accepted]), ("rejected", judged[~judged.accepted]))
+    return [(name, f"{g.agrees.astype(bool).mean():.0%}" if len(g) else "-", len(g)) for name, g in groups]
 
 
 def _unique(table: pd.DataFrame, column: str) -> str:

@@ -10,12 +10,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffcoremix.embedders.resnet20 import RUN_MODEL_NAME as RESNET20
 from diffcoremix.errors import ConfigError, ModelLoadError, UnknownNameError
 from diffcoremix.hub import hub_offline
 
 logger = logging.getLogger(__name__)
-
-RESNET20 = "resnet20"
 
 
 def _timm_names() -> list[str]:
