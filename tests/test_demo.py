@@ -237,3 +237,20 @@ def test_the_demo_runs_end_to_end_and_a_rerun_resumes(tmp_path: Path) -> None:
     again = _demo(Path("demo"), cwd=tmp_path)  # the same folder, spelled otherwise: it resumes
     check_finished_demo(out, again)
     assert model_files(out) == before  # the finished fine-tuning was not redone
+
+
+def test_a_step_whose_folder_an_earlier_demo_made_with_other_settings_starts_afresh(tmp_path: Path) -> None:
+    # A demo of an earlier version leaves runs made with other settings: the new demo starts them afresh, never
+    # stopping on "other settings" (which names --overwrite, an option the demo does not have).
+    import functools
+
+    from diffcoremix.train import TrainConfig, train
+    from diffcoremix.train.run import read_metrics
+
+    data = make_sample_dataset(tmp_path / "data", per_class=2, size=32)
+    run = tmp_path / "run"
+    earlier = TrainConfig(model="resnet20", batch_size=6, img_size=32, max_steps=1)
+    train(data, config=earlier, output=run)
+    now = TrainConfig(model="resnet20", batch_size=6, img_size=32, max_steps=2)
+    demo_command._afresh_if_changed(functools.partial(train, data, config=now, output=run))
+    assert [line["step"] for line in read_metrics(run, "step")] == [1, 2]

@@ -14,11 +14,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
+import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from diffcoremix._version import __version__
 from diffcoremix.atomic import write_text_if_changed
@@ -31,10 +33,20 @@ from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.finetune.config import FinetuneConfig
 from diffcoremix.generate.config import GenerateConfig
-from diffcoremix.manifest.layout import JUDGE_FILE, MADE_BY, SETTINGS_FILE, OutputFolderError, entries
+from diffcoremix.manifest.layout import (
+    JUDGE_FILE,
+    MADE_BY,
+    SETTINGS_FILE,
+    OutputFolderError,
+    SettingsConflictError,
+    entries,
+)
 from diffcoremix.manifest.lock import FolderLock
 from diffcoremix.prompts.builder import PromptsConfig, build_prompts
 from diffcoremix.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from diffcoremix.judge.runner import Agreement
@@ -238,13 +250,15 @@ def _run_steps(out: Path, progress: bool) -> Path:
             make_sample_dataset(out / name / SHAPES, per_class=SHAPES_PER_CLASS, size=SHAPES_SIZE,
                                 seed=SHAPES_SEEDS[name], overwrite=True)  # fmt: skip
             recipe = dataclasses.replace(CLASSIFIER_RECIPE, seed=CLASSIFIER_SEEDS[name])
-            trained = train(out / name / SHAPES, config=recipe, output=out / name / RUN, test=data,
-                            data_config=DataConfig(), progress=progress)  # fmt: skip
+            trained = _afresh_if_changed(functools.partial(
+                train, out / name / SHAPES, config=recipe, output=out / name / RUN, test=data,
+                data_config=DataConfig(), progress=progress))  # fmt: skip
             _say(f"      {name}: top-1 {trained.summary['test']['top1']:.0%} on DATA's {report.num_images} images, "
                  "which it never saw")  # fmt: skip
 
     with step(f"fine-tuning the tiny generator on {data} (its VAE, then its UNet and text encoder; 2 to 4 minutes)"):
-        tuned = finetune(data, generator, FINETUNE_CONFIG, data_config=DataConfig(), progress=progress)
+        tuned = _afresh_if_changed(functools.partial(finetune, data, generator, FINETUNE_CONFIG,
+                                                     data_config=DataConfig(), progress=progress))  # fmt: skip
         _say(f"      {tuned.info['steps']} steps (+{tuned.info.get('vae_steps') or 0} VAE steps), final loss "
              f"{tuned.info['final_loss']:.4f} -> {tuned.model}")  # fmt: skip
 
@@ -253,11 +267,11 @@ def _run_steps(out: Path, progress: bool) -> Path:
         f"augmenting {data} -> {augmented}: generate 2 counterparts per image, filter (cosine >= "
         f"{AUGMENT_FILTER.threshold} in the trained embedder's features), regenerate rejects once"
     ):
-        result = augment(
-            data, augmented, AUGMENT_PROMPTS, GenerateConfig(preset="tiny", model=_generator_model(out)),
+        result = _afresh_if_changed(functools.partial(
+            augment, data, augmented, AUGMENT_PROMPTS, GenerateConfig(preset="tiny", model=_generator_model(out)),
             dataclasses.replace(AUGMENT_FILTER, embedder=embedder), retries=AUGMENT_RETRIES,
             data_config=DataConfig(), progress=progress,
-        )  # fmt: skip
+        ))  # fmt: skip
         _say(f"      {sum(result.accepted.values())} accepted of a budget of {sum(result.budget.values())} after "
              f"{result.attempts} round(s); accepted images: {augmented / 'train'}")  # fmt: skip
         manifest = read_manifest(augmented)[["key", "context", "score", "accepted"]]
@@ -270,10 +284,10 @@ def _run_steps(out: Path, progress: bool) -> Path:
 
     compare_dir = out / COMPARE
     with step(f"comparing none and diffcoremix: ResNet-20, {COMPARE_RECIPE.max_steps} steps each -> {compare_dir}"):
-        compared = compare(
-            data, COMPARE_METHODS, COMPARE_SEEDS, config=COMPARE_RECIPE, output=compare_dir, test=data,
+        compared = _afresh_if_changed(functools.partial(
+            compare, data, COMPARE_METHODS, COMPARE_SEEDS, config=COMPARE_RECIPE, output=compare_dir, test=data,
             synthetic=augmented, data_config=DataConfig(), progress=progress,
-        )  # fmt: skip
+        ))  # fmt: skip
         _indented(compared.table)
 
     eval_dir = out / EVAL
@@ -289,6 +303,17 @@ def _run_steps(out: Path, progress: bool) -> Path:
         built = build_report(augmented, out / REPORT, compare=compare_dir, evaluation=eval_dir, progress=progress)
         _say(f"      {built.size / 1e6:.1f} MB")
     return Path(built.path)
+
+
+def _afresh_if_changed(step: Callable[..., T]) -> T:
+    """Run a step (``step(overwrite=...)``) into its folder of the demo's own; where that folder holds a run with
+    other settings (an earlier version of the demo made it), start that folder afresh instead of stopping: the demo
+    never asks its user for ``--overwrite``, and ``--overwrite`` deletes only what our records name."""
+    try:
+        return step(overwrite=False)
+    except SettingsConflictError as err:
+        logger.warning("%s: an earlier demo's run; started afresh", err)
+        return step(overwrite=True)
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:

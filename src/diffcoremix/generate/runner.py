@@ -40,7 +40,14 @@ from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
 from diffcoremix.generate.batcher import Batcher
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
 from diffcoremix.generate.resume import output_relpath, resume_index, verdict
-from diffcoremix.manifest.layout import CONFIG_FILE, RUN_FILE, SETTINGS_FILE, OutputFolder, changed_message
+from diffcoremix.manifest.layout import (
+    CONFIG_FILE,
+    RUN_FILE,
+    SETTINGS_FILE,
+    OutputFolder,
+    SettingsConflictError,
+    changed_message,
+)
 from diffcoremix.manifest.lock import claim_lock
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.manifest.records import ManifestWriter, iter_records
@@ -50,7 +57,7 @@ from diffcoremix.scratch import held_scratch
 logger = logging.getLogger(__name__)
 
 
-class RunConflictError(DiffCoReMixError):
+class RunConflictError(SettingsConflictError):
     """The output folder holds a run made with settings that would give different images."""
 
 

@@ -9,7 +9,7 @@ every stage can use it.
 from __future__ import annotations
 
 from diffcoremix.manifest.decisions import FILTER_COLUMNS, read_decisions, relayout, view_name, write_decisions
-from diffcoremix.manifest.layout import OutputFolder, OutputFolderError, check_separate
+from diffcoremix.manifest.layout import OutputFolder, OutputFolderError, SettingsConflictError, check_separate
 from diffcoremix.manifest.lock import FolderBusyError, FolderLock
 from diffcoremix.manifest.ownership import clear, open_output
 from diffcoremix.manifest.records import (
@@ -29,6 +29,7 @@ __all__ = [
     "ManifestWriter",
     "OutputFolder",
     "OutputFolderError",
+    "SettingsConflictError",
     "check_separate",
     "clear",
     "latest_by_key",

@@ -66,6 +66,10 @@ class OutputFolderError(DiffCoReMixError):
     """The output folder cannot be used as asked (it overlaps DATA, or holds files diffcoremix did not make)."""
 
 
+class SettingsConflictError(OutputFolderError):
+    """The output folder holds a run of ours made with other settings (``--overwrite`` starts it afresh)."""
+
+
 def check_separate(data: str | Path, out: str | Path) -> None:
     """Refuse an output path that is DATA, inside DATA, or contains DATA (resolved, symbolic links followed).
 

@@ -37,6 +37,7 @@ from diffcoremix.manifest.layout import (
     Layout,
     OutputFolder,
     OutputFolderError,
+    SettingsConflictError,
     changed_message,
     check_separate,
     entries,
@@ -248,7 +249,7 @@ def check_settings(folder: OutputFolder, settings: dict[str, Any], what: str) ->
     """Write ``settings.json``, or check that the earlier run's equals it.
 
     Raises:
-        OutputFolderError: the folder holds a run (``what``: "a training run") with other settings.
+        SettingsConflictError: the folder holds a run (``what``: "a training run") with other settings.
     """
     path = folder / SETTINGS_FILE
     if path.exists():
@@ -258,7 +259,7 @@ def check_settings(folder: OutputFolder, settings: dict[str, Any], what: str) ->
             old = None
         if old != settings:
             changed = _changed(old, settings)
-            raise OutputFolderError(
+            raise SettingsConflictError(
                 f"{folder.path} holds {what} with other settings ({changed}): choose another -o, or start "
                 "afresh with --overwrite"
             )
