@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from diffcoremix.faults import FAULT_ENV, SIGNAL_ENV, START_MARK, TRACE_ENV
-from diffcoremix.scratch import SCRATCH_DIR
+from diffcoremix.scratch import SCRATCH_DIR, TMP_SUFFIX
 
 TIMEOUT = 600
 
@@ -280,7 +280,7 @@ def trial(job: Job, out: Path, ref: Reference, kills: Sequence[tuple[str, int] |
         elif outcome.returncode != 0:
             result.problem = f"a rerun failed: {outcome.stderr.strip()[-500:]}"
             return result
-    result.temporaries_after_kills = len(temporaries(out))
+    result.temporaries_after_kills = sum(name.endswith(TMP_SUFFIX) for name in temporaries(out))  # files, not folders
     final = run(job, out)
     if final.returncode != 0:
         result.problem = f"the final rerun failed: {final.stderr.strip()[-500:]}"
