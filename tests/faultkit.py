@@ -159,11 +159,24 @@ def _watch(job: Job, out: Path, delay: float) -> tuple[Outcome, float]:
 
 
 def run_signalled(
-    job: Job, out: Path, signum: signal.Signals, after: tuple[str, int], *, group: bool = False
+    job: Job, out: Path, signum: signal.Signals, after: tuple[str, int], *, group: bool = False, tries: int = 3
 ) -> Outcome:
     """Run the job and send it ``signum`` as soon as its trace shows the ``after=(phase, n)``-th write, to the child
     alone or, with ``group``, to its whole process group (its DataLoader workers too), as Slurm and ``timeout`` do.
-    The signal lands wherever the child has got to by then: the writes go on while the harness reads the trace."""
+    The signal lands wherever the child has got to by then: the writes go on while the harness reads the trace.
+
+    On a loaded machine the child may finish before the harness has read that write: such an attempt says nothing
+    about the signal, and is made again on a fresh ``out`` (``tries`` in all; then the trial fails as such)."""
+    for _ in range(tries):
+        outcome, sent = _signalled_once(job, fresh(job, out), signum, after, group)
+        if sent:
+            return outcome
+    raise AssertionError(f"{job.name} ended before the harness could signal it after {after}, {tries} times")
+
+
+def _signalled_once(
+    job: Job, out: Path, signum: signal.Signals, after: tuple[str, int], group: bool
+) -> tuple[Outcome, bool]:
     trace = out.parent / f".{out.name}.trace"
     trace.unlink(missing_ok=True)
     start = time.monotonic()
@@ -172,11 +185,13 @@ def run_signalled(
         env=_env({TRACE_ENV: str(trace)}), start_new_session=group,
     )  # fmt: skip
     phase, n = after
+    sent = False
     try:
         while child.poll() is None and _count(job, out, trace)[phase] < n:
             time.sleep(0.005)
         if child.poll() is None:
             (os.killpg if group else os.kill)(child.pid, signum)
+            sent = True
         _, stderr = child.communicate(timeout=TIMEOUT)
     finally:
         if child.poll() is None:
@@ -184,7 +199,7 @@ def run_signalled(
             child.wait()
     outcome = Outcome(child.returncode, stderr, _count(job, out, trace), time.monotonic() - start)
     trace.unlink(missing_ok=True)
-    return outcome
+    return outcome, sent
 
 
 def leftovers(out: Path) -> list[str]:
