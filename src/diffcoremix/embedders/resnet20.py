@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from diffcoremix.checkpoints import load_torch_file
 from diffcoremix.errors import ModelLoadError
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -137,10 +138,7 @@ def read_cifar_state(path: str | Path) -> dict[str, torch.Tensor]:
 def _read_checkpoint(path: Path) -> Any:
     if not path.is_file():
         raise ModelLoadError(f"CIFAR ResNet checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... on a damaged file
-        raise ModelLoadError(f"cannot read checkpoint {path}: {' '.join(str(err).split())[:200]}") from None
+    return load_torch_file(path)
 
 
 RUN_MODEL_NAME = "resnet20"

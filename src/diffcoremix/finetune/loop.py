@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from diffcoremix import faults
 from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, ensure_folder
+from diffcoremix.checkpoints import load_torch_file
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, usable_sources
@@ -578,7 +579,7 @@ def _write_losses(out: Path, losses: list[dict[str, Any]]) -> str:
 def _read_checkpoint(path: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    state: dict[str, Any] = load_torch_file(path, "fine-tuning checkpoint")
     return state
 
 

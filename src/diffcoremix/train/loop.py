@@ -44,6 +44,7 @@ from diffcoremix.atomic import (
     naming_errors,
     write_text_if_changed,
 )
+from diffcoremix.checkpoints import load_torch_file
 from diffcoremix.config import to_plain, write_resolved_config
 from diffcoremix.data.folder import DatasetListing
 from diffcoremix.data.scan import ScanConfig
@@ -446,7 +447,7 @@ def _train_in(
     running: dict[str, Any] = {"losses": [], "correct": 0, "seen": 0}  # the epoch so far (for its epoch line)
     checkpoint_path = out / CHECKPOINT_FILE
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        state = load_torch_file(checkpoint_path, "training checkpoint")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from diffcoremix.checkpoints import load_torch_file
 from diffcoremix.embedders.resnet20 import RUN_MODEL_NAME as RESNET20
 from diffcoremix.errors import ConfigError, ModelLoadError, UnknownNameError
 from diffcoremix.hub import hub_offline
@@ -84,9 +85,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state: Any = load_file(path)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_torch_file(path)
+    except ModelLoadError:
+        raise
     except Exception as err:
-        # torch's own message runs over several lines (weights_only advice): one line, as every error here
         raise ModelLoadError(f"cannot read checkpoint {path}: {' '.join(str(err).split())[:200]}") from None
     for key in ("state_dict", "model", "model_state"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):

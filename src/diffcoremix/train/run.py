@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
+from diffcoremix.checkpoints import UnsafeCheckpointError, load_torch_file
 from diffcoremix.errors import DiffCoReMixError
 
 METRICS_FILE = "metrics.jsonl"
@@ -104,8 +104,10 @@ def load_run(run: str | Path) -> TrainedModel:
     if not path.is_file():
         raise RunError(f"{run} is not a finished training run (no {MODEL_FILE}): run or resume `train` first")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = load_torch_file(path, "model")
         info, state = dict(saved["info"]), saved["state_dict"]
+    except UnsafeCheckpointError:
+        raise
     except Exception as err:
         raise RunError(f"{path} is damaged ({err})") from None
     model = create_model(info["model"], len(info["classes"]))
