@@ -17,7 +17,7 @@ import torch
 
 from diffcoremix.errors import ModelLoadError
 
-__all__ = ["UnsafeCheckpointError", "load_torch_file"]
+__all__ = ["UnsafeCheckpointError", "load_torch_file", "unpickling_error"]
 
 
 class UnsafeCheckpointError(ModelLoadError):
@@ -42,11 +42,18 @@ def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "unsupported global" in str(err).lower():  # the file names code to import: the refusal's reason
-            raise UnsafeCheckpointError(path, what) from None
-        raise ModelLoadError(f"cannot read {what} {path}: {_reason(err)}") from None
+        raise unpickling_error(err, path, what) from None
     except Exception as err:  # torch raises RuntimeError, EOFError, OSError... on a damaged or missing file
         raise ModelLoadError(f"cannot read {what} {path}: {_one_line(err)}") from None
+
+
+def unpickling_error(err: pickle.UnpicklingError, path: str | Path, what: str) -> ModelLoadError:
+    """The one-line error for a weights-only load that failed: :class:`UnsafeCheckpointError` when the file names
+    code to import, else a plain read error. For the libraries' own loads too (transformers, diffusers and open_clip
+    read ``.bin`` files with ``weights_only=True`` and raise torch's paragraph as it is)."""
+    if "unsupported global" in str(err).lower():
+        return UnsafeCheckpointError(Path(path), what)
+    return ModelLoadError(f"cannot read {what} {path}: {_reason(err)}")
 
 
 def _reason(err: pickle.UnpicklingError) -> str:
