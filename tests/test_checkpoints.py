@@ -7,6 +7,7 @@ The trap is a real pickle whose ``__reduce__`` makes a folder when unpickled: a 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,14 @@ def test_a_damaged_file_is_a_plain_read_error_not_a_safety_refusal(tmp_path: Pat
         load_torch_file(path)
     assert not isinstance(raised.value, UnsafeCheckpointError)
     assert "weights_only" not in str(raised.value)  # torch's advice to load without trust is not passed on
+
+
+def test_no_module_but_checkpoints_calls_torch_load() -> None:
+    """A new ``torch.load`` elsewhere would bypass the refusal: every load goes through :func:`load_torch_file`."""
+    package = Path(__file__).resolve().parents[1] / "src" / "diffcoremix"
+    callers = sorted(
+        path.relative_to(package).as_posix()
+        for path in package.rglob("*.py")
+        if re.search(r"\btorch\.load\(|\bpickle\.loads?\(", path.read_text(encoding="utf-8"))
+    )
+    assert callers == ["checkpoints.py"]
