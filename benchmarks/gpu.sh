@@ -35,6 +35,7 @@ if ! "$python" -m pip install -q --no-index --no-deps --no-build-isolation --no-
     echo "gpu.sh: could not install the project without network; running it from src/" >&2
 fi
 export PYTHONPATH="$site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1  # every model is built in-process: nothing may wait on a hub that cannot be reached
 "$python" -c 'import diffusers, open_clip, diffcoremix; print("diffcoremix from", diffcoremix.__file__)'
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 exec timeout --signal=INT --kill-after=20 480 "$python" benchmarks/gpu.py "${dry[@]}" --out "$out"

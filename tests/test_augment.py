@@ -175,3 +175,8 @@ def test_augment_with_an_embedder_from_local_files(
                             "--max-per-class", "1", "--embedder", spec, "--threshold", "-1")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert len(list((out / "train").rglob("*.png"))) == 3
+    decisions = read_decisions(out)
+    if kind == "open_clip":  # the file holds the built-in tiny embedder's weights: the same scores, so it was read
+        assert run_in_process(capsys, "filter", out, "--embedder", "tiny", "--threshold", "-1").returncode == 0
+        tiny = read_decisions(out)
+        assert {k: d["score"] for k, d in tiny.items()} == {k: d["score"] for k, d in decisions.items()}
