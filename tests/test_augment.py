@@ -168,7 +168,7 @@ def test_augment_with_an_embedder_from_local_files(
         from diffcoremix.embedders.models import tiny_open_clip
 
         monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "diffcoremix-tiny", TINY_OPEN_CLIP)
-        save_file(tiny_open_clip(0).module.state_dict(), tmp_path / "tiny.safetensors")
+        save_file(tiny_open_clip(1).module.state_dict(), tmp_path / "tiny.safetensors")  # not seed 0: see below
         spec = f"open_clip:diffcoremix-tiny:{tmp_path / 'tiny.safetensors'}"
     out = tmp_path / "out"
     result = run_in_process(capsys, "augment", data, "-o", out, "--preset", "tiny", "--num-inference-steps", "1",
@@ -176,7 +176,8 @@ def test_augment_with_an_embedder_from_local_files(
     assert result.returncode == 0, result.stderr
     assert len(list((out / "train").rglob("*.png"))) == 3
     decisions = read_decisions(out)
-    if kind == "open_clip":  # the file holds the built-in tiny embedder's weights: the same scores, so it was read
-        assert run_in_process(capsys, "filter", out, "--embedder", "tiny", "--threshold", "-1").returncode == 0
+    if kind == "open_clip":  # the file holds the weights of `tiny:1`: the same scores, so it was read (random
+        # weights from seed 0, which open_clip is given without a file, are those of `tiny:0`)
+        assert run_in_process(capsys, "filter", out, "--embedder", "tiny:1", "--threshold", "-1").returncode == 0
         tiny = read_decisions(out)
         assert {k: d["score"] for k, d in tiny.items()} == {k: d["score"] for k, d in decisions.items()}
