@@ -2,9 +2,9 @@
 
 Made for a lent GPU machine that has no network and a few minutes (``benchmarks/gpu.sh`` installs what it lacks
 and runs this), so every figure is written as soon as it is measured (``gpu.json`` and ``gpu.md`` in ``--out``),
-the steps run cheapest first, and a step that would start after ``--budget`` seconds is recorded as skipped
-instead of run. The models are the real architectures with random weights, built in-process (a step's time does
-not depend on the weight values):
+the steps run cheapest first, a step (or batch size) that would start after ``--budget`` seconds is recorded as
+skipped instead of run, and a step that fails is recorded as failed while the others go on. The models are the
+real architectures with random weights, built in-process (a step's time does not depend on the weight values):
 
 - ``generate``: SD 1.5 (860 M UNet, ``sd15-random``) through :class:`DiffusersGenerator`, the code ``generate``
   runs, at 512 px, 20 steps, fp16, batch 1 and 8; then again with the UNet under ``torch.compile``. Each setting
@@ -31,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ DRY = Scale(device="cpu", preset="tiny", dtype="float32", size=64, steps=2, batc
             finetune_steps=2, embedder="tiny", embed_batch=8, embed_batches=2, repeats=1)  # fmt: skip
 
 
+SKIPPED = "skipped (time budget)"
 AUTOCAST = {"no": "fp32", "fp16": "fp16 autocast", "bf16": "bf16 autocast"}
 
 
@@ -169,10 +171,15 @@ def embed_rows(scale: Scale, repeats: int) -> Iterator[dict[str, Any]]:
 
 
 def generate_rows(
-    scale: Scale, repeats: int, compiled: bool, generator: DiffusersGenerator
+    scale: Scale, repeats: int, compiled: bool, generator: DiffusersGenerator, over_budget: Callable[[], bool]
 ) -> Iterator[dict[str, Any]]:
     """Images/s of the generator at each batch size, after a warm-up call (which compiles, when compiled)."""
     for batch in scale.batches:
+        setting = (f"{scale.preset}, {scale.size} px, {scale.steps} steps, {scale.dtype}, batch {batch}, "
+                   f"compile {'on' if compiled else 'off'}")  # fmt: skip
+        if over_budget():  # a compilation takes minutes: checked before each batch size, not only each step
+            yield {"step": "generate", "setting": setting, "status": SKIPPED}
+            continue
         prompts = [f"a photo of a bird, number {i}" for i in range(batch)]
         negatives = ["blurry, low quality"] * batch
         seeds = list(range(batch))
@@ -182,10 +189,9 @@ def generate_rows(
             _timed(lambda p=prompts, n=negatives, s=seeds: generator.generate(p, n, s), scale.device)
             for _ in range(repeats)
         )
-        yield {"step": "generate", "setting": f"{scale.preset}, {scale.size} px, {scale.steps} steps, "
-               f"{scale.dtype}, batch {batch}, compile {'on' if compiled else 'off'}", "warmup_s": warmup,
-               "measured": f"{repeats} calls", "rate": batch / seconds, "unit": "images/s",
-               "peak_gib": _peak_gib(scale.device), "status": "ok"}  # fmt: skip
+        yield {"step": "generate", "setting": setting, "warmup_s": warmup, "measured": f"{repeats} calls",
+               "rate": batch / seconds, "unit": "images/s", "peak_gib": _peak_gib(scale.device),
+               "status": "ok"}  # fmt: skip
 
 
 def finetune_rows(scale: Scale, work: Path) -> Iterator[dict[str, Any]]:
@@ -203,20 +209,20 @@ def finetune_rows(scale: Scale, work: Path) -> Iterator[dict[str, Any]]:
 
 
 def run(scale: Scale, repeats: int, figures: Figures, work: Path) -> None:
-    """Every step in order, cheapest first; a step past the budget is recorded as skipped."""
-    settings = resolve_settings(GenerateConfig(preset=scale.preset, device=scale.device, dtype=scale.dtype,
-                                               height=scale.size, width=scale.size,
-                                               num_inference_steps=scale.steps))  # fmt: skip
+    """Every step in order, cheapest first; a step past the budget is recorded as skipped, a failed one as failed."""
     generator: list[DiffusersGenerator] = []
 
     def plain() -> Iterator[dict[str, Any]]:
+        settings = resolve_settings(GenerateConfig(preset=scale.preset, device=scale.device, dtype=scale.dtype,
+                                                   height=scale.size, width=scale.size,
+                                                   num_inference_steps=scale.steps))  # fmt: skip
         generator.append(DiffusersGenerator.from_settings(settings))
-        return generate_rows(scale, repeats, False, generator[0])
+        return generate_rows(scale, repeats, False, generator[0], figures.over_budget)
 
     def compiled() -> Iterator[dict[str, Any]]:
         # dynamic=False: each batch size gets its own static graph, as a user's fixed --batch-size would
         generator[0].pipe.unet = torch.compile(generator[0].pipe.unet, backend=scale.compile_backend, dynamic=False)
-        return generate_rows(scale, repeats, True, generator[0])
+        return generate_rows(scale, repeats, True, generator[0], figures.over_budget)
 
     steps: list[tuple[str, Callable[[], Iterator[dict[str, Any]]]]] = [
         ("embed", lambda: embed_rows(scale, repeats)),
@@ -226,11 +232,16 @@ def run(scale: Scale, repeats: int, figures: Figures, work: Path) -> None:
     ]
     for name, step in steps:
         if figures.over_budget() or (name == "generate compiled" and not generator):
-            figures.add({"step": name, "setting": "", "status": "skipped (time budget)"})
+            figures.add({"step": name, "setting": "", "status": SKIPPED})
             continue
         print(f"{name}...", file=sys.stderr, flush=True)
-        for row in step():
-            figures.add(row)
+        try:
+            for row in step():
+                figures.add(row)
+        except Exception as err:  # one failed step (out of memory, a compiler error) must not cost the others
+            traceback.print_exc()
+            reason = " ".join(str(err).split())[:200]
+            figures.add({"step": name, "setting": "", "status": f"failed: {type(err).__name__}: {reason}"})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="the same steps on the tiny models, on the CPU")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/.work/gpu"), help="where gpu.json, gpu.md go")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per setting after the warm-up (3)")
-    parser.add_argument("--budget", type=float, default=390.0, help="seconds after which no step starts")
+    parser.add_argument("--budget", type=float, default=360.0, help="seconds after which no step starts")
     args = parser.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         print("error: no CUDA device (use --dry-run for the plumbing on the CPU)", file=sys.stderr)

@@ -2,7 +2,7 @@
 # The GPU benchmarks in one call, on a machine with torch, transformers, timm, peft and accelerate but no network
 # (the lent GPU machine): installs the wheels in .whl/ (diffusers, open_clip_torch and what they need that the
 # machine lacks; `make gpu-wheels` downloads them beforehand, on a machine with network) and this project, without
-# the network and without touching the machine's own packages, then runs benchmarks/gpu.py within 8 minutes.
+# the network and without touching the machine's own packages, then runs benchmarks/gpu.py: all within 8 minutes.
 #
 #   benchmarks/gpu.sh [OUT]            figures in OUT (default: $OUT, else benchmarks/.work/gpu)
 #   benchmarks/gpu.sh --dry-run [OUT]  the same steps on the tiny models, on the CPU
@@ -38,4 +38,4 @@ export PYTHONPATH="$site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1  # every model is built in-process: nothing may wait on a hub that cannot be reached
 "$python" -c 'import diffusers, open_clip, diffcoremix; print("diffcoremix from", diffcoremix.__file__)'
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-exec timeout --signal=INT --kill-after=20 480 "$python" benchmarks/gpu.py "${dry[@]}" --out "$out"
+exec timeout --signal=INT --kill-after=15 440 "$python" benchmarks/gpu.py "${dry[@]}" --out "$out"

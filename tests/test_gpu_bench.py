@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -71,3 +72,14 @@ def test_a_step_past_the_time_budget_is_recorded_as_skipped(gpu_bench: ModuleTyp
         (step, "skipped (time budget)") for step in ("embed", "generate", "finetune", "generate compiled")
     ]
     assert "| generate compiled |  |  |  | skipped (time budget) |  |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_a_failing_step_is_recorded_and_the_others_go_on(gpu_bench: ModuleType, tmp_path: Path) -> None:
+    broken = dataclasses.replace(gpu_bench.DRY, embedder="nope", preset="no-such-preset", finetune_preset="nope")
+    figures = gpu_bench.Figures(tmp_path, {"device_name": "CPU", "torch": "", "diffusers": "", "date": "",
+                                           "dry_run": True}, budget=600)  # fmt: skip
+    gpu_bench.run(broken, 1, figures, tmp_path)
+    statuses = [(r["step"], r["status"].split(":")[0]) for r in figures.rows]
+    assert statuses == [("embed", "failed"), ("generate", "failed"), ("finetune", "failed"),
+                        ("generate compiled", "skipped (time budget)")]  # fmt: skip
+    assert json.loads((tmp_path / "gpu.json").read_text())["rows"] == figures.rows
