@@ -29,13 +29,17 @@ if ((${#wheels[@]})); then
 elif [[ ${#dry[@]} -eq 0 ]]; then
     echo "gpu.sh: no wheels in $wheel_dir/ (run \`make gpu-wheels\` on a machine with network first)" >&2
 fi
-# The project from this checkout; src/ after the site folder stands in where no build backend is at hand.
-if ! "$python" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade --target "$site" . \
-    >/dev/null 2>&1; then
+# The project from a copy of this checkout (pip builds in the source tree: the checkout gets no build/ or egg-info);
+# src/ after the site folder stands in where no build backend is at hand.
+source_copy="$(mktemp -d)"
+trap 'rm -rf "$source_copy"' EXIT
+cp -r pyproject.toml README.md src "$source_copy"/
+if ! "$python" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade --target "$site" \
+    "$source_copy" >/dev/null 2>&1; then
     echo "gpu.sh: could not install the project without network; running it from src/" >&2
 fi
 export PYTHONPATH="$site:$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1  # every model is built in-process: nothing may wait on a hub that cannot be reached
 "$python" -c 'import diffusers, open_clip, diffcoremix; print("diffcoremix from", diffcoremix.__file__)'
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-exec timeout --signal=INT --kill-after=15 440 "$python" benchmarks/gpu.py "${dry[@]}" --out "$out"
+timeout --signal=INT --kill-after=15 440 "$python" benchmarks/gpu.py "${dry[@]}" --out "$out"

@@ -23,9 +23,12 @@ def test_the_dry_run_installs_the_project_and_writes_every_figure_with_the_devic
     (tmp_path / "wheels").mkdir()  # this machine's environment has diffusers and open_clip already
     env = {**os.environ, "PYTHON": sys.executable, "GPU_SITE": str(site), "GPU_WHEELS": str(tmp_path / "wheels"),
            "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}  # fmt: skip
+    egg_info = REPO / "src" / "diffcoremix.egg-info"
+    had_egg_info = egg_info.exists()
     result = subprocess.run([str(REPO / "benchmarks" / "gpu.sh"), "--dry-run", str(out)], capture_output=True,
                             text=True, env=env, timeout=400, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert egg_info.exists() == had_egg_info  # the project is built from a copy: the checkout is left as it was
     assert f"diffcoremix from {site}" in result.stdout  # the installed copy runs, not the checkout's src/
     figures = json.loads((out / "gpu.json").read_text())
     assert figures["device_name"] == "CPU"
