@@ -15,10 +15,12 @@ from __future__ import annotations
 import gc
 import json
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from .helpers import make_class_folders, run_cli
 from .singlefile import save_sd_checkpoint
@@ -98,8 +100,8 @@ def _records(out: Path) -> list[dict[str, object]]:
     return sorted(read_records(out), key=lambda r: str(r["key"]))
 
 
-def _ok(result: object) -> None:
-    assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
+def _ok(result: subprocess.CompletedProcess[str]) -> None:
+    assert result.returncode == 0, result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +115,6 @@ def test_generate_from_the_hub_layout_folder(from_folder: Path) -> None:
     records = _records(from_folder)
     assert len(records) == 2
     assert {r["pipeline"] for r in records} == {"StableDiffusionPipeline"}
-    from PIL import Image
-
     assert all(Image.open(from_folder / str(r["output"])).size == (64, 64) for r in records)
 
 
