@@ -9,7 +9,7 @@ CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_CHROMIUM := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
 
-.PHONY: install demo browser test test-all screenshot lint typecheck bench clean
+.PHONY: install demo browser test test-all screenshot lint typecheck bench gpu-wheels clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,20 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/offline.py
 	$(BIN)/python benchmarks/ray_scaling.py
 	$(BIN)/python benchmarks/faults.py
+
+# The wheels that benchmarks/gpu.sh installs on a lent GPU machine, which has no network (torch, transformers, timm,
+# peft and accelerate are there already): diffusers, open_clip_torch and the two they need that it lacks, at the
+# versions of constraints.txt, for its Python 3.12 on x86-64 Linux, into the ignored folder .whl/.
+GPU_WHEELS := diffusers open_clip_torch ftfy wcwidth
+GPU_PLATFORMS := manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64
+
+gpu-wheels:
+	@pins=""; for name in $(GPU_WHEELS); do \
+		pin=$$(grep -i "^$$name==" constraints.txt) || { echo "$$name is not pinned in constraints.txt" >&2; exit 1; }; \
+		pins="$$pins $$pin"; done; \
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(addprefix --platform ,$(GPU_PLATFORMS)) -d .whl $$pins
+	@ls .whl
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -16,7 +16,7 @@ from diffcoremix.filter import FilterConfig, filter_run
 from diffcoremix.generate import GenerateConfig, generate, read_manifest
 from diffcoremix.manifest import read_decisions
 
-from .helpers import cli_command, make_class_folders, run_cli
+from .helpers import cli_command, make_class_folders, run_cli, run_in_process, save_tiny_hf_clip
 
 FAST = GenerateConfig(preset="tiny", num_inference_steps=1)
 PROMPTS = PromptsConfig(per_image=2)
@@ -146,3 +146,38 @@ def test_negative_retries_is_an_option_error(data: Path, tmp_path: Path) -> None
     result = run_cli("augment", data, "-o", tmp_path / "out", "--preset", "tiny", "--retries", "-1")
     assert result.returncode == 2
     assert result.stderr.strip() == "diffcoremix augment: error: --retries must be >= 0, got -1"
+
+
+# tiny_open_clip's architecture as an open_clip model config: a name that `open_clip:NAME:FILE` can give
+TINY_OPEN_CLIP = {"embed_dim": 32, "vision_cfg": {"layers": 2, "width": 64, "head_width": 16, "patch_size": 8,
+                  "image_size": 64}, "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4,
+                  "layers": 2}}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["hf", "open_clip"])
+def test_augment_with_an_embedder_from_local_files(
+    kind: str, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny versions of tests/test_fullsize.py's augment runs: a transformers CLIP folder, an open_clip file."""
+    if kind == "hf":
+        spec = f"hf:{save_tiny_hf_clip(tmp_path / 'clip')}"
+    else:
+        import open_clip.factory
+        from safetensors.torch import save_file
+
+        from diffcoremix.embedders.models import tiny_open_clip
+
+        monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, "diffcoremix-tiny", TINY_OPEN_CLIP)
+        save_file(tiny_open_clip(1).module.state_dict(), tmp_path / "tiny.safetensors")  # not seed 0: see below
+        spec = f"open_clip:diffcoremix-tiny:{tmp_path / 'tiny.safetensors'}"
+    out = tmp_path / "out"
+    result = run_in_process(capsys, "augment", data, "-o", out, "--preset", "tiny", "--num-inference-steps", "1",
+                            "--max-per-class", "1", "--embedder", spec, "--threshold", "-1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(list((out / "train").rglob("*.png"))) == 3
+    decisions = read_decisions(out)
+    if kind == "open_clip":  # the file holds the weights of `tiny:1`: the same scores, so it was read (random
+        # weights from seed 0, which open_clip is given without a file, are those of `tiny:0`)
+        assert run_in_process(capsys, "filter", out, "--embedder", "tiny:1", "--threshold", "-1").returncode == 0
+        tiny = read_decisions(out)
+        assert {k: d["score"] for k, d in tiny.items()} == {k: d["score"] for k, d in decisions.items()}

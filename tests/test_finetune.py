@@ -16,7 +16,7 @@ from diffcoremix.finetune.loop import CHECKPOINT_FILE, LOSS_FILE, LOSS_PLOT
 from diffcoremix.finetuned import FINETUNE_FILE, LORA_WEIGHTS
 from diffcoremix.manifest.records import read_records
 
-from .helpers import make_class_folders
+from .helpers import make_class_folders, run_in_process
 
 # 2 VAE steps then 6 UNet steps of 4 images, a checkpoint every 2 steps: at 2 (mid-VAE), 4 (the VAE's end), 6
 # (mid-UNet).
@@ -163,3 +163,26 @@ def test_lora_leaves_every_base_weight_frozen() -> None:
     assert len(names) == sum(p.requires_grad for p in pipe.unet.parameters())
     for module in (pipe.text_encoder, pipe.vae):
         assert not any(p.requires_grad for p in module.parameters())
+
+
+def test_lora_over_a_local_diffusers_folder_round_trips_through_generate(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tiny version of tests/test_fullsize.py's LoRA run: a user's own model folder, not a built-in preset."""
+    from diffcoremix.generate.tiny import tiny_sd_pipeline
+
+    folder, lora = tmp_path / "my-model", tmp_path / "lora"
+    tiny_sd_pipeline(0).save_pretrained(folder)
+    trained = run_in_process(capsys, "finetune", data, "-o", lora, "--model", folder, "--method", "lora", "--max-steps",
+                             "2", "--batch-size", "2", "--resolution", "32", "--learning-rate", "0.01")  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert json.loads((lora / FINETUNE_FILE).read_text())["base_model"] == str(folder)
+    base = ["generate", data, "--model", folder, "--max-per-class", "1", "--num-inference-steps", "2",
+            "--height", "32", "--width", "32"]  # fmt: skip
+    assert run_in_process(capsys, *base, "-o", tmp_path / "plain").returncode == 0
+    assert run_in_process(capsys, *base, "-o", tmp_path / "tuned", "--lora", lora).returncode == 0
+    plain = {r["key"]: r for r in read_records(tmp_path / "plain")}
+    tuned = {r["key"]: r for r in read_records(tmp_path / "tuned")}
+    assert plain.keys() == tuned.keys()
+    assert all(tuned[k]["output_sha256"] != plain[k]["output_sha256"] for k in tuned)  # the adapters apply
+    assert {r["lora"] for r in tuned.values()} == {str(lora.resolve())}

@@ -28,7 +28,7 @@ from diffcoremix.generate import (
 )
 from diffcoremix.manifest import shard_path
 
-from .helpers import cli_command, kill_when_lines, make_class_folders, run_cli
+from .helpers import cli_command, kill_when_lines, make_class_folders, run_cli, run_in_process
 
 FAST = ("--preset", "tiny", "--num-inference-steps", "2")
 VOLATILE = ["seconds"]  # wall time: the only field allowed to differ between equal runs
@@ -388,3 +388,25 @@ def test_a_local_diffusers_folder_loads_offline(data: Path, tmp_path: Path) -> N
         for a, b in zip(table.output, builtin.output, strict=True)
     )
     assert worst <= 2
+
+
+def test_a_single_file_checkpoint_with_its_folders_configs_makes_the_folders_bytes(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffcoremix.generate.tiny import tiny_sd_pipeline
+
+    from .singlefile import save_sd_checkpoint
+
+    pipe = tiny_sd_pipeline(0)
+    folder = tmp_path / "my-model"
+    pipe.save_pretrained(folder)
+    checkpoint = save_sd_checkpoint(pipe, tmp_path / "my-model.safetensors")
+    args = (*FAST, "--max-per-class", "1")
+    assert run_in_process(capsys, "generate", data, "-o", tmp_path / "a", "--model", folder, *args).returncode == 0
+    result = run_in_process(capsys, "generate", data, "-o", tmp_path / "b", "--model", checkpoint,
+                            "--model-config", folder, *args)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    a, b = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    assert len(a) == 2
+    assert list(a.output_sha256) == list(b.output_sha256)  # the same weights, read from either form
+    assert set(b.model_sha256) == {hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
