@@ -228,3 +228,21 @@ def test_changed_weights_of_a_transformers_clip_folder_of_pytorch_model_bin_neve
     assert counts == (3, 3)
     assert not np.allclose(new, old)
     assert new_id == f"hf-clip:{weights_sha256(folder)[:16]}" != old_id
+
+
+def test_a_transformers_clip_from_the_hub_is_named_by_its_id_and_its_cached_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    from diffcoremix.embedders.models import _hf_identity
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--diffcoremix-test--tiny-clip"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # the hub cache this test laid out
+    assert _hf_identity("diffcoremix-test/tiny-clip") == f"diffcoremix-test/tiny-clip@{commit}"
+    assert _hf_identity("diffcoremix-test/not-cached") == "diffcoremix-test/not-cached"
