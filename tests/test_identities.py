@@ -1,5 +1,5 @@
 """What names a model names its weights (issue 26, item 3): a local generator folder whose weights changed is a run
-with other settings; an open_clip weights file or a transformers CLIP folder (``pytorch_model.bin`` alone) whose
+with other settings, and so is a fine-tuning of a local base that changed; an open_clip weights file or a transformers CLIP folder (``pytorch_model.bin`` alone) whose
 weights changed gets new embedding cache entries, never the old ones; the digest of a folder is read once and
 remembered by file status (shown by the files a process opens, seen by an audit hook), read again after a touch or
 a rewrite, and a damaged record of it is rebuilt."""
@@ -161,6 +161,23 @@ def test_a_generator_folder_with_changed_weights_is_a_run_with_other_settings(
     assert list(first.model_sha256) == [made_with] * 2
     assert list(first.weights_sha256) == [{"model": made_with}] * 2
     assert list(second.model_sha256) == [weights_sha256(folder)] * 2 != list(first.model_sha256)
+
+
+def test_a_finetune_whose_local_base_weights_changed_is_a_run_with_other_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diffcoremix.generate.tiny import tiny_sd_pipeline
+
+    data = make_class_folders(tmp_path / "data", {"001.cat": 2})
+    base = tmp_path / "base"
+    tiny_sd_pipeline(0).save_pretrained(base)
+    args = ("finetune", data, "-o", tmp_path / "model", "--preset", "tiny", "--model", base, "--max-steps", "2",
+            "--resolution", "32")  # fmt: skip
+    assert run_in_process(capsys, *args).returncode == 0
+    tiny_sd_pipeline(1).save_pretrained(base)  # another base, in the same folder
+    refused = run_in_process(capsys, *args)
+    assert refused.returncode == 2, refused.stderr
+    assert "holds a fine-tuning run with other settings (model_sha256: " in refused.stderr.splitlines()[-1]
 
 
 def _tiny_open_clip_file(path: Path, seed: int) -> Path:
