@@ -32,7 +32,7 @@ from diffcoremix.judge.runner import SAVE_EVERY
 from diffcoremix.manifest import ManifestWriter, OutputFolder, clear, read_manifest, shard_path
 from diffcoremix.manifest.records import JUDGE_COLUMNS
 
-from .helpers import cli_command, make_class_folders, shared_data_dir
+from .helpers import cli_command, make_class_folders, save_tiny_hf_clip, shared_data_dir
 
 pytestmark = pytest.mark.shared_data
 
@@ -338,6 +338,25 @@ def test_a_resnet20_train_runs_model_is_an_embedder_seeing_as_the_run_saw_and_ne
     torch.save({**saved, "info": {**saved["info"], "model": "resnet18"}}, tmp_path / "resnet18.pt")
     with pytest.raises(ModelLoadError, match="holds a train run's resnet18, not a CIFAR ResNet"):
         load_embedder(f"resnet20:{tmp_path / 'resnet18.pt'}")
+
+
+def test_the_filters_clip_folder_is_refused_as_judge_by_any_path_that_reaches_its_weights(
+    tiny_out: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = save_tiny_hf_clip(tmp_path / "models" / "clip")
+    filter_run(tiny_out, FilterConfig(embedder=f"hf:{folder}", threshold=0.5))
+    (tmp_path / "link").symlink_to(folder)
+    shutil.copytree(folder, tmp_path / "copy")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()  # transformers' "Writing model shards" bar
+    # A relative path, a symlink, a detour and a copy: the same weights, so the same model.
+    for spec in ("hf:models/clip", f"hf:{tmp_path / 'link'}", "hf:./models/../link", "hf:copy"):
+        assert main(["judge", str(tiny_out), "--classifier", spec]) == 2, spec
+        # transformers' "Loading weights" bar aside (issue 26, item 6), one line
+        lines = [line for line in capsys.readouterr().err.split("\n") if line and "\r" not in line]
+        assert len(lines) == 1, lines
+        assert "is the filter's embedder" in lines[0]
+    assert not (tiny_out / "judge.jsonl").exists()
 
 
 def test_the_judges_file_outlives_a_refiltering_and_goes_with_overwrite(tiny_out: Path) -> None:

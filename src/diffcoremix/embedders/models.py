@@ -14,13 +14,16 @@ are named by a spec string:
 - ``resnet56:<path>``, ``cifar-resnet:<path>``: the ResNet-56, or a CIFAR ResNet of any depth 6n + 2 (read
   from the checkpoint); the id ``resnet<depth>:<digest>`` names the weights whatever the spec.
 
-``id`` names the model and its weights; the on-disk cache keys embeddings by it.
+``id`` names the model and its weights; the on-disk cache keys embeddings by it. Local weights are named by their
+content (:func:`~diffcoremix.identities.weights_sha256`), never their path: ``hf-clip:<digest>``,
+``open_clip:<model>:<digest>``, ``resnet<depth>:<digest>`` (16 hex digits), so that changed weights never reuse an
+embedding cached for the old ones, and one folder reached by two paths is one embedder. Hub weights are named by
+their id and the commit of their cached snapshot (``hf-clip:<hub id>@<commit>``), open_clip's tags by their name.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +33,7 @@ from PIL import Image
 
 from diffcoremix import hub
 from diffcoremix.errors import DiffCoReMixError, ModelLoadError
+from diffcoremix.identities import weights_sha256
 from diffcoremix.registry import Registry
 
 
@@ -170,7 +174,9 @@ def open_clip_embedder(model_name: str, pretrained: str | None, device: str = "c
             local=[f"open_clip:{model_name}:/path/to/open_clip_pytorch_model.bin", "hf:/path/to/clip-folder"],
         ) from err
     tokenizer = open_clip.get_tokenizer(model_name)
-    return OpenClipEmbedder(model, transform, tokenizer, f"open_clip:{model_name}:{pretrained or 'random-seed0'}",
+    # A tag names fixed weights; a file (what open_clip reads when the name is no tag) is named by its content.
+    weights = pretrained if tag or not pretrained else weights_sha256(pretrained)[:16]
+    return OpenClipEmbedder(model, transform, tokenizer, f"open_clip:{model_name}:{weights or 'random-seed0'}",
                             device)  # fmt: skip
 
 
@@ -209,7 +215,7 @@ def cifar_resnet_transform() -> Callable[[Image.Image], torch.Tensor]:
 def cifar_resnet_id(path: str | Path, depth: int) -> str:
     """``resnet<depth>:<16 hex digits of the checkpoint's SHA-256>``: names the network and its weights, whatever
     spec loaded them (``resnet20:``, ``cifar-resnet:``), so the filter's and the judge's ids can be compared."""
-    return f"resnet{depth}:{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}"
+    return f"resnet{depth}:{weights_sha256(path)[:16]}"
 
 
 def cifar_resnet_embedder(path: str | Path, device: str = "cpu", depth: int | None = None) -> ModuleEmbedder:
@@ -271,10 +277,7 @@ class HFClipEmbedder:
                 f"cannot load transformers CLIP {name_or_path!r} ({reason})",
                 local=["hf:/path/to/folder (holding a saved CLIPModel, image processor and tokenizer)"],
             ) from err
-        path = Path(name_or_path)
-        weights = sorted(path.glob("*.safetensors")) if path.is_dir() else []
-        digest = hashlib.sha256(b"".join(w.read_bytes() for w in weights)).hexdigest()[:16] if weights else "hub"
-        self.id = f"hf-clip:{name_or_path}:{digest}"
+        self.id = f"hf-clip:{_hf_identity(name_or_path)}"
         self.device = device
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
@@ -289,6 +292,14 @@ class HFClipEmbedder:
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts), padding=True, truncation=True, return_tensors="pt").to(self.device)
         return _normalise(_features(self.model.get_text_features(**tokens)))
+
+
+def _hf_identity(name_or_path: str) -> str:
+    """A local folder's weights digest (whatever path reaches it), or a hub id with its cached snapshot's commit."""
+    if Path(name_or_path).expanduser().exists():
+        return weights_sha256(name_or_path)[:16]
+    config = hub.cached_file(name_or_path, ["config.json"])  # the snapshot just loaded: snapshots/<commit>/
+    return f"{name_or_path}@{Path(config).parent.name}" if config else name_or_path
 
 
 def _features(output: Any) -> torch.Tensor:

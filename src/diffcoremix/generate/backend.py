@@ -17,11 +17,11 @@ from typing import Any, Protocol
 from PIL import Image
 
 from diffcoremix import hub
-from diffcoremix.digests import file_sha256
 from diffcoremix.errors import ModelLoadError, UnknownNameError
 from diffcoremix.finetuned import finetune_summary, read_finetune_info
 from diffcoremix.generate.config import GenerationSettings
 from diffcoremix.generate.presets import BUILTIN_PREFIX
+from diffcoremix.identities import weights_sha256
 from diffcoremix.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,9 @@ def load_pipeline(settings: GenerationSettings) -> tuple[Any, dict[str, Any]]:
             "cosxl.safetensors), or use --preset tiny for an offline run"
         )
     dtype = _torch_dtype(settings.dtype)
-    provenance: dict[str, Any] = {"model": model, "model_revision": settings.revision, "model_sha256": None}
+    provenance: dict[str, Any] = {"model": model, "model_revision": settings.revision,
+                                  "model_sha256": settings.weights_sha256.get("model"),
+                                  "weights_sha256": dict(settings.weights_sha256)}  # fmt: skip
     if model.startswith(BUILTIN_PREFIX):
         pipe = _builtin_models().get(model.removeprefix(BUILTIN_PREFIX))(0)
         if settings.dtype != "float32":  # built in float32
@@ -207,7 +209,7 @@ def _read_pipeline(model: str, settings: GenerationSettings, kwargs: dict[str, A
     if settings.model_config is not None:
         kwargs = {**kwargs, "config": settings.model_config}
     pipe = cls.from_single_file(str(path), **kwargs)
-    provenance["model_sha256"] = file_sha256(path)
+    provenance["model_sha256"] = weights_sha256(path)  # remembered: a checkpoint is read once, not every run
     return pipe
 
 

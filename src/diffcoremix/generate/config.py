@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -11,6 +12,7 @@ from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError
 from diffcoremix.finetuned import read_finetune_info
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS, Family
+from diffcoremix.identities import local_weights_sha256
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 
@@ -104,10 +106,32 @@ class GenerationSettings:
     lora: str | None = None
     finetune_sha256: str | None = None
     """The weights digest of a fine-tuned model or LoRA (``finetune.json``): retrained weights change it."""
+    weights_sha256: dict[str, str] = field(default_factory=dict)
+    """The digest of the weights of each local model, LoRA and VAE (``{"model": ..., "lora": ...}``, see
+    :func:`~diffcoremix.identities.weights_sha256`): a path is named by its content, so changed weights are other
+    settings. A hub model is named by its id and revision instead."""
 
 
 def resolve_settings(config: GenerateConfig) -> GenerationSettings:
-    """Fill the config's unset options from its preset, and resolve ``auto`` device and dtype."""
+    """Fill the config's unset options from its preset, resolve ``auto`` device and dtype, and name each local
+    model, LoRA and VAE by the digest of its weights.
+
+    Raises:
+        ModelLoadError: local weights cannot be read.
+    """
+    settings = _resolve_options(config)
+    return dataclasses.replace(settings, weights_sha256=local_weights(settings))
+
+
+def local_weights(settings: GenerationSettings) -> dict[str, str]:
+    """``{role: digest}`` of the settings' local model, LoRA and VAE (a hub id or built-in model has none)."""
+    model = None if settings.model is None or settings.model.startswith(BUILTIN_PREFIX) else settings.model
+    named = {"model": model, "lora": settings.lora, "vae": settings.vae}
+    return {role: digest for role, name in named.items() if (digest := local_weights_sha256(name)) is not None}
+
+
+def _resolve_options(config: GenerateConfig) -> GenerationSettings:
+    """:func:`resolve_settings` but for the weights' digests."""
     preset = GENERATOR_PRESETS.get(config.preset)
     device = resolve_device(config.device)
     if config.compile:

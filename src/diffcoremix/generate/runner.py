@@ -524,6 +524,7 @@ def _entry(
         "model": provenance.get("model"),
         "model_revision": provenance.get("model_revision"),
         "model_sha256": provenance.get("model_sha256"),
+        "weights_sha256": provenance.get("weights_sha256"),
         "pipeline": provenance.get("pipeline"),
         "scheduler": provenance.get("scheduler"),
         "lora": provenance.get("lora"),

@@ -25,7 +25,6 @@ from typing import Any, Protocol
 import torch
 from PIL import Image
 
-from diffcoremix.digests import file_sha256
 from diffcoremix.embedders.models import (
     EMBEDDERS,
     Embedder,
@@ -35,6 +34,7 @@ from diffcoremix.embedders.models import (
 )
 from diffcoremix.embedders.resnet20 import CIFAR10_CLASSES, CifarResNet, load_cifar_resnet
 from diffcoremix.errors import ConfigError, DiffCoReMixError, ModelLoadError, UnknownNameError
+from diffcoremix.identities import weights_sha256
 from diffcoremix.registry import Registry
 
 ZERO_SHOT_TEMPLATE = "a photo of a {}"
@@ -157,7 +157,7 @@ def run_classifier(path: str | Path, device: str = "cpu") -> ModuleClassifier:
     from diffcoremix.train.transforms import for_run
 
     trained = load_run(path)
-    digest = file_sha256(Path(path) / MODEL_FILE)[:16]
+    digest = weights_sha256(Path(path) / MODEL_FILE)[:16]
     classifier = ModuleClassifier(trained.model, for_run(trained.info), trained.classes,
                                   f"run:{trained.info.get('model')}:{digest}", device)  # fmt: skip
     if isinstance(trained.model, CifarResNet):  # as the embedder resnet20:RUN/model.pt names the same weights

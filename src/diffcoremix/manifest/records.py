@@ -55,6 +55,7 @@ COLUMNS = (
     "model",
     "model_revision",
     "model_sha256",
+    "weights_sha256",
     "pipeline",
     "scheduler",
     "lora",
@@ -77,6 +78,9 @@ batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the m
 and named in ``error``), or ``writing`` for the record a batch appends before it writes its images (what is about to
 be written where: the ``ok`` record that follows replaces it when the manifest is compacted; one left alone was
 killed among its images);
+``model_sha256`` is the digest of a local model's weights (a checkpoint's SHA-256, or that of a folder's weight
+files: :mod:`diffcoremix.identities`), null for a hub model (named by ``model_revision``); ``weights_sha256`` holds
+the digest of each local model, LoRA and VAE by role (``{"model": ..., "lora": ...}``, as the settings do);
 ``lora`` is the path of LoRA weights applied over the model; ``finetune`` says what ``diffcoremix finetune`` made
 the model (or the LoRA) from: base model, data hash, steps, final loss, the digests of the loss curve and the
 weights (null for a model it did not make); ``settings_sha256`` is a digest of everything that determines the

@@ -298,7 +298,7 @@ def _provenance(page: _Page, run: GenerationRun) -> None:
     generation = [
         ("model", _unique(ok, "model")),
         ("revision / weights digest", _unique(ok, "model_revision")),
-        ("model file SHA-256", _unique(ok, "model_sha256")),
+        ("model weights SHA-256", _unique(ok, "model_sha256")),
         ("pipeline", _unique(ok, "pipeline")),
         ("scheduler", _unique(ok, "scheduler")),
         ("LoRA", _unique(ok, "lora")),
