@@ -122,8 +122,9 @@ def save_tiny_checked_sd(folder: Path, *, flag_all: bool) -> Path:
 
     vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
               "image_size": 32, "patch_size": 8}  # fmt: skip
+    # the checker uses the vision tower only; its text config must still name token ids inside its vocabulary
     text = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
-            "num_hidden_layers": 1}  # fmt: skip
+            "num_hidden_layers": 1, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}  # fmt: skip
     with seeded_init(0):
         checker = StableDiffusionSafetyChecker(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8))
     with torch.no_grad():

@@ -202,10 +202,7 @@ def _read_pipeline(model: str, settings: GenerationSettings, kwargs: dict[str, A
     if settings.vae is not None:
         kwargs = {**kwargs, "vae": diffusers.AutoencoderKL.from_pretrained(settings.vae, **kwargs)}
     if not _is_checkpoint(path):
-        kwargs = {
-            **kwargs,
-            **pretrained_kwargs(settings.safety_checker, model, {**kwargs, "revision": settings.revision}),
-        }
+        kwargs = kwargs | pretrained_kwargs(settings.safety_checker, model, kwargs | {"revision": settings.revision})
         pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model, revision=settings.revision, **kwargs)
         provenance["model_revision"] = settings.revision or _hub_commit(model)
         return pipe
@@ -300,7 +297,7 @@ class DiffusersGenerator:
                 generator=generators,
                 output_type="pil",
             )
-        checker = self.provenance.get("safety_checker") or type(getattr(self.pipe, "safety_checker", None)).__name__
+        checker = type(getattr(self.pipe, "safety_checker", None)).__name__  # what judged a flagged image
         return [
             Flagged(checker) if flagged else image.convert("RGB")
             for image, flagged in zip(output.images, flags(output, len(seeds)), strict=True)
