@@ -175,3 +175,56 @@ def test_a_config_file_may_say_off_bare(tmp_path: Path) -> None:
     assert (
         build_config(GenerateConfig, load_config_file(path, "generate"), {}, section="generate").safety_checker == "on"
     )
+
+
+def _concept_cosines(model: Path, images: list[Path]) -> np.ndarray:
+    """The cosine of each image's embedding with the checker's first concept, as the checker computes it."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker, cosine_distance
+    from transformers import CLIPImageProcessor
+
+    checker = StableDiffusionSafetyChecker.from_pretrained(model / "safety_checker")
+    processor = CLIPImageProcessor.from_pretrained(model / "feature_extractor")
+    pixels = processor([Image.open(p).convert("RGB") for p in images], return_tensors="pt").pixel_values
+    with torch.no_grad():
+        embeds = checker.visual_projection(checker.vision_model(pixels)[1])
+        return cosine_distance(embeds, checker.concept_embeds)[:, 0].numpy()  # type: ignore[no-any-return]
+
+
+def test_a_checker_that_flags_some_flags_exactly_those_and_the_rest_is_kept(
+    models: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    """Mixed batches: each flag lands on its own candidate, and only the unflagged images reach ``train/``."""
+    import shutil
+
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    prompts, keep_all = PromptsConfig(per_image=2), FilterConfig(embedder="tiny", threshold=-1.0)
+    generate = GenerateConfig(preset="tiny", num_inference_steps=1, batch_size=4, model=str(models["flag_none"]))
+    augment(data, tmp_path / "clean", prompts, generate, keep_all)
+    clean = read_manifest(tmp_path / "clean")
+    cosines = _concept_cosines(models["flag_none"], [tmp_path / "clean" / o for o in clean.output])
+    # a threshold in the widest gap between the middle cosines: the checker flags the images above it
+    ordered = np.sort(cosines)
+    gap = max(range(1, len(ordered) - 1), key=lambda i: ordered[i + 1] - ordered[i])
+    assert ordered[gap + 1] - ordered[gap] > 0.002  # the checker rounds its scores to 0.001
+    threshold = float(ordered[gap] + ordered[gap + 1]) / 2
+    some = tmp_path / "flag-some"
+    shutil.copytree(models["flag_none"], some)
+    checker = StableDiffusionSafetyChecker.from_pretrained(some / "safety_checker")
+    checker.concept_embeds_weights.data[0] = threshold
+    checker.save_pretrained(some / "safety_checker")
+
+    out = tmp_path / "out"
+    augment(data, out, prompts, GenerateConfig(**{**vars(generate), "model": str(some)}), keep_all)
+    table = read_manifest(out)
+    expected = ["flagged" if c > threshold else "ok" for c in cosines]
+    assert list(table.status) == expected
+    assert 0 < expected.count("flagged") < len(expected)
+    kept = table[table.status == "ok"]
+    # the unflagged images are the clean run's bytes, and they alone are placed in train/
+    assert list(kept.output_sha256) == list(clean.output_sha256[table.status == "ok"])
+    placed = sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in (out / "train").rglob("*.png"))
+    assert placed == sorted(kept.output_sha256)
+    report = json.loads((out / "filter_report.json").read_text())
+    assert sum(r["flagged"] for r in report["classes"].values()) == expected.count("flagged")
