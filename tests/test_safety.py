@@ -20,6 +20,7 @@ from diffcoremix.augmentation import augment
 from diffcoremix.config import build_config, load_config_file
 from diffcoremix.filter import FilterConfig
 from diffcoremix.generate import GenerateConfig, read_manifest
+from diffcoremix.generate.safety import apply_setting
 from diffcoremix.report import build_report
 from diffcoremix.seeds import derive_seed
 
@@ -144,6 +145,31 @@ def test_safety_checker_off_keeps_the_images_and_is_a_recorded_setting(
     assert again.stderr.count("\n") == 1
     assert "settings.safety_checker: 'off' -> None" in again.stderr
     assert _files(off) == before
+
+
+def test_off_never_loads_the_checker_and_a_pipeline_holding_one_has_it_dropped(
+    capsys: pytest.CaptureFixture[str], models: dict[str, Path], data: Path, tmp_path: Path
+) -> None:
+    """``off`` passes ``safety_checker=None`` to the load: a folder whose checker weights were deleted (1.2 GB in
+    sd15's repository) still loads, while the model's own setting needs them."""
+    import shutil
+
+    from diffusers import StableDiffusionPipeline
+
+    folder = tmp_path / "no-checker-weights"
+    shutil.copytree(models["flag_all"], folder)
+    shutil.rmtree(folder / "safety_checker")
+    refused = run_in_process(capsys, "generate", data, "-o", tmp_path / "a", *FAST, "--model", folder)
+    assert refused.returncode == 2
+    result = run_in_process(capsys, "generate", data, "-o", tmp_path / "b", *FAST, "--model", folder,
+                            "--safety-checker", "off")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert set(read_manifest(tmp_path / "b").status) == {"ok"}
+    # A pipeline that holds a checker all the same (one built in the process, say) has it dropped.
+    pipe = StableDiffusionPipeline.from_pretrained(models["flag_all"])
+    assert apply_setting(pipe, None, "flag-all") == CHECKER
+    assert apply_setting(pipe, "off", "flag-all") is None
+    assert pipe.safety_checker is None
 
 
 def test_on_for_a_model_without_a_checker_is_one_line_and_on_with_one_checks(
