@@ -103,3 +103,38 @@ def save_tiny_hf_clip(folder: Path) -> Path:
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     clip_tokenizer().save_pretrained(folder)
     return folder
+
+
+def save_tiny_checked_sd(folder: Path, *, flag_all: bool) -> Path:
+    """The tiny SD pipeline (``--preset tiny``'s weights) with a real ``StableDiffusionSafetyChecker`` at tiny size and
+    its ``CLIPImageProcessor``, saved in ``folder`` in the hub layout (as ``runwayml/stable-diffusion-v1-5`` ships one).
+
+    The checker flags an image when its embedding's cosine with a concept embedding exceeds that concept's threshold
+    (``concept_embeds_weights``): a cosine lies in [-1, 1], so thresholds of -2 flag every image and 2 flag none.
+    """
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    from diffcoremix.generate.tiny import tiny_sd_pipeline
+    from diffcoremix.seeds import seeded_init
+
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 1,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    # the checker uses the vision tower only; its text config must still name token ids inside its vocabulary
+    text = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 1, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}  # fmt: skip
+    with seeded_init(0):
+        checker = StableDiffusionSafetyChecker(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8))
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(-2.0 if flag_all else 2.0)
+        checker.special_care_embeds_weights.fill_(2.0)
+    base = tiny_sd_pipeline(0).components
+    pipe = StableDiffusionPipeline(
+        **{k: v for k, v in base.items() if k not in ("safety_checker", "feature_extractor", "image_encoder")},
+        safety_checker=checker,
+        feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+    )
+    pipe.save_pretrained(folder)
+    return folder

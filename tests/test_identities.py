@@ -1,8 +1,8 @@
 """What names a model names its weights (issue 26, item 3): a local generator folder whose weights changed is a run
-with other settings, and so is a fine-tuning of a local base that changed; an open_clip weights file or a transformers CLIP folder (``pytorch_model.bin`` alone) whose
-weights changed gets new embedding cache entries, never the old ones; the digest of a folder is read once and
-remembered by file status (shown by the files a process opens, seen by an audit hook), read again after a touch or
-a rewrite, and a damaged record of it is rebuilt."""
+with other settings, and so is a fine-tuning of a local base that changed; an open_clip weights file or a
+transformers CLIP folder (``pytorch_model.bin`` alone) whose weights changed gets new embedding cache entries, never
+the old ones; the digest of a folder is read once and remembered by file status (shown by the files a process opens,
+seen by an audit hook), read again after a touch or a rewrite, and a damaged record of it is rebuilt."""
 
 from __future__ import annotations
 

@@ -192,7 +192,7 @@ def test_judge_agreement_per_class_in_the_budget_table(tmp_path: Path) -> None:
     source = page.split('id="budget"')[1].split('id="scores"')[0]
     rows = re.findall(r"<tr><td>class (\d)</td>.*?</tr>", source)
     assert rows == ["0", "1", "2", "3"]
-    agree = re.findall(r'<td>class (\d)</td>(?:<td[^>]*>[^<]*</td>){10}<td class="num">([^<]*)</td></tr>', source)
+    agree = re.findall(r'<td>class (\d)</td>(?:<td[^>]*>[^<]*</td>){11}<td class="num">([^<]*)</td></tr>', source)
     assert agree == [("0", "100%"), ("1", "0%"), ("2", "100%"), ("3", "0%")]
     assert "<b>50%</b>judge agrees (of 40 judged)" in page
 

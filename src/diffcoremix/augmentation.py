@@ -138,7 +138,7 @@ def augment(
                            embedder=embedder, embed=embed, progress=progress)  # fmt: skip
             plan.warn_conflicts()
             redo = _redo(plan, latest, budget, scored) if attempt < retries else []
-            if summary.generated or summary.failed or not redo:  # a replayed round leaves the files as they are
+            if summary.generated or summary.failed or summary.flagged or not redo:  # a replayed round writes nothing
                 write_outputs(folder, data, filter_config, scored)
             if not redo:
                 break

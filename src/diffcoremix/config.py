@@ -116,6 +116,8 @@ def _coerce(value: Any, hint: Any) -> Any:
         return _coerce(value, next(a for a in typing.get_args(hint) if a is not type(None)))
     if origin is tuple and isinstance(value, list):
         return tuple(value)
+    if origin is Literal and isinstance(value, bool) and {"on", "off"} <= set(typing.get_args(hint)):
+        return "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value) if abs(value) < 2**1023 else math.inf  # beyond a float: refused as not finite
     return value

@@ -161,8 +161,9 @@ def _generate(args: argparse.Namespace) -> int:
     summary = generate(args.data, args.output, prompts, config, executor, data_config=_data_config(args),
                        overwrite=args.overwrite, progress=show_progress(args))  # fmt: skip
     where = f" on {executor.executor}" if executor.on_ray else " in this shard"
+    flagged = f", {summary.flagged} flagged by the safety checker" if summary.flagged else ""
     print(
-        f"{summary.generated} generated, {summary.skipped} already done, {summary.failed} failed "
+        f"{summary.generated} generated, {summary.skipped} already done, {summary.failed} failed{flagged} "
         f"({summary.shard} of {summary.planned} candidates{where}) in {summary.seconds:.1f} s -> "
         f"{summary.out} (manifest: {summary.out / MANIFEST_DIR})"
     )

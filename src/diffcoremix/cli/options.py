@@ -49,7 +49,8 @@ def _argument_kwargs(hint: Any) -> dict[str, Any]:
         kwargs = _argument_kwargs(inner)
         if "type" in kwargs:
             kwargs["type"] = _none_or(kwargs["type"])
-            kwargs["metavar"] = kwargs.get("metavar", inner.__name__.upper())
+            if "choices" not in kwargs:  # argparse shows the choices themselves: {on,off}
+                kwargs["metavar"] = kwargs.get("metavar", inner.__name__.upper())
         return kwargs
     if hint is bool:
         return {"action": argparse.BooleanOptionalAction}

@@ -322,6 +322,7 @@ class RayCluster:
             failed=sum(s.failed for s in summaries),
             seconds=time.perf_counter() - started,
             skipped_sources=skipped,
+            flagged=sum(s.flagged for s in summaries),
         )
 
     # --- embedding (the filter) -----------------------------------------------------------------------------------

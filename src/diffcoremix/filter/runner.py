@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections import Counter
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +49,7 @@ from diffcoremix.manifest.layout import (
     check_separate,
 )
 from diffcoremix.manifest.ownership import open_output
-from diffcoremix.manifest.records import read_manifest
+from diffcoremix.manifest.records import FLAGGED, read_manifest
 from diffcoremix.scratch import scratch_root
 
 logger = logging.getLogger(__name__)
@@ -57,8 +58,11 @@ logger = logging.getLogger(__name__)
 @dataclass
 class ClassReport:
     candidates: int = 0
+    """Candidates scored (those with an image)."""
     accepted: int = 0
     scores: list[float] = field(default_factory=list)
+    flagged: int = 0
+    """Candidates the model's safety checker flagged: no image, so neither scored nor kept (not in ``candidates``)."""
 
     @property
     def rejected(self) -> int:
@@ -94,6 +98,7 @@ class FilterReport:
                     "accepted": r.accepted,
                     "rejected": r.rejected,
                     "acceptance_rate": r.accepted / r.candidates if r.candidates else None,
+                    "flagged": r.flagged,
                     "scores": r.scores,
                 }
                 for c, r in self.classes.items()
@@ -107,17 +112,23 @@ class FilterReport:
         if self.embedder_note:
             lines.append(f"({self.embedder_note})")
         if self.classes:
+            flagged = any(r.flagged for r in self.classes.values())  # its column only where the checker flagged any
             lines.append(
                 f"{'class':<{width}}  {'cands':>5}  {'kept':>5}  {'rejected':>8}  {'rate':>6}  {'median score':>12}"
+                + ("  flagged" if flagged else "")
             )
             for c, r in self.classes.items():
                 rate = f"{r.accepted / r.candidates:6.1%}" if r.candidates else "     -"
                 median = f"{np.median(r.scores):12.3f}" if r.scores else f"{'-':>12}"
                 counts = f"{r.candidates:>5}  {r.accepted:>5}  {r.rejected:>8}"
-                lines.append(f"{text_cell(c):<{width}}  {counts}  {rate}  {median}")
+                lines.append(f"{text_cell(c):<{width}}  {counts}  {rate}  {median}" + (f"  {r.flagged:>7}" * flagged))
             total = sum(r.candidates for r in self.classes.values())
             kept = sum(r.accepted for r in self.classes.values())
-            lines.append(f"{'all':<{width}}  {total:>5}  {kept:>5}  {total - kept:>8}  {kept / max(total, 1):6.1%}")
+            all_flagged = f"  {'':>12}  {sum(r.flagged for r in self.classes.values()):>7}" if flagged else ""
+            lines.append(f"{'all':<{width}}  {total:>5}  {kept:>5}  {total - kept:>8}  {kept / max(total, 1):6.1%}"
+                         + all_flagged)  # fmt: skip
+            if flagged:
+                lines.append("flagged: no image (the model's safety checker flagged it); not scored, never kept")
         if self.calibration:
             lines += self._calibration_lines(width)
         return "\n".join(lines)
@@ -237,7 +248,7 @@ def score(
     ``check_real``, the real images that the rule compares with are decoded before the embedder loads, and those
     that cannot be used are named in one warning line and never embedded (:func:`check_compared`); without it they
     are taken as usable (``augment`` decoded every image of DATA before generating)."""
-    candidates = _candidates(folder, keys)
+    candidates, flagged = _candidates(folder, keys)
     settings = _settings(folder)  # what generation recorded: its model and its subset of DATA
     listing = (data_config or _recorded_data_config(settings)).select(data).without(_skipped_sources(folder))
     if check_real:
@@ -258,6 +269,10 @@ def score(
             report.suggested_threshold, report.calibration = suggest_threshold(index, config.reference)
         else:
             rows = _decide(embedder, folder, candidates, index, config, cache, kwargs, embed)
+            scored = {row["class_folder"] for row in rows}
+            for name, count in flagged.items():  # the classes in plan order: scored, flagged or both
+                if count or name in scored:
+                    report.classes[name] = ClassReport(flagged=count)
             for row in rows:
                 cls = report.classes.setdefault(row["class_folder"], ClassReport())
                 cls.candidates += 1
@@ -267,13 +282,19 @@ def score(
         return Scored(report, rows, listing.classes, frozenset(cache.used))
 
 
-def _candidates(folder: OutputFolder, keys: Container[str] | None) -> list[dict[str, Any]]:
-    """The successfully generated candidates (restricted to ``keys`` when given), in plan order."""
+def _candidates(folder: OutputFolder, keys: Container[str] | None) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """The successfully generated candidates (restricted to ``keys`` when given), in plan order, and the number of
+    flagged ones per class (the classes of both, in plan order; a class with none flagged counts 0)."""
     table = read_manifest(folder.path)
     if table.empty:
         raise DatasetError(f"{folder.path} has no generation manifest records to filter")
+    table = table[table.status.isin(("ok", FLAGGED))]
+    if keys is not None:
+        table = table[table.key.map(lambda key: key in keys).astype(bool)]
+    flagged = Counter({cls: 0 for cls in dict.fromkeys(table.class_folder)})
+    flagged.update(table.class_folder[table.status == FLAGGED])
     rows: list[dict[str, Any]] = table[table.status == "ok"].to_dict(orient="records")
-    return rows if keys is None else [r for r in rows if r["key"] in keys]
+    return rows, flagged
 
 
 def check_compared(

@@ -21,6 +21,7 @@ from diffcoremix.errors import ModelLoadError, UnknownNameError
 from diffcoremix.finetuned import finetune_summary, read_finetune_info
 from diffcoremix.generate.config import GenerationSettings
 from diffcoremix.generate.presets import BUILTIN_PREFIX
+from diffcoremix.generate.safety import Flagged, apply_setting, checker_quiet, flags, pretrained_kwargs
 from diffcoremix.identities import weights_sha256
 from diffcoremix.registry import Registry
 
@@ -37,7 +38,9 @@ class ImageGenerator(Protocol):
 
     def generate(
         self, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int]
-    ) -> list[Image.Image]: ...
+    ) -> list[Image.Image | Flagged]:
+        """One image per triple, or :class:`Flagged` where the model's safety checker flagged it."""
+        ...
 
 
 def _builtin_models() -> Registry[Callable[[int], Any]]:
@@ -101,6 +104,7 @@ def load_pipeline(settings: GenerationSettings) -> tuple[Any, dict[str, Any]]:
     _add_finetune_provenance(model, settings, provenance)
     if settings.lora is not None:
         _load_lora(pipe, settings.lora)
+    provenance["safety_checker"] = apply_setting(pipe, settings.safety_checker, model)
     pipe.set_progress_bar_config(disable=True)  # the runner's bar counts images; per-step bars would interleave
     provenance["pipeline"] = type(pipe).__name__
     provenance["scheduler"] = type(pipe.scheduler).__name__
@@ -200,6 +204,7 @@ def _read_pipeline(model: str, settings: GenerationSettings, kwargs: dict[str, A
     if settings.vae is not None:
         kwargs = {**kwargs, "vae": diffusers.AutoencoderKL.from_pretrained(settings.vae, **kwargs)}
     if not _is_checkpoint(path):
+        kwargs = kwargs | pretrained_kwargs(settings.safety_checker, model, kwargs | {"revision": settings.revision})
         pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model, revision=settings.revision, **kwargs)
         provenance["model_revision"] = settings.revision or _hub_commit(model)
         return pipe
@@ -270,11 +275,12 @@ class DiffusersGenerator:
 
     def generate(
         self, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int]
-    ) -> list[Image.Image]:
+    ) -> list[Image.Image | Flagged]:
         """One image per prompt; noise for each is drawn on the CPU from its own seed.
 
         Returns:
-            RGB ``PIL`` images of ``settings.height`` x ``settings.width``.
+            RGB ``PIL`` images of ``settings.height`` x ``settings.width``; :class:`Flagged` in place of each image
+            that the model's safety checker flagged (the pipeline has blacked it out).
         """
         import torch
 
@@ -282,7 +288,7 @@ class DiffusersGenerator:
             raise ValueError(f"got {len(prompts)} prompts, {len(negative_prompts)} negatives, {len(seeds)} seeds")
         s = self.settings
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-        with torch.inference_mode():
+        with torch.inference_mode(), checker_quiet():
             output = self.pipe(
                 prompt=list(prompts),
                 negative_prompt=list(negative_prompts) if s.guidance_scale > 1 else None,
@@ -293,4 +299,8 @@ class DiffusersGenerator:
                 generator=generators,
                 output_type="pil",
             )
-        return [image.convert("RGB") for image in output.images]
+        checker = type(getattr(self.pipe, "safety_checker", None)).__name__  # what judged a flagged image
+        return [
+            Flagged(checker) if flagged else image.convert("RGB")
+            for image, flagged in zip(output.images, flags(output, len(seeds)), strict=True)
+        ]

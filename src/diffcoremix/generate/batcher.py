@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 from diffcoremix.generate.backend import ImageGenerator
+from diffcoremix.generate.safety import Flagged
 from diffcoremix.prompts.builder import PromptRecord
 
 logger = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ class Batcher:
         self.limit = batch_size
         """The largest batch that fits; lowered for good after an out-of-memory error."""
 
-    def run(self, records: Sequence[PromptRecord]) -> list[Image.Image | BaseException]:
+    def run(self, records: Sequence[PromptRecord]) -> list[Image.Image | Flagged | BaseException]:
         import torch
 
         if len(records) > self.limit:

@@ -12,6 +12,7 @@ from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError
 from diffcoremix.finetuned import read_finetune_info
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS, Family
+from diffcoremix.generate.safety import SafetyChecker
 from diffcoremix.identities import local_weights_sha256
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
@@ -37,6 +38,9 @@ class GenerateConfig:
     without it diffusers fetches them from the hub, which an offline run cannot."""
     vae: str | None = None
     """Replaces the preset's VAE (hub id or folder)."""
+    safety_checker: SafetyChecker | None = None
+    """The model's safety checker: null runs the one the model ships (sd15 ships one); on requires one; off loads the
+    model without it. A flagged image is recorded as flagged, never kept (augment --retries tries new seeds)."""
     scheduler: str | None = None
     """A diffusers scheduler class name (e.g. EulerDiscreteScheduler); null keeps the preset's."""
     scheduler_kwargs: dict[str, Any] | None = None
@@ -110,6 +114,8 @@ class GenerationSettings:
     """The digest of the weights of each local model, LoRA and VAE (``{"model": ..., "lora": ...}``, see
     :func:`~diffcoremix.identities.weights_sha256`): a path is named by its content, so changed weights are other
     settings. A hub model is named by its id and revision instead."""
+    safety_checker: SafetyChecker | None = None
+    """``--safety-checker``: null runs the model's own checker, if it ships one (what it flags is never kept)."""
 
 
 def resolve_settings(config: GenerateConfig) -> GenerationSettings:
@@ -186,6 +192,7 @@ def _resolve_options(config: GenerateConfig) -> GenerationSettings:
         device=device,
         lora=config.lora,
         finetune_sha256=":".join(str(d) for d in digests) if digests else None,
+        safety_checker=config.safety_checker,
     )
 
 

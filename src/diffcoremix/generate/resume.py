@@ -5,6 +5,10 @@ generation settings' digest, its source, seed, prompt and negative prompt), its 
 SHA-256) and its source photo is unchanged (the recorded source SHA-256). The index keeps, per key of a
 successful record, a digest of those fields and the two SHA-256 values (80 bytes), not the record: a manifest of
 millions of candidates is checked in the memory of its keys.
+
+A ``flagged`` record (the safety checker flagged the image; none was kept) is reused the same way, less the image:
+the same seed and settings make the same image, which the same checker flags again. Its index entry holds
+:data:`NO_IMAGE` where an image's digest would be, and its identity names the path the image would have had.
 """
 
 from __future__ import annotations
@@ -17,18 +21,26 @@ from typing import Any, Literal
 
 from diffcoremix.digests import file_sha256
 from diffcoremix.manifest.layout import IMAGES_DIR
+from diffcoremix.manifest.records import FLAGGED
 
 _IDENTITY = ("output", "settings_sha256", "source", "seed", "prompt", "negative_prompt")
 """Record fields that must equal the planned candidate's for its image to be reused."""
 
 Verdict = Literal["done", "changed", "todo"]
 
+NO_IMAGE = bytes(32)
+"""The image digest of a settled candidate without an image (``flagged``) in the resume index."""
+
 
 def output_relpath(record: Any) -> str:
     """Where a candidate's image goes, relative to OUT: ``images/<source path>.k<k>.png`` (a class-folder tree);
     a regeneration adds ``.r<attempt>``."""
-    retry = f".r{record.attempt}" if record.attempt else ""
-    return f"{IMAGES_DIR}/{record.source}.k{record.k}{retry}.png"
+    return _relpath(record.source, record.k, record.attempt)
+
+
+def _relpath(source: Any, k: Any, attempt: Any) -> str:
+    retry = f".r{attempt}" if attempt else ""
+    return f"{IMAGES_DIR}/{source}.k{k}{retry}.png"
 
 
 def _identity(values: Iterable[Any]) -> bytes:
@@ -54,6 +66,11 @@ def resume_index(records: Iterable[dict[str, Any]]) -> dict[str, bytes]:
     for record in records:
         if record.get("status") == "blocked":  # its place holds a file of the user's: nothing to reuse
             index.pop(record["key"], None)
+        if record.get("status") == FLAGGED:
+            fields = {**record, "output": _relpath(record.get("source"), record.get("k"), record.get("attempt"))}
+            source = _sha(record.get("source_sha256")) or b""
+            index[record["key"]] = _identity(fields.get(f) for f in _IDENTITY) + NO_IMAGE + source
+            continue
         if record.get("status") != "ok":
             continue  # the latest successful record wins over any failure (latest_by_key's rule)
         output = _sha(record.get("output_sha256"))
@@ -78,7 +95,7 @@ def verdict(
     if packed[:16] != _identity(fields):
         return "todo"
     path = folder / relpath
-    if not path.is_file() or file_sha256(path) != packed[16:48].hex():
+    if packed[16:48] != NO_IMAGE and (not path.is_file() or file_sha256(path) != packed[16:48].hex()):
         return "todo"
     now = source_sha256(planned.source)
     return "done" if (packed[48:].hex() or None) == now else "changed"

@@ -40,6 +40,7 @@ from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
 from diffcoremix.generate.batcher import Batcher
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
 from diffcoremix.generate.resume import output_relpath, resume_index, verdict
+from diffcoremix.generate.safety import FLAGGED, Flagged
 from diffcoremix.manifest.layout import (
     CONFIG_FILE,
     RUN_FILE,
@@ -81,6 +82,9 @@ class GenerationSummary:
     seconds: float
     skipped_sources: tuple[Finding, ...] = ()
     """Images of DATA left out of the plan because they cannot be used (with the reason)."""
+    flagged: int = 0
+    """Of the candidates made, those the model's safety checker flagged (status ``flagged``: no image kept; not
+    counted in ``generated`` or ``failed``)."""
 
 
 @dataclass
@@ -238,20 +242,20 @@ def run_generation(
     if scratch is not None and (removed := scratch.sweep(tag)):
         logger.info("removed %d temporary file(s) left by an interrupted run", removed)
     writer = ManifestWriter(folder.shard_path(rank, world_size))
-    generated = failed = 0
+    counts = _Counts()
     if generator is not None:
-        generated, failed = _run(folder, data, records, job, generator, settings, config, writer, rank, hashes,
-                                 progress)  # fmt: skip
+        counts = _run(folder, data, records, job, generator, settings, config, writer, rank, hashes, progress)
     writer.compact(tag=tag)
     return GenerationSummary(
         out=folder.path,
         planned=len(records),
         shard=job.size,
         skipped=job.size - job.remaining,
-        generated=generated,
-        failed=failed,
+        generated=counts.generated,
+        failed=counts.failed,
         seconds=time.perf_counter() - started,
         skipped_sources=skipped,
+        flagged=counts.flagged,
     )
 
 
@@ -272,11 +276,14 @@ def _check_settings(folder: OutputFolder, fingerprint: dict[str, Any]) -> None:
         return  # none (or damaged): each record is still checked against what this run would make
     if previous == fingerprint:
         return
+    missing = object()  # a setting that an earlier version did not record (safety_checker, say) is named too
+    recorded = {(section, key): previous.get(section, {}).get(key, missing) for section, values in fingerprint.items()
+                for key in values}  # fmt: skip
     diffs = [
-        f"{section}.{key}: {previous.get(section, {}).get(key)!r} -> {value!r}"
+        f"{section}.{key}: {'(not recorded)' if was is missing else repr(was)} -> {value!r}"
         for section, values in fingerprint.items()
         for key, value in values.items()
-        if previous.get(section, {}).get(key) != value
+        if (was := recorded[section, key]) != value
     ]
     raise RunConflictError(
         f"{folder.path} holds a run made with other settings ({'; '.join(diffs)}); resume it with the same options, "
@@ -366,6 +373,30 @@ class _SourceHashes(dict[str, str | None]):
         return digest
 
 
+@dataclass
+class _Counts:
+    """The candidates one run made, by outcome."""
+
+    generated: int = 0
+    failed: int = 0
+    flagged: int = 0
+
+    def add(self, entries: Sequence[dict[str, Any]]) -> None:
+        for entry in entries:
+            if entry["status"] == "ok":
+                self.generated += 1
+            elif entry["status"] == FLAGGED:
+                self.flagged += 1
+            else:
+                self.failed += 1
+
+    def warn(self) -> None:
+        if self.flagged:
+            logger.warning("%d candidate(s) flagged by the model's safety checker: recorded as flagged, no image kept "
+                           "(augment --retries regenerates them with new seeds; --safety-checker off skips the check)",
+                           self.flagged)  # fmt: skip
+
+
 def _run(
     folder: OutputFolder,
     data: Path,
@@ -378,11 +409,11 @@ def _run(
     rank: int,
     hashes: _SourceHashes,
     progress: bool,
-) -> tuple[int, int]:
+) -> _Counts:
     batcher = Batcher(generator, config.batch_size)
     context = {"settings": settings, "provenance": generator.provenance, "rank": rank, "hashes": hashes,
                "digest": settings_digest(settings)}  # fmt: skip
-    generated = failed = 0
+    counts = _Counts()
     owned = _RecordedImages(folder)
     bar = tqdm(total=job.size, initial=job.size - job.remaining, desc="generate", unit="img", disable=not progress)
     try:
@@ -398,22 +429,22 @@ def _run(
             ]
             entries = _write_images(folder, made, writer, f"r{rank}-", owned)
             writer.append(entries)  # after the images are on disk: a record never names a missing file
-            generated += sum(e["status"] == "ok" for e in entries)
-            failed += sum(e["status"] != "ok" for e in entries)
+            counts.add(entries)
             bar.update(len(entries))
-            bar.set_postfix(failed=failed, refresh=False)
+            bar.set_postfix(failed=counts.failed, refresh=False)
             errors = [e for e in entries if e["status"] == "error"]
             if errors and config.on_error == "stop":
                 raise GenerationError(f"candidate {errors[0]['key']} failed: {errors[0]['error']}")
     finally:
         bar.close()
         owned.warn()
-    return generated, failed
+        counts.warn()
+    return counts
 
 
 def _generate_chunk(
     batcher: Batcher, chunk: list[tuple[int, PromptRecord]], hashes: _SourceHashes
-) -> list[Image.Image | BaseException]:
+) -> list[Image.Image | Flagged | BaseException]:
     # The whole chunk runs, done members included, so that every image sees the same batch as before.
     runnable = [r for _, r in chunk if hashes[r.source] is not None]
     produced = iter(batcher.run(runnable) if runnable else [])
@@ -423,12 +454,20 @@ def _generate_chunk(
 
 
 def _made(
-    index: int, record: PromptRecord, result: Image.Image | BaseException, seconds: float, context: dict[str, Any]
+    index: int,
+    record: PromptRecord,
+    result: Image.Image | Flagged | BaseException,
+    seconds: float,
+    context: dict[str, Any],
 ) -> tuple[dict[str, Any], bytes | None]:
-    """One candidate's manifest record, and its image's PNG bytes (None when it failed)."""
+    """One candidate's manifest record, and its image's PNG bytes (None when it failed or was flagged: the black
+    image the pipeline returns for a flagged one is not kept)."""
     entry = _entry(index, record, seconds, **context)
     if isinstance(result, BaseException):
         entry.update(status="error", error=f"{type(result).__name__}: {result}")
+        return entry, None
+    if isinstance(result, Flagged):
+        entry.update(status=FLAGGED, error=result.message)
         return entry, None
     payload = _png_bytes(result)
     entry.update(output=output_relpath(record), output_sha256=hashlib.sha256(payload).hexdigest())
@@ -529,6 +568,7 @@ def _entry(
         "scheduler": provenance.get("scheduler"),
         "lora": provenance.get("lora"),
         "finetune": provenance.get("finetune"),
+        "safety_checker": provenance.get("safety_checker"),
         "num_inference_steps": settings.num_inference_steps,
         "guidance_scale": settings.guidance_scale,
         "height": settings.height,

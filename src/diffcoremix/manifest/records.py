@@ -28,8 +28,8 @@ from diffcoremix.manifest.layout import (
     OutputFolder,
 )
 
-__all__ = ["COLUMNS", "FILTER_COLUMNS", "FINAL", "IMAGES_DIR", "JUDGE_COLUMNS", "MANIFEST_DIR", "ManifestWriter",
-           "iter_records", "latest_by_key", "read_judgements", "read_manifest", "read_records",
+__all__ = ["COLUMNS", "FILTER_COLUMNS", "FINAL", "FLAGGED", "IMAGES_DIR", "JUDGE_COLUMNS", "MANIFEST_DIR",
+           "ManifestWriter", "iter_records", "latest_by_key", "read_judgements", "read_manifest", "read_records",
            "shard_path"]  # fmt: skip
 
 logger = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ COLUMNS = (
     "scheduler",
     "lora",
     "finetune",
+    "safety_checker",
     "num_inference_steps",
     "guidance_scale",
     "height",
@@ -75,17 +76,19 @@ COLUMNS = (
 """The fields of a record, in order. ``output`` is relative to OUT; ``seconds`` is the image's share of its
 batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the message and ``output`` is null),
 ``blocked`` when the image's place holds a file that the user put there since diffcoremix wrote it (left in place,
-and named in ``error``), or ``writing`` for the record a batch appends before it writes its images (what is about to
-be written where: the ``ok`` record that follows replaces it when the manifest is compacted; one left alone was
-killed among its images);
+and named in ``error``), ``flagged`` when the model's safety checker flagged the image (no image is kept: ``output``
+is null, ``error`` says so; see :mod:`diffcoremix.generate.safety`), or ``writing`` for the record a batch appends
+before it writes its images (what is about to be written where: the ``ok`` record that follows replaces it when the
+manifest is compacted; one left alone was killed among its images);
 ``model_sha256`` is the digest of a local model's weights (a checkpoint's SHA-256, or that of a folder's weight
 files: :mod:`diffcoremix.identities`), null for a hub model (named by ``model_revision``); ``weights_sha256`` holds
 the digest of each local model, LoRA and VAE by role (``{"model": ..., "lora": ...}``, as the settings do);
 ``lora`` is the path of LoRA weights applied over the model; ``finetune`` says what ``diffcoremix finetune`` made
 the model (or the LoRA) from: base model, data hash, steps, final loss, the digests of the loss curve and the
-weights (null for a model it did not make); ``settings_sha256`` is a digest of everything that determines the
-pixels besides the record's own prompt, negative prompt and seed (model, revision, scheduler, steps, guidance,
-size, dtype, device, fine-tuned weights): a resumed run reuses an image
+weights (null for a model it did not make); ``safety_checker`` is the class of the checker that judged the image
+(null when none ran: the model ships none, or ``--safety-checker off``); ``settings_sha256`` is a digest of
+everything that determines the pixels besides the record's own prompt, negative prompt and seed (model, revision,
+scheduler, steps, guidance, size, dtype, device, fine-tuned weights, safety checker): a resumed run reuses an image
 only when its record matches what it would make now."""
 
 
@@ -140,9 +143,13 @@ def _read_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
                 yield start, len(line), record
 
 
-FINAL = frozenset({"ok", "blocked"})
-"""Statuses that settle a candidate until a later one of them: its image was made (``ok``), or its place holds a file
-the user put there since (``blocked``: left in place). A later failure does not undo either."""
+FLAGGED = "flagged"
+"""The status of a candidate whose image the model's safety checker flagged (its image is not kept)."""
+
+FINAL = frozenset({"ok", "blocked", FLAGGED})
+"""Statuses that settle a candidate until a later one of them: its image was made (``ok``), its place holds a file
+the user put there since (``blocked``: left in place), or the safety checker flagged what its seed makes
+(``flagged``: the same seed and settings make the same image). A later failure undoes none of them."""
 
 
 def latest_by_key(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -4,8 +4,8 @@ The page holds everything inline (images as ``data:`` URIs, CSS in a ``<style>``
 Content-Security-Policy forbids every request, so it opens offline, from an e-mail or a phone, and shows the same
 everywhere. Its sections:
 
-- ``overview``: candidates, kept, rejected, failed; the judge's agreement overall and among the kept and the
-  rejected; what the page samples;
+- ``overview``: candidates, kept, rejected, failed, flagged by the model's safety checker; the judge's agreement
+  overall and among the kept and the rejected; what the page samples;
 - ``provenance``: model, revision or weights hash, fine-tune run, embedder, rule, threshold, library versions;
 - ``budget``: per class, the planned candidates against the generated, scored and kept ones (and the judge);
 - ``scores``: score histograms with the threshold and the calibrated suggestion;
@@ -41,6 +41,7 @@ from diffcoremix.data.images import open_image
 from diffcoremix.embedders.cache import EmbeddingCache
 from diffcoremix.errors import ConfigError, DiffCoReMixError
 from diffcoremix.manifest.layout import CACHE_DIR, OutputFolderError, inside
+from diffcoremix.manifest.records import FLAGGED
 from diffcoremix.report.collect import (
     CompareFolder,
     EvalFolder,
@@ -217,6 +218,7 @@ def _decided(run: GenerationRun) -> pd.DataFrame:
 def _overview(page: _Page, run: GenerationRun, grid: int) -> None:
     table = run.table
     ok = int((table.status == "ok").sum())
+    flagged = int((table.status == FLAGGED).sum())
     decided = _decided(run)
     kept = int(decided.accepted.sum())
     page.context["overview"] = {
@@ -225,7 +227,8 @@ def _overview(page: _Page, run: GenerationRun, grid: int) -> None:
         "candidates": len(table),
         "classes": int(table.class_folder.nunique()),
         "ok": ok,
-        "failed": len(table) - ok,
+        "failed": len(table) - ok - flagged,
+        "flagged": flagged,
         "decided": len(decided),
         "kept": kept,
         "rejected": len(decided) - kept,
@@ -306,6 +309,7 @@ def _provenance(page: _Page, run: GenerationRun) -> None:
         ("size", f"{_unique(ok, 'width')} x {_unique(ok, 'height')}"),
         ("dtype, device", f"{_unique(ok, 'dtype')}, {_unique(ok, 'device')}"),
         ("preset", str(settings.get("preset", "-"))),
+        ("safety checker", _safety_checker(run, settings)),
     ]
     if finetune:  # what `diffcoremix finetune` made the model from: base, data hash, steps, loss, digests
         generation += [(f"fine-tune: {k.replace('_', ' ')}", _plain(v)) for k, v in finetune.items()]
@@ -330,6 +334,13 @@ def _provenance(page: _Page, run: GenerationRun) -> None:
     }
 
 
+def _safety_checker(run: GenerationRun, settings: dict[str, Any]) -> str:
+    """``--safety-checker`` and the checker that judged the images (of every record: flagged ones have no image)."""
+    setting = {"on": "on", "off": "off"}.get(str(settings.get("safety_checker")), "the model's own")
+    checker = _unique(run.table, "safety_checker")
+    return f"{setting}: {'none ran' if checker == '-' else checker}"
+
+
 def _plain(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return ", ".join(map(str, value)) or "-"
@@ -347,12 +358,13 @@ def _budget(page: _Page, run: GenerationRun) -> None:
             "sources": table.groupby("class_folder").source.nunique(),
             "budget": table[attempt == 0].groupby("class_folder").size(),
             "generated": table[table.status == "ok"].groupby("class_folder").size(),
-            "failed": table[table.status != "ok"].groupby("class_folder").size(),
+            "failed": table[~table.status.isin(("ok", FLAGGED))].groupby("class_folder").size(),
+            "flagged": table[table.status == FLAGGED].groupby("class_folder").size(),
             "scored": decided.groupby("class_folder").size(),
             "kept": decided[decided.accepted].groupby("class_folder").size(),
             "median": decided.groupby("class_folder").score.median(),
         }
-    ).fillna({"budget": 0, "generated": 0, "failed": 0, "scored": 0, "kept": 0})
+    ).fillna({"budget": 0, "generated": 0, "failed": 0, "flagged": 0, "scored": 0, "kept": 0})
     names = table.groupby("class_folder").class_name.first()
     if run.judged:
         judged = table[table.agrees.notna()]
@@ -362,13 +374,15 @@ def _budget(page: _Page, run: GenerationRun) -> None:
         budget, kept = int(row.budget), int(row.kept)
         rows.append({
             "cls": str(cls), "name": str(names.get(cls, cls)), "sources": int(row.sources), "budget": budget,
-            "generated": int(row.generated), "failed": int(row.failed), "scored": int(row.scored), "kept": kept,
+            "generated": int(row.generated), "failed": int(row.failed), "flagged": int(row.flagged),
+            "scored": int(row.scored), "kept": kept,
             "rate": f"{kept / row.scored:.0%}" if row.scored else "-",
             "met": kept >= budget if run.filtered else None,
             "median": f"{row['median']:.3f}" if not math.isnan(row["median"]) else "-",
             "judge": f"{row['judge']:.0%}" if run.judged and not math.isnan(row.get("judge", math.nan)) else "-",
         })  # fmt: skip
-    totals = {k: sum(r[k] for r in rows) for k in ("sources", "budget", "generated", "failed", "scored", "kept")}
+    totals = {k: sum(r[k] for r in rows) for k in ("sources", "budget", "generated", "failed", "flagged", "scored",
+                                                   "kept")}  # fmt: skip
     page.context["budget"] = {"rows": rows[:TABLE_CLASSES], "classes": len(rows), "totals": totals,
                               "judged": run.judged, "shown": min(len(rows), TABLE_CLASSES)}  # fmt: skip
 
