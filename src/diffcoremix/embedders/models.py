@@ -259,7 +259,7 @@ class HFClipEmbedder:
 
         offline = not Path(name_or_path).expanduser().exists() and hub.hub_offline()
         try:  # offline: local_files_only, and the hub's offline mode for what ignores it (user-agent telemetry)
-            with hub.cache_only() if offline else contextlib.nullcontext():
+            with hub.cache_only() if offline else contextlib.nullcontext(), hub.quiet_loading():
                 self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=offline).eval().to(device)
                 self.processor = CLIPImageProcessor.from_pretrained(name_or_path, local_files_only=offline)
                 self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
