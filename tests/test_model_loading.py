@@ -88,6 +88,18 @@ def _ok(out: Path) -> list[str]:
 # --- item 2: a local --model never fetches anything ----------------------------------------------------------------
 
 
+def test_vae_none_on_the_command_line_is_the_models_own_vae_not_unset() -> None:
+    from diffcoremix.cli.main import build_parser
+    from diffcoremix.cli.options import config_from_args
+    from diffcoremix.finetune.config import FinetuneConfig
+
+    for words, expected in ((["--vae", "none"], None), ([], HUB_VAE)):
+        args = build_parser().parse_args(["generate", "DATA", "-o", "OUT", "--preset", "sdxl", *words])
+        assert resolve_settings(config_from_args(GenerateConfig, args, "generate")).vae == expected
+    args = build_parser().parse_args(["finetune", "DATA", "-o", "MODEL", "--preset", "sdxl", "--vae", "none"])
+    assert config_from_args(FinetuneConfig, args, "finetune").vae == "none"
+
+
 def test_the_sdxl_presets_hub_vae_stays_with_their_hub_models() -> None:
     for name in ("sdxl", "sdxl-turbo", "paper"):
         preset = GENERATOR_PRESETS.get(name)

@@ -10,10 +10,10 @@ Unset (null) options take a value that suits the method and the model (:func:`re
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from diffcoremix.config import check_types, require
+from diffcoremix.config import NONE_IS_A_VALUE, check_types, require
 from diffcoremix.errors import ConfigError
 from diffcoremix.generate.config import NO_VAE
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS
@@ -39,7 +39,7 @@ class FinetuneConfig:
     model_config: str | None = None
     """For a single-file checkpoint: a diffusers folder (or hub id) holding the matching component configs;
     without it diffusers fetches them from the hub, which an offline run cannot."""
-    vae: str | None = None
+    vae: str | None = field(default=None, metadata={NONE_IS_A_VALUE: True})
     """A replacement VAE, as generate's --vae: a hub id, a diffusers VAE folder or a .safetensors file; none keeps
     the model's own. Unset, a preset's VAE applies only to the preset's own hub model."""
     method: Literal["auto", "lora", "full"] = "auto"

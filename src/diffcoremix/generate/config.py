@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from diffcoremix.config import check_types, require
+from diffcoremix.config import NONE_IS_A_VALUE, check_types, require
 from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError
 from diffcoremix.finetuned import read_finetune_info
@@ -35,7 +35,7 @@ class GenerateConfig:
     model_config: str | None = None
     """For a single-file checkpoint: a diffusers folder (or hub id) holding the matching component configs;
     without it diffusers fetches them from the hub, which an offline run cannot."""
-    vae: str | None = None
+    vae: str | None = field(default=None, metadata={NONE_IS_A_VALUE: True})
     """A replacement VAE: a hub id, a diffusers AutoencoderKL folder or a single .safetensors file; none keeps the
     model's own. Unset, a preset's VAE (sdxl's fp16-safe one) applies only to the preset's own hub model: a local
     --model never fetches anything."""
