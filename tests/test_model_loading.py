@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import shutil
 import threading
 from collections.abc import Iterator
@@ -46,8 +47,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from diffcoremix.generate.tiny import tiny_sd_pipeline, tiny_sdxl_pipeline
     from diffcoremix.generate.backend import quiet_loading  # the writers' bars off
+    from diffcoremix.generate.tiny import tiny_sd_pipeline, tiny_sdxl_pipeline
 
     root = tmp_path_factory.mktemp("models")
     sd = tiny_sd_pipeline(0)
@@ -245,7 +246,7 @@ class _NotAHub(http.server.BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    do_GET = do_HEAD = do_POST = _answer
+    do_GET = do_HEAD = do_POST = _answer  # noqa: N815 (http.server's names)
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -276,8 +277,27 @@ def test_an_endpoint_that_answers_but_not_as_a_hub_is_named_so(data: Path, tmp_p
 
 def test_quiet_leaves_stderr_empty_while_transformers_loads_a_clip(data: Path, tmp_path: Path) -> None:
     clip = save_tiny_hf_clip(tmp_path / "clip")
-    result = run_cli("prompts", data, "-o", tmp_path / "p.jsonl", "--context", "sample", "--context-embedder",
-                     f"hf:{clip}", "-q", env={"HF_HUB_OFFLINE": "1"})  # fmt: skip
+    args = ("prompts", data, "--context", "sample", "--context-embedder", f"hf:{clip}")
+    result = run_cli(*args, "-o", tmp_path / "p.jsonl", "-q", env={"HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert (tmp_path / "p.jsonl").read_text().count("\n") == 2
+    # the loading bar is the library's, never ours to show: off without -q too (as generate's pipeline loads)
+    result = run_cli(*args, "-o", tmp_path / "again.jsonl", env={"HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "Loading weights" not in result.stderr
+
+
+def test_quiet_switches_off_the_hubs_download_bars(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub.utils.tqdm import are_progress_bars_disabled, enable_progress_bars
+
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # restored afterwards, as the bars are
+    try:
+        assert not are_progress_bars_disabled()
+        assert run_in_process(capsys, "prompts", data, "-o", tmp_path / "p.jsonl", "-q").returncode == 0
+        assert are_progress_bars_disabled()
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # for a huggingface_hub imported later
+    finally:
+        enable_progress_bars()
