@@ -272,6 +272,16 @@ def test_an_endpoint_that_answers_but_not_as_a_hub_is_named_so(data: Path, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("embedder", ["open_clip:ViT-B-32:openai", "hf:org/clip"])
+def test_an_embedder_from_an_endpoint_that_is_not_a_hub_is_named_so(
+    data: Path, tmp_path: Path, not_a_hub: str, embedder: str
+) -> None:
+    env = {**offline_env(tmp_path / "hf"), "HF_ENDPOINT": not_a_hub}
+    args = ("prompts", data, "-o", tmp_path / "p.jsonl", "--context", "sample", "--context-embedder", embedder)
+    line = one_line(run_cli(*args, env=env))
+    assert f"the hub {not_a_hub} answered, but not as a Hugging Face hub (HTTP 404, text/html)" in line
+
+
 # --- item 6: -q hides every progress bar ----------------------------------------------------------------------------
 
 
