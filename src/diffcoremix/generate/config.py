@@ -150,7 +150,7 @@ def resolve_settings(config: GenerateConfig) -> GenerationSettings:
     model = pick(model, preset.model)
     vae = resolve_vae(given_vae, preset, model)
     if vae is not None and model is not None and model.startswith(BUILTIN_PREFIX):
-        raise ConfigError("vae", given_vae, f"null or none with the built-in model {model} (it builds its own VAE)")
+        raise ConfigError("vae", given_vae, f"null with the built-in model {model} (it builds its own VAE)")
     digests = [info.get("weights_sha256") for info in (model_info, lora_info) if info is not None]
     return GenerationSettings(
         preset=preset.name,
