@@ -100,13 +100,19 @@ def vae_state_dict(vae: Any) -> dict[str, Any]:
     return out
 
 
-def save_sd_checkpoint(pipe: Any, path: Path) -> Path:
-    """Write ``pipe`` (a ``StableDiffusionPipeline``) to ``path`` as an original single-file ``.safetensors``."""
+def save_sd_checkpoint(pipe: Any, path: Path, *, vae: bool = True) -> Path:
+    """Write ``pipe`` (a ``StableDiffusionPipeline``) to ``path`` as an original single-file ``.safetensors``; with
+    ``vae=False`` without the VAE (as some downloads are: the user must name one with ``--vae``)."""
     from safetensors.torch import save_file
 
-    weights = {**unet_state_dict(pipe.unet), **vae_state_dict(pipe.vae)}
+    weights = {**unet_state_dict(pipe.unet), **(vae_state_dict(pipe.vae) if vae else {})}
     for key, value in pipe.text_encoder.state_dict().items():  # transformers 5 names them without text_model.
         name = key if key.startswith("text_model.") else f"text_model.{key}"
         weights[f"cond_stage_model.transformer.{name}"] = value
     save_file({k: v.detach().contiguous() for k, v in weights.items()}, path)
     return path
+
+
+def save_checkpoint_without_vae(pipe: Any, path: Path) -> Path:
+    """``pipe``'s UNet and text encoder as one original-layout ``.safetensors`` file (no VAE in it)."""
+    return save_sd_checkpoint(pipe, path, vae=False)

@@ -29,6 +29,9 @@ from diffcoremix.errors import ConfigError, ForeignFileError, UnknownNameError
 
 C = TypeVar("C")
 
+NONE_IS_A_VALUE = "none_is_a_value"
+"""Field metadata: on the command line, ``none`` is this option's value, not "unset" (``--vae none``: the model's
+own VAE, where unset means the preset's)."""
 PRESET_DIR = Path(__file__).with_name("configs")
 """Where the shipped YAML presets live (``configs/`` at the repository root links here)."""
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -90,6 +92,52 @@ def _connect_error(host: str, port: int, timeout: float) -> str | None:
     thread.start()
     thread.join(timeout)
     return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
+def not_a_hub_reason(repo_id: str) -> str | None:
+    """Why the endpoint, which a connection reached, is not the hub (a proxy or captive portal answering in its
+    place), or None when it answers as the hub does or cannot be asked.
+
+    The hub answers ``/api/models/<repo>`` with JSON, also for a repository that does not exist (a 401 or 404
+    with ``{"error": ...}``); a proxy's error or login page is HTML. Called after a hub load failed: the
+    libraries' own words ("does not appear to have a file named model_index.json") blame the model instead.
+    """
+    url = f"{endpoint()}/api/models/{urllib.parse.quote(repo_id)}"
+    try:
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as response:
+            status, kind, body = response.status, response.headers.get_content_type(), response.read(65536)
+    except urllib.error.HTTPError as err:
+        status, kind, body = err.code, err.headers.get_content_type(), err.read(65536)
+    except (OSError, ValueError):  # unreachable now: the offline message, not this one, is the right one
+        return None
+    try:
+        json.loads(body)
+        return None
+    except ValueError:
+        return (
+            f"the hub {endpoint()} answered, but not as a Hugging Face hub (HTTP {status}, {kind}): a proxy or "
+            "captive portal answers in its place; set HF_ENDPOINT or HTTPS_PROXY to reach the hub"
+        )
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """diffusers' and transformers' own progress bars ("Loading pipeline components", "Loading weights", "Writing
+    model shards") off while loading or saving a model: they would interleave with the command's bar, and ``-q``
+    promises none."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        if was[0]:
+            diffusers_logging.enable_progress_bar()
+        if was[1]:
+            transformers_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def cache_dir() -> str:

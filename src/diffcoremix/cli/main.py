@@ -18,7 +18,7 @@ import signal
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from diffcoremix import __version__, faults
 from diffcoremix.cli.commands import COMMANDS, Command
@@ -49,7 +49,12 @@ BAD_INPUT = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage block), exit code 2."""
+    """An ArgumentParser whose errors are one line (no usage block), exit code 2, and that takes no abbreviated
+    option: ``finetune --vae X`` must not be read as ``--vae-steps X``, nor an option added later change what an
+    abbreviation in a user's script means."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
         self.exit(BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
@@ -115,6 +120,19 @@ def configure_logging(verbose: int, quiet: int) -> None:
     ours.setLevel(max(logging.DEBUG, min(level, logging.CRITICAL)))
     ours.propagate = False
     _configure_other_loggers(verbose)
+    if quiet:
+        _hide_download_bars()
+
+
+def _hide_download_bars() -> None:
+    """``-q``: huggingface_hub's download bars off as well (the loaders hide the libraries' loading bars always:
+    :func:`diffcoremix.hub.quiet_loading`). The variable is read when huggingface_hub is first imported, which the
+    commands do lazily; an import made already is switched off directly."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils.tqdm import disable_progress_bars
+
+        disable_progress_bars()
 
 
 def _configure_other_loggers(verbose: int) -> None:

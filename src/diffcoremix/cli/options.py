@@ -15,7 +15,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, Union
 
-from diffcoremix.config import build_config, check_config_sections, field_docs, load_config_file
+from diffcoremix.config import NONE_IS_A_VALUE, build_config, check_config_sections, field_docs, load_config_file
 
 
 def option_name(field: str) -> str:
@@ -94,7 +94,7 @@ def add_config_options(
             dest=f.name,
             default=argparse.SUPPRESS,
             help=f"{docs.get(f.name, '')} [default: {shown}]".replace("%", "%%"),
-            **_argument_kwargs(hints[f.name]),
+            **_argument_kwargs(str if f.metadata.get(NONE_IS_A_VALUE) else hints[f.name]),
         )
 
 

@@ -169,6 +169,8 @@ def open_clip_embedder(model_name: str, pretrained: str | None, device: str = "c
             model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
     except (RuntimeError, OSError, ValueError) as err:
         reason = " ".join(str(err).split())[:300]
+        if tag.get("hf_hub") and not offline:  # open_clip's words do not say that a proxy answered for the hub
+            reason = hub.not_a_hub_reason(tag["hf_hub"].rsplit("/", 1)[0]) or reason
         raise EmbedderLoadError(
             f"cannot load open_clip model {model_name!r} with weights {pretrained!r} ({reason})",
             local=[f"open_clip:{model_name}:/path/to/open_clip_pytorch_model.bin", "hf:/path/to/clip-folder"],
@@ -265,7 +267,7 @@ class HFClipEmbedder:
 
         offline = not Path(name_or_path).expanduser().exists() and hub.hub_offline()
         try:  # offline: local_files_only, and the hub's offline mode for what ignores it (user-agent telemetry)
-            with hub.cache_only() if offline else contextlib.nullcontext():
+            with hub.cache_only() if offline else contextlib.nullcontext(), hub.quiet_loading():
                 self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=offline).eval().to(device)
                 self.processor = CLIPImageProcessor.from_pretrained(name_or_path, local_files_only=offline)
                 self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
@@ -273,6 +275,8 @@ class HFClipEmbedder:
             reason = " ".join(str(err).split())[:300]
             if offline:  # transformers' own words do not say that the network is the cause
                 reason = f"{hub.offline_reason()}, and its files are not all in the cache {hub.cache_dir()}"
+            elif not Path(name_or_path).expanduser().exists():  # nor that a proxy answered in the hub's place
+                reason = hub.not_a_hub_reason(name_or_path) or reason
             raise EmbedderLoadError(
                 f"cannot load transformers CLIP {name_or_path!r} ({reason})",
                 local=["hf:/path/to/folder (holding a saved CLIPModel, image processor and tokenizer)"],

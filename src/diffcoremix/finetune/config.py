@@ -10,11 +10,12 @@ Unset (null) options take a value that suits the method and the model (:func:`re
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from diffcoremix.config import check_types, require
+from diffcoremix.config import NONE_IS_A_VALUE, check_types, require
 from diffcoremix.errors import ConfigError
+from diffcoremix.generate.config import NO_VAE
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS
 
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
@@ -32,9 +33,15 @@ class FinetuneConfig:
     """The base model's preset (``diffcoremix presets``); tiny starts from the learnable tiny architecture
     (random weights: the VAE is trained first, then every UNet weight)."""
     model: str | None = None
-    """Replaces the preset's model: a hub id or a local diffusers folder."""
+    """Replaces the preset's model: a hub id, a local diffusers folder, or a .safetensors/.ckpt checkpoint."""
     revision: str | None = None
     """Hub revision of the model."""
+    model_config: str | None = None
+    """For a single-file checkpoint: a diffusers folder (or hub id) holding the matching component configs;
+    without it diffusers fetches them from the hub, which an offline run cannot."""
+    vae: str | None = field(default=None, metadata={NONE_IS_A_VALUE: True})
+    """A replacement VAE, as generate's --vae: a hub id, a diffusers VAE folder or a .safetensors file; none keeps
+    the model's own. Unset, a preset's VAE applies only to the preset's own hub model."""
     method: Literal["auto", "lora", "full"] = "auto"
     """lora (peft adapters on the UNet's attention projections), full (every UNet weight), or auto: full for the
     built-in tiny model, lora otherwise."""
@@ -155,6 +162,8 @@ def resolve(config: FinetuneConfig) -> FinetuneConfig:
         raise ConfigError("train_text_encoder", True, "off for SDXL models (two text encoders)")
     if method == "lora" and config.train_text_encoder:
         raise ConfigError("train_text_encoder", True, "off with --method lora (LoRA adapts only the UNet)")
+    if config.builtin and (config.vae or NO_VAE).strip().lower() != NO_VAE:
+        raise ConfigError("vae", config.vae, "null or none with a built-in model (it builds its own VAE)")
     if method == "lora" and config.vae_steps:
         raise ConfigError("vae_steps", config.vae_steps, "0 or null with --method lora (LoRA adapts only the UNet)")
     return dataclasses.replace(

@@ -52,7 +52,7 @@ from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.finetune.config import FinetuneConfig, resolve
 from diffcoremix.finetune.data import Caption, SquareImages, StepBatches, step_generator
 from diffcoremix.finetuned import FINETUNE_FILE, LORA_WEIGHTS
-from diffcoremix.generate.config import GenerateConfig, resolve_settings
+from diffcoremix.generate.config import NO_VAE, GenerateConfig, resolve_settings
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS
 from diffcoremix.manifest.layout import (
     CONFIG_FILE,
@@ -140,11 +140,19 @@ def _load_base(config: FinetuneConfig, device: str) -> tuple[Any, dict[str, Any]
         return pipe, {"model": base, "model_revision": f"random-weights-seed-{config.seed}", "model_sha256": None}
     settings = resolve_settings(
         GenerateConfig(
-            preset=config.preset, model=config.model, revision=config.revision, device="cpu", dtype="float32"
+            preset=config.preset,
+            model=config.model,
+            revision=config.revision,
+            model_config=config.model_config,
+            vae=config.vae,
+            device="cpu",
+            dtype="float32",
         )
     )
     settings = dataclasses.replace(settings, scheduler=None)  # train with the model's own noise schedule
     pipe, provenance = load_pipeline(settings)
+    # what generate --lora needs to load the same base (a single file's configs, the VAE it was trained over)
+    provenance = {**provenance, "model_config": settings.model_config, "vae": settings.vae or NO_VAE}
     return pipe, provenance
 
 
@@ -260,6 +268,8 @@ def _finetune_in(
         "base_model": provenance.get("model"),
         "base_revision": provenance.get("model_revision"),
         "base_sha256": provenance.get("model_sha256"),
+        "base_model_config": provenance.get("model_config"),
+        "base_vae": provenance.get("vae"),
         "lora": LORA_WEIGHTS if config.method == "lora" else None,
         "data": str(data.resolve()),
         "data_sha256": data_sha256,
@@ -612,7 +622,7 @@ def _save_into(tmp: Path, models: _Models, config: FinetuneConfig) -> None:
         layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(models.unet))
         type(pipe).save_lora_weights(tmp, unet_lora_layers=layers, safe_serialization=True)
     else:
-        from diffcoremix.generate.backend import quiet_loading
+        from diffcoremix.hub import quiet_loading
 
         pipe.to("cpu")
         with quiet_loading():

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,6 +23,7 @@ from diffcoremix.finetuned import finetune_summary, read_finetune_info
 from diffcoremix.generate.config import GenerationSettings
 from diffcoremix.generate.presets import BUILTIN_PREFIX
 from diffcoremix.generate.safety import Flagged, apply_setting, checker_quiet, flags, pretrained_kwargs
+from diffcoremix.hub import quiet_loading
 from diffcoremix.identities import weights_sha256
 from diffcoremix.registry import Registry
 
@@ -56,15 +58,70 @@ def _builtin_models() -> Registry[Callable[[int], Any]]:
     return registry
 
 
-def _load_failure(model: str, err: BaseException, offline: bool = False) -> ModelLoadError:
+def _load_failure(model: str, err: BaseException, *, offline: bool, hub_name: str | None) -> ModelLoadError:
+    """The one line for a model that did not load: its fix depends on where its files were to come from.
+
+    ``hub_name`` is what was asked of the hub (None: every file was local, so the network is no cause and
+    network advice would mislead); ``offline``: the hub was out of reach.
+    """
     reason = " ".join(str(err).split())[:300] or type(err).__name__
+    if hub_name is None and _holds_lora(Path(model).expanduser()):
+        return ModelLoadError(f"{model} {LORA_FIX.format(model=model)}")
+    if hub_name is None:
+        return ModelLoadError(
+            f"cannot load model {model!r} ({reason}): its files are damaged or incomplete (a copy cut short?) or "
+            "not a model diffusers reads; copy them again, or point --model (and --vae, --model-config) elsewhere"
+        )
     if offline:  # the library's own words ("does not appear to have a file named ...") hide the cause
         reason = f"{hub.offline_reason()}, and its files are not all in the cache {hub.cache_dir()}"
+    else:
+        reason = hub.not_a_hub_reason(hub_name) or reason
     return ModelLoadError(
         f"cannot load model {model!r} ({reason}). Without network access or hub credentials, use "
         "--preset tiny (built in, nothing to download) or --model PATH (a local diffusers folder or a "
         ".safetensors checkpoint, with --model-config FOLDER for its component configs)"
     )
+
+
+MISSING_COMPONENT_FIX: dict[str, str] = {
+    "AutoencoderKL": "has no VAE baked in: pass one with --vae (a diffusers VAE folder, hub id or .safetensors)",
+}
+"""What a single-file checkpoint that lacks a pipeline component (by its class) is told: the option that supplies
+it. A file without a UNet or text encoder is no whole checkpoint (:func:`_missing_component`)."""
+
+
+def _missing_component(model: str, err: BaseException) -> ModelLoadError:
+    """A single file without the weights of one pipeline component: what is missing, and which option supplies it
+    (diffusers' own message is seven lines of Python to write instead)."""
+    found = re.search(r"Failed to load (\w+)", str(err))
+    component = found.group(1) if found else "pipeline component"
+    if _holds_lora(Path(model).expanduser()):
+        fix = LORA_FIX.format(model=model)
+    else:
+        fix = MISSING_COMPONENT_FIX.get(
+            component,
+            f"holds no {component} weights, so it is no whole checkpoint: give --model a checkpoint or diffusers "
+            "folder of the whole pipeline (LoRA weights go to --lora)",
+        )
+    return ModelLoadError(f"the single file {model} {fix}")
+
+
+LORA_FIX = "holds LoRA weights, not a whole model: pass it as --lora {model}, over its base model as --model"
+
+
+def _holds_lora(path: Path) -> bool:
+    """Whether ``path`` is a ``.safetensors`` file of LoRA weights (its tensors' names say ``lora``), or a folder
+    holding one (what ``finetune --method lora`` and diffusers' ``save_lora_weights`` write)."""
+    from safetensors import safe_open
+
+    for file in sorted(path.glob("*.safetensors")) if path.is_dir() else [path]:
+        try:
+            with safe_open(str(file), "pt") as weights:
+                if any("lora" in key.lower() for key in weights.keys()):  # noqa: SIM118 (safe_open is no dict)
+                    return True
+        except Exception:  # not a safetensors file, or unreadable: the generic fix is the right one
+            continue
+    return False
 
 
 def _torch_dtype(name: str) -> Any:
@@ -139,25 +196,6 @@ def _load_lora(pipe: Any, lora: str) -> None:
         raise ModelLoadError(f"cannot load LoRA weights {path} into {type(pipe).__name__} ({reason})") from err
 
 
-@contextlib.contextmanager
-def quiet_loading() -> Iterator[None]:
-    """diffusers' and transformers' own progress bars ("Loading pipeline components", "Loading weights", "Writing
-    model shards") off while loading or saving a local model: they would interleave with the command's bar."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    was = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was[0]:
-            diffusers_logging.enable_progress_bar()
-        if was[1]:
-            transformers_logging.enable_progress_bar()
-
-
 def _check_local(name: str | None) -> None:
     """A name spelt as a local path (``/x``, ``./x``, ``~/x``, ``a/b/c``, ``x.safetensors``) must exist: it is no
     hub id (``org/name``), and asking the hub for it would only fail later, and slowly, for another reason."""
@@ -171,20 +209,36 @@ def _is_checkpoint(path: Path) -> bool:
     return path.suffix.lower() in CHECKPOINT_SUFFIXES or path.is_file()
 
 
-def _needs_hub(model: str, settings: GenerationSettings) -> bool:
-    """Whether loading reads anything from the hub: a hub id, or a checkpoint without local component configs."""
+def _hub_name(model: str, settings: GenerationSettings) -> str | None:
+    """The first name that loading asks the hub for (a hub id, or a checkpoint's configs), or None when every file
+    is local (a folder or file, with ``--model-config`` and ``--vae`` local or unset)."""
 
     def on_hub(name: str | None) -> bool:
         return name is not None and not Path(name).expanduser().exists()
 
     if _is_checkpoint(Path(model).expanduser()):
-        return settings.model_config is None or on_hub(settings.model_config) or on_hub(settings.vae)
-    return on_hub(model) or on_hub(settings.vae)
+        if settings.model_config is None:
+            return FALLBACK_CONFIGS[settings.family]
+        names = [settings.model_config, settings.vae]
+    else:
+        names = [model, settings.vae]
+    return next((name for name in names if on_hub(name)), None)
+
+
+FALLBACK_CONFIGS = {
+    "sd": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+}
+"""Where diffusers looks for the configs of a single file given without ``--model-config`` (its guesses for SD 1.x
+and SDXL files): the name whose answer tells whether the hub answers as one (:func:`hub.not_a_hub_reason`)."""
 
 
 def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, provenance: dict[str, Any]) -> Any:
     """Load a hub id, local folder or checkpoint file; offline, from the hub cache only, failing at once."""
-    offline = _needs_hub(model, settings) and hub.hub_offline()
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    hub_name = _hub_name(model, settings)
+    offline = hub_name is not None and hub.hub_offline()
     try:
         # Offline, local_files_only keeps diffusers off the network; the hub's own offline mode also covers what
         # ignores it (from_single_file downloads missing configs regardless; user-agent telemetry).
@@ -192,8 +246,21 @@ def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, proven
             return _read_pipeline(model, settings, {"torch_dtype": dtype, "local_files_only": offline}, provenance)
     except ModelLoadError:
         raise
+    except SingleFileComponentError as err:
+        raise _missing_component(model, err) from err
     except (OSError, ValueError, RuntimeError, ImportError) as err:
-        raise _load_failure(model, err, offline) from err
+        raise _load_failure(model, err, offline=offline, hub_name=hub_name) from err
+
+
+def _read_vae(vae: str, settings: GenerationSettings, kwargs: dict[str, Any]) -> Any:
+    """The ``--vae``: a hub id or diffusers folder, or a single file (its config from ``--model-config``'s vae/)."""
+    import diffusers
+
+    path = Path(vae).expanduser()
+    if not path.is_file():
+        return diffusers.AutoencoderKL.from_pretrained(vae, **kwargs)
+    config = {"config": settings.model_config, "subfolder": "vae"} if settings.model_config is not None else {}
+    return diffusers.AutoencoderKL.from_single_file(str(path), **kwargs, **config)
 
 
 def _read_pipeline(model: str, settings: GenerationSettings, kwargs: dict[str, Any], provenance: dict[str, Any]) -> Any:
@@ -202,7 +269,7 @@ def _read_pipeline(model: str, settings: GenerationSettings, kwargs: dict[str, A
 
     path = Path(model).expanduser()
     if settings.vae is not None:
-        kwargs = {**kwargs, "vae": diffusers.AutoencoderKL.from_pretrained(settings.vae, **kwargs)}
+        kwargs = {**kwargs, "vae": _read_vae(settings.vae, settings, kwargs)}
     if not _is_checkpoint(path):
         kwargs = kwargs | pretrained_kwargs(settings.safety_checker, model, kwargs | {"revision": settings.revision})
         pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model, revision=settings.revision, **kwargs)

@@ -7,15 +7,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from diffcoremix.config import check_types, require
+from diffcoremix.config import NONE_IS_A_VALUE, check_types, require
 from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError
 from diffcoremix.finetuned import read_finetune_info
-from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS, Family
+from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS, Family, GeneratorPreset
 from diffcoremix.generate.safety import SafetyChecker
 from diffcoremix.identities import local_weights_sha256
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
+NO_VAE = "none"
+"""``--vae none``: the model's own VAE, whatever the preset says."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,10 @@ class GenerateConfig:
     model_config: str | None = None
     """For a single-file checkpoint: a diffusers folder (or hub id) holding the matching component configs;
     without it diffusers fetches them from the hub, which an offline run cannot."""
-    vae: str | None = None
-    """Replaces the preset's VAE (hub id or folder)."""
+    vae: str | None = field(default=None, metadata={NONE_IS_A_VALUE: True})
+    """A replacement VAE: a hub id, a diffusers AutoencoderKL folder or a single .safetensors file; none keeps the
+    model's own. Unset, a preset's VAE (sdxl's fp16-safe one) applies only to the preset's own hub model: a local
+    --model never fetches anything."""
     safety_checker: SafetyChecker | None = None
     """The model's safety checker: null runs the one the model ships (sd15 ships one); on requires one; off loads the
     model without it. A flagged image is recorded as flagged, never kept (augment --retries tries new seeds)."""
@@ -155,10 +159,12 @@ def _resolve_options(config: GenerateConfig) -> GenerationSettings:
     def pick(value: Any, default: Any) -> Any:
         return default if value is None else value
 
-    model = config.model
+    model, model_config, given_vae = config.model, config.model_config, config.vae
     lora_info = read_finetune_info(config.lora) if config.lora is not None else None
-    if model is None and lora_info is not None:
+    if model is None and lora_info is not None:  # the LoRA's base, loaded as finetune loaded it
         model = lora_info.get("base_model")
+        model_config = pick(model_config, lora_info.get("base_model_config"))
+        given_vae = pick(given_vae, lora_info.get("base_vae"))
     model_info = read_finetune_info(model) if model is not None and not model.startswith(BUILTIN_PREFIX) else None
     tuned = model_info or lora_info
     sampling: dict[str, Any] = dict(tuned.get("sampling") or {}) if tuned else {}
@@ -172,15 +178,16 @@ def _resolve_options(config: GenerateConfig) -> GenerationSettings:
         return sampling.get(name, getattr(preset, name))
 
     model = pick(model, preset.model)
-    if config.vae is not None and model is not None and model.startswith(BUILTIN_PREFIX):
-        raise ConfigError("vae", config.vae, f"null with the built-in model {model} (it builds its own VAE)")
+    vae = resolve_vae(given_vae, preset, model)
+    if vae is not None and model is not None and model.startswith(BUILTIN_PREFIX):
+        raise ConfigError("vae", given_vae, f"null with the built-in model {model} (it builds its own VAE)")
     digests = [info.get("weights_sha256") for info in (model_info, lora_info) if info is not None]
     return GenerationSettings(
         preset=preset.name,
         model=model,
         revision=config.revision,
-        model_config=config.model_config,
-        vae=pick(config.vae, preset.vae),
+        model_config=model_config,
+        vae=vae,
         family=sampling.get("family", preset.family),
         scheduler=scheduler,
         scheduler_kwargs=scheduler_kwargs,
@@ -194,6 +201,15 @@ def _resolve_options(config: GenerateConfig) -> GenerationSettings:
         finetune_sha256=":".join(str(d) for d in digests) if digests else None,
         safety_checker=config.safety_checker,
     )
+
+
+def resolve_vae(given: str | None, preset: GeneratorPreset, model: str | None) -> str | None:
+    """The VAE that replaces the model's: the user's (``none``: the model's own), else the preset's, but only over
+    the preset's own hub model. A preset's extra components belong with its model: over a local ``--model`` they
+    would replace the model's own VAE online and blame the local folder offline."""
+    if given is not None:
+        return None if given.strip().lower() == NO_VAE else given
+    return preset.vae if model == preset.model else None
 
 
 def resolve_shard(rank: int | None, world_size: int | None) -> tuple[int, int]:

@@ -37,7 +37,8 @@ class GeneratorPreset:
     """A diffusers scheduler class name; None keeps the model's own."""
     scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
     vae: str | None = None
-    """A replacement VAE (hub id or folder), e.g. the fp16-safe SDXL VAE."""
+    """A replacement VAE (hub id), e.g. the fp16-safe SDXL VAE: used over the preset's own ``model`` only, never over
+    a ``--model`` the user gives (:func:`diffcoremix.generate.config.resolve_vae`)."""
 
 
 GENERATOR_PRESETS: Registry[GeneratorPreset] = Registry("generator preset")
@@ -100,7 +101,7 @@ _add(
 _add(
     GeneratorPreset(
         "sdxl",
-        "Stable Diffusion XL base 1.0 at 1024 px, DPM-Solver++ 30 steps, fp16-safe VAE",
+        "Stable Diffusion XL base 1.0 at 1024 px, DPM-Solver++ 30 steps, fp16-safe VAE (over the hub model)",
         "stabilityai/stable-diffusion-xl-base-1.0",
         "sdxl",
         num_inference_steps=30,
@@ -129,7 +130,7 @@ _add(
     GeneratorPreset(
         "paper",
         "The reference code's CosXL recipe (EDM Euler, v-prediction, guidance 12, 50 steps, 512 px); "
-        "needs --model PATH to cosxl.safetensors",
+        "needs --model PATH to cosxl.safetensors (the reference code's VAE: --vae madebyollin/sdxl-vae-fp16-fix)",
         None,
         "sdxl",
         num_inference_steps=50,
@@ -144,7 +145,6 @@ _add(
             "prediction_type": "v_prediction",
             "sigma_schedule": "exponential",
         },
-        vae="madebyollin/sdxl-vae-fp16-fix",
     )
 )
 _add(
