@@ -15,13 +15,14 @@ import pytest
 import torch
 
 from diffcoremix.checkpoints import UnsafeCheckpointError, load_torch_file
+from diffcoremix.embedders.models import load_embedder
 from diffcoremix.embedders.resnet20 import read_cifar_state
 from diffcoremix.errors import ModelLoadError
 from diffcoremix.train.models import read_state_dict
 from diffcoremix.train.run import load_run
 
 from . import faultkit
-from .helpers import make_class_folders, run_cli
+from .helpers import make_class_folders, run_cli, save_tiny_hf_clip
 
 
 class _Trap:
@@ -122,3 +123,37 @@ def test_no_module_but_checkpoints_calls_torch_load() -> None:
         if re.search(r"\btorch\.load\(|\bpickle\.loads?\(", path.read_text(encoding="utf-8"))
     )
     assert callers == ["checkpoints.py"]
+
+
+def _trap_folder_weights(folder: Path, marker: Path) -> None:
+    """Replace every weights file of a saved model folder with a trapped ``.bin`` of the same stem."""
+    for weights in sorted(folder.rglob("*.safetensors")):
+        weights.unlink()
+        stem = weights.stem.removesuffix(".fp16")
+        name = "pytorch_model.bin" if stem == "model" else f"{stem}.bin"
+        torch.save({"trap": _Trap(marker)}, weights.with_name(name))
+
+
+def test_a_transformers_clip_folder_whose_weights_would_run_code_is_refused_in_one_line(tmp_path: Path) -> None:
+    folder, marker = save_tiny_hf_clip(tmp_path / "clip"), tmp_path / "ran"
+    _trap_folder_weights(folder, marker)
+    with pytest.raises(UnsafeCheckpointError, match="refused, since loading it could run code"):
+        load_embedder(f"hf:{folder}")
+    assert not marker.exists()
+
+
+def test_a_diffusers_folder_whose_weights_would_run_code_is_refused_in_one_line(data: Path, tmp_path: Path) -> None:
+    from diffcoremix.generate.tiny import tiny_sd_pipeline
+
+    folder, marker = tmp_path / "model", tmp_path / "ran"
+    tiny_sd_pipeline(0).save_pretrained(folder)
+    _trap_folder_weights(folder / "unet", marker)
+    result = run_cli("generate", data, "-o", tmp_path / "out", "--model", folder, "--num-inference-steps", "1")
+    # diffusers itself logs a line first ("no file named diffusion_pytorch_model.safetensors", as for any folder of
+    # .bin files); the command's own error is one line, and the last
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    *_, last = result.stderr.strip().splitlines()
+    assert last.startswith("diffcoremix generate: error: the model"), last
+    assert "refused, since loading it could run code" in last, last
+    assert not marker.exists()

@@ -17,7 +17,7 @@ import torch
 
 from diffcoremix.errors import ModelLoadError
 
-__all__ = ["UnsafeCheckpointError", "load_torch_file", "unpickling_error"]
+__all__ = ["UnsafeCheckpointError", "load_torch_file", "unpickling_cause", "unpickling_error"]
 
 
 class UnsafeCheckpointError(ModelLoadError):
@@ -54,6 +54,19 @@ def unpickling_error(err: pickle.UnpicklingError, path: str | Path, what: str) -
     if "unsupported global" in str(err).lower():
         return UnsafeCheckpointError(Path(path), what)
     return ModelLoadError(f"cannot read {what} {path}: {_reason(err)}")
+
+
+def unpickling_cause(err: BaseException) -> pickle.UnpicklingError | None:
+    """The weights-only refusal behind ``err``, if any: diffusers wraps it in an ``OSError`` ("Unable to load weights
+    from checkpoint file") that no longer says why."""
+    seen: set[int] = set()
+    cause: BaseException | None = err
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, pickle.UnpicklingError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _reason(err: pickle.UnpicklingError) -> str:

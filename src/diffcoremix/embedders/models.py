@@ -24,6 +24,7 @@ their id and the commit of their cached snapshot (``hf-clip:<hub id>@<commit>``)
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ import torch
 from PIL import Image
 
 from diffcoremix import hub
+from diffcoremix.checkpoints import unpickling_cause, unpickling_error
 from diffcoremix.errors import DiffCoReMixError, ModelLoadError
 from diffcoremix.identities import weights_sha256
 from diffcoremix.registry import Registry
@@ -167,7 +169,9 @@ def open_clip_embedder(model_name: str, pretrained: str | None, device: str = "c
         # Offline, a cached file is read without asking the hub first (open_clip takes no local_files_only).
         with seeded_init(0), hub.cache_only() if offline else contextlib.nullcontext():
             model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
-    except (RuntimeError, OSError, ValueError) as err:
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as err:
+        if (refusal := unpickling_cause(err)) is not None:  # open_clip reads a .bin with weights_only=True
+            raise unpickling_error(refusal, pretrained or model_name, "the open_clip weights") from None
         reason = " ".join(str(err).split())[:300]
         if tag.get("hf_hub") and not offline:  # open_clip's words do not say that a proxy answered for the hub
             reason = hub.not_a_hub_reason(tag["hf_hub"].rsplit("/", 1)[0]) or reason
@@ -271,7 +275,9 @@ class HFClipEmbedder:
                 self.model = CLIPModel.from_pretrained(name_or_path, local_files_only=offline).eval().to(device)
                 self.processor = CLIPImageProcessor.from_pretrained(name_or_path, local_files_only=offline)
                 self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, pickle.UnpicklingError) as err:
+            if (refusal := unpickling_cause(err)) is not None:  # transformers reads a .bin with weights_only=True
+                raise unpickling_error(refusal, name_or_path, "the transformers CLIP") from None
             reason = " ".join(str(err).split())[:300]
             if offline:  # transformers' own words do not say that the network is the cause
                 reason = f"{hub.offline_reason()}, and its files are not all in the cache {hub.cache_dir()}"

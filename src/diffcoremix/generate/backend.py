@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from diffcoremix import hub
+from diffcoremix.checkpoints import unpickling_cause, unpickling_error
 from diffcoremix.errors import ModelLoadError, UnknownNameError
 from diffcoremix.finetuned import finetune_summary, read_finetune_info
 from diffcoremix.generate.config import GenerationSettings
@@ -191,7 +193,9 @@ def _load_lora(pipe: Any, lora: str) -> None:
                 pipe.load_lora_weights(str(path.parent), weight_name=path.name)
             else:
                 pipe.load_lora_weights(str(path))
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as err:
+        if (refusal := unpickling_cause(err)) is not None:  # a LoRA .bin is read with weights_only=True
+            raise unpickling_error(refusal, path, "the LoRA weights") from None
         reason = " ".join(str(err).split())[:300] or type(err).__name__
         raise ModelLoadError(f"cannot load LoRA weights {path} into {type(pipe).__name__} ({reason})") from err
 
@@ -248,7 +252,10 @@ def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, proven
         raise
     except SingleFileComponentError as err:
         raise _missing_component(model, err) from err
-    except (OSError, ValueError, RuntimeError, ImportError) as err:
+    except (OSError, ValueError, RuntimeError, ImportError, pickle.UnpicklingError) as err:
+        # diffusers reads a .bin or .ckpt with weights_only=True, and wraps the refusal in an OSError
+        if (refusal := unpickling_cause(err)) is not None:
+            raise unpickling_error(refusal, model, "the model") from None
         raise _load_failure(model, err, offline=offline, hub_name=hub_name) from err
 
 
