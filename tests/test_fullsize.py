@@ -162,7 +162,6 @@ def test_finetune_lora_then_generate_with_it(
     assert {r["lora"] for r in tuned} == {str(lora.resolve())}
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 2: finetune takes no --model-config (nor a single file)")
 def test_finetune_lora_from_the_single_file(sd15: tuple[Path, Path], data: Path, root: Path) -> None:
     folder, checkpoint = sd15
     out = root / "lora-from-file"
@@ -171,7 +170,6 @@ def test_finetune_lora_from_the_single_file(sd15: tuple[Path, Path], data: Path,
     assert json.loads((out / "finetune.json").read_text())["method"] == "lora"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 item 5: a LoRA file as --model fails in 7 lines, naming no option")
 def test_a_lora_file_given_as_the_model_is_one_line_naming_lora(
     lora: Path, sd15: tuple[Path, Path], data: Path, root: Path
 ) -> None:
