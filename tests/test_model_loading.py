@@ -14,6 +14,7 @@ import http.server
 import json
 import os
 import shutil
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -303,7 +304,13 @@ def test_quiet_switches_off_the_hubs_download_bars(
 ) -> None:
     from huggingface_hub.utils.tqdm import are_progress_bars_disabled, enable_progress_bars
 
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # restored afterwards, as the bars are
+    hub_tqdm = sys.modules["huggingface_hub.utils.tqdm"]  # the module (huggingface_hub.utils.tqdm is also a class)
+
+    # An earlier command run in this process with -q may have switched the bars off (and huggingface_hub, imported
+    # then, read the variable as set): start from bars on, and leave them so
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    monkeypatch.setattr(hub_tqdm, "HF_HUB_DISABLE_PROGRESS_BARS", None)  # as read at import: not set
+    enable_progress_bars()
     try:
         assert not are_progress_bars_disabled()
         assert run_in_process(capsys, "prompts", data, "-o", tmp_path / "p.jsonl", "-q").returncode == 0

@@ -17,7 +17,7 @@ import torch
 
 from diffcoremix.errors import ModelLoadError
 
-__all__ = ["UnsafeCheckpointError", "load_torch_file", "unpickling_cause", "unpickling_error"]
+__all__ = ["UnsafeCheckpointError", "load_torch_file", "unpickling_error", "unpickling_reason", "unsafe_refusal"]
 
 
 class UnsafeCheckpointError(ModelLoadError):
@@ -51,12 +51,31 @@ def unpickling_error(err: pickle.UnpicklingError, path: str | Path, what: str) -
     """The one-line error for a weights-only load that failed: :class:`UnsafeCheckpointError` when the file names
     code to import, else a plain read error. For the libraries' own loads too (transformers, diffusers and open_clip
     read ``.bin`` files with ``weights_only=True`` and raise torch's paragraph as it is)."""
-    if "unsupported global" in str(err).lower():
+    if _is_unsafe(err):
         return UnsafeCheckpointError(Path(path), what)
     return ModelLoadError(f"cannot read {what} {path}: {_reason(err)}")
 
 
-def unpickling_cause(err: BaseException) -> pickle.UnpicklingError | None:
+def unsafe_refusal(err: BaseException, path: str | Path, what: str) -> UnsafeCheckpointError | None:
+    """The refusal to raise when a library's load failed because a file names code to import (anywhere in ``err``'s
+    chain); None when it failed otherwise (the caller's own message then says what is wrong)."""
+    cause = _unpickling_cause(err)
+    if cause is None or not _is_unsafe(cause):
+        return None
+    return UnsafeCheckpointError(Path(path), what)
+
+
+def unpickling_reason(err: BaseException) -> str | None:
+    """The weights-only unpickler's reason in one line, if it is behind ``err`` (without torch's advice)."""
+    cause = _unpickling_cause(err)
+    return None if cause is None else _reason(cause)
+
+
+def _is_unsafe(err: pickle.UnpicklingError) -> bool:
+    return "unsupported global" in str(err).lower()
+
+
+def _unpickling_cause(err: BaseException) -> pickle.UnpicklingError | None:
     """The weights-only refusal behind ``err``, if any: diffusers wraps it in an ``OSError`` ("Unable to load weights
     from checkpoint file") that no longer says why."""
     seen: set[int] = set()

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from diffcoremix import hub
-from diffcoremix.checkpoints import unpickling_cause, unpickling_error
+from diffcoremix.checkpoints import unsafe_refusal
 from diffcoremix.errors import DiffCoReMixError, ModelLoadError
 from diffcoremix.identities import weights_sha256
 from diffcoremix.registry import Registry
@@ -170,8 +170,8 @@ def open_clip_embedder(model_name: str, pretrained: str | None, device: str = "c
         with seeded_init(0), hub.cache_only() if offline else contextlib.nullcontext():
             model, _, transform = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
     except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as err:
-        if (refusal := unpickling_cause(err)) is not None:  # open_clip reads a .bin with weights_only=True
-            raise unpickling_error(refusal, pretrained or model_name, "the open_clip weights") from None
+        if (refusal := unsafe_refusal(err, pretrained or model_name, "the open_clip weights")) is not None:
+            raise refusal from None  # open_clip reads a .bin with weights_only=True
         reason = " ".join(str(err).split())[:300]
         if tag.get("hf_hub") and not offline:  # open_clip's words do not say that a proxy answered for the hub
             reason = hub.not_a_hub_reason(tag["hf_hub"].rsplit("/", 1)[0]) or reason
@@ -276,8 +276,8 @@ class HFClipEmbedder:
                 self.processor = CLIPImageProcessor.from_pretrained(name_or_path, local_files_only=offline)
                 self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
         except (OSError, ValueError, pickle.UnpicklingError) as err:
-            if (refusal := unpickling_cause(err)) is not None:  # transformers reads a .bin with weights_only=True
-                raise unpickling_error(refusal, name_or_path, "the transformers CLIP") from None
+            if (refusal := unsafe_refusal(err, name_or_path, "the transformers CLIP")) is not None:
+                raise refusal from None  # transformers reads a .bin with weights_only=True
             reason = " ".join(str(err).split())[:300]
             if offline:  # transformers' own words do not say that the network is the cause
                 reason = f"{hub.offline_reason()}, and its files are not all in the cache {hub.cache_dir()}"

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from PIL import Image
 
 from diffcoremix import hub
-from diffcoremix.checkpoints import unpickling_cause, unpickling_error
+from diffcoremix.checkpoints import unpickling_reason, unsafe_refusal
 from diffcoremix.errors import ModelLoadError, UnknownNameError
 from diffcoremix.finetuned import finetune_summary, read_finetune_info
 from diffcoremix.generate.config import GenerationSettings
@@ -194,9 +194,9 @@ def _load_lora(pipe: Any, lora: str) -> None:
             else:
                 pipe.load_lora_weights(str(path))
     except (OSError, ValueError, RuntimeError, KeyError, pickle.UnpicklingError) as err:
-        if (refusal := unpickling_cause(err)) is not None:  # a LoRA .bin is read with weights_only=True
-            raise unpickling_error(refusal, path, "the LoRA weights") from None
-        reason = " ".join(str(err).split())[:300] or type(err).__name__
+        if (refusal := unsafe_refusal(err, path, "the LoRA weights")) is not None:  # a .bin: read weights_only
+            raise refusal from None
+        reason = unpickling_reason(err) or " ".join(str(err).split())[:300] or type(err).__name__
         raise ModelLoadError(f"cannot load LoRA weights {path} into {type(pipe).__name__} ({reason})") from err
 
 
@@ -254,8 +254,8 @@ def _load_diffusers(model: str, settings: GenerationSettings, dtype: Any, proven
         raise _missing_component(model, err) from err
     except (OSError, ValueError, RuntimeError, ImportError, pickle.UnpicklingError) as err:
         # diffusers reads a .bin or .ckpt with weights_only=True, and wraps the refusal in an OSError
-        if (refusal := unpickling_cause(err)) is not None:
-            raise unpickling_error(refusal, model, "the model") from None
+        if (refusal := unsafe_refusal(err, model, "the model")) is not None:
+            raise refusal from None
         raise _load_failure(model, err, offline=offline, hub_name=hub_name) from err
 
 
