@@ -80,6 +80,7 @@ def test_a_training_checkpoint_that_would_run_code_is_refused_and_deleting_it_re
     assert faultkit.train_state(out) == faultkit.reference(job, tmp_path / "reference").state
 
 
+@pytest.mark.slow  # 17 s; the training checkpoint test shows the same load in make test
 def test_a_fine_tuning_checkpoint_that_would_run_code_is_refused(data: Path, tmp_path: Path) -> None:
     job, out, marker = faultkit.finetune_job(data), tmp_path / "model", tmp_path / "ran"
     stopped = faultkit.run(job, faultkit.fresh(job, out), kill_at=("loss", 2))  # after the first checkpoint

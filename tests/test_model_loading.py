@@ -273,6 +273,7 @@ def test_an_endpoint_that_answers_but_not_as_a_hub_is_named_so(data: Path, tmp_p
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # 12 s; the generator case stays in make test
 @pytest.mark.parametrize("embedder", ["open_clip:ViT-B-32:openai", "hf:org/clip"])
 def test_an_embedder_from_an_endpoint_that_is_not_a_hub_is_named_so(
     data: Path, tmp_path: Path, not_a_hub: str, embedder: str
@@ -286,6 +287,7 @@ def test_an_embedder_from_an_endpoint_that_is_not_a_hub_is_named_so(
 # --- item 6: -q hides every progress bar ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 14 s of subprocesses; test_quiet_switches_off_the_hubs_download_bars is the fast check
 def test_quiet_leaves_stderr_empty_while_transformers_loads_a_clip(data: Path, tmp_path: Path) -> None:
     clip = save_tiny_hf_clip(tmp_path / "clip")
     args = ("prompts", data, "--context", "sample", "--context-embedder", f"hf:{clip}")
