@@ -168,3 +168,16 @@ def test_a_sigchld_handler_that_raises_is_quiet_while_the_command_unwinds_and_re
     _run_stopped(command, Terminated)
     assert calls == []
     assert signal.getsignal(signal.SIGCHLD) is worker_check
+
+
+def test_a_dataloader_worker_killed_by_a_stop_signal_is_read_as_that_stop() -> None:
+    """A group stop can kill a DataLoader worker before this process runs its own handler: torch's SIGCHLD check
+    then raises first, naming the signal, and the command ends as stopped by it (exit 143, one line), not as a bug.
+    The message is torch's, as the four-moments trial of tests/test_faults_training.py met it under load."""
+    from diffcoremix.cli.main import _workers_stopped_by
+
+    seen = RuntimeError("DataLoader worker (pid 17621) is killed by signal: Terminated. ")
+    assert _workers_stopped_by(seen) == signal.SIGTERM
+    assert _workers_stopped_by(RuntimeError("DataLoader worker (pid 1) is killed by signal: Hangup. ")) == signal.SIGHUP
+    assert _workers_stopped_by(RuntimeError("DataLoader worker (pid 1) is killed by signal: Killed. ")) is None
+    assert _workers_stopped_by(RuntimeError("DataLoader worker (pid(s) 1) exited unexpectedly")) is None

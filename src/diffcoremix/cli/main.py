@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import select
 import signal
 import sys
@@ -29,7 +30,7 @@ from diffcoremix.cli.finetune_command import FINETUNE_COMMAND
 from diffcoremix.cli.judge_command import JUDGE_COMMAND
 from diffcoremix.cli.options import option_name
 from diffcoremix.cli.report_command import REPORT_COMMAND
-from diffcoremix.cli.stop_signals import StopState, Terminated, stop_signals
+from diffcoremix.cli.stop_signals import STOP_SIGNALS, StopState, Terminated, stop_signals
 from diffcoremix.cli.train_command import TRAIN_COMMAND
 from diffcoremix.errors import ConfigError, DiffCoReMixError, ImageReadError
 from diffcoremix.generate.runner import GenerationError
@@ -201,9 +202,24 @@ def _run(command: Command, args: argparse.Namespace, prefix: str, stop: StopStat
         _check_device(args)
         return command.run(args)
     except Exception as err:
+        if stop.signum is None:
+            stop.signum = _workers_stopped_by(err)
         if stop.signum is not None:  # raised by clean-up code while a stop signal unwound the command: still a stop
             return _stopped(stop, prefix)
         return _failed(err, prefix, args)
+
+
+_WORKER_STOPPED = re.compile(r"DataLoader worker \(pid \d+\) is killed by signal: (\w+)")
+
+
+def _workers_stopped_by(err: Exception) -> int | None:
+    """The stop signal that killed the command's DataLoader workers, when that is why ``err`` was raised.
+
+    A stop sent to the process group (Slurm, ``timeout``) reaches the workers too; when one of them dies before
+    this process runs its own handler, torch's SIGCHLD check raises first. That is the same stop, not a bug."""
+    found = _WORKER_STOPPED.search(str(err)) if isinstance(err, RuntimeError) else None
+    names = {signal.strsignal(signum): signum for signum in STOP_SIGNALS}
+    return names.get(found.group(1)) if found else None
 
 
 def _failed(err: Exception, prefix: str, args: argparse.Namespace) -> int:
