@@ -17,7 +17,7 @@ import torch
 
 from diffcoremix.errors import ModelLoadError
 
-__all__ = ["UnsafeCheckpointError", "load_torch_file", "unpickling_error", "unpickling_reason", "unsafe_refusal"]
+__all__ = ["UnsafeCheckpointError", "load_torch_file", "unpickling_reason", "unsafe_refusal"]
 
 
 class UnsafeCheckpointError(ModelLoadError):
@@ -41,24 +41,16 @@ def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise unpickling_error(err, path, what) from None
-    except Exception as err:  # torch raises RuntimeError, EOFError, OSError... on a damaged or missing file
-        raise ModelLoadError(f"cannot read {what} {path}: {_one_line(err)}") from None
-
-
-def unpickling_error(err: pickle.UnpicklingError, path: str | Path, what: str) -> ModelLoadError:
-    """The one-line error for a weights-only load that failed: :class:`UnsafeCheckpointError` when the file names
-    code to import, else a plain read error. For the libraries' own loads too (transformers, diffusers and open_clip
-    read ``.bin`` files with ``weights_only=True`` and raise torch's paragraph as it is)."""
-    if _is_unsafe(err):
-        return UnsafeCheckpointError(Path(path), what)
-    return ModelLoadError(f"cannot read {what} {path}: {_reason(err)}")
+    except Exception as err:  # UnpicklingError, or RuntimeError, EOFError, OSError... on a damaged or missing file
+        if (refusal := unsafe_refusal(err, path, what)) is not None:
+            raise refusal from None
+        raise ModelLoadError(f"cannot read {what} {path}: {unpickling_reason(err) or _one_line(err)}") from None
 
 
 def unsafe_refusal(err: BaseException, path: str | Path, what: str) -> UnsafeCheckpointError | None:
-    """The refusal to raise when a library's load failed because a file names code to import (anywhere in ``err``'s
-    chain); None when it failed otherwise (the caller's own message then says what is wrong)."""
+    """The refusal to raise when a load failed because a file names code to import (anywhere in ``err``'s chain: our
+    own load, or a library's, which transformers, diffusers and open_clip make with ``weights_only=True`` too); None
+    when it failed otherwise (the caller's own message then says what is wrong)."""
     cause = _unpickling_cause(err)
     if cause is None or not _is_unsafe(cause):
         return None
