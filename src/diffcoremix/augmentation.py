@@ -102,8 +102,9 @@ def augment(
     if retries < 0:
         raise ConfigError("retries", retries, ">= 0")
     generate_config = generate_config or GenerateConfig()
-    model = resolve_settings(generate_config).model
-    prompts = (prompts or PromptsConfig()).for_generator(model)
+    settings = resolve_settings(generate_config)
+    model = settings.model
+    prompts = (prompts or PromptsConfig()).for_generator(model, settings.mode)
     filter_config = filter_config or FilterConfig()
     if filter_config.device == "auto":
         filter_config = dataclasses.replace(filter_config, device=generate_config.device)
@@ -117,7 +118,7 @@ def augment(
         ray_cluster(executor, generate_config.device) as cluster,
     ):
         sources = usable_sources(data, data_config, progress=progress)  # checked before any model loads
-        plan = build_prompts(sources.listing, prompts)  # built batch by batch where it is read, never whole
+        plan = build_prompts(sources.listing, prompts, counterpart=settings.counterpart)  # read batch by batch
         plan.check_fits(PLAN_BYTES_PER_CANDIDATE)  # the filter's table holds every candidate
         records = _Attempts(plan)
         spec, _ = resolve_embedder_spec(filter_config, model)
@@ -163,8 +164,8 @@ def _redo(
     if any(lacking.values()):
         for planned in plan:  # one pass over the plan, built block by block
             record = latest.get(planned.key, planned)
-            picked = chosen[record.class_folder]
-            if len(picked) < lacking[record.class_folder] and decided.get(record.key) is not True:
+            picked = chosen.setdefault(record.class_folder, [])  # cross-class: its dominant class may have no budget
+            if len(picked) < lacking.get(record.class_folder, 0) and decided.get(record.key) is not True:
                 picked.append(record)
     return [record for cls in budget for record in chosen[cls]]
 

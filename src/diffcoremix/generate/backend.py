@@ -23,6 +23,7 @@ from diffcoremix.checkpoints import unpickling_reason, unsafe_refusal
 from diffcoremix.errors import ModelLoadError, UnknownNameError
 from diffcoremix.finetuned import finetune_summary, read_finetune_info
 from diffcoremix.generate.config import GenerationSettings
+from diffcoremix.generate.modes import COUNTERPART_MODES, Conditioning, composite
 from diffcoremix.generate.presets import BUILTIN_PREFIX
 from diffcoremix.generate.safety import Flagged, apply_setting, checker_quiet, flags, pretrained_kwargs
 from diffcoremix.hub import quiet_loading
@@ -41,20 +42,26 @@ class ImageGenerator(Protocol):
     """Model id, revision or file hash, pipeline and scheduler classes, dtype, device: saved with every image."""
 
     def generate(
-        self, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int]
+        self,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str],
+        seeds: Sequence[int],
+        conditions: Sequence[Conditioning] | None = None,
     ) -> list[Image.Image | Flagged]:
-        """One image per triple, or :class:`Flagged` where the model's safety checker flagged it."""
+        """One image per triple, or :class:`Flagged` where the model's safety checker flagged it; ``conditions``
+        carry each candidate's source image, mask and strength in the modes that read them."""
         ...
 
 
 def _builtin_models() -> Registry[Callable[[int], Any]]:
     """``builtin:<name>`` models: pipelines built in-process with seeded random weights."""
     from diffcoremix.generate.fullsize import random_sd15_pipeline, random_sdxl_pipeline
-    from diffcoremix.generate.tiny import tiny_sd_pipeline, tiny_sdxl_pipeline
+    from diffcoremix.generate.tiny import tiny_ip2p_pipeline, tiny_sd_pipeline, tiny_sdxl_pipeline
 
     registry: Registry[Callable[[int], Any]] = Registry("built-in model")
     registry.add("tiny-sd", tiny_sd_pipeline)
     registry.add("tiny-sdxl", tiny_sdxl_pipeline)
+    registry.add("tiny-ip2p", tiny_ip2p_pipeline)
     registry.add("sd15-random", random_sd15_pipeline)
     registry.add("sdxl-random", random_sdxl_pipeline)
     return registry
@@ -279,7 +286,9 @@ def _read_pipeline(model: str, settings: GenerationSettings, kwargs: dict[str, A
         kwargs = {**kwargs, "vae": _read_vae(settings.vae, settings, kwargs)}
     if not _is_checkpoint(path):
         kwargs = kwargs | pretrained_kwargs(settings.safety_checker, model, kwargs | {"revision": settings.revision})
-        pipe = diffusers.AutoPipelineForText2Image.from_pretrained(model, revision=settings.revision, **kwargs)
+        # an InstructPix2Pix model is no text-to-image one: AutoPipelineForText2Image has no class for it
+        auto = diffusers.DiffusionPipeline if settings.mode == "edit" else diffusers.AutoPipelineForText2Image
+        pipe = auto.from_pretrained(model, revision=settings.revision, **kwargs)
         provenance["model_revision"] = settings.revision or _hub_commit(model)
         return pipe
     if not path.is_file():
@@ -327,9 +336,19 @@ class DiffusersGenerator:
     """
 
     def __init__(self, pipe: Any, settings: GenerationSettings, provenance: dict[str, Any]) -> None:
-        self.pipe = pipe
+        self.mode = COUNTERPART_MODES.get(settings.mode)
+        try:
+            self.pipe = self.mode.pipeline(pipe)
+        except ValueError as err:  # a model the mode cannot use (edit over a text-to-image UNet)
+            model = provenance.get("model") or settings.model
+            raise ModelLoadError(
+                f"--counterpart {self.mode.name} needs {self.mode.needs_model or 'another model'}; {model} is not "
+                f"one ({err})"
+            ) from err
+        self.pipe.set_progress_bar_config(disable=True)  # a pipeline made from_pipe has the default bars again
         self.settings = settings
-        self.provenance = {**provenance, "dtype": settings.dtype, "device": settings.device}
+        self.provenance = {**provenance, "dtype": settings.dtype, "device": settings.device,
+                           "pipeline": type(self.pipe).__name__}  # fmt: skip
 
     @classmethod
     def from_settings(
@@ -348,33 +367,66 @@ class DiffusersGenerator:
         return cls(pipe, settings, provenance)
 
     def generate(
-        self, prompts: Sequence[str], negative_prompts: Sequence[str], seeds: Sequence[int]
+        self,
+        prompts: Sequence[str],
+        negative_prompts: Sequence[str],
+        seeds: Sequence[int],
+        conditions: Sequence[Conditioning] | None = None,
     ) -> list[Image.Image | Flagged]:
         """One image per prompt; noise for each is drawn on the CPU from its own seed.
+
+        A pipeline call takes one strength, so the candidates are run in groups of equal strength (in the order of
+        their first appearance); each image has its own generator, so its pixels do not depend on its group.
 
         Returns:
             RGB ``PIL`` images of ``settings.height`` x ``settings.width``; :class:`Flagged` in place of each image
             that the model's safety checker flagged (the pipeline has blacked it out).
         """
-        import torch
-
         if not len(prompts) == len(negative_prompts) == len(seeds):
             raise ValueError(f"got {len(prompts)} prompts, {len(negative_prompts)} negatives, {len(seeds)} seeds")
+        conditions = list(conditions) if conditions is not None else [Conditioning()] * len(prompts)
+        if self.mode.uses_source and any(c.image is None for c in conditions):
+            raise ValueError(f"--counterpart {self.mode.name} needs each candidate's source image")
+        groups: dict[float | None, list[int]] = {}
+        for i, condition in enumerate(conditions):
+            groups.setdefault(condition.strength, []).append(i)
+        results: list[Image.Image | Flagged | None] = [None] * len(prompts)
+        for strength, members in groups.items():
+            images = self._call([prompts[i] for i in members], [negative_prompts[i] for i in members],
+                                [seeds[i] for i in members], [conditions[i] for i in members], strength)  # fmt: skip
+            for i, image in zip(members, images, strict=True):
+                results[i] = image
+        return [r for r in results if r is not None]
+
+    def _call(
+        self,
+        prompts: list[str],
+        negative_prompts: list[str],
+        seeds: list[int],
+        conditions: list[Conditioning],
+        strength: float | None,
+    ) -> list[Image.Image | Flagged]:
+        import torch
+
         s = self.settings
         generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
         with torch.inference_mode(), checker_quiet():
             output = self.pipe(
-                prompt=list(prompts),
-                negative_prompt=list(negative_prompts) if s.guidance_scale > 1 else None,
+                prompt=prompts,
+                negative_prompt=negative_prompts if s.guidance_scale > 1 else None,
                 num_inference_steps=s.num_inference_steps,
                 guidance_scale=s.guidance_scale,
-                height=s.height,
-                width=s.width,
                 generator=generators,
                 output_type="pil",
+                **self.mode.call(conditions, strength, s),
             )
         checker = type(getattr(self.pipe, "safety_checker", None)).__name__  # what judged a flagged image
-        return [
-            Flagged(checker) if flagged else image.convert("RGB")
-            for image, flagged in zip(output.images, flags(output, len(seeds)), strict=True)
-        ]
+        results: list[Image.Image | Flagged] = []
+        for image, flagged, condition in zip(output.images, flags(output, len(seeds)), conditions, strict=True):
+            if flagged:
+                results.append(Flagged(checker))
+            elif condition.mask is not None and condition.image is not None:
+                results.append(composite(image, condition.image, condition.mask))
+            else:
+                results.append(image.convert("RGB"))
+        return results

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from PIL import Image
 
 from diffcoremix.generate.backend import ImageGenerator
+from diffcoremix.generate.modes import NO_CONDITION, Conditioning
 from diffcoremix.generate.safety import Flagged
 from diffcoremix.prompts.builder import PromptRecord
 
@@ -22,30 +23,33 @@ class Batcher:
         self.limit = batch_size
         """The largest batch that fits; lowered for good after an out-of-memory error."""
 
-    def run(self, records: Sequence[PromptRecord]) -> list[Image.Image | Flagged | BaseException]:
+    def run(
+        self, records: Sequence[PromptRecord], conditions: Sequence[Conditioning] | None = None
+    ) -> list[Image.Image | Flagged | BaseException]:
+        """One result per record (``conditions``, when given, are the records' source images, masks and strengths)."""
         import torch
 
+        conditions = list(conditions) if conditions is not None else [NO_CONDITION] * len(records)
         if len(records) > self.limit:
             # The chunks are cut once: the limit may drop while they run (a later chunk cut at the lowered limit
             # would start past candidates that no chunk holds).
             size = self.limit
-            chunks = [records[i : i + size] for i in range(0, len(records), size)]
-            return [x for chunk in chunks for x in self.run(chunk)]
+            return [x for i in range(0, len(records), size)
+                    for x in self.run(records[i : i + size], conditions[i : i + size])]  # fmt: skip
         try:
-            return list(
-                self.generator.generate(
-                    [r.prompt for r in records], [r.negative_prompt for r in records], [r.seed for r in records]
-                )
-            )
+            triples = ([r.prompt for r in records], [r.negative_prompt for r in records], [r.seed for r in records])
+            if all(c == NO_CONDITION for c in conditions):  # text-to-image: the protocol's three-argument form
+                return list(self.generator.generate(*triples))
+            return list(self.generator.generate(*triples, conditions))
         except torch.OutOfMemoryError as err:
             if len(records) == 1:
                 return [err]
             self.limit = max(1, len(records) // 2)
             logger.warning("CUDA out of memory at batch %d; going on with batch %d", len(records), self.limit)
             torch.cuda.empty_cache()
-            return self.run(records)
+            return self.run(records, conditions)
         except Exception as err:
             if len(records) == 1:
                 return [err]
             logger.warning("a batch failed (%s); retrying its %d candidates one by one", err, len(records))
-            return [result for r in records for result in self.run([r])]
+            return [result for r, c in zip(records, conditions, strict=True) for result in self.run([r], [c])]

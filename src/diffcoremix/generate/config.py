@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from diffcoremix.config import NONE_IS_A_VALUE, check_types, require
 from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError
 from diffcoremix.finetuned import read_finetune_info
+from diffcoremix.generate.modes import COUNTERPART_MODES
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS, Family, GeneratorPreset
 from diffcoremix.generate.safety import SafetyChecker
 from diffcoremix.identities import local_weights_sha256
@@ -67,6 +70,26 @@ class GenerateConfig:
     """torch.compile the UNet (faster after a warm-up on CUDA)."""
     cpu_offload: bool = False
     """Keep idle sub-models on the CPU (less GPU memory, slower; needs accelerate)."""
+    counterpart: str = "text"
+    """How a counterpart relates to its source (``diffcoremix presets`` lists the modes): text (text-to-image, the
+    paper's method), img2img (the source noised to --strength and denoised with the prompt), inpaint (the subject
+    kept, the background redrawn: --masks or --mask-from), edit (an InstructPix2Pix model edits the source with an
+    instruction: the diffusemix pack's), cross-class (img2img with another class's prompt; soft label)."""
+    strength: tuple[float, ...] = ()
+    """For img2img, inpaint and cross-class: how far the source is noised, in (0, 1]; several values are drawn from
+    per candidate (seeded), as DA-Fusion mixes them. Empty: the mode's default (img2img 0.5, inpaint 1.0,
+    cross-class 0.3 0.5 0.7 0.9, Diff-Mix's)."""
+    image_guidance_scale: float | None = None
+    """For edit: how closely the edit follows the source image (InstructPix2Pix's; null: 1.5)."""
+    soft_label_gamma: float = 0.5
+    """For cross-class: the label is (1 - s**g) source class + s**g prompt class (Diff-Mix's; s the strength)."""
+    masks: str | None = None
+    """For inpaint: a folder of subject masks (white = subject, kept), at the same relative paths as DATA (a .png in
+    place of a photo's own extension is found too)."""
+    mask_from: str | None = None
+    """For inpaint: a train run whose classifier's Grad-CAM, thresholded, gives each source's subject mask."""
+    mask_threshold: float = 0.5
+    """For --mask-from: the subject is where the Grad-CAM map is at least this share of its maximum, in (0, 1)."""
     on_error: Literal["record", "stop"] = "record"
     """A failing candidate is recorded with its error and the run goes on (record), or the run stops (stop)."""
     rank: int | None = None
@@ -91,6 +114,27 @@ class GenerateConfig:
         require(self.rank is None or self.rank >= 0, "rank", self.rank, ">= 0")
         if self.rank is not None and self.world_size is not None:
             require(self.rank < self.world_size, "rank", self.rank, f"< world_size ({self.world_size})")
+        self._check_counterpart()
+
+    def _check_counterpart(self) -> None:
+        modes = COUNTERPART_MODES.names()
+        require(self.counterpart in modes, "counterpart", self.counterpart, "one of " + ", ".join(modes))
+        mode = COUNTERPART_MODES.get(self.counterpart)
+        if self.strength:
+            require(bool(mode.default_strength), "strength", list(self.strength),
+                    f"empty with --counterpart {self.counterpart} (it has no strength)")  # fmt: skip
+        for value in self.strength:
+            require(0.0 < value <= 1.0, "strength", list(self.strength), "values in (0, 1]")
+        require(self.soft_label_gamma > 0, "soft_label_gamma", self.soft_label_gamma, "> 0")
+        require(0.0 < self.mask_threshold < 1.0, "mask_threshold", self.mask_threshold, "in (0, 1)")
+        ig = self.image_guidance_scale
+        require(ig is None or ig >= 0, "image_guidance_scale", ig, ">= 0")
+        if mode.uses_mask:
+            require((self.masks is None) != (self.mask_from is None), "masks", self.masks,
+                    "a folder (or --mask-from RUN instead) with --counterpart inpaint: one of the two")  # fmt: skip
+        else:
+            for name in ("masks", "mask_from"):
+                require(getattr(self, name) is None, name, getattr(self, name), "null unless --counterpart inpaint")
 
 
 @dataclass(frozen=True)
@@ -120,6 +164,52 @@ class GenerationSettings:
     settings. A hub model is named by its id and revision instead."""
     safety_checker: SafetyChecker | None = None
     """``--safety-checker``: null runs the model's own checker, if it ships one (what it flags is never kept)."""
+    counterpart: CounterpartSettings | None = None
+    """The counterpart mode and its settings; None for text-to-image (so a text run's digest is what it was before
+    modes existed)."""
+
+    @property
+    def mode(self) -> str:
+        return self.counterpart.mode if self.counterpart is not None else "text"
+
+    @property
+    def image_guidance_scale(self) -> float | None:
+        return self.counterpart.image_guidance_scale if self.counterpart is not None else None
+
+
+@dataclass(frozen=True)
+class CounterpartSettings:
+    """A counterpart mode other than text, resolved: everything of it that shapes the plan or the pixels."""
+
+    mode: str
+    strength: tuple[float, ...] = ()
+    """The strengths a candidate's is drawn from (the mode's default when the user gave none)."""
+    image_guidance_scale: float | None = None
+    soft_label_gamma: float | None = None
+    """For cross-class only."""
+    masks: str | None = None
+    """The subject masks' identity (``masks:<folder>`` or ``gradcam:<run>@<weights>:<threshold>``), for inpaint."""
+
+
+def resolve_counterpart(config: GenerateConfig) -> CounterpartSettings | None:
+    """The counterpart settings of ``config`` (None for text); masks are named by where they come from."""
+    if config.counterpart == "text":
+        return None
+    mode = COUNTERPART_MODES.get(config.counterpart)
+    masks = None
+    if config.masks is not None:
+        masks = f"masks:{Path(config.masks).expanduser().resolve()}"
+    elif config.mask_from is not None:
+        masks = f"gradcam:{Path(config.mask_from).expanduser().resolve()}:{config.mask_threshold}"
+    return CounterpartSettings(
+        mode=mode.name,
+        strength=tuple(config.strength) or mode.default_strength,
+        image_guidance_scale=(config.image_guidance_scale if config.image_guidance_scale is not None else 1.5)
+        if mode.name == "edit"
+        else None,
+        soft_label_gamma=config.soft_label_gamma if mode.cross_class else None,
+        masks=masks,
+    )
 
 
 def resolve_settings(config: GenerateConfig) -> GenerationSettings:
@@ -130,7 +220,21 @@ def resolve_settings(config: GenerateConfig) -> GenerationSettings:
         ModelLoadError: local weights cannot be read.
     """
     settings = _resolve_options(config)
+    _check_steps(settings)
     return dataclasses.replace(settings, weights_sha256=local_weights(settings))
+
+
+def _check_steps(settings: GenerationSettings) -> None:
+    """A mode with a strength denoises int(steps x strength) of the steps: at least one for every strength."""
+    strengths = settings.counterpart.strength if settings.counterpart is not None else ()
+    if strengths and int(settings.num_inference_steps * min(strengths)) < 1:
+        least = math.ceil(1 / min(strengths))
+        raise ConfigError(
+            "num_inference_steps",
+            settings.num_inference_steps,
+            f">= {least} with --strength "
+            f"{min(strengths)} (a source is denoised for int(steps x strength) steps, at least one)",
+        )
 
 
 def local_weights(settings: GenerationSettings) -> dict[str, str]:
@@ -177,7 +281,15 @@ def _resolve_options(config: GenerateConfig) -> GenerationSettings:
     def default(name: str) -> Any:
         return sampling.get(name, getattr(preset, name))
 
-    model = pick(model, preset.model)
+    edit = config.counterpart == "edit"
+    if edit and model is None and preset.edit_model is None:
+        raise ConfigError(
+            "model",
+            None,
+            f"an InstructPix2Pix model for --counterpart edit (preset {preset.name!r} "
+            "names none: --preset sd15 uses timbrooks/instruct-pix2pix, --preset tiny a tiny one)",
+        )
+    model = pick(model, preset.edit_model if edit else preset.model)
     vae = resolve_vae(given_vae, preset, model)
     if vae is not None and model is not None and model.startswith(BUILTIN_PREFIX):
         raise ConfigError("vae", given_vae, f"null with the built-in model {model} (it builds its own VAE)")
@@ -200,6 +312,7 @@ def _resolve_options(config: GenerateConfig) -> GenerationSettings:
         lora=config.lora,
         finetune_sha256=":".join(str(d) for d in digests) if digests else None,
         safety_checker=config.safety_checker,
+        counterpart=resolve_counterpart(config),
     )
 
 

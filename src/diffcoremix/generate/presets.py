@@ -39,6 +39,8 @@ class GeneratorPreset:
     vae: str | None = None
     """A replacement VAE (hub id), e.g. the fp16-safe SDXL VAE: used over the preset's own ``model`` only, never over
     a ``--model`` the user gives (:func:`diffcoremix.generate.config.resolve_vae`)."""
+    edit_model: str | None = None
+    """The InstructPix2Pix model of ``--counterpart edit`` when no ``--model`` is given (None: the preset has none)."""
 
 
 GENERATOR_PRESETS: Registry[GeneratorPreset] = Registry("generator preset")
@@ -58,6 +60,7 @@ _add(
         guidance_scale=5.0,
         height=64,
         width=64,
+        edit_model="builtin:tiny-ip2p",
     )
 )
 _add(
@@ -83,6 +86,7 @@ _add(
         height=512,
         width=512,
         scheduler="DPMSolverMultistepScheduler",
+        edit_model="timbrooks/instruct-pix2pix",
     )
 )
 _add(

@@ -1,7 +1,8 @@
 """What a rerun may reuse: the resume index of an output folder, in a few bytes per candidate.
 
 A candidate is reused when its latest successful record is what this run would make now (its output path, the
-generation settings' digest, its source, seed, prompt and negative prompt), its image is intact (the recorded
+generation settings' digest, its source, seed, prompt, negative prompt and condition: counterpart mode, strength and
+classes), its image is intact (the recorded
 SHA-256) and its source photo is unchanged (the recorded source SHA-256). The index keeps, per key of a
 successful record, a digest of those fields and the two SHA-256 values (80 bytes), not the record: a manifest of
 millions of candidates is checked in the memory of its keys.
@@ -23,7 +24,7 @@ from diffcoremix.digests import file_sha256
 from diffcoremix.manifest.layout import IMAGES_DIR
 from diffcoremix.manifest.records import FLAGGED
 
-_IDENTITY = ("output", "settings_sha256", "source", "seed", "prompt", "negative_prompt")
+_IDENTITY = ("output", "settings_sha256", "source", "seed", "prompt", "negative_prompt", "condition")
 """Record fields that must equal the planned candidate's for its image to be reused."""
 
 Verdict = Literal["done", "changed", "todo"]
@@ -44,7 +45,10 @@ def _relpath(source: Any, k: Any, attempt: Any) -> str:
 
 
 def _identity(values: Iterable[Any]) -> bytes:
-    return hashlib.sha256(json.dumps(list(values), ensure_ascii=False).encode()).digest()[:16]
+    listed = list(values)
+    if listed and listed[-1] is None:  # no condition (text): the identity an earlier version recorded
+        listed.pop()
+    return hashlib.sha256(json.dumps(listed, ensure_ascii=False).encode()).digest()[:16]
 
 
 def _sha(value: Any) -> bytes | None:
@@ -91,7 +95,8 @@ def verdict(
     if packed is None:
         return "todo"
     relpath = output_relpath(planned)
-    fields = (relpath, digest, planned.source, planned.seed, planned.prompt, planned.negative_prompt)
+    fields = (relpath, digest, planned.source, planned.seed, planned.prompt, planned.negative_prompt,
+              planned.condition())  # fmt: skip
     if packed[:16] != _identity(fields):
         return "todo"
     path = folder / relpath

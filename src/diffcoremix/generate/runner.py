@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,8 +39,10 @@ from diffcoremix.errors import DiffCoReMixError
 from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
 from diffcoremix.generate.batcher import Batcher
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
+from diffcoremix.generate.modes import Conditioning
 from diffcoremix.generate.resume import output_relpath, resume_index, verdict
 from diffcoremix.generate.safety import FLAGGED, Flagged
+from diffcoremix.generate.sources import SourceConditions
 from diffcoremix.manifest.layout import (
     CONFIG_FILE,
     RUN_FILE,
@@ -51,7 +53,7 @@ from diffcoremix.manifest.layout import (
 )
 from diffcoremix.manifest.lock import claim_lock
 from diffcoremix.manifest.ownership import open_output
-from diffcoremix.manifest.records import ManifestWriter, iter_records
+from diffcoremix.manifest.records import CandidateRecord, ManifestWriter, iter_records
 from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig, build_prompts
 from diffcoremix.scratch import held_scratch
 
@@ -183,13 +185,14 @@ def generate(
     """
     data, out = Path(data), Path(out)
     config = config or GenerateConfig()
-    prompts = (prompts or PromptsConfig()).for_generator(resolve_settings(config).model)
+    settings = resolve_settings(config)
+    prompts = (prompts or PromptsConfig()).for_generator(settings.model, settings.mode)
     shard = resolve_shard(config.rank, config.world_size)
     with open_output(out, data=data, shard=shard, overwrite=overwrite) as folder:
         skipped: tuple[Finding, ...] = ()
         if records is None:  # every source is checked before any model loads
             sources = usable_sources(data, data_config, progress=progress)
-            plan = build_prompts(sources.listing, prompts)  # built batch by batch as the run reads it
+            plan = build_prompts(sources.listing, prompts, counterpart=settings.counterpart)  # read batch by batch
             plan.check_fits(STREAMED_BYTES_PER_CANDIDATE)  # here or on Ray: the resume index is what it holds
             records, skipped = plan, sources.skipped
         if runner is None:
@@ -260,8 +263,12 @@ def run_generation(
 
 
 def settings_digest(settings: GenerationSettings) -> str:
-    """SHA-256 of everything in ``settings`` that determines the pixels (recorded with every image)."""
-    return hashlib.sha256(json.dumps(to_plain(settings), sort_keys=True).encode()).hexdigest()
+    """SHA-256 of everything in ``settings`` that determines the pixels (recorded with every image). A text run has
+    no counterpart settings, and its digest leaves them out: the digest an earlier version recorded."""
+    plain = to_plain(settings)
+    if plain.get("counterpart") is None:
+        plain.pop("counterpart", None)
+    return hashlib.sha256(json.dumps(plain, sort_keys=True).encode()).hexdigest()
 
 
 def _fingerprint(prompts: PromptsConfig, settings: GenerationSettings, data: DataConfig | None) -> dict[str, Any]:
@@ -283,8 +290,10 @@ def _check_settings(folder: OutputFolder, fingerprint: dict[str, Any]) -> None:
         f"{section}.{key}: {'(not recorded)' if was is missing else repr(was)} -> {value!r}"
         for section, values in fingerprint.items()
         for key, value in values.items()
-        if (was := recorded[section, key]) != value
-    ]
+        if (was := recorded[section, key]) != value and not (was is missing and value is None)
+    ]  # a setting an earlier version did not have, left unset now, is what that version did
+    if not diffs:
+        return
     raise RunConflictError(
         f"{folder.path} holds a run made with other settings ({'; '.join(diffs)}); resume it with the same options, "
         "start afresh with --overwrite, or choose another output folder"
@@ -381,11 +390,11 @@ class _Counts:
     failed: int = 0
     flagged: int = 0
 
-    def add(self, entries: Sequence[dict[str, Any]]) -> None:
+    def add(self, entries: Sequence[CandidateRecord]) -> None:
         for entry in entries:
-            if entry["status"] == "ok":
+            if entry.status == "ok":
                 self.generated += 1
-            elif entry["status"] == FLAGGED:
+            elif entry.status == FLAGGED:
                 self.flagged += 1
             else:
                 self.failed += 1
@@ -413,6 +422,7 @@ def _run(
     batcher = Batcher(generator, config.batch_size)
     context = {"settings": settings, "provenance": generator.provenance, "rank": rank, "hashes": hashes,
                "digest": settings_digest(settings)}  # fmt: skip
+    sources = SourceConditions(data, settings, config)
     counts = _Counts()
     owned = _RecordedImages(folder)
     bar = tqdm(total=job.size, initial=job.size - job.remaining, desc="generate", unit="img", disable=not progress)
@@ -420,11 +430,11 @@ def _run(
         for number in job.todo:
             chunk, done = job.chunk(records, number), job.done[number]
             tick = time.perf_counter()
-            results = _generate_chunk(batcher, chunk, hashes)
+            results, masks = _generate_chunk(batcher, chunk, hashes, sources)
             seconds = (time.perf_counter() - tick) / len(chunk)
             made = [
-                _made(index, record, result, seconds, context)
-                for (index, record), result in zip(chunk, results, strict=True)
+                _made(index, record, result, seconds, context, mask)
+                for (index, record), result, mask in zip(chunk, results, masks, strict=True)
                 if record.key not in done
             ]
             entries = _write_images(folder, made, writer, f"r{rank}-", owned)
@@ -432,9 +442,9 @@ def _run(
             counts.add(entries)
             bar.update(len(entries))
             bar.set_postfix(failed=counts.failed, refresh=False)
-            errors = [e for e in entries if e["status"] == "error"]
+            errors = [e for e in entries if e.status == "error"]
             if errors and config.on_error == "stop":
-                raise GenerationError(f"candidate {errors[0]['key']} failed: {errors[0]['error']}")
+                raise GenerationError(f"candidate {errors[0].key} failed: {errors[0].error}")
     finally:
         bar.close()
         owned.warn()
@@ -443,14 +453,18 @@ def _run(
 
 
 def _generate_chunk(
-    batcher: Batcher, chunk: list[tuple[int, PromptRecord]], hashes: _SourceHashes
-) -> list[Image.Image | Flagged | BaseException]:
+    batcher: Batcher, chunk: list[tuple[int, PromptRecord]], hashes: _SourceHashes, sources: SourceConditions
+) -> tuple[list[Image.Image | Flagged | BaseException], list[str | None]]:
+    """Each candidate's image (or why there is none), and the digest of the subject mask it kept (inpaint)."""
     # The whole chunk runs, done members included, so that every image sees the same batch as before.
-    runnable = [r for _, r in chunk if hashes[r.source] is not None]
-    produced = iter(batcher.run(runnable) if runnable else [])
-    return [
-        next(produced) if hashes[r.source] is not None else OSError(f"cannot read source {r.source}") for _, r in chunk
+    prepared: list[Conditioning | BaseException] = [
+        sources.prepare(r) if hashes[r.source] is not None else OSError(f"cannot read source {r.source}")
+        for _, r in chunk
     ]
+    runnable = [(r, c) for (_, r), c in zip(chunk, prepared, strict=True) if isinstance(c, Conditioning)]
+    produced = iter(batcher.run([r for r, _ in runnable], [c for _, c in runnable]) if runnable else [])
+    results = [next(produced) if isinstance(c, Conditioning) else c for c in prepared]
+    return results, [sources.mask_digest(r.source) for _, r in chunk]
 
 
 def _made(
@@ -459,19 +473,17 @@ def _made(
     result: Image.Image | Flagged | BaseException,
     seconds: float,
     context: dict[str, Any],
-) -> tuple[dict[str, Any], bytes | None]:
+    mask_sha256: str | None = None,
+) -> tuple[CandidateRecord, bytes | None]:
     """One candidate's manifest record, and its image's PNG bytes (None when it failed or was flagged: the black
     image the pipeline returns for a flagged one is not kept)."""
-    entry = _entry(index, record, seconds, **context)
+    entry = _entry(index, record, seconds, mask_sha256=mask_sha256, **context)
     if isinstance(result, BaseException):
-        entry.update(status="error", error=f"{type(result).__name__}: {result}")
-        return entry, None
+        return replace(entry, status="error", error=f"{type(result).__name__}: {result}"), None
     if isinstance(result, Flagged):
-        entry.update(status=FLAGGED, error=result.message)
-        return entry, None
+        return replace(entry, status=FLAGGED, error=result.message), None
     payload = _png_bytes(result)
-    entry.update(output=output_relpath(record), output_sha256=hashlib.sha256(payload).hexdigest())
-    return entry, payload
+    return replace(entry, output=output_relpath(record), output_sha256=hashlib.sha256(payload).hexdigest()), payload
 
 
 WRITING = "writing"
@@ -482,24 +494,27 @@ it when the manifest is compacted); so the rerun may replace them, and a file th
 
 def _write_images(
     folder: OutputFolder,
-    made: list[tuple[dict[str, Any], bytes | None]],
+    made: list[tuple[CandidateRecord, bytes | None]],
     writer: ManifestWriter,
     tag: str,
     owned: _RecordedImages,
-) -> list[dict[str, Any]]:
+) -> list[CandidateRecord]:
     """Write a batch's images (atomically), each only where the file in its place is one we wrote (or none), and return
     the batch's records: a candidate whose place holds a file replaced since is recorded as failed, the file kept."""
     writes = [(entry, payload) for entry, payload in made if payload is not None]
     if writes:
-        writer.append([{**entry, "status": WRITING} for entry, _ in writes])
-    for entry, payload in writes:
-        path = folder / entry["output"]
-        if not owned.may_replace(path, entry["output"], entry["output_sha256"]):
-            entry.update(status="blocked", error=f"{path} was replaced since diffcoremix wrote it: left in place",
-                         output=None, output_sha256=None)  # fmt: skip
-            continue
-        atomic_write_bytes(path, payload, tag=tag)
-    return [entry for entry, _ in made]
+        writer.append([replace(entry, status=WRITING) for entry, _ in writes])
+    entries = []
+    for entry, payload in made:
+        if payload is not None and entry.output is not None and entry.output_sha256 is not None:
+            path = folder / entry.output
+            if not owned.may_replace(path, entry.output, entry.output_sha256):
+                entry = replace(entry, status="blocked", error=f"{path} was replaced since diffcoremix wrote it: left "
+                                "in place", output=None, output_sha256=None)  # fmt: skip
+            else:
+                atomic_write_bytes(path, payload, tag=tag)
+        entries.append(entry)
+    return entries
 
 
 class _RecordedImages:
@@ -541,43 +556,52 @@ def _entry(
     rank: int,
     hashes: _SourceHashes,
     digest: str,
-) -> dict[str, Any]:
-    return {
-        "index": index,
-        "key": record.key,
-        "status": "ok",
-        "error": None,
-        "source": record.source,
-        "source_sha256": hashes[record.source],
-        "class_folder": record.class_folder,
-        "class_name": record.class_name,
-        "label": record.label,
-        "k": record.k,
-        "attempt": record.attempt,
-        "seed": record.seed,
-        "prompt": record.prompt,
-        "negative_prompt": record.negative_prompt,
-        "context": record.context,
-        "context_score": record.context_score,
-        "dropped_negatives": list(record.dropped_negatives),
-        "model": provenance.get("model"),
-        "model_revision": provenance.get("model_revision"),
-        "model_sha256": provenance.get("model_sha256"),
-        "weights_sha256": provenance.get("weights_sha256"),
-        "pipeline": provenance.get("pipeline"),
-        "scheduler": provenance.get("scheduler"),
-        "lora": provenance.get("lora"),
-        "finetune": provenance.get("finetune"),
-        "safety_checker": provenance.get("safety_checker"),
-        "num_inference_steps": settings.num_inference_steps,
-        "guidance_scale": settings.guidance_scale,
-        "height": settings.height,
-        "width": settings.width,
-        "dtype": settings.dtype,
-        "device": settings.device,
-        "output": None,
-        "output_sha256": None,
-        "seconds": round(seconds, 6),
-        "rank": rank,
-        "settings_sha256": digest,
-    }
+    mask_sha256: str | None = None,
+) -> CandidateRecord:
+    return CandidateRecord(
+        index=index,
+        key=record.key,
+        status="ok",
+        error=None,
+        source=record.source,
+        source_sha256=hashes[record.source],
+        class_folder=record.class_folder,
+        class_name=record.class_name,
+        label=record.label,
+        k=record.k,
+        attempt=record.attempt,
+        seed=record.seed,
+        prompt=record.prompt,
+        negative_prompt=record.negative_prompt,
+        context=record.context,
+        context_score=record.context_score,
+        dropped_negatives=list(record.dropped_negatives),
+        counterpart=record.counterpart,
+        strength=record.strength,
+        source_class_folder=record.source_class_folder,
+        target_class_folder=record.target_class_folder,
+        soft_label=record.soft_label,
+        mask_sha256=mask_sha256,
+        condition=record.condition(),
+        model=provenance.get("model"),
+        model_revision=provenance.get("model_revision"),
+        model_sha256=provenance.get("model_sha256"),
+        weights_sha256=provenance.get("weights_sha256"),
+        pipeline=provenance.get("pipeline"),
+        scheduler=provenance.get("scheduler"),
+        lora=provenance.get("lora"),
+        finetune=provenance.get("finetune"),
+        safety_checker=provenance.get("safety_checker"),
+        num_inference_steps=settings.num_inference_steps,
+        guidance_scale=settings.guidance_scale,
+        image_guidance_scale=settings.image_guidance_scale,
+        height=settings.height,
+        width=settings.width,
+        dtype=settings.dtype,
+        device=settings.device,
+        output=None,
+        output_sha256=None,
+        seconds=round(seconds, 6),
+        rank=rank,
+        settings_sha256=digest,
+    )

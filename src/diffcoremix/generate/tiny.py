@@ -115,12 +115,11 @@ def _unet(**kwargs: Any) -> Any:
         block_out_channels=(16, 32),
         layers_per_block=1,
         sample_size=16,
-        in_channels=4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
-        **kwargs,
+        **{"in_channels": 4, **kwargs},
     )
 
 
@@ -133,6 +132,28 @@ def tiny_sd_pipeline(seed: int = 0) -> Any:
         text_encoder = CLIPTextModel(_text_config(32))
         unet = _unet(cross_attention_dim=32, attention_head_dim=4)
         return sd_pipeline(vae, text_encoder, unet, _scheduler())
+
+
+def tiny_ip2p_pipeline(seed: int = 0) -> Any:
+    """A ``StableDiffusionInstructPix2PixPipeline`` with tiny, seeded random weights: the SD 1.x pieces with a UNet of
+    8 input channels (the noisy latents and the source image's latents, as InstructPix2Pix's)."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from transformers import CLIPTextModel
+
+    with seeded_init(seed):
+        vae = _vae()
+        text_encoder = CLIPTextModel(_text_config(32))
+        unet = _unet(cross_attention_dim=32, attention_head_dim=4, in_channels=8)
+        return StableDiffusionInstructPix2PixPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=clip_tokenizer(),
+            unet=unet,
+            scheduler=_scheduler(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
 
 
 def tiny_sdxl_pipeline(seed: int = 0) -> Any:

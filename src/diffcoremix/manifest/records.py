@@ -14,6 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,68 +29,112 @@ from diffcoremix.manifest.layout import (
     OutputFolder,
 )
 
-__all__ = ["COLUMNS", "FILTER_COLUMNS", "FINAL", "FLAGGED", "IMAGES_DIR", "JUDGE_COLUMNS", "MANIFEST_DIR",
-           "ManifestWriter", "iter_records", "latest_by_key", "read_judgements", "read_manifest", "read_records",
-           "shard_path"]  # fmt: skip
+__all__ = [
+    "COLUMNS",
+    "FILTER_COLUMNS",
+    "FINAL",
+    "FLAGGED",
+    "IMAGES_DIR",
+    "JUDGE_COLUMNS",
+    "MANIFEST_DIR",
+    "CandidateRecord",
+    "ManifestWriter",
+    "iter_records",
+    "latest_by_key",
+    "read_judgements",
+    "read_manifest",
+    "read_records",
+    "shard_path",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = (
-    "index",
-    "key",
-    "status",
-    "error",
-    "source",
-    "source_sha256",
-    "class_folder",
-    "class_name",
-    "label",
-    "k",
-    "attempt",
-    "seed",
-    "prompt",
-    "negative_prompt",
-    "context",
-    "context_score",
-    "dropped_negatives",
-    "model",
-    "model_revision",
-    "model_sha256",
-    "weights_sha256",
-    "pipeline",
-    "scheduler",
-    "lora",
-    "finetune",
-    "safety_checker",
-    "num_inference_steps",
-    "guidance_scale",
-    "height",
-    "width",
-    "dtype",
-    "device",
-    "output",
-    "output_sha256",
-    "seconds",
-    "rank",
-    "settings_sha256",
-)
-"""The fields of a record, in order. ``output`` is relative to OUT; ``seconds`` is the image's share of its
-batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the message and ``output`` is null),
-``blocked`` when the image's place holds a file that the user put there since diffcoremix wrote it (left in place,
-and named in ``error``), ``flagged`` when the model's safety checker flagged the image (no image is kept: ``output``
-is null, ``error`` says so; see :mod:`diffcoremix.generate.safety`), or ``writing`` for the record a batch appends
-before it writes its images (what is about to be written where: the ``ok`` record that follows replaces it when the
-manifest is compacted; one left alone was killed among its images);
-``model_sha256`` is the digest of a local model's weights (a checkpoint's SHA-256, or that of a folder's weight
-files: :mod:`diffcoremix.identities`), null for a hub model (named by ``model_revision``); ``weights_sha256`` holds
-the digest of each local model, LoRA and VAE by role (``{"model": ..., "lora": ...}``, as the settings do);
-``lora`` is the path of LoRA weights applied over the model; ``finetune`` says what ``diffcoremix finetune`` made
-the model (or the LoRA) from: base model, data hash, steps, final loss, the digests of the loss curve and the
-weights (null for a model it did not make); ``safety_checker`` is the class of the checker that judged the image
-(null when none ran: the model ships none, or ``--safety-checker off``); ``settings_sha256`` is a digest of
-everything that determines the pixels besides the record's own prompt, negative prompt and seed (model, revision,
-scheduler, steps, guidance, size, dtype, device, fine-tuned weights, safety checker): a resumed run reuses an image
-only when its record matches what it would make now."""
+
+@dataclass(frozen=True)
+class CandidateRecord:
+    """One candidate's manifest record: the schema of a manifest line (its fields, in order, are :data:`COLUMNS`).
+
+    ``output`` is relative to OUT; ``seconds`` is the image's share of its batch's wall time; ``status`` is ``ok`` or
+    ``error`` (then ``error`` holds the message and ``output`` is null), ``blocked`` when the image's place holds a
+    file that the user put there since diffcoremix wrote it (left in place, and named in ``error``), ``flagged`` when
+    the model's safety checker flagged the image (no image is kept: ``output`` is null, ``error`` says so; see
+    :mod:`diffcoremix.generate.safety`), or ``writing`` for the record a batch appends before it writes its images
+    (what is about to be written where: the ``ok`` record that follows replaces it when the manifest is compacted;
+    one left alone was killed among its images).
+
+    ``counterpart`` is the mode (:mod:`diffcoremix.generate.modes`; null in records written before modes existed:
+    text); ``strength`` the candidate's (img2img, inpaint, cross-class); for cross-class, ``source_class_folder`` and
+    ``target_class_folder`` are the source's class and the prompt's, ``soft_label`` is ``{A: 1 - s**g, B: s**g}`` and
+    ``class_folder`` / ``label`` name its dominant class (null soft label: the hard label of ``class_folder``);
+    ``mask_sha256`` is the digest of the subject mask an inpainted candidate kept
+    (:func:`diffcoremix.masks.mask_sha256`); ``condition`` is what a rerun compares besides prompt, seed and
+    settings (null for text).
+
+    ``model_sha256`` is the digest of a local model's weights (a checkpoint's SHA-256, or that of a folder's weight
+    files: :mod:`diffcoremix.identities`), null for a hub model (named by ``model_revision``); ``weights_sha256`` holds
+    the digest of each local model, LoRA and VAE by role (``{"model": ..., "lora": ...}``, as the settings do);
+    ``lora`` is the path of LoRA weights applied over the model; ``finetune`` says what ``diffcoremix finetune`` made
+    the model (or the LoRA) from: base model, data hash, steps, final loss, the digests of the loss curve and the
+    weights (null for a model it did not make); ``safety_checker`` is the class of the checker that judged the image
+    (null when none ran: the model ships none, or ``--safety-checker off``); ``settings_sha256`` is a digest of
+    everything that determines the pixels besides the record's own prompt, negative prompt, seed and condition
+    (model, revision, scheduler, steps, guidance, size, dtype, device, fine-tuned weights, safety checker, counterpart
+    settings): a resumed run reuses an image only when its record matches what it would make now.
+    """
+
+    index: int
+    key: str
+    status: str
+    error: str | None
+    source: str
+    source_sha256: str | None
+    class_folder: str
+    class_name: str
+    label: int
+    k: int
+    attempt: int
+    seed: int
+    prompt: str
+    negative_prompt: str
+    context: str
+    context_score: float | None
+    dropped_negatives: list[str]
+    counterpart: str
+    strength: float | None
+    source_class_folder: str | None
+    target_class_folder: str | None
+    soft_label: dict[str, float] | None
+    mask_sha256: str | None
+    condition: str | None
+    model: str | None
+    model_revision: str | None
+    model_sha256: str | None
+    weights_sha256: dict[str, str] | None
+    pipeline: str | None
+    scheduler: str | None
+    lora: str | None
+    finetune: dict[str, Any] | None
+    safety_checker: str | None
+    num_inference_steps: int
+    guidance_scale: float
+    image_guidance_scale: float | None
+    height: int
+    width: int
+    dtype: str
+    device: str
+    output: str | None
+    output_sha256: str | None
+    seconds: float
+    rank: int
+    settings_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a manifest line's JSON object (shallow: its values are JSON values already)."""
+        return {name: getattr(self, name) for name in COLUMNS}
+
+
+COLUMNS = tuple(f.name for f in fields(CandidateRecord))
+"""The fields of a record, in order (:class:`CandidateRecord`)."""
 
 
 JUDGE_COLUMNS = ("judge", "judge_class", "judge_label", "judge_confidence", "agrees")
@@ -178,8 +223,10 @@ class ManifestWriter:
                 if handle.read(1) != b"\n":
                     handle.write(b"\n")
 
-    def append(self, records: Iterable[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    def append(self, records: Iterable[dict[str, Any] | CandidateRecord]) -> None:
+        text = "".join(
+            json.dumps(r if isinstance(r, dict) else r.to_dict(), ensure_ascii=False) + "\n" for r in records
+        )
         with naming_errors(self.path), open(self.path, "a", encoding="utf-8") as handle:
             faults.append_point(handle, text, self.path)
             handle.flush()

@@ -12,10 +12,10 @@ import dataclasses
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from diffcoremix.atomic import atomic_writer
 from diffcoremix.config import check_types, require
@@ -23,21 +23,32 @@ from diffcoremix.counterparts import PLAN_BYTES_PER_CANDIDATE, Candidate, Candid
 from diffcoremix.data.classnames import load_class_map
 from diffcoremix.data.folder import DatasetListing, list_images
 from diffcoremix.embedders import DEFAULT_EMBEDDER, default_embedder
+from diffcoremix.errors import ConfigError
+from diffcoremix.generate.modes import COUNTERPART_MODES, soft_label
 from diffcoremix.prompts.context import CONTEXT_SELECTORS, ContextRequest, ContextSelector, SelectorOptions
 from diffcoremix.prompts.negatives import NegativeConflict, filter_negatives
 from diffcoremix.prompts.packs import PromptPack, load_pack
 from diffcoremix.seeds import derive_seed, stable_choice
 from diffcoremix.sequences import LazySequence
 
+if TYPE_CHECKING:
+    from diffcoremix.generate.config import CounterpartSettings
+
 logger = logging.getLogger(__name__)
+
+
+DEFAULT_PACK = "generic"
+COUNTERPART_PACKS = {"edit": "diffusemix"}
+"""The pack of a counterpart mode whose prompts are of another kind (edit: instructions), when none is given."""
 
 
 @dataclass(frozen=True)
 class PromptsConfig:
     """Options of the prompt stage (``diffcoremix prompts``; later also ``generate`` and ``augment``)."""
 
-    pack: str = "generic"
-    """Prompt pack: a shipped name (see ``diffcoremix packs``) or the path of a pack YAML file."""
+    pack: str | None = None
+    """Prompt pack: a shipped name (see ``diffcoremix packs``) or the path of a pack YAML file; null is generic, or
+    diffusemix (edit instructions) with --counterpart edit."""
     domain: str | None = None
     """Domain word filling ``{domain}``; null takes the pack's own (e.g. use "car" with the paper pack on cars)."""
     context: str = "random"
@@ -75,11 +86,12 @@ class PromptsConfig:
         else:
             require(not self.contexts, "contexts", self.contexts, "empty unless context=fixed")
 
-    def for_generator(self, model: str | None) -> PromptsConfig:
-        """These options with the context embedder's default resolved for images of ``model`` (the generator)."""
-        if self.context_embedder is not None:
-            return self
-        return dataclasses.replace(self, context_embedder=default_embedder(model))
+    def for_generator(self, model: str | None, counterpart: str = "text") -> PromptsConfig:
+        """These options with the defaults resolved for images of ``model`` (the generator) in mode ``counterpart``:
+        the context embedder, and the pack."""
+        pack = self.pack if self.pack is not None else COUNTERPART_PACKS.get(counterpart, DEFAULT_PACK)
+        embedder = self.context_embedder if self.context_embedder is not None else default_embedder(model)
+        return dataclasses.replace(self, context_embedder=embedder, pack=pack)
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,23 @@ class PromptRecord:
     dropped_negatives: tuple[str, ...]
     attempt: int = 0
     """0 for a planned candidate; r for its r-th regeneration after a rejection (``augment --retries``)."""
+    counterpart: str = "text"
+    """The counterpart mode (:mod:`diffcoremix.generate.modes`)."""
+    strength: float | None = None
+    """The strength this candidate is made at (drawn from the mode's strengths by its key), for modes that have one."""
+    source_class_folder: str | None = None
+    """For cross-class: the source's class A (``class_folder`` is then the soft label's dominant class)."""
+    target_class_folder: str | None = None
+    """For cross-class: the class B whose prompt the source is redrawn with."""
+    soft_label: dict[str, float] | None = None
+    """For cross-class: ``{A: 1 - s**g, B: s**g}``; None: the hard label of ``class_folder``."""
+
+    def condition(self) -> str | None:
+        """What, besides prompt, seed and settings, a counterpart's pixels depend on (None for text): compared on
+        resume."""
+        if self.counterpart == "text":
+            return None
+        return json.dumps([self.counterpart, self.strength, self.source_class_folder, self.target_class_folder])
 
     def retry(self, attempt: int) -> PromptRecord:
         """The same candidate's ``attempt``-th regeneration: same prompt, a new derived seed and key."""
@@ -139,8 +168,15 @@ class PromptPlan(LazySequence[PromptRecord]):
         pack: PromptPack,
         config: PromptsConfig,
         selector: ContextSelector,
+        counterpart: CounterpartSettings | None = None,
+        classes: Sequence[str] = (),
     ) -> None:
         self.candidates, self.root, self.names = candidates, root, names
+        self.counterpart = counterpart
+        self.labels = {cls: label for label, cls in enumerate(classes)}
+        if counterpart is not None and COUNTERPART_MODES.get(counterpart.mode).cross_class and len(classes) < 2:
+            raise ConfigError("counterpart", counterpart.mode, "a dataset of two or more classes (it redraws an "
+                              "image of one class with the prompt of another)")  # fmt: skip
         self.pack, self.config, self.selector = pack, config, selector
         self.domain = config.domain or pack.domain
         self.conflicts: Counter[NegativeConflict] = Counter()
@@ -179,23 +215,43 @@ class PromptPlan(LazySequence[PromptRecord]):
             self._last = (number, self._build(self.candidates[number * PLAN_BLOCK : (number + 1) * PLAN_BLOCK], number))
         return self._last[1]
 
+    def _plan_mode(self, candidate: Candidate) -> dict[str, Any]:
+        """The candidate's mode fields: its strength, and for cross-class its other class, label and dominant class."""
+        mode = self.counterpart
+        if mode is None:
+            return {}
+        seed, key = self.config.seed, candidate.key
+        fields: dict[str, Any] = {"counterpart": mode.mode}
+        if mode.strength:
+            fields["strength"] = mode.strength[stable_choice(len(mode.strength), seed, "strength", key)]
+        if mode.soft_label_gamma is None:
+            return fields
+        source = candidate.class_folder
+        others = [cls for cls in self.labels if cls != source]
+        target = others[stable_choice(len(others), seed, "cross-class", key)]
+        soft = soft_label(source, target, fields["strength"], mode.soft_label_gamma)
+        dominant = target if soft[target] >= soft[source] else source
+        return fields | {"source_class_folder": source, "target_class_folder": target, "soft_label": soft,
+                         "class_folder": dominant, "label": self.labels[dominant]}  # fmt: skip
+
     def _build(self, candidates: list[Candidate], number: int) -> list[PromptRecord]:
         config, pack, domain = self.config, self.pack, self.domain
+        modes = [self._plan_mode(c) for c in candidates]
         requests = [
             ContextRequest(
                 key=c.key,
                 source=self.root / c.source,
-                class_name=self.names[c.class_folder],
+                class_name=self.names[mode.get("target_class_folder", c.class_folder)],  # whose prompt it gets
                 seed=derive_seed(config.seed, "context", c.key),
             )
-            for c in candidates
+            for c, mode in zip(candidates, modes, strict=True)
         ]
         choices = self.selector.choose(requests)
         if len(choices) != len(requests):
             raise RuntimeError(f"context selector returned {len(choices)} choices for {len(requests)} requests")
         records: list[PromptRecord] = []
         conflicts: Counter[NegativeConflict] = Counter()
-        for candidate, request, choice in zip(candidates, requests, choices, strict=True):
+        for candidate, request, choice, mode in zip(candidates, requests, choices, modes, strict=True):
             template = pack.templates[stable_choice(len(pack.templates), config.seed, "template", candidate.key)]
             prompt = " ".join(template.format(name=request.class_name, domain=domain, context=choice.text).split())
             template_text = template.replace("{name}", " ").replace("{domain}", " ").replace("{context}", " ")
@@ -209,13 +265,14 @@ class PromptPlan(LazySequence[PromptRecord]):
                 ],
             )
             conflicts.update(dropped)
+            class_folder = mode.pop("class_folder", candidate.class_folder)
             records.append(
                 PromptRecord(
                     key=candidate.key,
                     source=candidate.source,
-                    class_folder=candidate.class_folder,
-                    class_name=request.class_name,
-                    label=candidate.label,
+                    class_folder=class_folder,
+                    class_name=self.names[class_folder],
+                    label=mode.pop("label", candidate.label),
                     k=candidate.k,
                     seed=candidate.seed,
                     prompt=prompt,
@@ -224,6 +281,7 @@ class PromptPlan(LazySequence[PromptRecord]):
                     context_score=choice.score,
                     template=template,
                     dropped_negatives=tuple(c.term for c in dropped),
+                    **mode,
                 )
             )
         if number not in self._counted:  # a block built again (another pass) is not counted twice
@@ -258,6 +316,7 @@ def build_prompts(
     config: PromptsConfig | None = None,
     *,
     selector: ContextSelector | None = None,
+    counterpart: CounterpartSettings | None = None,
 ) -> PromptPlan:
     """Plan the candidates of a dataset and compose a prompt and a negative prompt for each.
 
@@ -268,6 +327,8 @@ def build_prompts(
         config: prompt options (defaults if omitted).
         selector: a context selector instance to use instead of ``config.context``'s (for selectors that need
             objects, such as an embedder, that a config cannot name).
+        counterpart: the counterpart mode's settings (None: text), which draw each candidate's strength and, for
+            cross-class, its other class.
 
     Returns:
         The plan (a sequence of :class:`PromptRecord`); ``write_jsonl()`` saves it, ``warn_conflicts()`` reports
@@ -278,10 +339,11 @@ def build_prompts(
     """
     config = config or PromptsConfig()
     listing = data if isinstance(data, DatasetListing) else list_images(data)
-    pack = load_pack(config.pack)
+    pack = load_pack(config.pack or DEFAULT_PACK)
     names = listing.class_names(load_class_map(config.class_map) if config.class_map else None)
     candidates = candidate_plan(listing, fraction=config.fraction, per_image=config.per_image, seed=config.seed)
     if selector is None:
         options = SelectorOptions(config.contexts, config.top_k, config.context_embedder or DEFAULT_EMBEDDER)
         selector = CONTEXT_SELECTORS.get(config.context)(pack, options)
-    return PromptPlan(candidates, root=listing.root, names=names, pack=pack, config=config, selector=selector)
+    return PromptPlan(candidates, root=listing.root, names=names, pack=pack, config=config, selector=selector,
+                      counterpart=counterpart, classes=listing.classes)  # fmt: skip

@@ -1,0 +1,213 @@
+"""Counterpart modes (img2img, cross-class, edit, inpaint) on the tiny presets: the real diffusers pipeline classes.
+
+What each mode must show: its counterpart is a function of (source, seed, settings), so changing a source photo
+changes its counterpart and no other; a killed run resumes to the same files; cross-class records carry Diff-Mix's
+soft label; options a mode cannot use are refused in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffcoremix.errors import ConfigError, ModelLoadError
+from diffcoremix.generate import DiffusersGenerator, GenerateConfig, RunConflictError, generate, read_manifest
+from diffcoremix.generate.backend import load_pipeline
+from diffcoremix.generate.config import resolve_settings
+from diffcoremix.generate.modes import COUNTERPART_NAMES, Conditioning, fit
+from diffcoremix.generate.runner import settings_digest
+from diffcoremix.prompts import PromptsConfig
+
+from . import faultkit
+from .helpers import make_class_folders, run_in_process
+
+IMAGE_MODES = ("img2img", "cross-class", "edit")
+"""The modes that read the source photo and need nothing else (inpaint needs masks: tests/test_inpaint.py)."""
+
+
+def _tiny(counterpart: str, **kwargs: Any) -> GenerateConfig:
+    return GenerateConfig(**{"preset": "tiny", "num_inference_steps": 4, "height": 32, "width": 32,
+                             "counterpart": counterpart, **kwargs})  # fmt: skip
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    return make_class_folders(tmp_path / "data", {"cat": 2, "dog": 2, "fox": 1})
+
+
+def _images(out: Path) -> dict[str, str]:
+    """Each candidate key's image digest."""
+    table = read_manifest(out)
+    return {r["key"]: r["output_sha256"] for r in table.to_dict("records") if r["status"] == "ok"}
+
+
+@pytest.mark.parametrize("mode", IMAGE_MODES)
+def test_a_counterpart_is_a_function_of_its_source(mode: str, data: Path, tmp_path: Path) -> None:
+    first = _images(tmp_path / "a") if generate(data, tmp_path / "a", PromptsConfig(), _tiny(mode)) else {}
+    again = _images(tmp_path / "b") if generate(data, tmp_path / "b", PromptsConfig(), _tiny(mode)) else {}
+    assert len(first) == 5
+    assert first == again
+
+    changed = tmp_path / "data2"
+    shutil.copytree(data, changed)
+    photo = changed / "dog" / "img_000.png"
+    pixels = np.asarray(Image.open(photo).convert("RGB"))
+    Image.fromarray(255 - pixels).save(photo)  # another photo at the same path: its counterpart must change
+    other = _images(tmp_path / "c") if generate(changed, tmp_path / "c", PromptsConfig(), _tiny(mode)) else {}
+    assert {k for k in first if first[k] != other[k]} == {"dog/img_000.png#0"}
+
+
+def test_a_text_counterpart_keeps_no_pixel_of_its_source(data: Path, tmp_path: Path) -> None:
+    # the contrast that gives the test above its meaning: text-to-image reads the prompt only
+    changed = tmp_path / "data2"
+    shutil.copytree(data, changed)
+    photo = changed / "dog" / "img_000.png"
+    Image.fromarray(255 - np.asarray(Image.open(photo).convert("RGB"))).save(photo)
+    generate(data, tmp_path / "a", PromptsConfig(), _tiny("text"))
+    generate(changed, tmp_path / "b", PromptsConfig(), _tiny("text"))
+    assert _images(tmp_path / "a") == _images(tmp_path / "b")
+
+
+def test_cross_class_records_carry_diff_mix_soft_labels(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    generate(data, out, PromptsConfig(per_image=3), _tiny("cross-class", soft_label_gamma=0.5))
+    rows = read_manifest(out).to_dict("records")
+    classes = ["cat", "dog", "fox"]
+    assert len(rows) == 15
+    strengths = set()
+    for row in rows:
+        source_class = row["source"].split("/")[0]
+        soft = row["soft_label"]
+        assert row["counterpart"] == "cross-class"
+        assert row["source_class_folder"] == source_class
+        target = row["target_class_folder"]
+        assert target in classes
+        assert target != source_class
+        assert set(soft) == {source_class, target}
+        assert math.isclose(sum(soft.values()), 1.0, abs_tol=1e-9)
+        assert math.isclose(soft[target], row["strength"] ** 0.5, rel_tol=1e-12)  # (1 - s^g) A + s^g B
+        assert row["class_folder"] == max(soft, key=soft.get)
+        assert row["label"] == classes.index(row["class_folder"])
+        assert f" {target}," in row["prompt"]  # the prompt names the other class
+        strengths.add(row["strength"])
+    assert strengths <= {0.3, 0.5, 0.7, 0.9}
+    assert len(strengths) >= 2
+
+
+def test_img2img_strengths_are_drawn_per_candidate_and_recorded(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    generate(data, out, PromptsConfig(per_image=4), _tiny("img2img", strength=(0.25, 0.75)))
+    rows = read_manifest(out).to_dict("records")
+    assert {r["strength"] for r in rows} == {0.25, 0.75}
+    assert all(r["pipeline"] == "StableDiffusionImg2ImgPipeline" and r["status"] == "ok" for r in rows)
+    assert all(json.loads(r["condition"]) == ["img2img", r["strength"], None, None] for r in rows)
+
+
+def test_a_strength_near_zero_gives_back_the_vae_round_trip_of_the_source(data: Path) -> None:
+    settings = resolve_settings(_tiny("img2img", num_inference_steps=100))
+    pipe, provenance = load_pipeline(settings)
+    generator = DiffusersGenerator(pipe, settings, provenance)
+    source = fit(Image.open(data / "cat" / "img_000.png").convert("RGB"), 32, 32)
+
+    def made(strength: float) -> np.ndarray:
+        image = generator.generate(["a cat"], [""], [0], [Conditioning(image=source, strength=strength)])[0]
+        assert isinstance(image, Image.Image)
+        return np.asarray(image, dtype=np.float64)
+
+    import torch
+
+    with torch.no_grad():  # the VAE's own round trip, with the latents img2img draws from the same seed
+        pixels = torch.from_numpy(np.asarray(source, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+        latents = pipe.vae.encode(pixels).latent_dist.sample(torch.Generator().manual_seed(0))
+        decoded = pipe.vae.decode(latents).sample[0].permute(1, 2, 0).clamp(-1, 1)
+        round_trip = ((decoded.numpy() + 1) * 127.5).round()
+    near, far = np.abs(made(0.01) - round_trip).mean(), np.abs(made(0.9) - round_trip).mean()
+    print(f"mean absolute difference from the VAE round trip: {near:.2f} at strength 0.01, {far:.2f} at 0.9")
+    # The tiny UNet's weights are random, so its one denoising step at strength 0.01 still moves the latents a
+    # little; the fine-tuned generator's figure is in benchmarks/README.md (generation_quality.py).
+    assert near * 4 < far
+
+
+def test_edit_needs_an_instruct_pix2pix_model(data: Path, tmp_path: Path) -> None:
+    settings = resolve_settings(_tiny("edit", model="builtin:tiny-sd"))  # a text-to-image UNet: 4 input channels
+    pipe, provenance = load_pipeline(settings)
+    with pytest.raises(ModelLoadError, match=r"InstructPix2Pix model .*8 input channels"):
+        DiffusersGenerator(pipe, settings, provenance)
+    with pytest.raises(ConfigError, match="InstructPix2Pix"):
+        resolve_settings(GenerateConfig(preset="tiny-sdxl", counterpart="edit"))  # a preset that names none
+
+
+def test_edit_uses_the_instruction_pack_unless_another_is_given(data: Path, tmp_path: Path) -> None:
+    generate(data, tmp_path / "a", PromptsConfig(), _tiny("edit"))
+    rows = read_manifest(tmp_path / "a").to_dict("records")
+    assert all(r["prompt"].startswith("a transformed version of the image of a") for r in rows)
+    assert {r["pipeline"] for r in rows} == {"StableDiffusionInstructPix2PixPipeline"}
+    assert {r["image_guidance_scale"] for r in rows} == {1.5}
+    generate(data, tmp_path / "b", PromptsConfig(pack="generic"), _tiny("edit"))
+    assert all(r["prompt"].startswith("a photo of") for r in read_manifest(tmp_path / "b").to_dict("records"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--strength", "0.5"), "strength.*it has no strength"),
+        (("--counterpart", "img2img", "--strength", "1.5"), r"strength.*\(0, 1\]"),
+        (("--counterpart", "inpaint"), "masks.*one of the two"),
+        (("--counterpart", "img2img", "--masks", "m"), "masks.*null unless --counterpart inpaint"),
+        (("--counterpart", "sketch"), "counterpart.*one of .*cross-class.*img2img"),
+        (("--counterpart", "img2img", "--strength", "0.2", "--num-inference-steps", "4"), "steps.*>= 5"),
+    ],
+)
+def test_options_a_mode_cannot_use_are_refused_in_one_line(
+    args: tuple[str, ...], message: str, data: Path, tmp_path: Path, capsys: Any
+) -> None:
+    done = run_in_process(capsys, "generate", str(data), "-o", str(tmp_path / "out"), "--preset", "tiny", *args)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert re.search(message, done.stderr), done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_with_another_strength_is_another_run(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    generate(data, out, PromptsConfig(), _tiny("img2img", strength=(0.5,)))
+    with pytest.raises(RunConflictError, match="counterpart"):
+        generate(data, out, PromptsConfig(), _tiny("img2img", strength=(0.6,)))
+    summary = generate(data, out, PromptsConfig(), _tiny("img2img", strength=(0.5,)))
+    assert summary.skipped == summary.shard == 5
+    assert summary.generated == 0
+
+
+def test_a_text_run_keeps_the_digest_of_runs_made_before_modes_existed() -> None:
+    # an OUT made before counterpart modes resumes: a text run's settings digest is the digest of the same fields
+    settings = resolve_settings(GenerateConfig(preset="tiny"))
+    fields = json.loads(json.dumps(dataclasses.asdict(settings)))
+    assert fields.pop("counterpart") is None
+    expected = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+    assert settings_digest(settings) == expected
+    assert settings_digest(resolve_settings(GenerateConfig(preset="tiny", counterpart="img2img"))) != expected
+
+
+def test_every_mode_is_listed() -> None:
+    assert set(COUNTERPART_NAMES) == {"text", "img2img", "inpaint", "edit", "cross-class"}
+
+
+def test_a_killed_cross_class_run_resumes_to_the_same_files(data: Path, tmp_path: Path) -> None:
+    args = ("generate", str(data), "-o", "{out}", *faultkit.TINY_GENERATION, "--counterpart", "cross-class",
+            "--num-inference-steps", "4", "--batch-size", "2", "--per-image", "2")  # fmt: skip
+    job = faultkit.Job("generate", args, faultkit.GENERATION_PHASES, faultkit.generation_state)
+    ref = faultkit.reference(job, tmp_path / "ref")
+    out = faultkit.fresh(job, tmp_path / "out")
+    stopped = faultkit.run(job, out, kill_at=("image", 3))
+    assert faultkit.killed(stopped), stopped.stderr
+    faultkit.assert_resumes(job, out, ref)
