@@ -209,6 +209,17 @@ def test_grad_cam_masks_are_deterministic_and_grow_as_the_threshold_falls(photos
     assert grown >= 2
 
 
+@pytest.mark.shared_data
+def test_grad_cam_masks_are_the_same_under_a_callers_no_grad_or_inference_mode(photos: Path, run: Path) -> None:
+    """A generation loop runs under ``no_grad`` or ``inference_mode``; Grad-CAM needs gradients all the same."""
+    item = list_images(photos).items[3]
+    size = open_image(item.path).size
+    expected = mask_sha256(gradcam_masks(run, photos).subject_mask(item.relpath, size))
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            assert mask_sha256(gradcam_masks(run, photos).subject_mask(item.relpath, size)) == expected
+
+
 def test_a_grad_cam_map_that_is_0_everywhere_is_a_mask_error_not_a_full_mask(tmp_path: Path) -> None:
     """A run whose classifier weighs no feature (a zero last layer): no pixel is evidence of any class."""
     data = make_class_folders(tmp_path / "data", {"a": 1, "b": 1}, size=40)

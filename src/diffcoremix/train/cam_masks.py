@@ -75,8 +75,9 @@ class GradCamMasks:
             image = open_image(self.data / source)
         except ImageReadError as err:
             raise MaskError(f"no Grad-CAM mask for {source}: {err}") from None
-        batch = self.transform(image).unsqueeze(0)
-        small = torch.from_numpy(gradcam_maps(self.trained.model, batch, [label], self.target))
+        with torch.inference_mode(False):  # Grad-CAM needs gradients, under a caller's inference mode too
+            batch = self.transform(image).unsqueeze(0)
+            small = torch.from_numpy(gradcam_maps(self.trained.model, batch, [label], self.target))
         width, height = size
         full = F.interpolate(small[:, None], size=(height, width), mode="bilinear", align_corners=False)
         return full[0, 0].numpy()
@@ -120,7 +121,8 @@ def gradcam_masks(
     """
     if not 0 < threshold < 1:
         raise ConfigError("mask_threshold", threshold, "in (0, 1), the share of the map's maximum kept as subject")
-    trained = load_run(run)
+    with torch.inference_mode(False):  # parameters that can take gradients, whatever the caller's mode
+        trained = load_run(run)
     weights = weights_sha256(Path(run) / MODEL_FILE)
     unknown = [c for c in classes if c not in trained.classes]
     if unknown:
