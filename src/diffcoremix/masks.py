@@ -116,6 +116,7 @@ class FolderMasks:
         return [exact] if swapped == exact else [exact, swapped]
 
     def subject_mask(self, source: str, size: tuple[int, int]) -> Image.Image:
+        """See :meth:`MaskSource.subject_mask`."""
         places = self.candidates(source)
         path = next((p for p in places if p.is_file()), None)
         if path is None:

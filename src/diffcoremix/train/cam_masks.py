@@ -83,6 +83,8 @@ class GradCamMasks:
         return full[0, 0].numpy()
 
     def subject_mask(self, source: str, size: tuple[int, int]) -> Image.Image:
+        """See :meth:`diffcoremix.masks.MaskSource.subject_mask`; a map that is 0 everywhere is a MaskError (no
+        subject), never a mask that keeps the whole image."""
         cam = self.cam(source, size)
         peak = float(cam.max())
         if peak <= 0:
