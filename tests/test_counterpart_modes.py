@@ -24,8 +24,8 @@ from diffcoremix.errors import ConfigError, ModelLoadError
 from diffcoremix.generate import DiffusersGenerator, GenerateConfig, RunConflictError, generate, read_manifest
 from diffcoremix.generate.backend import load_pipeline
 from diffcoremix.generate.config import resolve_settings
-from diffcoremix.generate.modes import COUNTERPART_NAMES, Conditioning, fit
 from diffcoremix.generate.runner import settings_digest
+from diffcoremix.modes import COUNTERPART_NAMES, Conditioning, fit
 from diffcoremix.prompts import PromptsConfig
 
 from . import faultkit

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -163,3 +163,27 @@ def folder_masks(folder: str | Path, data: str | Path) -> FolderMasks:
             "masks", str(folder), f"a folder outside DATA {data} (inside it, the masks would be read as images)"
         )
     return FolderMasks(path)
+
+
+GRADCAM_PROVIDER = "diffcoremix.train.cam_masks"
+"""The module of Grad-CAM masks (:func:`diffcoremix.train.cam_masks.gradcam_masks`): it needs a trained classifier, a
+stage above generation, so generation finds it by name at run time rather than importing it."""
+
+
+def open_masks(
+    data: str | Path, *, folder: str | Path | None = None, run: str | Path | None = None, threshold: float = 0.5
+) -> MaskSource:
+    """The subject masks of ``inpaint``: a folder of masks (``--masks``), or a train run's Grad-CAM (``--mask-from``,
+    thresholded at ``threshold`` of each map's maximum).
+
+    Raises:
+        ConfigError: neither or both given, a missing folder, a bad threshold; RunError: not a finished run.
+    """
+    if (folder is None) == (run is None):
+        raise ConfigError("masks", folder, "a folder of subject masks, or --mask-from RUN instead: one of the two")
+    if folder is not None:
+        return folder_masks(folder, data)
+    import importlib
+
+    provider: Any = importlib.import_module(GRADCAM_PROVIDER)
+    return provider.gradcam_masks(run, data, threshold)  # type: ignore[no-any-return]

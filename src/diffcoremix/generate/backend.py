@@ -23,11 +23,11 @@ from diffcoremix.checkpoints import unpickling_reason, unsafe_refusal
 from diffcoremix.errors import ModelLoadError, UnknownNameError
 from diffcoremix.finetuned import finetune_summary, read_finetune_info
 from diffcoremix.generate.config import GenerationSettings
-from diffcoremix.generate.modes import COUNTERPART_MODES, Conditioning, composite
 from diffcoremix.generate.presets import BUILTIN_PREFIX
 from diffcoremix.generate.safety import Flagged, apply_setting, checker_quiet, flags, pretrained_kwargs
 from diffcoremix.hub import quiet_loading
 from diffcoremix.identities import weights_sha256
+from diffcoremix.modes import COUNTERPART_MODES, Conditioning, composite
 from diffcoremix.registry import Registry
 
 logger = logging.getLogger(__name__)

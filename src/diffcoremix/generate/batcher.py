@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from PIL import Image
 
 from diffcoremix.generate.backend import ImageGenerator
-from diffcoremix.generate.modes import NO_CONDITION, Conditioning
 from diffcoremix.generate.safety import Flagged
+from diffcoremix.modes import NO_CONDITION, Conditioning
 from diffcoremix.prompts.builder import PromptRecord
 
 logger = logging.getLogger(__name__)

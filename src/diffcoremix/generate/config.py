@@ -13,10 +13,10 @@ from diffcoremix.config import NONE_IS_A_VALUE, check_types, require
 from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError
 from diffcoremix.finetuned import read_finetune_info
-from diffcoremix.generate.modes import COUNTERPART_MODES
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS, Family, GeneratorPreset
 from diffcoremix.generate.safety import SafetyChecker
 from diffcoremix.identities import local_weights_sha256
+from diffcoremix.modes import COUNTERPART_MODES, CounterpartSettings
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
 NO_VAE = "none"
@@ -175,20 +175,6 @@ class GenerationSettings:
     @property
     def image_guidance_scale(self) -> float | None:
         return self.counterpart.image_guidance_scale if self.counterpart is not None else None
-
-
-@dataclass(frozen=True)
-class CounterpartSettings:
-    """A counterpart mode other than text, resolved: everything of it that shapes the plan or the pixels."""
-
-    mode: str
-    strength: tuple[float, ...] = ()
-    """The strengths a candidate's is drawn from (the mode's default when the user gave none)."""
-    image_guidance_scale: float | None = None
-    soft_label_gamma: float | None = None
-    """For cross-class only."""
-    masks: str | None = None
-    """The subject masks' identity (``masks:<folder>`` or ``gradcam:<run>@<weights>:<threshold>``), for inpaint."""
 
 
 def resolve_counterpart(config: GenerateConfig) -> CounterpartSettings | None:

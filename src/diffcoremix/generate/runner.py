@@ -39,7 +39,6 @@ from diffcoremix.errors import DiffCoReMixError
 from diffcoremix.generate.backend import DiffusersGenerator, ImageGenerator
 from diffcoremix.generate.batcher import Batcher
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings, resolve_settings, resolve_shard
-from diffcoremix.generate.modes import Conditioning
 from diffcoremix.generate.resume import output_relpath, resume_index, verdict
 from diffcoremix.generate.safety import FLAGGED, Flagged
 from diffcoremix.generate.sources import SourceConditions
@@ -54,6 +53,7 @@ from diffcoremix.manifest.layout import (
 from diffcoremix.manifest.lock import claim_lock
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.manifest.records import CandidateRecord, ManifestWriter, iter_records
+from diffcoremix.modes import Conditioning
 from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig, build_prompts
 from diffcoremix.scratch import held_scratch
 

@@ -1,5 +1,5 @@
 """What an image-conditioned counterpart reads of its source: the photo (and its subject mask), fitted to the
-generation size, and its strength (:class:`~diffcoremix.generate.modes.Conditioning`).
+generation size, and its strength (:class:`~diffcoremix.modes.Conditioning`).
 
 The photo is centre-cropped to the generation size's aspect and resized (bicubic); the mask the same way (nearest, so
 it stays binary). A source that cannot be read, or whose mask is bad, is that candidate's recorded failure, not the
@@ -15,10 +15,10 @@ from PIL import Image
 
 from diffcoremix.data.images import open_image
 from diffcoremix.generate.config import GenerateConfig, GenerationSettings
-from diffcoremix.generate.modes import COUNTERPART_MODES, NO_CONDITION, Conditioning, fit
+from diffcoremix.masks import MaskError, MaskSource, mask_sha256, open_masks
+from diffcoremix.modes import COUNTERPART_MODES, NO_CONDITION, Conditioning, fit
 
 if TYPE_CHECKING:
-    from diffcoremix.masks import MaskSource
     from diffcoremix.prompts.builder import PromptRecord
 
 
@@ -39,15 +39,10 @@ class SourceConditions:
 
     def masks(self) -> MaskSource:
         """The subject masks (loaded on first use: a Grad-CAM source loads its classifier once)."""
-        from diffcoremix.masks import folder_masks, gradcam_masks
-
         if self._masks is None:
             config = self.config
-            if config.masks is not None:
-                self._masks = folder_masks(config.masks, self.data)
-            else:
-                assert config.mask_from is not None  # GenerateConfig requires one of the two with inpaint
-                self._masks = gradcam_masks(config.mask_from, self.data, config.mask_threshold)
+            self._masks = open_masks(self.data, folder=config.masks, run=config.mask_from,
+                                     threshold=config.mask_threshold)  # fmt: skip
         return self._masks
 
     def prepare(self, record: PromptRecord) -> Conditioning | BaseException:
@@ -66,8 +61,6 @@ class SourceConditions:
 
     def _mask(self, source: str, size: tuple[int, int]) -> Image.Image | BaseException:
         """The subject mask of ``source`` (decoded at ``size``), fitted as the photo is; its digest is kept."""
-        from diffcoremix.masks import MaskError, mask_sha256
-
         try:
             subject = self.masks().subject_mask(source, size)
         except MaskError as err:

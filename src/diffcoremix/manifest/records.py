@@ -62,7 +62,7 @@ class CandidateRecord:
     (what is about to be written where: the ``ok`` record that follows replaces it when the manifest is compacted;
     one left alone was killed among its images).
 
-    ``counterpart`` is the mode (:mod:`diffcoremix.generate.modes`; null in records written before modes existed:
+    ``counterpart`` is the mode (:mod:`diffcoremix.modes`; null in records written before modes existed:
     text); ``strength`` the candidate's (img2img, inpaint, cross-class); for cross-class, ``source_class_folder`` and
     ``target_class_folder`` are the source's class and the prompt's, ``soft_label`` is ``{A: 1 - s**g, B: s**g}`` and
     ``class_folder`` / ``label`` name its dominant class (null soft label: the hard label of ``class_folder``);

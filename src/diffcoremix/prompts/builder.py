@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from diffcoremix.atomic import atomic_writer
 from diffcoremix.config import check_types, require
@@ -24,15 +24,12 @@ from diffcoremix.data.classnames import load_class_map
 from diffcoremix.data.folder import DatasetListing, list_images
 from diffcoremix.embedders import DEFAULT_EMBEDDER, default_embedder
 from diffcoremix.errors import ConfigError
-from diffcoremix.generate.modes import COUNTERPART_MODES, soft_label
+from diffcoremix.modes import COUNTERPART_MODES, CounterpartSettings, soft_label
 from diffcoremix.prompts.context import CONTEXT_SELECTORS, ContextRequest, ContextSelector, SelectorOptions
 from diffcoremix.prompts.negatives import NegativeConflict, filter_negatives
 from diffcoremix.prompts.packs import PromptPack, load_pack
 from diffcoremix.seeds import derive_seed, stable_choice
 from diffcoremix.sequences import LazySequence
-
-if TYPE_CHECKING:
-    from diffcoremix.generate.config import CounterpartSettings
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +112,7 @@ class PromptRecord:
     attempt: int = 0
     """0 for a planned candidate; r for its r-th regeneration after a rejection (``augment --retries``)."""
     counterpart: str = "text"
-    """The counterpart mode (:mod:`diffcoremix.generate.modes`)."""
+    """The counterpart mode (:mod:`diffcoremix.modes`)."""
     strength: float | None = None
     """The strength this candidate is made at (drawn from the mode's strengths by its key), for modes that have one."""
     source_class_folder: str | None = None

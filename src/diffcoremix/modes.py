@@ -114,6 +114,20 @@ def _edit(conditions: Sequence[Conditioning], strength: float | None, settings: 
     return {"image": [c.image for c in conditions], "image_guidance_scale": settings.image_guidance_scale}
 
 
+@dataclass(frozen=True)
+class CounterpartSettings:
+    """A counterpart mode other than text, resolved: everything of it that shapes the plan or the pixels."""
+
+    mode: str
+    strength: tuple[float, ...] = ()
+    """The strengths a candidate's is drawn from (the mode's default when the user gave none)."""
+    image_guidance_scale: float | None = None
+    soft_label_gamma: float | None = None
+    """For cross-class only."""
+    masks: str | None = None
+    """The subject masks' identity (``masks:<folder>`` or ``gradcam:<run>@<weights>:<threshold>``), for inpaint."""
+
+
 COUNTERPART_MODES: Registry[CounterpartMode] = Registry("counterpart mode")
 for _mode in (
     CounterpartMode("text", "text-to-image from the contextual prompt (the paper's method)", _text, _sized),
