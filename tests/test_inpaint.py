@@ -52,7 +52,8 @@ def test_a_subject_mask_over_the_whole_image_gives_back_the_source(data: Path, t
     rows = read_manifest(out).to_dict("records")
     assert len(rows) == 3
     for row in rows:
-        assert row["status"] == "ok" and row["pipeline"] == "StableDiffusionInpaintPipeline"
+        assert row["status"] == "ok"
+        assert row["pipeline"] == "StableDiffusionInpaintPipeline"
         assert np.array_equal(_pixels(out / row["output"]), _pixels(data / row["source"]))
         assert row["mask_sha256"] == mask_sha256(Image.open(masks / row["source"]))
 
@@ -79,10 +80,12 @@ def test_bad_masks_are_recorded_as_their_candidates_failures(data: Path, tmp_pat
     Image.fromarray(np.full((SIZE, SIZE), 128, np.uint8)).save(masks / "dog" / "img_000.png")  # not binary
     out = tmp_path / "out"
     summary = generate(data, out, PromptsConfig(), _tiny(masks=str(masks)))
-    assert summary.failed == 3 and summary.generated == 0
+    assert summary.failed == 3
+    assert summary.generated == 0
     errors = {r["source"]: r["error"] for r in read_manifest(out).to_dict("records")}
     assert errors["cat/img_000.png"].startswith("MaskError: no mask for cat/img_000.png")
-    assert "40x32" in errors["cat/img_001.png"] and "32x32" in errors["cat/img_001.png"]
+    assert "40x32" in errors["cat/img_001.png"]
+    assert "32x32" in errors["cat/img_001.png"]
     assert "not binary" in errors["dog/img_000.png"]
 
 
@@ -90,7 +93,8 @@ def test_a_missing_mask_folder_is_one_line_before_anything_is_made(data: Path, t
     done = run_in_process(capsys, "generate", str(data), "-o", str(tmp_path / "out"), "--preset", "tiny",
                           "--counterpart", "inpaint", "--masks", str(tmp_path / "nowhere"))  # fmt: skip
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "--masks" in done.stderr and "nowhere" in done.stderr
+    assert "--masks" in done.stderr
+    assert "nowhere" in done.stderr
     assert not list((tmp_path / "out").rglob("*.png"))
 
 
