@@ -92,7 +92,8 @@ def test_bad_masks_are_recorded_as_their_candidates_failures(data: Path, tmp_pat
 def test_a_missing_mask_folder_is_one_line_before_anything_is_made(data: Path, tmp_path: Path, capsys: Any) -> None:
     done = run_in_process(capsys, "generate", str(data), "-o", str(tmp_path / "out"), "--preset", "tiny",
                           "--counterpart", "inpaint", "--masks", str(tmp_path / "nowhere"))  # fmt: skip
-    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "--masks" in done.stderr
     assert "nowhere" in done.stderr
     assert not list((tmp_path / "out").rglob("*.png"))
