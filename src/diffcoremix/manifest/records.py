@@ -72,6 +72,7 @@ COLUMNS = (
     "seconds",
     "rank",
     "settings_sha256",
+    "soft_label",
 )
 """The fields of a record, in order. ``output`` is relative to OUT; ``seconds`` is the image's share of its
 batch's wall time; ``status`` is ``ok`` or ``error`` (then ``error`` holds the message and ``output`` is null),
@@ -89,7 +90,9 @@ weights (null for a model it did not make); ``safety_checker`` is the class of t
 (null when none ran: the model ships none, or ``--safety-checker off``); ``settings_sha256`` is a digest of
 everything that determines the pixels besides the record's own prompt, negative prompt and seed (model, revision,
 scheduler, steps, guidance, size, dtype, device, fine-tuned weights, safety checker): a resumed run reuses an image
-only when its record matches what it would make now."""
+only when its record matches what it would make now; ``soft_label`` is null (the image is of its ``class_folder``) or
+the image's label as ``{class_folder: weight}``, weights > 0 summing to 1 (a cross-class image: Diff-Mix's
+``(1 - s^g) A + s^g B``), which training uses as the image's target."""
 
 
 JUDGE_COLUMNS = ("judge", "judge_class", "judge_label", "judge_confidence", "agrees")
