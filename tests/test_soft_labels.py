@@ -171,7 +171,7 @@ def test_the_mixers_weigh_the_partner_s_soft_label_by_the_realised_share(data: P
     assert torch.equal(sub.targets, batch["partner_y"])
 
 
-@pytest.mark.parametrize("method", ["diffcoremix", "synthetic-add"])
+@pytest.mark.parametrize("method", ["diffcoremix", "synthetic-sub", "synthetic-add"])
 def test_train_uses_the_soft_labels(data: Path, generated: Path, soft: Path, tmp_path: Path, method: str) -> None:
     """The same pixels, seeds and steps: the loss moves with the labels alone; soft labels equal to the hard ones
     give today's loss (to rounding)."""
