@@ -8,11 +8,13 @@ a :class:`MixOutput` unpacks as ``images, targets`` like timm's and torchvision'
 - ``pixel``, ``patch``, ``diffcoremix``: mix each real image with its own partner (a generated counterpart);
   ``diffcoremix`` mixes a sample with probability ``p``, choosing pixel or patch with equal odds. Samples without
   a partner pass through unchanged. Targets stay the real label (hard), or with ``soft_targets`` become
-  ``lam * onehot(y) + (1 - lam) * onehot(partner_y)`` (for cross-class partners).
+  ``lam * onehot(y) + (1 - lam) * onehot(partner_y)``, ``lam`` the realised real share (for partners with a soft
+  label, e.g. cross-class images: ``partner_y`` is then their ``(B, K)`` soft targets, used as they are).
 - ``mixup``, ``cutmix``: the classical baselines, mixing the batch with itself rolled by one (torchvision v2's
   pairing, box rule and label weights), soft targets; ``num_classes`` is required when they are built.
 - ``substitute``: DA-Fusion-style synthetic substitution: with probability ``p`` the real image is replaced by its
-  partner; the label is kept.
+  partner; the label is kept, or with ``soft_targets`` a substituted sample takes its partner's target
+  (``partner_y``: a soft label).
 
 Example:
     >>> import torch
@@ -92,7 +94,8 @@ class Mixer(Protocol):
             has_partner: ``(B,)`` bool; samples without a partner are never mixed (default: all have one).
             partner_rule: ``(B,)`` the rule that chose each partner (``PARTNER_*``); accepted so that
                 ``mixer(**batch)`` works, reported for logging, not used by the mixing.
-            partner_y: ``(B,)`` the partners' labels, for soft targets (default: ``y``).
+            partner_y: ``(B,)`` the partners' labels, or ``(B, K)`` their soft targets, for soft targets (default:
+                ``y``).
             generator: the only source of randomness (a CPU generator).
         """
         ...
@@ -144,6 +147,14 @@ def one_hot(y: Tensor, num_classes: int | None) -> Tensor:
     if num_classes is None:
         raise ValueError("soft targets need num_classes")
     return nn.functional.one_hot(y.long(), num_classes).float()
+
+
+def _soft_targets(y: Tensor, partner_y: Tensor | None, lam: Tensor, num_classes: int | None) -> Tensor:
+    """``(B, K)`` targets ``lam * onehot(y) + (1 - lam) * onehot(partner_y)`` (``partner_y`` default ``y``); a
+    ``(B, K)`` label (a soft one) is used as it is, ``lam`` is the realised ``(B,)`` share of the real image."""
+    other = y if partner_y is None else partner_y
+    w = lam.reshape(-1, 1)
+    return w * one_hot(y, num_classes) + (1 - w) * one_hot(other, num_classes)
 
 
 class PairMix(nn.Module):
@@ -227,12 +238,7 @@ class PairMix(nn.Module):
         lam = torch.where(by_pixel, params.lam, lam)
         lam = torch.where(by_patch, patch_lambda(params.cells, height, width), lam)
         kind = torch.where(by_patch, KIND_PATCH, torch.where(by_pixel, KIND_PIXEL, KIND_NONE)).to(torch.int8)
-        if self.soft_targets:
-            other = y if partner_y is None else partner_y
-            w = lam.to(x.device).reshape(-1, 1)
-            targets = w * one_hot(y, self.num_classes) + (1 - w) * one_hot(other, self.num_classes)
-        else:
-            targets = y
+        targets = _soft_targets(y, partner_y, lam.to(x.device), self.num_classes) if self.soft_targets else y
         return MixOutput(images, targets, lam, kind)
 
     def forward(
@@ -342,14 +348,23 @@ class CutMix(MixUp):
 class Substitute(nn.Module):
     """Synthetic substitution (DA-Fusion style): with probability p, a sample becomes its partner; label kept.
 
+    Args:
+        p: probability that a sample (with a partner) is substituted.
+        soft_targets: ``(B, K)`` targets, ``lam * onehot(y) + (1 - lam) * onehot(partner_y)`` with ``lam`` 0 for a
+            substituted sample and 1 otherwise: a substituted sample takes its partner's target (a soft label,
+            given as ``(B, K)`` ``partner_y``; default ``y``). Needs ``num_classes``.
+        num_classes: for soft targets.
+
     Raises:
-        ConfigError: ``p`` outside [0, 1].
+        ConfigError: ``p`` outside [0, 1], or ``soft_targets`` without ``num_classes``.
     """
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, soft_targets: bool = False, num_classes: int | None = None) -> None:
         super().__init__()
         _check_probability("p", p)
-        self.p = p
+        if soft_targets:
+            _check_num_classes(num_classes, "soft_targets")
+        self.p, self.soft_targets, self.num_classes = p, soft_targets, num_classes
 
     def forward(
         self,
@@ -369,7 +384,8 @@ class Substitute(nn.Module):
         swap = (torch.rand(batch, generator=generator) < self.p) & _partnered(has_partner, batch)
         images = select(partner, swap, x)
         lam = torch.where(swap, 0.0, 1.0)
-        return MixOutput(images, y, lam, torch.where(swap, KIND_SUBSTITUTE, KIND_NONE).to(torch.int8))
+        targets = _soft_targets(y, partner_y, lam.to(x.device), self.num_classes) if self.soft_targets else y
+        return MixOutput(images, targets, lam, torch.where(swap, KIND_SUBSTITUTE, KIND_NONE).to(torch.int8))
 
 
 MIXERS: Registry[Callable[..., Mixer]] = Registry("mixer")

@@ -12,6 +12,13 @@ writes it to shared memory, which every copy reads (timm's loop calls ``dataset.
 carry its epoch: :class:`EpochSampler` yields ``(epoch, index)`` pairs, in a seeded order of that epoch. The
 batches are therefore the same with any number of workers.
 
+A generated image may carry a soft label in the manifest (``soft_label``: ``{class_folder: weight}``, e.g. a
+cross-class image's ``(1 - s^g) A + s^g B``). When any image that a dataset can yield has one, its labels are
+``(K,)`` float targets (one-hot for hard labels) and each sample also carries its partner's target (``partner_y``
+after :func:`collate_pairs`): the partner's soft label, else the real image's one-hot. Build the mixer with
+``soft_targets=True, num_classes=len(pairs.classes)`` so that it weighs them (see
+:attr:`PairedDataset.has_soft_labels`). Without soft labels, labels stay ints, as ever.
+
 Example (``mixer`` from :func:`diffcoremix.mix.make_mixer`)::
 
     pairs = PairedDataset("data", "out", transform=v2.Compose([v2.RandomResizedCrop(224), v2.PILToTensor()]))
@@ -25,10 +32,11 @@ Example (``mixer`` from :func:`diffcoremix.mix.make_mixer`)::
 
 from __future__ import annotations
 
+import math
 import operator
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterator, Sized
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -45,15 +53,53 @@ from diffcoremix.seeds import derive_seed, generator_for, stable_choice
 PARTNER_NONE, PARTNER_OWN, PARTNER_CLASS, PARTNER_REAL = 0, 1, 2, 3
 """Codes of the partner rule that applied: none, own counterpart, same-class generated image, same-class real."""
 
-Sample = tuple[Any, int, Any, bool, int]
-"""``(image, label, partner, has_partner, partner_rule)``."""
+Sample = tuple[Any, int, Any, bool, int] | tuple[Any, torch.Tensor, Any, bool, int, torch.Tensor]
+"""``(image, label, partner, has_partner, partner_rule)``; with soft labels in the set,
+``(image, target, partner, has_partner, partner_rule, partner_target)`` with ``(K,)`` float targets."""
+
+SOFT_LABEL_TOLERANCE = 1e-6
+"""How far from 1 the weights of a soft label may sum."""
+
+
+def _soft_label_problem(value: Any) -> str | None:
+    """Why ``value`` is not a soft label (``{class_folder: weight}``, weights > 0 summing to 1), or None."""
+    if not isinstance(value, dict) or not value:
+        return "not a non-empty object of class folder: weight"
+    if not all(isinstance(cls, str) for cls in value):
+        return "a class folder that is not a string"
+    weights = list(value.values())
+    if not all(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+        return "a weight that is not a number"
+    if not all(w > 0 for w in weights):
+        return "a weight that is not > 0"
+    if abs(math.fsum(weights) - 1.0) > SOFT_LABEL_TOLERANCE:
+        return f"weights that sum to {math.fsum(weights)!r}, not 1"
+    return None
+
+
+def _soft_label(row: dict[str, Any], out: str | Path) -> dict[str, float] | None:
+    """A record's soft label, checked (None when the record has none: its ``class_folder`` is its label).
+
+    Raises:
+        DatasetError: the soft label is malformed (the message names the record's key).
+    """
+    value = row.get("soft_label")
+    if value is None or (isinstance(value, float) and math.isnan(value)):  # absent, or pandas' missing value
+        return None
+    problem = _soft_label_problem(value)
+    if problem is not None:
+        raise DatasetError(f"--synthetic {out}: the soft_label of record {row.get('key')!r} has {problem}: "
+                           f"{value!r} (expected {{class_folder: weight}}, weights > 0 summing to 1)")  # fmt: skip
+    return {cls: float(w) for cls, w in value.items()}
 
 
 def accepted_images(out: str | Path) -> list[dict[str, Any]]:
-    """The accepted candidates of a filtered generation run (``source``, ``class_folder``, ``output``).
+    """The accepted candidates of a filtered generation run (``key``, ``source``, ``class_folder``, ``output`` and
+    ``soft_label``: None, or the checked ``{class_folder: weight}`` label of the image).
 
     Raises:
-        DatasetError: ``out`` is missing, not a folder or not a generation run, or the run has not been filtered.
+        DatasetError: ``out`` is missing, not a folder or not a generation run, the run has not been filtered, or
+            an accepted record's soft label is malformed (not an object, weights not > 0 or not summing to 1).
     """
     if not Path(out).is_dir():
         missing = "does not exist" if not Path(out).exists() else "is not a folder"
@@ -65,7 +111,36 @@ def accepted_images(out: str | Path) -> list[dict[str, Any]]:
     if "accepted" not in table.columns:
         raise DatasetError(f"{out} has not been filtered: run `diffcoremix filter {out}` (or augment) first")
     kept = table[table.accepted == True]  # noqa: E712 (None means not filtered)
-    return kept[["source", "class_folder", "output"]].to_dict(orient="records")  # type: ignore[no-any-return]
+    rows: list[dict[str, Any]] = kept[["key", "source", "class_folder", "output", "soft_label"]].to_dict("records")
+    for row in rows:
+        row["soft_label"] = _soft_label(row, out)
+    return rows
+
+
+def soft_label_targets(
+    rows: Iterable[dict[str, Any]], classes: Sequence[str], out: str | Path
+) -> dict[Path, torch.Tensor]:
+    """The ``(K,)`` float targets of the rows of :func:`accepted_images` that carry a soft label, by image file
+    (``out / output``); ``K = len(classes)``, and a class folder is mapped to its index in ``classes`` by name.
+
+    Raises:
+        DatasetError: a soft label names a class that ``classes`` (DATA's) lacks.
+    """
+    index = {cls: label for label, cls in enumerate(classes)}
+    targets: dict[Path, torch.Tensor] = {}
+    for row in rows:
+        label = row["soft_label"]
+        if label is None:
+            continue
+        unknown = [cls for cls in label if cls not in index]
+        if unknown:
+            raise DatasetError(f"--synthetic {out}: the soft_label of record {row['key']!r} names class "
+                               f"{unknown[0]!r}, which DATA does not have")  # fmt: skip
+        target = torch.zeros(len(classes))
+        for cls, weight in label.items():
+            target[index[cls]] = weight
+        targets[Path(out) / row["output"]] = target
+    return targets
 
 
 class EpochSampler(Sampler[tuple[int, int]]):
@@ -106,7 +181,8 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 
 class PairedDataset(Dataset[Sample]):
-    """Yields ``(image, label, partner, has_partner, partner_rule)`` for each real image.
+    """Yields ``(image, label, partner, has_partner, partner_rule)`` for each real image; with soft labels
+    (:attr:`has_soft_labels`), ``(image, target, partner, has_partner, partner_rule, partner_target)``.
 
     Index it with a plain ``index``, which uses the epoch of :meth:`set_epoch` (in every DataLoader worker), or
     with ``(epoch, index)`` (what :class:`EpochSampler` yields).
@@ -123,12 +199,23 @@ class PairedDataset(Dataset[Sample]):
         seed: partner choices and transforms derive from it.
         exclude_sources: generated images of these sources (relpaths in DATA, e.g. a validation split) are never
             partners.
+        soft_targets: ``(K,)`` float targets of image files of ``data`` that have a soft label (generated images
+            added as samples: see :func:`soft_label_targets`). The partners' soft labels (``counterpart`` mode) are
+            read from the manifest of ``synthetic``.
 
     Attributes:
         classes: the class folder names, sorted; a label indexes it (as torchvision's ``ImageFolder``).
         class_to_idx: class folder name to label.
 
     Without a partner, ``partner`` is the (transformed) real image itself and ``has_partner`` is False.
+
+    When any image the dataset can yield (a sample or a partner) has a soft label, every label is a ``(K,)`` float
+    target: the image's soft label, else the one-hot of its class; the sixth element, ``partner_target``, is the
+    partner's soft label, else the one-hot of the real image's class (a counterpart without one is of its source's
+    class), or the sample's own target when there is no partner. Otherwise samples are exactly as without soft labels.
+
+    Raises:
+        DatasetError: as :func:`accepted_images`, or a partner's soft label names a class DATA lacks.
     """
 
     def __init__(
@@ -140,6 +227,7 @@ class PairedDataset(Dataset[Sample]):
         transform: Callable[[Any], Any] | None = None,
         seed: int = 0,
         exclude_sources: Collection[str] = (),
+        soft_targets: Mapping[Path, torch.Tensor] | None = None,
     ) -> None:
         self.listing = data if isinstance(data, DatasetListing) else list_images(data)
         self.items = list(self.listing.items)
@@ -154,21 +242,35 @@ class PairedDataset(Dataset[Sample]):
         self.mode = mode
         self.own: dict[str, list[Path]] = defaultdict(list)
         self.by_class: dict[str, list[Path]] = defaultdict(list)
+        self.soft: dict[Path, torch.Tensor] = dict(soft_targets or {})
+        """``(K,)`` float targets of the image files (samples or partners) that have a soft label."""
         if mode == "counterpart":
             if synthetic is None:
                 raise DatasetError("mode='counterpart' needs the synthetic (generation output) folder")
             excluded = set(exclude_sources)
-            for row in accepted_images(synthetic):
-                if row["source"] in excluded:
-                    continue
+            rows = [row for row in accepted_images(synthetic) if row["source"] not in excluded]
+            for row in rows:
                 path = Path(synthetic) / row["output"]
                 self.own[row["source"]].append(path)
                 self.by_class[row["class_folder"]].append(path)
+            self.soft.update(soft_label_targets(rows, self.classes, synthetic))
         elif mode == "real":
             for item in self.items:
                 self.by_class[item.class_folder].append(item.path)
         elif mode != "none":
             raise ConfigError("mode", mode, "'counterpart', 'real' or 'none'")
+
+    @property
+    def has_soft_labels(self) -> bool:
+        """Whether samples carry ``(K,)`` float targets and a partner target (some image has a soft label)."""
+        return bool(self.soft)
+
+    def target_of(self, path: Path, label: int) -> torch.Tensor:
+        """The ``(K,)`` float target of image ``path``: its soft label, else the one-hot of ``label``."""
+        soft = self.soft.get(path)
+        if soft is not None:
+            return soft
+        return torch.nn.functional.one_hot(torch.tensor(label), len(self.classes)).float()
 
     @property
     def epoch(self) -> int:
@@ -239,19 +341,24 @@ class PairedDataset(Dataset[Sample]):
         item = self.items[index]
         image = self._transformed(open_image(item.path), epoch, item.relpath, "real")
         partner_path, rule = self.partner_of(index, epoch)
-        if partner_path is None:
-            return image, item.label, image, False, rule
-        partner = self._transformed(open_image(partner_path), epoch, item.relpath, "partner")
-        return image, item.label, partner, True, rule
+        partner = image
+        if partner_path is not None:
+            partner = self._transformed(open_image(partner_path), epoch, item.relpath, "partner")
+        if not self.soft:
+            return image, item.label, partner, partner_path is not None, rule
+        target = self.target_of(item.path, item.label)
+        # a counterpart without a soft label is of its source's class: the real image's (own or same-class pool)
+        partner_target = target if partner_path is None else self.target_of(partner_path, item.label)
+        return image, target, partner, partner_path is not None, rule, partner_target
 
 
-class PairBatch(TypedDict):
-    """A collated batch of :class:`PairedDataset` samples: the mixers' keyword arguments."""
+class _PairBatchKeys(TypedDict):
+    """The keys of every :class:`PairBatch`."""
 
     x: torch.Tensor
     """``(B, C, H, W)`` real images."""
     y: torch.Tensor
-    """``(B,)`` int64 labels."""
+    """``(B,)`` int64 labels (``(B, K)`` float targets with soft labels in the set)."""
     partner: torch.Tensor
     """``(B, C, H, W)`` partners (the real image itself where there is none)."""
     has_partner: torch.Tensor
@@ -260,43 +367,84 @@ class PairBatch(TypedDict):
     """``(B,)`` int64 ``PARTNER_*`` codes."""
 
 
+class PairBatch(_PairBatchKeys, total=False):
+    """A collated batch of :class:`PairedDataset` samples: the mixers' keyword arguments."""
+
+    partner_y: torch.Tensor
+    """``(B, K)`` float partner targets; only with soft labels in the set (``y`` is then ``(B, K)`` float too)."""
+
+
 def collate_pairs(batch: list[Sample]) -> PairBatch:
     """Stack a list of :class:`PairedDataset` samples (tensors) into the mixers' keyword arguments.
+
+    Samples with soft labels (six elements) give ``(B, K)`` float ``y`` and ``partner_y``; the others ``(B,)``
+    int64 ``y`` and no ``partner_y``.
 
     Example::
 
         images, targets = mixer(**collate_pairs(samples), generator=generator)
     """
-    images, labels, partners, has, rules = zip(*batch, strict=True)
-    return PairBatch(
+    images, labels, partners, has, rules, *partner_targets = zip(*batch, strict=True)
+    pairs: PairBatch = PairBatch(
         x=torch.stack(images),
-        y=torch.tensor(labels),
+        y=torch.stack(labels) if partner_targets else torch.tensor(labels),
         partner=torch.stack(partners),
         has_partner=torch.tensor(has),
         partner_rule=torch.tensor(rules),
     )
+    if partner_targets:
+        pairs["partner_y"] = torch.stack(partner_targets[0])
+    return pairs
 
 
-class _Synthetic(Dataset[tuple[Any, int]]):
-    def __init__(self, files: list[tuple[Path, int]], transform: Callable[[Any], Any] | None) -> None:
+Label = int | torch.Tensor
+"""A sample's label: a class index, or a ``(K,)`` float target."""
+
+
+class _Synthetic(Dataset[tuple[Any, Label]]):
+    def __init__(self, files: list[tuple[Path, Label]], transform: Callable[[Any], Any] | None) -> None:
         self.files, self.transform = files, transform
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, Label]:
         path, label = self.files[index]
         image: Any = open_image(path)
         return (self.transform(image) if self.transform else image), label
 
 
+class _OneHot(Dataset[tuple[Any, torch.Tensor]]):
+    """A dataset of ``(image, class index)`` whose labels become ``(K,)`` one-hot float targets."""
+
+    def __init__(self, dataset: Dataset[tuple[Any, int]], num_classes: int) -> None:
+        self.dataset, self.num_classes = dataset, num_classes
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[Any, torch.Tensor]:
+        image, label = self.dataset[index]
+        return image, torch.nn.functional.one_hot(torch.tensor(label), self.num_classes).float()
+
+
 def with_synthetic_samples(
     data: str | Path, synthetic: str | Path, transform: Callable[[Any], Any] | None = None
-) -> ConcatDataset[tuple[Any, int]]:
-    """The real images followed by the accepted generated ones as extra samples (the reference code's use)."""
+) -> ConcatDataset[tuple[Any, Label]]:
+    """The real images followed by the accepted generated ones as extra samples (the reference code's use).
+
+    Labels are class indices; when a generated image has a soft label, every label is a ``(K,)`` float target
+    instead (that soft label, else the one-hot of the class), so that a batch of either kind stacks.
+    """
     from diffcoremix.data.dataset import ClassFolderDataset
 
     real = ClassFolderDataset(data, transform)
     index = real.class_to_idx
-    files = [(Path(synthetic) / r["output"], index[r["class_folder"]]) for r in accepted_images(synthetic)]
-    return ConcatDataset([real, _Synthetic(files, transform)])
+    rows = accepted_images(synthetic)
+    soft = soft_label_targets(rows, real.classes, synthetic)
+    files: list[tuple[Path, Label]] = [(Path(synthetic) / r["output"], index[r["class_folder"]]) for r in rows]
+    if not soft:
+        return ConcatDataset([real, _Synthetic(files, transform)])
+    eye = torch.eye(len(real.classes))
+    files = [(path, soft[path] if path in soft else eye[label].clone()) for path, label in files]
+    return ConcatDataset([_OneHot(real, len(real.classes)), _Synthetic(files, transform)])

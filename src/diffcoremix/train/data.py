@@ -17,7 +17,7 @@ from diffcoremix.data.folder import DatasetListing, ImageItem, list_images
 from diffcoremix.data.images import open_image
 from diffcoremix.errors import DatasetError
 from diffcoremix.mix import PairedDataset
-from diffcoremix.mix.paired import accepted_images
+from diffcoremix.mix.paired import accepted_images, soft_label_targets
 from diffcoremix.seeds import derive_seed
 from diffcoremix.train.config import TrainConfig
 
@@ -44,29 +44,33 @@ def split_validation(listing: DatasetListing, share: float, seed: int) -> tuple[
     )
 
 
-def with_synthetic_items(listing: DatasetListing, synthetic: Path, exclude: set[str]) -> DatasetListing:
-    """The listing followed by every accepted generated image as an extra sample of its class (``synthetic-add``).
+def with_synthetic_items(
+    listing: DatasetListing, synthetic: Path, exclude: set[str]
+) -> tuple[DatasetListing, dict[Path, torch.Tensor]]:
+    """The listing followed by every accepted generated image as an extra sample of its class (``synthetic-add``),
+    and the ``(K,)`` soft targets of those that have a soft label (by file; empty when none has).
 
     Raises:
-        DatasetError: a generated class is not a class of DATA.
+        DatasetError: a generated class (or a class of a soft label) is not a class of DATA.
     """
     index = {cls: label for label, cls in enumerate(listing.classes)}
     extra = []
-    for row in accepted_images(synthetic):
-        if row["source"] in exclude:
-            continue
+    rows = [row for row in accepted_images(synthetic) if row["source"] not in exclude]
+    for row in rows:
         label = index.get(row["class_folder"])
         if label is None:
             raise DatasetError(f"class {row['class_folder']!r} of --synthetic {synthetic} is not a class of DATA")
         extra.append(ImageItem(synthetic / row["output"], SYNTHETIC_PREFIX + row["output"], label, row["class_folder"]))
-    return dataclasses.replace(listing, items=listing.items + tuple(extra))
+    soft = soft_label_targets(rows, listing.classes, synthetic)
+    return dataclasses.replace(listing, items=listing.items + tuple(extra)), soft
 
 
 def check_synthetic_classes(listing: DatasetListing, synthetic: Path) -> int:
     """How many accepted generated images ``synthetic`` holds, after checking that their classes are DATA's.
 
     Raises:
-        DatasetError: a class of ``synthetic`` is not a class of DATA, or the run has not been filtered.
+        DatasetError: a class of ``synthetic`` is not a class of DATA, the run has not been filtered, or a soft label
+            is malformed or names a class DATA lacks.
     """
     rows = accepted_images(synthetic)
     foreign = sorted({r["class_folder"] for r in rows} - set(listing.classes))
@@ -75,6 +79,7 @@ def check_synthetic_classes(listing: DatasetListing, synthetic: Path) -> int:
             f"--synthetic {synthetic} holds classes that DATA does not have: {', '.join(map(repr, foreign[:5]))} "
             "(was it generated from another dataset?)"
         )
+    soft_label_targets(rows, listing.classes, synthetic)  # checked now, before the run claims its folder
     return len(rows)
 
 
@@ -86,11 +91,14 @@ def paired_dataset(
     exclude: set[str],
 ) -> PairedDataset:
     """The method's training data: real images with partners (pair methods), plus generated extras
-    (``synthetic-add``), or the real images alone."""
+    (``synthetic-add``), or the real images alone.
+
+    Generated images with a soft label in the manifest train on it: an extra sample's target is its soft label, a
+    partner's is mixed by the realised share (``dataset.has_soft_labels``: build the mixer with soft targets)."""
     if config.method == "synthetic-add":
         assert synthetic is not None
-        return PairedDataset(with_synthetic_items(listing, synthetic, exclude), mode="none", transform=transform,
-                             seed=config.seed)  # fmt: skip
+        extended, soft = with_synthetic_items(listing, synthetic, exclude)
+        return PairedDataset(extended, mode="none", transform=transform, seed=config.seed, soft_targets=soft)
     if not config.uses_partners:
         return PairedDataset(listing, mode="none", transform=transform, seed=config.seed)
     if config.partners == "real":

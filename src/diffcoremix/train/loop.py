@@ -468,7 +468,10 @@ def _train_in(
     if config.torchcompile:
         net = torch.compile(net)  # type: ignore[assignment]
 
-    mixer = _mixer(config, len(classes))
+    mixer = _mixer(config, len(classes), soft=dataset.has_soft_labels)
+    if dataset.has_soft_labels:
+        logger.info("%d generated image(s) of %s have a soft label: %s trains on (B, %d) targets",
+                    len(dataset.soft), prepared.synthetic, config.method, len(classes))  # fmt: skip
     sampler = EpochDistributedSampler(len(dataset), d.world, d.rank, config.seed)
     val_loader = _eval_loader(prepared.val, classes, eval_tf, config, "--val") if prepared.val is not None else None
     metrics = _Appender(out / METRICS_FILE if d.main else None)
@@ -606,19 +609,25 @@ def _gather(keys: list[str], d: _Dist) -> list[list[str]]:
     return gathered
 
 
-def _mixer(config: TrainConfig, num_classes: int) -> Mixer:
-    """The method's mixer (``none`` and ``synthetic-add``: a pass-through)."""
+def _mixer(config: TrainConfig, num_classes: int, *, soft: bool = False) -> Mixer:
+    """The method's mixer (``none`` and ``synthetic-add``: a pass-through).
+
+    With ``soft`` (some generated image has a soft label), the pair methods weigh the targets by the realised real
+    share, ``lam * onehot(y) + (1 - lam) * partner_y``, so a partner's soft label is what it contributes, and a
+    substituted sample takes its partner's; without, the targets are the real labels, as the paper trains.
+    """
     method = config.method
+    labels = {"soft_targets": True, "num_classes": num_classes} if soft else {}
     if method == "mixup":
         return make_mixer("mixup", alpha=config.mix_alpha, num_classes=num_classes)
     if method == "cutmix":
         return make_mixer("cutmix", alpha=config.mix_alpha, num_classes=num_classes)
     if method == "synthetic-sub":
-        return make_mixer("substitute", p=config.mix_prob)
+        return make_mixer("substitute", p=config.mix_prob, **labels)
     if method.startswith("diffcoremix"):
         name = {"diffcoremix": "diffcoremix", "diffcoremix-pixel": "pixel", "diffcoremix-patch": "patch"}[method]
-        return make_mixer(name, p=config.mix_prob, alpha=config.mix_alpha, grid=config.grid)
-    return make_mixer("substitute", p=0.0)  # never substitutes: the batch passes through unchanged
+        return make_mixer(name, p=config.mix_prob, alpha=config.mix_alpha, grid=config.grid, **labels)
+    return make_mixer("substitute", p=0.0)  # never substitutes: the batch (its targets too) passes through unchanged
 
 
 def _eval_loader(
