@@ -211,3 +211,21 @@ def test_a_killed_cross_class_run_resumes_to_the_same_files(data: Path, tmp_path
     stopped = faultkit.run(job, out, kill_at=("image", 3))
     assert faultkit.killed(stopped), stopped.stderr
     faultkit.assert_resumes(job, out, ref)
+
+
+def test_training_reads_a_cross_class_counterparts_soft_label(data: Path, tmp_path: Path) -> None:
+    from diffcoremix.filter import FilterConfig, filter_run
+    from diffcoremix.mix import PairedDataset
+
+    out = tmp_path / "out"
+    generate(data, out, PromptsConfig(), _tiny("cross-class"))
+    filter_run(out, FilterConfig(embedder="tiny", threshold=-1.0))  # every candidate kept
+    rows = read_manifest(out).to_dict("records")
+    dataset = PairedDataset(data, out, mode="counterpart")
+    assert dataset.has_soft_labels
+    classes = ["cat", "dog", "fox"]
+    for row in rows:
+        target = dataset.target_of(out / row["output"], classes.index(row["class_folder"]))
+        expected = [row["soft_label"].get(cls, 0.0) for cls in classes]
+        assert target.tolist() == pytest.approx(expected, abs=1e-7)
+        assert float(target.sum()) == pytest.approx(1.0, abs=1e-6)
