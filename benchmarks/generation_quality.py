@@ -12,6 +12,13 @@
    the calibrated threshold. The rule left applied at the end is ``prototype`` (the default).
 5. A grid per class of accepted and rejected generations (``--grid``), each with its score.
 
+6. With ``--modes``, the counterpart modes side by side with the same generator and the same 1,000 sources (text,
+   img2img at strengths 0.3, 0.5 and 0.7, inpaint with Grad-CAM subject masks of a ResNet-20 trained here, and
+   cross-class): the judge's agreement (cross-class: with the dominant label), the misaligned share, the copy share
+   (the nearest training image's cosine above 0.95 in the judge's penultimate features, not the filter's), KID against
+   the real test images (in the same features), and the filter's ROC-AUC against the judge per reference rule. Also
+   img2img at strength 0.02 against the VAE's own round trip of the source: how close to its source the mode stays.
+
 Everything is resumable (``--work`` keeps the model and the generations); a rerun reuses them.
 
 Run: ``.venv/bin/python benchmarks/generation_quality.py`` (about an hour on two CPU cores; ``--threads 1`` when
@@ -109,6 +116,158 @@ def grid(out: Path, path: Path, per_side: int = 6, scale: int = 2) -> None:
     canvas.quantize(256).save(path, optimize=True)  # a small file to commit
 
 
+MODES: dict[str, dict[str, Any]] = {
+    "text": {},
+    "img2img 0.3": {"counterpart": "img2img", "strength": (0.3,)},
+    "img2img 0.5": {"counterpart": "img2img", "strength": (0.5,)},
+    "img2img 0.7": {"counterpart": "img2img", "strength": (0.7,)},
+    "inpaint": {"counterpart": "inpaint"},
+    "cross-class": {"counterpart": "cross-class"},
+}
+
+
+class JudgeFeatures:
+    """The judge's (CIFAR-10 ResNet-56) globally pooled 64-d features of image files, unit length."""
+
+    def __init__(self, path: Path) -> None:
+        from torchvision.transforms import v2
+
+        from diffcoremix.embedders.resnet20 import CIFAR_MEAN, CIFAR_STD, load_cifar_resnet
+
+        self.net = load_cifar_resnet(path).eval()
+        import torch
+
+        steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Resize((32, 32), antialias=True)]
+        self.transform = v2.Compose([*steps, v2.Normalize(CIFAR_MEAN, CIFAR_STD)])
+
+    def __call__(self, files: list[Path]) -> Any:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        chunks = []
+        with torch.inference_mode():
+            for i in range(0, len(files), 256):
+                batch = torch.stack([self.transform(Image.open(f).convert("RGB")) for f in files[i : i + 256]])
+                chunks.append(torch.nn.functional.normalize(self.net.features_of(batch), dim=1).numpy())
+        return np.concatenate(chunks) if chunks else np.zeros((0, 64), dtype=np.float32)
+
+
+def mode_figures(
+    out: Path,
+    name: str,
+    judge_spec: str,
+    embedder: str,
+    feats: JudgeFeatures,
+    train_feats: Any,
+    train_files: list[str],
+    test_feats: Any,
+) -> dict[str, Any]:
+    """One mode's row: judge agreement, misaligned share, copy share, KID, and the filter's ROC-AUC per rule."""
+    import numpy as np
+
+    from diffcoremix import read_manifest
+    from diffcoremix.filter.config import REFERENCE_RULE_NAMES
+    from diffcoremix.judge import judge
+    from diffcoremix.report.distances import distance
+
+    result = judge(out, judge_spec)
+    table = read_manifest(out)
+    ok = table[table["status"] == "ok"].to_dict("records")
+    generated = feats([out / r["output"] for r in ok])
+    similarity = generated @ train_feats.T
+    nearest = similarity.max(axis=1)
+    own = [train_files[int(j)] == r["source"] for j, r in zip(similarity.argmax(axis=1), ok, strict=True)]
+    kid = distance("all", test_feats, generated)
+    rules = [r for r in REFERENCE_RULE_NAMES if r != "prototype"] + ["prototype"]  # prototype stays applied
+    filtered = {row["rule"]: row for row in (filter_rule(out, rule, embedder) for rule in rules)}
+    row = {
+        "mode": name,
+        "images": len(ok),
+        "failed": int((table["status"] != "ok").sum()),
+        "agreement": result.total.rate,
+        "misaligned": 1 - (result.total.rate or 0.0),
+        "copy_share": float((nearest > 0.95).mean()),
+        "nearest_is_own_source": float(np.mean(own)),
+        "median_nearest": float(np.median(nearest)),
+        "kid": kid.kid,
+        "kid_std": kid.kid_std,
+        "roc_auc": {rule: f["roc_auc"] for rule, f in filtered.items()},
+        "prototype": filtered["prototype"],
+    }
+    print(f"{name}: agreement {row['agreement']:.1%}, copy share {row['copy_share']:.1%}, KID {row['kid']:.4f}, "
+          f"ROC-AUC {row['roc_auc']}", flush=True)  # fmt: skip
+    return row
+
+
+def near_zero_strength(data: Path, work: Path, model: Path, subset: Any) -> dict[str, float]:
+    """img2img at strength 0.02 (one of 50 steps) against the VAE's own round trip: mean absolute pixel differences
+    from the (fitted) source over 100 sources."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from diffcoremix.data.sources import DataConfig
+    from diffcoremix.generate import GenerateConfig, generate, read_manifest
+    from diffcoremix.generate.backend import load_pipeline
+    from diffcoremix.generate.config import resolve_settings
+    from diffcoremix.modes import fit
+    from diffcoremix.prompts import PromptsConfig
+
+    config = GenerateConfig(preset="tiny", model=str(model), counterpart="img2img", strength=(0.02,),
+                            num_inference_steps=50, batch_size=50)  # fmt: skip
+    out = work / "modes" / "img2img 0.02"
+    generate(data, out, PromptsConfig(pack="generic", seed=0), config, data_config=DataConfig(max_per_class=10))
+    pipe, _ = load_pipeline(resolve_settings(config))
+    rows = read_manifest(out).to_dict("records")
+    made, round_trip = [], []
+    for row in rows:
+        source = fit(Image.open(data / row["source"]).convert("RGB"), 32, 32)
+        pixels = np.asarray(source, dtype=np.float64)
+        with torch.no_grad():
+            x = torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+            y = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample[0].permute(1, 2, 0).clamp(-1, 1)
+        round_trip.append(np.abs((y.numpy() + 1) * 127.5 - pixels).mean())
+        made.append(np.abs(np.asarray(Image.open(out / row["output"]), dtype=np.float64) - pixels).mean())
+    figures = {"img2img_0.02_vs_source": float(np.mean(made)), "vae_round_trip_vs_source": float(np.mean(round_trip))}
+    print(f"strength 0.02: {figures}", flush=True)
+    return figures
+
+
+def modes_table(
+    data: Path, test: Path, work: Path, model: Path, subset: Any, judge_spec: str, embedder: str, judge_path: Path
+) -> dict[str, Any]:
+    """Every mode of :data:`MODES` with the fine-tuned generator and the same sources (step 6)."""
+    import subprocess
+
+    from diffcoremix.data.folder import list_images
+    from diffcoremix.generate import GenerateConfig, generate
+    from diffcoremix.prompts import PromptsConfig
+
+    classifier = work / "classifier"
+    if not (classifier / "model.pt").is_file():  # a ResNet-20 trained here on the same images: its Grad-CAM masks
+        command = [sys.executable, "-m", "diffcoremix", "train", str(data), "--config", "cifar", "--max-steps", "400",
+                   "--max-per-class", str(subset.max_per_class), "-o", str(classifier)]  # fmt: skip
+        subprocess.run(command, check=True)
+    feats = JudgeFeatures(judge_path)
+    listing = list_images(data)
+    chosen = listing.subset(list(listing.classes), subset.max_per_class).items
+    train_feats = feats([i.path for i in chosen])
+    test_feats = feats([i.path for i in list_images(test).items])
+    rows = []
+    for name, options in MODES.items():
+        out = work / "generated" if name == "text" else work / "modes" / name
+        if options.get("counterpart") == "inpaint":
+            options = {**options, "mask_from": str(classifier)}
+        started = time.perf_counter()
+        config = GenerateConfig(preset="tiny", model=str(model), batch_size=50, **options)
+        generate(data, out, PromptsConfig(pack="generic", seed=0), config, data_config=subset)
+        print(f"{name}: generated in {time.perf_counter() - started:.0f} s", flush=True)
+        rows.append(mode_figures(out, name, judge_spec, embedder, feats, train_feats,
+                                 [i.relpath for i in chosen], test_feats))  # fmt: skip
+    return {"rows": rows, "near_zero": near_zero_strength(data, work, model, subset)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / ".work" / "generation_quality")
@@ -119,6 +278,7 @@ def main() -> int:
     parser.add_argument("--guidance-scale", type=float, default=None, help="null: the fine-tuned model's own")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 when the machine is shared)")
     parser.add_argument("--grid", type=Path, default=REPO / "benchmarks" / "figures" / "generation_quality.png")
+    parser.add_argument("--modes", action="store_true", help="also compare the counterpart modes (step 6)")
     args = parser.parse_args()
 
     import torch
@@ -186,6 +346,9 @@ def main() -> int:
     figures["agreement_by_decision"] = {k: v.rate for k, v in judge_result.by_decision.items()}
     grid(out, args.grid)
     print(f"grid: {args.grid}")
+    if args.modes:
+        figures["modes"] = modes_table(data, shared / "data" / "cifar10" / "test", work, model.model, subset,
+                                       judge_spec, embedder, shared / "models" / "resnet56_cifar10.th")  # fmt: skip
     (work / "summary.json").write_text(json.dumps(figures, indent=1) + "\n")
     print(json.dumps(figures, indent=1))
     return 0

@@ -229,3 +229,22 @@ def test_training_reads_a_cross_class_counterparts_soft_label(data: Path, tmp_pa
         expected = [row["soft_label"].get(cls, 0.0) for cls in classes]
         assert target.tolist() == pytest.approx(expected, abs=1e-7)
         assert float(target.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_report_shows_the_mode_and_each_strength(data: Path, tmp_path: Path) -> None:
+    from diffcoremix.filter import FilterConfig, filter_run
+    from diffcoremix.report import build_report
+
+    out = tmp_path / "out"
+    generate(data, out, PromptsConfig(per_image=4), _tiny("cross-class"))
+    filter_run(out, FilterConfig(embedder="tiny", threshold=-1.0))
+    result = build_report(out, tmp_path / "report.html")
+    assert "counterparts" in result.sections
+    section = (
+        (tmp_path / "report.html").read_text(encoding="utf-8").split('id="counterparts"')[1].split("</section>")[0]
+    )
+    assert "<td>mode</td><td>cross-class</td>" in section
+    counts = read_manifest(out)["strength"].value_counts()
+    for strength, count in counts.items():
+        cells = f'<td class="num">{strength:g}</td><td class="num">{count}</td><td class="num">{count}</td>'
+        assert cells in section  # each strength: its candidates, all generated

@@ -28,7 +28,7 @@ from .browser import render_page
 from .helpers import make_class_folders, run_cli
 from .synthetic_run import make_synthetic_run
 
-SECTIONS = ["overview", "provenance", "budget", "scores", "grids", "distances", "mixing", "training"]
+SECTIONS = ["overview", "provenance", "counterparts", "budget", "scores", "grids", "distances", "mixing", "training"]
 SCRIPT_NAME = "<script>alert('name')</script> dog"
 """A class name (through --class-map) that a page without escaping would run."""
 TAG_FOLDER = "003.<b onmouseover=alert(1)>eel"

@@ -163,6 +163,7 @@ def build_report(
     steps: list[tuple[str, Callable[[], None]]] = [
         ("overview", lambda: _overview(page, run, grid)),
         ("provenance", lambda: _provenance(page, run)),
+        ("counterparts", lambda: _counterparts(page, run)),
         ("budget", lambda: _budget(page, run)),
         ("scores", lambda: _scores(page, run)),
         ("grids", lambda: _grids(page, run, grid, seed)),
@@ -332,6 +333,38 @@ def _provenance(page: _Page, run: GenerationRun) -> None:
         "run_versions": sorted(recorded.items()),
         "report_versions": sorted(_library_versions().items()),
     }
+
+
+def _counterparts(page: _Page, run: GenerationRun) -> None:
+    """What kind of counterparts OUT holds (its mode) and, per strength, how many were made, kept and recognised."""
+    table = run.table
+    modes = table["counterpart"].fillna("text") if "counterpart" in table.columns else None
+    mode = "text" if modes is None or modes.empty else str(modes.iloc[0])
+    decided = _decided(run)
+    kept = set(decided[decided.accepted].key) if len(decided) else set()
+    rows = []
+    strengths = table["strength"] if "strength" in table.columns else None
+    if strengths is not None and strengths.notna().any():
+        for strength, group in table.groupby("strength"):
+            made = group[group.status == "ok"]
+            judged = made[made.agrees.notna()] if run.judged else made.iloc[0:0]
+            row = {"strength": f"{strength:g}", "candidates": len(group), "generated": len(made),
+                   "kept": int(made.key.isin(kept).sum()),
+                   "judge": f"{judged.agrees.astype(bool).mean():.0%}" if len(judged) else "-"}  # fmt: skip
+            if mode == "cross-class":
+                weights = [s[t] for s, t in zip(group.soft_label, group.target_class_folder, strict=True)
+                           if isinstance(s, dict) and t in s]  # fmt: skip
+                row["target_weight"] = f"{np.mean(weights):.2f}" if weights else "-"
+            rows.append(row)
+    facts = [("mode", mode), ("pipeline", _unique(table[table.status == "ok"], "pipeline"))]
+    if "mask_sha256" in table.columns and table.mask_sha256.notna().any():
+        facts.append(("subject masks recorded", str(table.mask_sha256.nunique())))
+        mask_failures = table.error.fillna("").str.startswith("MaskError").sum()
+        facts.append(("candidates without a usable mask", str(int(mask_failures))))
+    if "image_guidance_scale" in table.columns and table.image_guidance_scale.notna().any():
+        facts.append(("image guidance scale", _unique(table, "image_guidance_scale")))
+    page.context["counterparts"] = {"facts": facts, "rows": rows, "judged": run.judged,
+                                    "cross": mode == "cross-class"}  # fmt: skip
 
 
 def _safety_checker(run: GenerationRun, settings: dict[str, Any]) -> str:
