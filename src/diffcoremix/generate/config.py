@@ -15,7 +15,7 @@ from diffcoremix.errors import ConfigError
 from diffcoremix.finetuned import read_finetune_info
 from diffcoremix.generate.presets import BUILTIN_PREFIX, GENERATOR_PRESETS, Family, GeneratorPreset
 from diffcoremix.generate.safety import SafetyChecker
-from diffcoremix.identities import local_weights_sha256
+from diffcoremix.identities import local_weights_sha256, weights_sha256
 from diffcoremix.modes import COUNTERPART_MODES, CounterpartSettings
 
 Dtype = Literal["auto", "float32", "float16", "bfloat16"]
@@ -185,8 +185,10 @@ def resolve_counterpart(config: GenerateConfig) -> CounterpartSettings | None:
     masks = None
     if config.masks is not None:
         masks = f"masks:{Path(config.masks).expanduser().resolve()}"
-    elif config.mask_from is not None:
-        masks = f"gradcam:{Path(config.mask_from).expanduser().resolve()}:{config.mask_threshold}"
+    elif config.mask_from is not None:  # named by its weights too: a retrained run's masks are other settings
+        run = Path(config.mask_from).expanduser().resolve()
+        weights = weights_sha256(run / "model.pt") if (run / "model.pt").is_file() else "unfinished"
+        masks = f"gradcam:{run}@{weights}:{config.mask_threshold!r}"
     return CounterpartSettings(
         mode=mode.name,
         strength=tuple(config.strength) or mode.default_strength,
