@@ -248,3 +248,13 @@ def test_the_report_shows_the_mode_and_each_strength(data: Path, tmp_path: Path)
     for strength, count in counts.items():
         cells = f'<td class="num">{strength:g}</td><td class="num">{count}</td><td class="num">{count}</td>'
         assert cells in section  # each strength: its candidates, all generated
+
+
+def test_each_record_is_checked_for_its_strength_even_without_the_settings_file(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    generate(data, out, PromptsConfig(), _tiny("img2img", strength=(0.5,)))
+    (out / "settings.json").unlink()  # a damaged settings record: each candidate's own record still decides
+    summary = generate(data, out, PromptsConfig(), _tiny("img2img", strength=(0.75,)))
+    assert summary.generated == 5
+    assert summary.skipped == 0
+    assert set(read_manifest(out)["strength"]) == {0.75}

@@ -127,7 +127,9 @@ def augment(
         budget = plan.candidates.class_counts()
         latest: dict[str, PromptRecord] = {}  # planned key -> its latest regeneration
         run: GenerationRunner = (
-            cluster.generate if cluster else functools.partial(run_generation, slot=ModelSlot(generator))
+            cluster.generate
+            if cluster
+            else functools.partial(run_generation, slot=ModelSlot(generator), settings=settings)
         )
         embed: EmbedFiles = cluster.embedding(spec, filter_config.device) if cluster else embed_files
         generated = attempt = 0

@@ -197,7 +197,8 @@ def generate(
             records, skipped = plan, sources.skipped
         if runner is None:
             return run_generation(folder, data, records, prompts, config, data_config=data_config,
-                                  slot=ModelSlot(generator), skipped=skipped, progress=progress)  # fmt: skip
+                                  slot=ModelSlot(generator), skipped=skipped, settings=settings,
+                                  progress=progress)  # fmt: skip
         return runner(folder, data, records, prompts, config, data_config=data_config, skipped=skipped,
                       progress=progress)  # fmt: skip
 
@@ -212,6 +213,7 @@ def run_generation(
     data_config: DataConfig | None = None,
     slot: ModelSlot | None = None,
     skipped: tuple[Finding, ...] = (),
+    settings: GenerationSettings | None = None,
     previous: Mapping[str, bytes] | None = None,
     batches: range | None = None,
     progress: bool = False,
@@ -222,11 +224,12 @@ def run_generation(
     resume index (:func:`~diffcoremix.generate.resume.resume_index`) of (at least) this shard's keys, when the caller
     has read the manifest already (the Ray executor reads it once for all shards); by default it is read here.
     ``records`` may be a :class:`PromptPlan`: each batch's records are then built when the batch is checked and
-    when it runs, never the whole plan at once. ``batches`` are the numbers of the plan's fixed batches to run,
+    when it runs, never the whole plan at once. ``settings`` are the command's resolved settings (resolved here when
+    None: a Ray worker resolves its own, on its own device). ``batches`` are the numbers of the plan's fixed batches to run,
     instead of this shard's ``rank, rank + world_size, ...`` (the Ray executor gives each shard a contiguous run)."""
     slot = slot or ModelSlot()
     started = time.perf_counter()
-    settings = resolve_settings(config)
+    settings = settings or resolve_settings(config)  # resolved once by the command; a Ray worker resolves its own
     rank, world_size = resolve_shard(config.rank, config.world_size)
     fingerprint = _fingerprint(prompts, settings, data_config)
     _check_settings(folder, fingerprint)  # a conflicting earlier run is refused before any model loads
