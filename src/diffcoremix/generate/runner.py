@@ -225,8 +225,9 @@ def run_generation(
     has read the manifest already (the Ray executor reads it once for all shards); by default it is read here.
     ``records`` may be a :class:`PromptPlan`: each batch's records are then built when the batch is checked and
     when it runs, never the whole plan at once. ``settings`` are the command's resolved settings (resolved here when
-    None: a Ray worker resolves its own, on its own device). ``batches`` are the numbers of the plan's fixed batches to run,
-    instead of this shard's ``rank, rank + world_size, ...`` (the Ray executor gives each shard a contiguous run)."""
+    None: a Ray worker resolves its own, on its own device). ``batches`` are the numbers of the plan's fixed batches
+    to run, instead of this shard's ``rank, rank + world_size, ...`` (the Ray executor gives each shard a contiguous
+    run)."""
     slot = slot or ModelSlot()
     started = time.perf_counter()
     settings = settings or resolve_settings(config)  # resolved once by the command; a Ray worker resolves its own
