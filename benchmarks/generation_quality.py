@@ -222,7 +222,7 @@ def near_zero_strength(data: Path, work: Path, model: Path, subset: Any) -> dict
     rows = read_manifest(out).to_dict("records")
     made, round_trip = [], []
     for row in rows:
-        source = fit(Image.open(data / row["source"]).convert("RGB"), 32, 32)
+        source = fit(Image.open(data / row["source"]).convert("RGB"), row["width"], row["height"])
         pixels = np.asarray(source, dtype=np.float64)
         with torch.no_grad():
             x = torch.from_numpy(pixels.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
