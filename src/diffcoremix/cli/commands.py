@@ -122,7 +122,7 @@ def _prompts_arguments(parser: argparse.ArgumentParser) -> None:
 def _prompts(args: argparse.Namespace) -> int:
     config = config_from_args(PromptsConfig, args, "prompts")
     _check_file_output(args.data, args.output)
-    plan = build_prompts(usable_sources(args.data, _data_config(args)).listing, config)
+    plan = build_prompts(usable_sources(args.data, _data_config(args)).listing, config, progress=show_progress(args))
     plan.check_fits(STREAMED_BYTES_PER_CANDIDATE)  # what generate would need to run it
     plan.write_jsonl(args.output)  # streamed: the plan is never held whole
     plan.warn_conflicts()

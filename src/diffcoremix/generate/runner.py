@@ -574,6 +574,8 @@ def _entry(
         label=record.label,
         k=record.k,
         attempt=record.attempt,
+        source_rank=record.source_rank,
+        source_loss=record.source_loss,
         seed=record.seed,
         prompt=record.prompt,
         negative_prompt=record.negative_prompt,
