@@ -92,6 +92,19 @@ def test_hard_takes_per_class_the_images_with_the_highest_loss_and_records_rank_
     assert {(r.source_rank, r.source_loss) for r in build_prompts(data, PromptsConfig()).records} == {(None, None)}
 
 
+def test_a_subset_of_the_runs_classes_is_matched_to_them_by_folder_name(data: Path, run: Path) -> None:
+    # the listing of b and c labels them 0 and 1; the run knows them as 1 and 2
+    subset = list_images(data).subset(["c", "b"])
+    losses = _expected_losses(run, data)
+    records = build_prompts(subset, _hard(run)).records
+    assert {r.class_folder for r in records} == {"b", "c"}
+    assert {r.source: r.source_rank for r in records} == {
+        p: rank for p, rank in _expected_ranks(losses).items() if not p.startswith("a/")
+    }
+    for record in records:
+        assert record.source_loss == pytest.approx(losses[record.source], rel=1e-4, abs=1e-5)
+
+
 def test_equal_losses_rank_by_relative_path_and_each_class_takes_its_own_share(tmp_path: Path) -> None:
     listing = list_images(make_class_folders(tmp_path / "d", {"x": 4, "y": 3}, size=8))
     losses = {"x/img_000.png": 1.0, "x/img_001.png": 2.0, "x/img_002.png": 2.0, "x/img_003.png": 0.5,
