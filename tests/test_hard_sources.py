@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -92,9 +93,14 @@ def test_hard_takes_per_class_the_images_with_the_highest_loss_and_records_rank_
     assert {(r.source_rank, r.source_loss) for r in build_prompts(data, PromptsConfig()).records} == {(None, None)}
 
 
-def test_a_subset_of_the_runs_classes_is_matched_to_them_by_folder_name(data: Path, run: Path) -> None:
-    # the listing of b and c labels them 0 and 1; the run knows them as 1 and 2
-    subset = list_images(data).subset(["c", "b"])
+def test_a_dataset_of_some_of_the_runs_classes_is_matched_to_them_by_folder_name(
+    data: Path, run: Path, tmp_path: Path
+) -> None:
+    # a dataset of b and c labels them 0 and 1; the run knows them as 1 and 2
+    subset = tmp_path / "bc"
+    for folder in ("b", "c"):
+        shutil.copytree(data / folder, subset / folder)
+    assert list_images(subset).classes == ("b", "c")
     losses = _expected_losses(run, data)
     records = build_prompts(subset, _hard(run)).records
     assert {r.class_folder for r in records} == {"b", "c"}
