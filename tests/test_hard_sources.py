@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
+import yaml
 from PIL import Image
 
 from diffcoremix import PromptsConfig, build_prompts, list_images
@@ -207,3 +208,5 @@ def test_the_prompts_command_writes_rank_and_loss(
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     expected = {r.key: (r.source_rank, r.source_loss) for r in build_prompts(data, _hard(run)).records}
     assert {line["key"]: (line["source_rank"], line["source_loss"]) for line in lines} == expected
+    resolved = yaml.safe_load(out.with_suffix(".config.yaml").read_text())["prompts"]
+    assert resolved["rank_by_sha256"] == hashlib.sha256((run / "model.pt").read_bytes()).hexdigest()
