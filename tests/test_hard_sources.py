@@ -27,7 +27,7 @@ from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.generate import GenerateConfig, RunConflictError, generate, read_manifest
 from diffcoremix.train import TrainConfig, train
 
-from .helpers import make_class_folders, run_in_process
+from .helpers import make_class_folders, run_cli, run_in_process
 
 CLASSES = {"a": 6, "b": 5, "c": 4}
 SHARE = 0.5
@@ -126,10 +126,16 @@ def test_equal_losses_rank_by_relative_path_and_each_class_takes_its_own_share(t
         select_hardest(listing, 0.5, {**losses, "y/img_001.png": float("nan")})
 
 
-def test_the_plan_is_the_same_when_built_twice(data: Path, run: Path, tmp_path: Path) -> None:
+def test_the_plan_is_the_same_when_built_twice_and_in_another_process(data: Path, run: Path, tmp_path: Path) -> None:
     first = build_prompts(data, _hard(run)).write_jsonl(tmp_path / "1.jsonl").read_bytes()
     assert build_prompts(data, _hard(run)).write_jsonl(tmp_path / "2.jsonl").read_bytes() == first
     assert {json.loads(line)["source_rank"] for line in first.splitlines()} == {1, 2, 3}
+    # as a torchrun shard builds it: a new process, with another number of torch threads than this one
+    threads = "3" if torch.get_num_threads() != 3 else "2"
+    result = run_cli("prompts", data, "-o", tmp_path / "3.jsonl", "--sources", "hard:0.5", "--rank-by", run,
+                     env={"OMP_NUM_THREADS": threads})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "3.jsonl").read_bytes() == first
 
 
 def test_generate_records_rank_and_loss_and_a_run_retrained_in_place_is_another_plan(
