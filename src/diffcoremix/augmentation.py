@@ -118,7 +118,7 @@ def augment(
         ray_cluster(executor, generate_config.device) as cluster,
     ):
         sources = usable_sources(data, data_config, progress=progress)  # checked before any model loads
-        plan = build_prompts(sources.listing, prompts, counterpart=settings.counterpart)  # read batch by batch
+        plan = build_prompts(sources.listing, prompts, counterpart=settings.counterpart, progress=progress)
         plan.check_fits(PLAN_BYTES_PER_CANDIDATE)  # the filter's table holds every candidate
         records = _Attempts(plan)
         spec, _ = resolve_embedder_spec(filter_config, model)

@@ -5,17 +5,23 @@ hash of (base seed, relative path), and the first ``round(f * n)`` (at least one
 depend on the listing order, and a larger fraction keeps every image a smaller one chose. Every candidate has
 a key ``<relative path>#<k>`` and a seed derived from (base seed, relative path, k), so any subset can be
 regenerated on its own.
+
+``sources="hard:F"`` spends the budget where a classifier struggles (TADA, DisCL): the images of a class are
+ranked by a trained run's loss on each of them instead (highest first, ties by relative path), and the first
+``round(F * n)`` (at least one) are taken; each candidate carries its source's rank in its class (1: the hardest)
+and that loss. The losses are computed above this module (:mod:`diffcoremix.prompts.hardness`) and passed in.
 """
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
 from diffcoremix.data.folder import DatasetListing, ImageItem
-from diffcoremix.errors import ConfigError
+from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.seeds import derive_seed
 from diffcoremix.sequences import LazySequence
 
@@ -34,6 +40,45 @@ class Candidate:
     """Index of this counterpart among the image's ``per_image`` ones."""
     seed: int
     """Generation seed, derived from (base seed, source, k)."""
+    source_rank: int | None = None
+    """With ``sources="hard:F"``: the source's rank in its class by the ranking run's loss (1: the highest)."""
+    source_loss: float | None = None
+    """With ``sources="hard:F"``: the ranking run's cross-entropy on the source, against its class."""
+
+
+SOURCES_ALL = "all"
+"""``sources``: every image (or a random ``fraction`` of each class)."""
+SOURCES_HARD = "hard:"
+"""``sources="hard:F"``: the share F of each class's images on which a trained run's loss is the highest."""
+
+
+def hard_fraction(sources: str) -> float | None:
+    """The F of ``"hard:F"``; None for ``"all"``.
+
+    Raises:
+        ConfigError: neither, or F outside (0, 1].
+    """
+    if sources == SOURCES_ALL:
+        return None
+    requirement = f"{SOURCES_ALL!r} or {SOURCES_HARD}F with F in (0, 1] (hard:0.4: the hardest 40% of each class)"
+    if not sources.startswith(SOURCES_HARD):
+        raise ConfigError("sources", sources, requirement)
+    try:
+        fraction = float(sources.removeprefix(SOURCES_HARD))
+    except ValueError:
+        raise ConfigError("sources", sources, requirement) from None
+    if not 0.0 < fraction <= 1.0:  # NaN fails too
+        raise ConfigError("sources", sources, requirement)
+    return fraction
+
+
+@dataclass(frozen=True)
+class SourceRank:
+    """Where a source stands in its class under the ranking run's loss."""
+
+    rank: int
+    """1 for the image of its class with the highest loss."""
+    loss: float
 
 
 def count_for_fraction(n: int, fraction: float) -> int:
@@ -100,6 +145,31 @@ def select_sources(listing: DatasetListing, fraction: float, seed: int) -> list[
     return [item for item in listing.items if item.relpath in chosen]
 
 
+def select_hardest(
+    listing: DatasetListing, fraction: float, losses: Mapping[str, float]
+) -> tuple[list[ImageItem], dict[str, SourceRank]]:
+    """The share ``fraction`` of each class's images with the highest loss (in listing order), and their ranks.
+
+    Args:
+        listing: the images to choose from.
+        fraction: in (0, 1]: ``round(fraction * n)`` (at least one) of each class's ``n`` images.
+        losses: a trained run's loss on each image, by relative path.
+
+    Raises:
+        DatasetError: an image has no loss, or one that is not a finite number.
+    """
+    ranks: dict[str, SourceRank] = {}
+    for items in listing.by_class().values():
+        for item in items:
+            loss = losses.get(item.relpath)
+            if loss is None or not math.isfinite(loss):
+                raise DatasetError(f"no finite loss to rank {item.relpath} by (got {loss!r})")
+        ranked = sorted(items, key=lambda item: (-losses[item.relpath], item.relpath))  # ties: by relative path
+        for rank, item in enumerate(ranked[: count_for_fraction(len(items), fraction)], start=1):
+            ranks[item.relpath] = SourceRank(rank, losses[item.relpath])
+    return [item for item in listing.items if item.relpath in ranks], ranks
+
+
 class CandidatePlan(LazySequence[Candidate]):
     """Every planned candidate, in listing order, then by k: a sequence computed on access, never held whole.
 
@@ -107,8 +177,12 @@ class CandidatePlan(LazySequence[Candidate]):
     the selected images (one entry per image, not per candidate).
     """
 
-    def __init__(self, sources: Sequence[ImageItem], per_image: int, seed: int) -> None:
+    def __init__(
+        self, sources: Sequence[ImageItem], per_image: int, seed: int, ranks: Mapping[str, SourceRank] | None = None
+    ) -> None:
         self.sources, self.per_image, self.seed = tuple(sources), per_image, seed
+        self.ranks: Mapping[str, SourceRank] = ranks or {}
+        """The rank and loss of each source chosen by ``sources="hard:F"`` (none otherwise)."""
         self._relpaths: frozenset[str] | None = None
 
     def __len__(self) -> int:
@@ -135,6 +209,7 @@ class CandidatePlan(LazySequence[Candidate]):
 
     def _make(self, i: int) -> Candidate:
         item, k = self.sources[i // self.per_image], i % self.per_image
+        rank = self.ranks.get(item.relpath)
         return Candidate(
             key=f"{item.relpath}#{k}",
             source=item.relpath,
@@ -142,15 +217,28 @@ class CandidatePlan(LazySequence[Candidate]):
             label=item.label,
             k=k,
             seed=derive_seed(self.seed, "generate", item.relpath, k),
+            source_rank=None if rank is None else rank.rank,
+            source_loss=None if rank is None else rank.loss,
         )
 
 
 def candidate_plan(
-    listing: DatasetListing, *, fraction: float = 1.0, per_image: int = 1, seed: int = 0
+    listing: DatasetListing,
+    *,
+    fraction: float = 1.0,
+    per_image: int = 1,
+    seed: int = 0,
+    losses: Mapping[str, float] | None = None,
 ) -> CandidatePlan:
     """Every planned candidate, computed on access (:class:`CandidatePlan`): a plan of any size takes the memory
-    of its selected images only."""
-    return CandidatePlan(select_sources(listing, fraction, seed), per_image, seed)
+    of its selected images only.
+
+    With ``losses`` (a trained run's loss on each image, by relative path), the ``fraction`` of each class with the
+    highest loss is chosen (:func:`select_hardest`) instead of a seeded random one."""
+    if losses is None:
+        return CandidatePlan(select_sources(listing, fraction, seed), per_image, seed)
+    sources, ranks = select_hardest(listing, fraction, losses)
+    return CandidatePlan(sources, per_image, seed, ranks)
 
 
 def plan_candidates(

@@ -7,6 +7,7 @@ turned into one-line messages by :mod:`diffcoremix.cli.main`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -121,8 +122,10 @@ def _prompts_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _prompts(args: argparse.Namespace) -> int:
     config = config_from_args(PromptsConfig, args, "prompts")
+    if config.rank_by is not None:  # the resolved config names the ranking run by its weights
+        config = dataclasses.replace(config, rank_by_sha256=config.rank_by_weights())
     _check_file_output(args.data, args.output)
-    plan = build_prompts(usable_sources(args.data, _data_config(args)).listing, config)
+    plan = build_prompts(usable_sources(args.data, _data_config(args)).listing, config, progress=show_progress(args))
     plan.check_fits(STREAMED_BYTES_PER_CANDIDATE)  # what generate would need to run it
     plan.write_jsonl(args.output)  # streamed: the plan is never held whole
     plan.warn_conflicts()

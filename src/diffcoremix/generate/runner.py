@@ -192,7 +192,8 @@ def generate(
         skipped: tuple[Finding, ...] = ()
         if records is None:  # every source is checked before any model loads
             sources = usable_sources(data, data_config, progress=progress)
-            plan = build_prompts(sources.listing, prompts, counterpart=settings.counterpart)  # read batch by batch
+            # built batch by batch as it is read (a bar only while --sources hard:F ranks the sources)
+            plan = build_prompts(sources.listing, prompts, counterpart=settings.counterpart, progress=progress)
             plan.check_fits(STREAMED_BYTES_PER_CANDIDATE)  # here or on Ray: the resume index is what it holds
             records, skipped = plan, sources.skipped
         if runner is None:
@@ -574,6 +575,8 @@ def _entry(
         label=record.label,
         k=record.k,
         attempt=record.attempt,
+        source_rank=record.source_rank,
+        source_loss=record.source_loss,
         seed=record.seed,
         prompt=record.prompt,
         negative_prompt=record.negative_prompt,

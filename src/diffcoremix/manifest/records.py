@@ -80,6 +80,9 @@ class CandidateRecord:
     everything that determines the pixels besides the record's own prompt, negative prompt, seed and condition
     (model, revision, scheduler, steps, guidance, size, dtype, device, fine-tuned weights, safety checker, counterpart
     settings): a resumed run reuses an image only when its record matches what it would make now.
+
+    ``source_rank`` and ``source_loss`` (with ``--sources hard:F``, else null) are the source's rank in its class by
+    the ``--rank-by`` run's loss (1: the hardest) and that loss.
     """
 
     index: int
@@ -93,6 +96,8 @@ class CandidateRecord:
     label: int
     k: int
     attempt: int
+    source_rank: int | None
+    source_loss: float | None
     seed: int
     prompt: str
     negative_prompt: str

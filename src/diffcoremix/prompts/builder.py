@@ -18,20 +18,31 @@ from pathlib import Path
 from typing import Any
 
 from diffcoremix.atomic import atomic_writer
+from diffcoremix.classifiers import RunError
 from diffcoremix.config import check_types, require
-from diffcoremix.counterparts import PLAN_BYTES_PER_CANDIDATE, Candidate, CandidatePlan, candidate_plan, check_plan_fits
+from diffcoremix.counterparts import (
+    PLAN_BYTES_PER_CANDIDATE,
+    Candidate,
+    CandidatePlan,
+    candidate_plan,
+    check_plan_fits,
+    hard_fraction,
+)
 from diffcoremix.data.classnames import load_class_map
 from diffcoremix.data.folder import DatasetListing, list_images
 from diffcoremix.embedders import DEFAULT_EMBEDDER, default_embedder
 from diffcoremix.errors import ConfigError
 from diffcoremix.modes import COUNTERPART_MODES, CounterpartSettings, soft_label
 from diffcoremix.prompts.context import CONTEXT_SELECTORS, ContextRequest, ContextSelector, SelectorOptions
+from diffcoremix.prompts.hardness import run_weights_id, source_losses
 from diffcoremix.prompts.negatives import NegativeConflict, filter_negatives
 from diffcoremix.prompts.packs import PromptPack, load_pack
 from diffcoremix.seeds import derive_seed, stable_choice
 from diffcoremix.sequences import LazySequence
 
 logger = logging.getLogger(__name__)
+
+HEX = "0123456789abcdef"
 
 
 DEFAULT_PACK = "generic"
@@ -59,7 +70,17 @@ class PromptsConfig:
     """For --context sample: the image-text embedder that ranks contexts; null is open_clip:ViT-B-32:openai, or
     tiny (offline, random weights) when generating with a built-in preset (tiny, tiny-sdxl)."""
     fraction: float = 1.0
-    """Share of each class's images that get counterparts, in (0, 1]; the reference code used 0.3."""
+    """Share of each class's images that get counterparts, chosen at random (seeded), in (0, 1]; the reference
+    code used 0.3. Must be 1 with --sources hard:F, which sets the share itself."""
+    sources: str = "all"
+    """Which images get counterparts: all (or a random --fraction of each class), or hard:F, the share F of each
+    class on which the --rank-by run's loss is the highest (TADA, DisCL: the budget goes where the classifier
+    struggles); each record then holds its source's rank in its class (1: the hardest) and that loss."""
+    rank_by: str | None = None
+    """For --sources hard:F: a finished `diffcoremix train` run folder whose model ranks the images by loss."""
+    rank_by_sha256: str | None = None
+    """For --sources hard:F: the SHA-256 of the --rank-by run's model.pt; null takes what it holds now (a run
+    records it, so a resume after the run was retrained is refused as other settings)."""
     per_image: int = 1
     """Counterparts per selected image (K)."""
     seed: int = 0
@@ -78,17 +99,54 @@ class PromptsConfig:
         require(self.domain is None or bool(self.domain.strip()), "domain", self.domain, "a non-empty word")
         ce = self.context_embedder
         require(ce is None or bool(ce.strip()), "context_embedder", ce, "a non-empty embedder spec or null")
+        self._check_sources()
         if self.context == "fixed":
             require(bool(self.contexts), "contexts", self.contexts, "at least one context with context=fixed")
         else:
             require(not self.contexts, "contexts", self.contexts, "empty unless context=fixed")
 
+    def _check_sources(self) -> None:
+        hard = hard_fraction(self.sources)  # ConfigError unless all or hard:F
+        if hard is None:
+            require(self.rank_by is None, "rank_by", self.rank_by, "null unless sources=hard:F")
+        else:
+            rank_by = self.rank_by
+            given = rank_by is not None and bool(rank_by.strip())
+            require(given, "rank_by", rank_by, f"a finished `train` run folder with sources={self.sources}")
+            share = f"1 with sources={self.sources}, which chooses the share of each class itself"
+            require(self.fraction == 1.0, "fraction", self.fraction, share)
+        digest = self.rank_by_sha256
+        require(digest is None or (self.rank_by is not None and len(digest) == 64 and set(digest) <= set(HEX)),
+                "rank_by_sha256", digest, "null, or 64 hex digits with rank_by")  # fmt: skip
+
     def for_generator(self, model: str | None, counterpart: str = "text") -> PromptsConfig:
         """These options with the defaults resolved for images of ``model`` (the generator) in mode ``counterpart``:
-        the context embedder, and the pack."""
+        the context embedder, and the pack; and the --rank-by run named by the SHA-256 of its weights (a retrained
+        run is another plan).
+
+        Raises:
+            RunError: the --rank-by folder is not a finished run. ConfigError: its weights are not
+                ``rank_by_sha256``.
+        """
         pack = self.pack if self.pack is not None else COUNTERPART_PACKS.get(counterpart, DEFAULT_PACK)
         embedder = self.context_embedder if self.context_embedder is not None else default_embedder(model)
-        return dataclasses.replace(self, context_embedder=embedder, pack=pack)
+        ranked_by = self.rank_by_weights() if self.rank_by is not None else None
+        return dataclasses.replace(self, context_embedder=embedder, pack=pack, rank_by_sha256=ranked_by)
+
+    def rank_by_weights(self) -> str:
+        """The SHA-256 of the --rank-by run's ``model.pt``, checked against ``rank_by_sha256`` when that is set.
+
+        Raises:
+            RunError: no --rank-by run, or not a finished one. ConfigError: its weights are not
+                ``rank_by_sha256`` (the run was retrained since).
+        """
+        if self.rank_by is None:
+            raise RunError("no --rank-by run to rank the sources by")
+        digest = run_weights_id(self.rank_by)
+        if self.rank_by_sha256 is not None and self.rank_by_sha256 != digest:
+            now = f"the SHA-256 of {self.rank_by}/model.pt, {digest}: the run was trained again since"
+            raise ConfigError("rank_by_sha256", self.rank_by_sha256, now)
+        return digest
 
 
 @dataclass(frozen=True)
@@ -121,6 +179,10 @@ class PromptRecord:
     """For cross-class: the class B whose prompt the source is redrawn with."""
     soft_label: dict[str, float] | None = None
     """For cross-class: ``{A: 1 - s**g, B: s**g}``; None: the hard label of ``class_folder``."""
+    source_rank: int | None = None
+    """With ``sources="hard:F"``: the source's rank in its class by the --rank-by run's loss (1: the hardest)."""
+    source_loss: float | None = None
+    """With ``sources="hard:F"``: the --rank-by run's cross-entropy on the source, against its class."""
 
     def condition(self) -> str | None:
         """What, besides prompt, seed and settings, a counterpart's pixels depend on (None for text): compared on
@@ -278,6 +340,8 @@ class PromptPlan(LazySequence[PromptRecord]):
                     context_score=choice.score,
                     template=template,
                     dropped_negatives=tuple(c.term for c in dropped),
+                    source_rank=candidate.source_rank,
+                    source_loss=candidate.source_loss,
                     **mode,
                 )
             )
@@ -314,6 +378,7 @@ def build_prompts(
     *,
     selector: ContextSelector | None = None,
     counterpart: CounterpartSettings | None = None,
+    progress: bool = False,
 ) -> PromptPlan:
     """Plan the candidates of a dataset and compose a prompt and a negative prompt for each.
 
@@ -326,19 +391,28 @@ def build_prompts(
             objects, such as an embedder, that a config cannot name).
         counterpart: the counterpart mode's settings (None: text), which draw each candidate's strength and, for
             cross-class, its other class.
+        progress: a progress bar while ``sources="hard:F"`` computes the --rank-by run's loss on every image.
 
     Returns:
         The plan (a sequence of :class:`PromptRecord`); ``write_jsonl()`` saves it, ``warn_conflicts()`` reports
         the negative terms dropped from the prompts built so far.
 
     Raises:
-        DatasetError, PackError, ClassMapError, UnknownNameError: bad dataset, pack or class map.
+        DatasetError, PackError, ClassMapError, UnknownNameError: bad dataset, pack or class map (DatasetError
+            too: a class that the --rank-by run does not know).
+        RunError, ConfigError: the --rank-by folder is not a finished run, or not the weights of ``rank_by_sha256``.
     """
     config = config or PromptsConfig()
     listing = data if isinstance(data, DatasetListing) else list_images(data)
     pack = load_pack(config.pack or DEFAULT_PACK)
     names = listing.class_names(load_class_map(config.class_map) if config.class_map else None)
-    candidates = candidate_plan(listing, fraction=config.fraction, per_image=config.per_image, seed=config.seed)
+    hard = hard_fraction(config.sources)
+    losses = None
+    if hard is not None:  # each process that builds the plan computes the same losses (see prompts.hardness)
+        config.rank_by_weights()  # the weights that a resolved config names, and no other
+        losses = source_losses(str(config.rank_by), listing, progress=progress)
+    candidates = candidate_plan(listing, fraction=hard or config.fraction, per_image=config.per_image,
+                                seed=config.seed, losses=losses)  # fmt: skip
     if selector is None:
         options = SelectorOptions(config.contexts, config.top_k, config.context_embedder or DEFAULT_EMBEDDER)
         selector = CONTEXT_SELECTORS.get(config.context)(pack, options)

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from diffcoremix.classifiers import run_labels
 from diffcoremix.data.classnames import prompt_name
 from diffcoremix.data.dataset import ClassFolderDataset
 from diffcoremix.data.folder import DatasetListing, ImageItem
@@ -47,7 +48,7 @@ from diffcoremix.data.images import open_image
 from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import usable_sources
 from diffcoremix.devices import resolve_device
-from diffcoremix.errors import ConfigError, DatasetError, DiffCoReMixError
+from diffcoremix.errors import ConfigError, DiffCoReMixError
 from diffcoremix.manifest.layout import Layout, OutputFolder, OutputFolderError
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.seeds import generator_for
@@ -211,24 +212,6 @@ def _check_output(output: Path, runs: Sequence[Path]) -> None:
     record = OutputFolder(output).run_record()
     if record is not None and record.get("command") != COMMAND:
         raise OutputFolderError(f"output {output} is the output of another diffcoremix command: choose another folder")
-
-
-def run_labels(listing: DatasetListing, trained: TrainedModel) -> torch.Tensor:
-    """``(len(listing.classes),)`` the run's index of each DATA class (-1 for a class not in use).
-
-    Raises:
-        DatasetError: a class of DATA in use (with images) is not a class of the run.
-    """
-    index = {c: i for i, c in enumerate(trained.classes)}
-    unknown = [c for c, items in listing.by_class().items() if items and c not in index]  # an empty one is harmless
-    if unknown:
-        known = ", ".join(trained.classes[:10]) + (", ..." if len(trained.classes) > 10 else "")
-        raise DatasetError(
-            f"class folder {unknown[0]!r} of {listing.root}"
-            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            + f" is not a class of the run {trained.run} (its {len(trained.classes)} classes: {known})"
-        )
-    return torch.tensor([index.get(c, -1) for c in listing.classes])
 
 
 def evaluate_model(

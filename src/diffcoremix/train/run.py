@@ -21,42 +21,25 @@ only ones that differ between two runs with the same settings.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from diffcoremix.classifiers import MODEL_FILE, RunError, TrainedModel, load_run
 
-from diffcoremix.checkpoints import UnsafeCheckpointError, load_torch_file
-from diffcoremix.errors import DiffCoReMixError
+__all__ = [  # the run's classifier is loaded in diffcoremix.classifiers, below the stages that read a run
+    "CHECKPOINT_DIR", "CHECKPOINT_FILE", "METRICS_FILE", "MODEL_FILE", "SAMPLES_FILE", "SUMMARY_FILE", "TIMING_KEYS",
+    "TRAIN_FILES", "RunError", "TrainedModel", "load_run", "read_metrics", "read_summary",
+]  # fmt: skip
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_FILE = f"{CHECKPOINT_DIR}/last.pt"
-MODEL_FILE = "model.pt"
 SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "samples.jsonl"
 """With ``--log-samples``: the dataset indices each process trained on, per step (an audit of the data split)."""
 TRAIN_FILES = (METRICS_FILE, CHECKPOINT_FILE, MODEL_FILE, SUMMARY_FILE, SAMPLES_FILE)
 TIMING_KEYS = frozenset({"images_per_s", "data_s", "mix_s", "compute_s", "seconds", "elapsed_s"})
 """Keys of metrics lines that measure time (and so differ between identical runs)."""
-
-
-class RunError(DiffCoReMixError):
-    """A folder is not a finished training run."""
-
-
-@dataclass(frozen=True)
-class TrainedModel:
-    """A trained classifier and what is needed to feed it."""
-
-    model: nn.Module
-    """In eval mode, on the CPU."""
-    classes: tuple[str, ...]
-    """Class folder names; output ``i`` is ``classes[i]``."""
-    info: dict[str, Any]
-    """``model`` (name), ``img_size``, ``mean``, ``std``, ``transform``, ``method``, ``seed``... (model.pt's info)."""
-    run: Path
 
 
 def read_summary(run: str | Path) -> dict[str, Any]:
@@ -90,26 +73,3 @@ def read_metrics(run: str | Path, kind: str | None = None) -> list[dict[str, Any
         if isinstance(line, dict) and (kind is None or line.get("kind") == kind):
             lines.append(line)
     return lines
-
-
-def load_run(run: str | Path) -> TrainedModel:
-    """The final classifier of a finished run (``RUN/model.pt``), in eval mode on the CPU.
-
-    Raises:
-        RunError: no ``model.pt`` (the run has not finished) or a damaged one.
-    """
-    from diffcoremix.train.models import create_model
-
-    path = Path(run) / MODEL_FILE
-    if not path.is_file():
-        raise RunError(f"{run} is not a finished training run (no {MODEL_FILE}): run or resume `train` first")
-    try:
-        saved = load_torch_file(path, "model")
-        info, state = dict(saved["info"]), saved["state_dict"]
-    except UnsafeCheckpointError:
-        raise
-    except Exception as err:
-        raise RunError(f"{path} is damaged ({err})") from None
-    model = create_model(info["model"], len(info["classes"]))
-    model.load_state_dict(state)
-    return TrainedModel(model.eval(), tuple(info["classes"]), info, Path(run))
