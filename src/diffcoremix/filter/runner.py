@@ -458,9 +458,9 @@ def _decide(
         text_score = None if text_scores is None else text_scores[i]
         text_ok = text_score is None or config.text_check is None or text_score >= config.text_check
         nearest = nearest_real(index, vectors[i], sources[i], classes[i])
-        copy = None if bound is None else nearest.score > bound
+        near_copy = None if bound is None else nearest.score > bound
         failed = [name for name, ok in (("threshold", ref.score >= config.threshold), ("text", text_ok),
-                                        ("copy", not copy)) if not ok]  # fmt: skip
+                                        ("copy", not near_copy)) if not ok]  # fmt: skip
         rows.append(
             {
                 "key": row["key"],
@@ -476,7 +476,7 @@ def _decide(
                 "nearest_real": nearest.reference,
                 "nearest_real_score": nearest.score,
                 "max_copy_similarity": bound,
-                "copy": copy,
+                "near_copy": near_copy,
                 "accepted": not failed,
                 "rejected_by": failed[0] if failed else None,
                 # for the views (their content) and their metadata, not the decisions file
@@ -500,7 +500,7 @@ def _text_scores(embedder: Embedder, candidates: Sequence[dict[str, Any]], vecto
 
 _DECISION_FIELDS = ("key", "class_folder", "output", "embedder", "reference_rule", "reference", "score", "threshold",
                     "text_score", "text_threshold", "nearest_real", "nearest_real_score", "max_copy_similarity",
-                    "copy", "accepted", "rejected_by")  # fmt: skip
+                    "near_copy", "accepted", "rejected_by")  # fmt: skip
 
 
 def write_outputs(folder: OutputFolder, data: Path, config: FilterConfig, scored: Scored) -> None:
