@@ -122,15 +122,20 @@ def test_a_byte_copy_is_found_recorded_without_a_bound_and_rejected_under_one(
     assert (_hashes(out / "manifest"), _hashes(out / "images")) == (manifest, images)
     report = json.loads((out / "filter_report.json").read_text())
     assert report["max_copy_similarity"] == 0.99
-    cls = report["classes"][table.at[copied, "class_folder"]]
-    assert cls["copies"] == int(above[table.class_folder == table.at[copied, "class_folder"]].sum()) >= 1
-    assert cls["copy_share"] == pytest.approx(cls["copies"] / cls["candidates"])
+    for name, cls in report["classes"].items():  # counted above the bound, not above 0.95
+        assert cls["copies"] == _count_above(table, name, 0.99)[0], name
+        assert cls["copy_share"] == pytest.approx(cls["copies"] / cls["candidates"])
+    assert report["classes"][table.at[copied, "class_folder"]]["copies"] >= 1
+    assert sum(c["copies"] for c in report["classes"].values()) < sum(_count_above(table, c, 0.95)[0]
+                                                                      for c in report["classes"])  # fmt: skip
     assert "(--max-copy-similarity): rejected as copies" in printed
-    # And without it again: the copy is kept, the recorded nearest image unchanged.
-    _filter(capsys, data, out, "--reference", "prototype")
-    again = read_manifest(out).set_index("key")
-    assert again.at[copied, "accepted"]
-    assert again.nearest_real.equals(table.nearest_real)
+    # Whatever the rule compares with, the nearest image is sought in the whole class (the same for every rule).
+    for rule in ("first", "source", "knn", "prototype"):
+        _filter(capsys, data, out, "--reference", rule)
+        again = read_manifest(out).set_index("key")
+        assert again.at[copied, "accepted"], rule  # and without the bound the copy is kept again
+        assert again.nearest_real.equals(table.nearest_real), rule
+        assert np.allclose(again.nearest_real_score, table.nearest_real_score, atol=1e-6), rule
 
 
 def _count_above(table: pd.DataFrame, cls: str, cut: float) -> tuple[int, float]:
