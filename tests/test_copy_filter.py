@@ -57,11 +57,11 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def run(template: Path, tmp_path: Path) -> tuple[Path, Path, str]:
     """This test's own OUT, and its own DATA holding a byte copy of one generated image, as a real training image of
-    that image's class; returns ``(data, out, key of the copied candidate)``."""
+    that image's class (listed last: no class's first image); returns ``(data, out, key of the copied candidate)``."""
     out = Path(shutil.copytree(template / "out", tmp_path / "out"))
     data = Path(shutil.copytree(template / "data", tmp_path / "data"))
     row = read_manifest(out).sort_values("key").iloc[0]
-    shutil.copyfile(out / row.output, data / row.class_folder / "copy.png")
+    shutil.copyfile(out / row.output, data / row.class_folder / "zz_copy.png")
     return data, out, str(row.key)
 
 
@@ -89,7 +89,7 @@ def test_a_byte_copy_is_found_recorded_without_a_bound_and_rejected_under_one(
     assert table.accepted.all()
     assert table.rejected_by.isna().all()
     assert (table.at[copied, "nearest_real"], table.at[copied, "nearest_real_score"]) == (
-        f"{table.at[copied, 'class_folder']}/copy.png", pytest.approx(1.0, abs=1e-5))  # fmt: skip
+        f"{table.at[copied, 'class_folder']}/zz_copy.png", pytest.approx(1.0, abs=1e-5))  # fmt: skip
     # The nearest image is the closest of all the candidate's class in DATA, by the embedder's own cosine.
     embedder = load_embedder("tiny")
 
