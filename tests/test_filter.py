@@ -198,29 +198,35 @@ def _filter_in_process(out: Path, data: Path, capsys: pytest.CaptureFixture[str]
     return [line for line in capsys.readouterr().err.splitlines() if line.startswith("diffcoremix: WARNING: DATA ")]
 
 
-def test_only_the_real_images_the_rule_compares_with_are_decoded(
+def test_only_the_real_images_of_the_candidates_classes_are_decoded(
     generated_template: Path, generated: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """An unusable file of DATA that the rule does not compare with is not decoded (so not named) and changes no
-    decision; one that it compares with is named in the warning line and left out: with ``first``, the next usable
-    image of its class is the first."""
+    """An unusable file of DATA in a class without candidates is not decoded (so not named) and changes no decision;
+    one in a class with candidates is named in the warning line and left out, whatever the rule (each candidate's
+    nearest real image is sought in its whole class): with ``first``, the next usable image of its class is the
+    first."""
     data = Path(shutil.copytree(generated_template.parent / "data", tmp_path / "data"))  # this test's own DATA
     baseline = {}
     for rule in ("first", "source"):
         assert _filter_in_process(generated, data, capsys, "--reference", rule) == []
         baseline[rule] = (generated / "filter.jsonl").read_bytes()
-    (data / "001.cat" / "zzz.png").write_bytes(b"")  # listed last, no candidate's source: neither rule reads it
+    (data / "003.eel").mkdir()
+    (data / "003.eel" / "zzz.png").write_bytes(b"")  # a class of DATA without candidates: never read
     for rule in ("first", "source"):
         assert _filter_in_process(generated, data, capsys, "--reference", rule) == [], rule
         assert (generated / "filter.jsonl").read_bytes() == baseline[rule], rule
-    # Class-wide rules and calibration read whole classes: it is named, and left out.
-    for args in (("--reference", "prototype"), ("--reference", "first", "--calibrate")):
+    shutil.rmtree(data / "003.eel")  # (calibration reads every class)
+    # A class with candidates is read whole, by every rule and by calibration: the file is named, and left out.
+    (data / "001.cat" / "zzz.png").write_bytes(b"")  # listed last, no candidate's source
+    for args in (("--reference", "source"), ("--reference", "prototype"), ("--reference", "first", "--calibrate")):
         (line,) = _filter_in_process(generated, data, capsys, *args)
         assert "skipped 1 image(s) that cannot be used (empty_file 1; first: 001.cat/zzz.png: " in line, args
+        if args[1] == "source":  # the decisions are those without it
+            assert (generated / "filter.jsonl").read_bytes() == baseline["source"]
     (data / "002.dog" / "img_000.png").write_bytes(b"not an image")  # the first two of their class
     (data / "002.dog" / "img_001.png").write_bytes(b"")
     (line,) = _filter_in_process(generated, data, capsys, "--reference", "first")
-    assert "skipped 2 image(s) that cannot be used (empty_file 1, not_an_image 1; first: 002.dog/img_000.png: " in line
+    assert "skipped 3 image(s) that cannot be used (empty_file 2, not_an_image 1; first: 001.cat/zzz.png: " in line
     table = read_manifest(generated)
     assert set(table[table.class_folder == "002.dog"].reference) == {"002.dog/img_002.png"}
     assert set(table[table.class_folder == "001.cat"].reference) == {"001.cat/img_000.png"}

@@ -69,6 +69,6 @@ def test_augment_and_its_filter_table_show_each_class_on_one_row(
     out = capsys.readouterr().out
     rows = _rows(out, "class ")
     assert set(rows) == {*NAMES.values(), "all"}
-    assert all(len(cells) == 5 for name, cells in rows.items() if name != "all")  # cands .. median score
+    assert all(len(cells) == 6 for name, cells in rows.items() if name != "all")  # cands .. median score, copies
     missing = next(line for line in out.splitlines() if line.startswith("missing per class: "))
     assert missing == "missing per class: " + ", ".join(f"{text_cell(n)} 2" for n in sorted(NAMES))

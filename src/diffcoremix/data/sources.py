@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -106,8 +106,8 @@ def usable_sources(
 class ImageCheck:
     """The images of a listing, each decoded (as ``scan`` does) once, when a command first asks about it.
 
-    :func:`usable_sources` checks every image; ``filter`` only those its reference rule compares with, so that an
-    image it never reads is never decoded.
+    :func:`usable_sources` checks every image; ``filter`` only those it compares with (the candidates' classes and
+    sources), so that an image it never reads is never decoded.
 
     Args:
         listing: the images that may be checked.
@@ -151,24 +151,6 @@ class ImageCheck:
     def holds_usable(self, items: Iterable[ImageItem]) -> bool:
         """Whether one of ``items`` is known to be usable (checked, without a problem or with one of ``keep``)."""
         return any(i.relpath in self.problems and self._usable(self.problems[i.relpath]) for i in items)
-
-    def check_until_usable(self, groups: Mapping[str, Sequence[ImageItem]]) -> None:
-        """Check each group's images in order until one decodes: after it, the first of a group's images not known
-        to be unusable is usable (or the group holds none). A round decodes the next image of every group still
-        open, so that many groups decode together."""
-        position = dict.fromkeys(groups, 0)
-        while position:
-            batch = []
-            for group in list(position):
-                items, i = groups[group], position[group]
-                while i < len(items) and not self._usable(self.problems.get(items[i].relpath)):
-                    i += 1  # known to be unusable: the next one may be the first usable
-                if i == len(items) or items[i].relpath in self.problems:
-                    del position[group]  # none left, or the first one not known to be unusable decoded
-                else:
-                    position[group] = i
-                    batch.append(items[i])
-            self.check(batch)
 
     def unusable(self) -> list[Finding]:
         """The problems found so far that leave their image out, in listing order."""

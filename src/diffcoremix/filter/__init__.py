@@ -1,5 +1,7 @@
 """Hard cosine filtration (METHOD.md §6): reference rules and the filter runner (embedders live in
-:mod:`diffcoremix.embedders`).
+:mod:`diffcoremix.embedders`), and the filter against copies: every candidate's nearest real image and its cosine
+are recorded, and ``max_copy_similarity`` rejects near-copies of training images, which a lower bound on
+similarity can never catch.
 
 Names are imported on first use, so that importing the package (as the command line does for its options)
 does not load torch.

@@ -9,6 +9,10 @@ from diffcoremix.config import check_types, require
 REFERENCE_RULE_NAMES = ("first", "knn", "prototype", "source")
 """The rules of :mod:`diffcoremix.filter.references` (a test checks that the two lists agree)."""
 
+NEAR_COPY_SIMILARITY = 0.95
+"""Where the reports count near-copies when no ``max_copy_similarity`` bound is set: informational only (nothing is
+rejected for it); the issue's measure of memorisation (a copy share above 0.95 cosine)."""
+
 
 @dataclass(frozen=True)
 class FilterConfig:
@@ -26,6 +30,10 @@ class FilterConfig:
     knn (the closest real image of the class) or first (the class's first image: the reference code's rule)."""
     text_check: float | None = None
     """Also require cosine(candidate, text of "a photo of a {class}") >= this (needs a CLIP embedder)."""
+    max_copy_similarity: float | None = None
+    """Also reject a near-copy: a candidate whose cosine with the nearest real image of its class (any image of the
+    class in DATA, its own source included) is > this; null: no bound. The nearest image and its cosine are recorded
+    for every candidate either way."""
     calibrate: bool = False
     """Only report real-to-real similarity statistics per class and a suggested threshold; change nothing."""
     batch_size: int = 64
@@ -44,6 +52,8 @@ class FilterConfig:
         require(-1.0 <= self.threshold <= 1.0, "threshold", self.threshold, "in [-1, 1]")
         tc = self.text_check
         require(tc is None or -1.0 <= tc <= 1.0, "text_check", tc, "in [-1, 1] or null")
+        bound = self.max_copy_similarity
+        require(bound is None or -1.0 <= bound <= 1.0, "max_copy_similarity", bound, "in [-1, 1] or null")
         require(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
         require(self.loader_workers >= 0, "loader_workers", self.loader_workers, ">= 0")
         require(self.embedder is None or bool(self.embedder.strip()), "embedder", self.embedder, "a non-empty spec")

@@ -8,6 +8,9 @@ class in listing order:
 - ``knn``: the most similar real image of the class (max over the class);
 - ``first``: the class's first image in sorted listing order (the reference code's rule, made deterministic).
 
+Apart from the rule, :func:`nearest_real` finds every candidate's closest real image (the class's images and the
+candidate's own source): the measure of copying behind ``--max-copy-similarity``.
+
 Each rule also has a calibration (:data:`CALIBRATIONS`, used by :func:`suggest_threshold`): the scores it gives
 the real images themselves, each taken as a candidate and compared leave-one-out with the others of its class.
 """
@@ -43,6 +46,7 @@ class RealIndex:
     def __init__(self, vectors: Mapping[str, np.ndarray], classes: Mapping[str, Sequence[str]]) -> None:
         self.vectors = vectors
         self.members = {c: list(paths) for c, paths in classes.items()}
+        self.member_sets = {c: frozenset(paths) for c, paths in self.members.items()}
         self.matrices = {c: np.stack([vectors[p] for p in paths]) for c, paths in self.members.items() if paths}
         self.prototypes = {c: _unit(m.mean(axis=0)) for c, m in self.matrices.items()}
 
@@ -87,6 +91,41 @@ def score_candidates(
     """Score each candidate row of ``vectors`` against its reference under ``rule``."""
     fn = REFERENCE_RULES.get(rule)
     return [fn(index, v, s, c) for v, s, c in zip(vectors, sources, classes, strict=True)]
+
+
+def nearest_real(index: RealIndex, vector: np.ndarray, source: str, cls: str) -> Reference:
+    """The real image closest to a candidate: the most similar image of its class (the first in listing order on a
+    tie), or its own source when that is closer and lies outside the class (a cross-class counterpart's): a
+    near-copy of any real training image, its source included, is a copy.
+
+    Example:
+        >>> index = RealIndex({"a/0": np.array([1.0, 0.0]), "a/1": np.array([0.0, 1.0])}, {"a": ["a/0", "a/1"]})
+        >>> nearest_real(index, np.array([0.6, 0.8]), "a/0", "a")
+        Reference(score=0.8, reference='a/1')
+    """
+    best = _knn(index, vector, source, cls) if cls in index.matrices else Reference(-np.inf, "")
+    own = index.vectors.get(source)
+    if own is not None and source not in index.member_sets.get(cls, ()):
+        mine = float(vector @ own)
+        if mine > best.score:
+            return Reference(mine, source)
+    return best
+
+
+def nearest_real_scores(index: RealIndex) -> dict[str, dict[str, float]]:
+    """Per class (with two images or more), how close real images are to their nearest other image of the class:
+    the count and the median, 90th and 99th percentiles and max of those cosines. A ``--max-copy-similarity``
+    bound below them would reject generations that are no closer to a real image than real images are to each
+    other (duplicates in DATA show as a max near 1)."""
+    stats: dict[str, dict[str, float]] = {}
+    for cls, matrix in index.matrices.items():
+        if len(matrix) < 2:
+            continue
+        nearest = _knn_scores(matrix.astype(np.float64))
+        stats[cls] = {"count": float(len(nearest)), "median": float(np.median(nearest)),
+                      "p90": float(np.quantile(nearest, 0.9)), "p99": float(np.quantile(nearest, 0.99)),
+                      "max": float(nearest.max())}  # fmt: skip
+    return stats
 
 
 CalibrationFn = Callable[[np.ndarray], np.ndarray]

@@ -2,12 +2,18 @@
 
 Every generated candidate of OUT is embedded and compared with its reference (a rule of
 :mod:`diffcoremix.filter.references`); it is accepted iff ``score >= threshold`` (and, with a text check, iff its
-similarity to "a photo of a {class}" is ``>= text_check`` too). The steps, in order: read the candidates, decode
-the real images the rule compares with (naming those that cannot be used; no other image of DATA is decoded), load
-the embedder, embed those real images, score and decide, then write the decisions (``OUT/filter.jsonl``, joined
-into :func:`read_manifest`), the ``train/`` and ``rejected/`` views (see :mod:`diffcoremix.manifest.decisions`),
-the report and the histograms. Real and generated embeddings are cached on disk; files whose content would not
-change are not rewritten.
+similarity to "a photo of a {class}" is ``>= text_check`` too).
+
+The filter also measures copying, which no threshold can see (a copy of a training image is as close to its class
+as can be): every candidate's nearest real image (of its class, or its own source) and their cosine are recorded,
+whatever the options; with ``max_copy_similarity``, a candidate above that bound is rejected as a copy. The report
+counts the copies per class (above the bound, or above 0.95 for information when there is none).
+
+The steps, in order: read the candidates, decode the real images of the candidates' classes and their sources
+(naming those that cannot be used; no other image of DATA is decoded), load the embedder, embed those real images,
+score and decide, then write the decisions (``OUT/filter.jsonl``, joined into :func:`read_manifest`), the
+``train/`` and ``rejected/`` views (see :mod:`diffcoremix.manifest.decisions`), the report and the histograms.
+Real and generated embeddings are cached on disk; files whose content would not change are not rewritten.
 """
 
 from __future__ import annotations
@@ -34,9 +40,15 @@ from diffcoremix.embedders import default_embedder
 from diffcoremix.embedders.cache import EmbeddingCache, EmbedFiles, embed_files, prune
 from diffcoremix.embedders.models import Embedder, load_embedder
 from diffcoremix.errors import DatasetError, ImageReadError
-from diffcoremix.filter.config import FilterConfig
+from diffcoremix.filter.config import NEAR_COPY_SIMILARITY, FilterConfig
 from diffcoremix.filter.plots import render_histograms
-from diffcoremix.filter.references import RealIndex, score_candidates, suggest_threshold
+from diffcoremix.filter.references import (
+    RealIndex,
+    nearest_real,
+    nearest_real_scores,
+    score_candidates,
+    suggest_threshold,
+)
 from diffcoremix.manifest.decisions import relayout, write_decisions
 from diffcoremix.manifest.layout import (
     CACHE_DIR,
@@ -63,6 +75,8 @@ class ClassReport:
     scores: list[float] = field(default_factory=list)
     flagged: int = 0
     """Candidates the model's safety checker flagged: no image, so neither scored nor kept (not in ``candidates``)."""
+    copies: int = 0
+    """Scored candidates whose nearest real image is closer than the copy cut (:attr:`FilterReport.copy_cut`)."""
 
     @property
     def rejected(self) -> int:
@@ -83,6 +97,16 @@ class FilterReport:
     cache_misses: int = 0
     embedder_note: str | None = None
     """Why this embedder, when it was chosen by default."""
+    max_copy_similarity: float | None = None
+    """The copy bound (None: no bound)."""
+    copy_calibration: dict[str, dict[str, float]] = field(default_factory=dict)
+    """With calibration: per class, the cosines of real images to their nearest other image of the class."""
+
+    @property
+    def copy_cut(self) -> float:
+        """Where copies are counted: the bound, or :data:`NEAR_COPY_SIMILARITY` (information only) without one."""
+        bound = self.max_copy_similarity
+        return NEAR_COPY_SIMILARITY if bound is None else bound
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +114,8 @@ class FilterReport:
             "reference": self.reference,
             "embedder": self.embedder,
             "embedder_note": self.embedder_note,
+            "max_copy_similarity": self.max_copy_similarity,
+            "copy_cut": self.copy_cut,
             "suggested_threshold": self.suggested_threshold,
             "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
             "classes": {
@@ -99,39 +125,58 @@ class FilterReport:
                     "rejected": r.rejected,
                     "acceptance_rate": r.accepted / r.candidates if r.candidates else None,
                     "flagged": r.flagged,
+                    "copies": r.copies,
+                    "copy_share": r.copies / r.candidates if r.candidates else None,
                     "scores": r.scores,
                 }
                 for c, r in self.classes.items()
             },
             "calibration": self.calibration,
+            "copy_calibration": self.copy_calibration,
         }
 
     def to_text(self) -> str:
         width = max([len(text_cell(c)) for c in [*self.classes, *self.calibration]] + [5])
-        lines = [f"embedder {self.embedder}   reference {self.reference}   threshold {self.threshold!r}"]
+        bound = "off" if self.max_copy_similarity is None else repr(self.max_copy_similarity)
+        lines = [f"embedder {self.embedder}   reference {self.reference}   threshold {self.threshold!r}   "
+                 f"max copy similarity {bound}"]  # fmt: skip
         if self.embedder_note:
             lines.append(f"({self.embedder_note})")
         if self.classes:
-            flagged = any(r.flagged for r in self.classes.values())  # its column only where the checker flagged any
-            lines.append(
-                f"{'class':<{width}}  {'cands':>5}  {'kept':>5}  {'rejected':>8}  {'rate':>6}  {'median score':>12}"
-                + ("  flagged" if flagged else "")
-            )
-            for c, r in self.classes.items():
-                rate = f"{r.accepted / r.candidates:6.1%}" if r.candidates else "     -"
-                median = f"{np.median(r.scores):12.3f}" if r.scores else f"{'-':>12}"
-                counts = f"{r.candidates:>5}  {r.accepted:>5}  {r.rejected:>8}"
-                lines.append(f"{text_cell(c):<{width}}  {counts}  {rate}  {median}" + (f"  {r.flagged:>7}" * flagged))
-            total = sum(r.candidates for r in self.classes.values())
-            kept = sum(r.accepted for r in self.classes.values())
-            all_flagged = f"  {'':>12}  {sum(r.flagged for r in self.classes.values()):>7}" if flagged else ""
-            lines.append(f"{'all':<{width}}  {total:>5}  {kept:>5}  {total - kept:>8}  {kept / max(total, 1):6.1%}"
-                         + all_flagged)  # fmt: skip
-            if flagged:
-                lines.append("flagged: no image (the model's safety checker flagged it); not scored, never kept")
+            lines += self._class_lines(width)
         if self.calibration:
             lines += self._calibration_lines(width)
+        if self.copy_calibration:
+            lines += self._copy_calibration_lines(width)
         return "\n".join(lines)
+
+    def _class_lines(self, width: int) -> list[str]:
+        flagged = any(r.flagged for r in self.classes.values())  # its column only where the checker flagged any
+        lines = [
+            f"{'class':<{width}}  {'cands':>5}  {'kept':>5}  {'rejected':>8}  {'rate':>6}  {'median score':>12}  "
+            f"{'copies':>12}" + ("  flagged" if flagged else "")
+        ]
+        for c, r in self.classes.items():
+            rate = f"{r.accepted / r.candidates:6.1%}" if r.candidates else "     -"
+            median = f"{np.median(r.scores):12.3f}" if r.scores else f"{'-':>12}"
+            counts = f"{r.candidates:>5}  {r.accepted:>5}  {r.rejected:>8}"
+            lines.append(f"{text_cell(c):<{width}}  {counts}  {rate}  {median}  {_copies(r.copies, r.candidates)}"
+                         + (f"  {r.flagged:>7}" * flagged))  # fmt: skip
+        total = sum(r.candidates for r in self.classes.values())
+        kept = sum(r.accepted for r in self.classes.values())
+        copies = _copies(sum(r.copies for r in self.classes.values()), total)
+        all_flagged = f"  {sum(r.flagged for r in self.classes.values()):>7}" if flagged else ""
+        lines.append(f"{'all':<{width}}  {total:>5}  {kept:>5}  {total - kept:>8}  {kept / max(total, 1):6.1%}  "
+                     f"{'':>12}  {copies}" + all_flagged)  # fmt: skip
+        if self.max_copy_similarity is None:
+            lines.append(f"copies: nearest real image of the class at cosine > {NEAR_COPY_SIMILARITY} (information "
+                         "only: no --max-copy-similarity bound, none rejected for it)")  # fmt: skip
+        else:
+            lines.append(f"copies: nearest real image of the class at cosine > {self.max_copy_similarity!r} "
+                         "(--max-copy-similarity): rejected as copies")  # fmt: skip
+        if flagged:
+            lines.append("flagged: no image (the model's safety checker flagged it); not scored, never kept")
+        return lines
 
     def _calibration_lines(self, width: int) -> list[str]:
         lines = [f"real images scored as candidates under the {self.reference!r} rule, within each class:"]
@@ -144,6 +189,23 @@ class FilterReport:
             "percentile: a kept image is as close to its reference as 90% of the real images are)"
         )
         return lines
+
+    def _copy_calibration_lines(self, width: int) -> list[str]:
+        lines = [
+            "real images' cosine with their nearest other real image of the class (a --max-copy-similarity "
+            "below these rejects what is no closer to a real image than real images are to each other):"
+        ]
+        lines.append(f"{'class':<{width}}  {'n':>5}  {'median':>6}  {'p90':>6}  {'p99':>6}  {'max':>6}")
+        for c, s in self.copy_calibration.items():
+            values = "  ".join(f"{s[k]:6.3f}" for k in ("median", "p90", "p99", "max"))
+            lines.append(f"{text_cell(c):<{width}}  {s['count']:>5.0f}  {values}")
+        return lines
+
+
+def _copies(count: int, candidates: int) -> str:
+    """``"3 (25.0%)"``, right-aligned in 12 characters."""
+    share = f"{count / candidates:.1%}" if candidates else "-"
+    return f"{f'{count} ({share})':>12}"
 
 
 @dataclass
@@ -245,7 +307,7 @@ def score(
     embedding-cache entries. ``embed`` computes the embeddings (:func:`embed_files`, or the Ray executor's).
 
     DATA is listed once, less the sources that generation skipped (``OUT/run.json`` names them). With
-    ``check_real``, the real images that the rule compares with are decoded before the embedder loads, and those
+    ``check_real``, the real images that the filter compares with are decoded before the embedder loads, and those
     that cannot be used are named in one warning line and never embedded (:func:`check_compared`); without it they
     are taken as usable (``augment`` decoded every image of DATA before generating)."""
     candidates, flagged = _candidates(folder, keys)
@@ -263,10 +325,12 @@ def score(
     with scratch_root(cache_root) if config.cache_dir else contextlib.nullcontext():
         candidates = _with_real_images(candidates, listing)
         index = _real_index(embedder, listing, candidates, config, cache, kwargs, embed)
-        report = FilterReport(config.threshold, config.reference, embedder.id, {}, embedder_note=note)
+        report = FilterReport(config.threshold, config.reference, embedder.id, {}, embedder_note=note,
+                              max_copy_similarity=config.max_copy_similarity)  # fmt: skip
         rows: list[dict[str, Any]] = []
         if config.calibrate:
             report.suggested_threshold, report.calibration = suggest_threshold(index, config.reference)
+            report.copy_calibration = nearest_real_scores(index)
         else:
             rows = _decide(embedder, folder, candidates, index, config, cache, kwargs, embed)
             scored = {row["class_folder"] for row in rows}
@@ -278,6 +342,7 @@ def score(
                 cls.candidates += 1
                 cls.accepted += int(row["accepted"])
                 cls.scores.append(round(row["score"], 6))
+                cls.copies += int(row["nearest_real_score"] > report.copy_cut)
         report.cache_hits, report.cache_misses = cache.hits, cache.misses
         return Scored(report, rows, listing.classes, frozenset(cache.used))
 
@@ -300,14 +365,13 @@ def _candidates(folder: OutputFolder, keys: Container[str] | None) -> tuple[list
 def check_compared(
     listing: DatasetListing, candidates: Sequence[dict[str, Any]], config: FilterConfig, *, progress: bool = False
 ) -> DatasetListing:
-    """Decode the real images that ``config``'s rule compares with, and leave out those that cannot be used.
+    """Decode the real images that the filter compares with, and leave out those that cannot be used.
 
-    What is decoded: with ``source``, the candidates' sources; with ``first``, each candidate class's images in
-    listing order until one decodes (that one is the class's first); with ``prototype``, ``knn`` and
-    ``calibrate``, whole classes (the candidates' classes; with ``calibrate``, every class). A class with
-    candidates is also checked, in order, until it is known to hold one usable image (it is filtered only if it
-    does). The unusable images found are named in one warning line (with the listing's own problems); an image
-    never compared with is never decoded.
+    What is decoded: the whole classes of the candidates (every rule: each candidate's nearest real image is sought
+    among all of its class; with ``first``, the first usable image in listing order is the class's first) and the
+    candidates' own sources (whatever their class); with ``calibrate``, every class. The unusable images found are
+    named in one warning line (with the listing's own problems); an image of a class without candidates is never
+    decoded.
 
     Returns:
         The listing less the images found unusable.
@@ -320,14 +384,13 @@ def check_compared(
     check = ImageCheck(listing, scan=ScanConfig(min_side=1), progress=progress)
     by_class = listing.by_class()
     classes = list(by_class) if config.calibrate else sorted({r["class_folder"] for r in candidates} & by_class.keys())
-    sources = {r["source"] for r in candidates} if config.reference == "source" else set()
-    if config.calibrate or config.reference not in ("source", "first"):
-        check.check(item for c in classes for item in by_class[c])
+    sources = {r["source"] for r in candidates}
+    check.check(item for c in classes for item in by_class[c])
     check.check(item for item in listing.items if item.relpath in sources)
-    check.check_until_usable({c: by_class[c] for c in classes if not check.holds_usable(by_class[c])})
     result = check.result()
     filtered = {c for c, items in result.listing.by_class().items() if items}  # see _with_real_images
-    compared = {r["source"] for r in candidates if r["class_folder"] in filtered} & sources
+    rule_sources = sources if config.reference == "source" else set()
+    compared = {r["source"] for r in candidates if r["class_folder"] in filtered} & rule_sources
     for finding in result.skipped:
         if finding.relpath in compared:  # the reference of its candidates: the embedding would fail on it
             raise ImageReadError(listing.root / finding.relpath, finding.kind, finding.reason)
@@ -353,15 +416,20 @@ def _real_index(
     kwargs: dict[str, Any],
     embed: EmbedFiles,
 ) -> RealIndex:
-    """Embed only the real images the rule compares with: sources, the classes' first images, or whole classes."""
+    """Embed the real images of the candidates' classes (every class, to calibrate) and the candidates' sources.
+
+    Whole classes, whatever the rule: the ``source`` and ``first`` rules compare with one image, but the search for
+    each candidate's nearest real image (the copy measure, recorded for every candidate) must see all of its class.
+    The sources count too (a cross-class counterpart's source lies outside its class): a copy of its own source is
+    a copy. With ``source`` every candidate's source is its reference; otherwise a source that is no longer in the
+    listing (found unusable) is left out.
+    """
     by_class = listing.by_class()
     classes = sorted({r["class_folder"] for r in candidates}) if not config.calibrate else list(by_class)
     members = {c: [i.relpath for i in by_class.get(c, [])] for c in classes}
-    if config.reference == "first" and not config.calibrate:
-        members = {c: paths[:1] for c, paths in members.items()}
-    elif config.reference == "source" and not config.calibrate:
-        members = {}
-    sources = {r["source"] for r in candidates} if config.reference == "source" else set()
+    sources = {r["source"] for r in candidates}
+    if config.reference != "source":
+        sources &= {item.relpath for item in listing.items}
     needed = sorted({p for paths in members.values() for p in paths} | sources)
     vectors = embed(embedder, [listing.root / p for p in needed], cache, desc="embed real", **kwargs)
     return RealIndex(dict(zip(needed, vectors, strict=True)), members)
@@ -377,16 +445,22 @@ def _decide(
     kwargs: dict[str, Any],
     embed: EmbedFiles,
 ) -> list[dict[str, Any]]:
-    """One decision row per candidate: its reference, score, text score and whether it is kept."""
+    """One decision row per candidate: its reference, score, text score, nearest real image and whether it is
+    kept (and if not, which check rejected it)."""
     paths = [folder / r["output"] for r in candidates]
     vectors = embed(embedder, paths, cache, desc="embed generated", **kwargs)
     sources, classes = [r["source"] for r in candidates], [r["class_folder"] for r in candidates]
     refs = score_candidates(config.reference, index, vectors, sources, classes)
     text_scores = _text_scores(embedder, candidates, vectors) if config.text_check is not None else None
+    bound = config.max_copy_similarity
     rows = []
     for i, (row, ref) in enumerate(zip(candidates, refs, strict=True)):
         text_score = None if text_scores is None else text_scores[i]
         text_ok = text_score is None or config.text_check is None or text_score >= config.text_check
+        nearest = nearest_real(index, vectors[i], sources[i], classes[i])
+        near_copy = None if bound is None else nearest.score > bound
+        failed = [name for name, ok in (("threshold", ref.score >= config.threshold), ("text", text_ok),
+                                        ("copy", not near_copy)) if not ok]  # fmt: skip
         rows.append(
             {
                 "key": row["key"],
@@ -399,7 +473,12 @@ def _decide(
                 "threshold": config.threshold,
                 "text_score": text_score,
                 "text_threshold": config.text_check,
-                "accepted": bool(ref.score >= config.threshold and text_ok),
+                "nearest_real": nearest.reference,
+                "nearest_real_score": nearest.score,
+                "max_copy_similarity": bound,
+                "near_copy": near_copy,
+                "accepted": not failed,
+                "rejected_by": failed[0] if failed else None,
                 # for the views (their content) and their metadata, not the decisions file
                 "output_sha256": row["output_sha256"],
                 "label": row["label"],
@@ -420,7 +499,8 @@ def _text_scores(embedder: Embedder, candidates: Sequence[dict[str, Any]], vecto
 
 
 _DECISION_FIELDS = ("key", "class_folder", "output", "embedder", "reference_rule", "reference", "score", "threshold",
-                    "text_score", "text_threshold", "accepted")  # fmt: skip
+                    "text_score", "text_threshold", "nearest_real", "nearest_real_score", "max_copy_similarity",
+                    "near_copy", "accepted", "rejected_by")  # fmt: skip
 
 
 def write_outputs(folder: OutputFolder, data: Path, config: FilterConfig, scored: Scored) -> None:

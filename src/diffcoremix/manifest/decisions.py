@@ -30,9 +30,12 @@ from diffcoremix.manifest.layout import DECISIONS_FILE, REJECTED_DIR, REPORT_DIR
 
 logger = logging.getLogger(__name__)
 
-FILTER_COLUMNS = ("embedder", "reference_rule", "reference", "score", "threshold", "text_score", "accepted")
+FILTER_COLUMNS = ("embedder", "reference_rule", "reference", "score", "threshold", "text_score", "nearest_real",
+                  "nearest_real_score", "near_copy", "accepted", "rejected_by")  # fmt: skip
 """Columns that ``diffcoremix filter`` adds to the manifest table: what each candidate was compared with, its
-score, the decision."""
+score, its nearest real image (path in DATA) and their cosine, whether that makes it a copy (None without a
+``--max-copy-similarity`` bound; not named ``copy``, which is a DataFrame method), the decision, and the check that
+rejected it (``threshold``, ``text`` or ``copy``, the first failed in that order; None when kept)."""
 
 METADATA_FILE = "metadata.jsonl"
 

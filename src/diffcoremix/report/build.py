@@ -40,6 +40,7 @@ from diffcoremix.atomic import atomic_write_text
 from diffcoremix.data.images import open_image
 from diffcoremix.embedders.cache import EmbeddingCache
 from diffcoremix.errors import ConfigError, DiffCoReMixError
+from diffcoremix.filter.config import NEAR_COPY_SIMILARITY
 from diffcoremix.manifest.layout import CACHE_DIR, OutputFolderError, inside
 from diffcoremix.manifest.records import FLAGGED
 from diffcoremix.report.collect import (
@@ -320,6 +321,7 @@ def _provenance(page: _Page, run: GenerationRun) -> None:
         ("reference rule", str(report.get("reference", run.filter_options.get("reference", "-")))),
         ("threshold", str(run.threshold) if run.threshold is not None else "-"),
         ("text check", str(run.filter_options.get("text_check") or "off")),
+        ("max copy similarity", "off" if run.copy_bound is None else str(run.copy_bound)),
     ]
     if report.get("embedder_note"):
         filtering.append(("why this embedder", str(report["embedder_note"])))
@@ -402,6 +404,7 @@ def _budget(page: _Page, run: GenerationRun) -> None:
     if run.judged:
         judged = table[table.agrees.notna()]
         frame["judge"] = judged.groupby("class_folder").agrees.apply(lambda s: s.astype(bool).mean())
+    copies = _copies(run, decided)
     rows: list[dict[str, Any]] = []
     for cls, row in frame.sort_index().iterrows():
         budget, kept = int(row.budget), int(row.kept)
@@ -413,11 +416,38 @@ def _budget(page: _Page, run: GenerationRun) -> None:
             "met": kept >= budget if run.filtered else None,
             "median": f"{row['median']:.3f}" if not math.isnan(row["median"]) else "-",
             "judge": f"{row['judge']:.0%}" if run.judged and not math.isnan(row.get("judge", math.nan)) else "-",
+            "copies": _share(copies.get(cls, 0), int(row.scored)) if copies is not None else "-",
         })  # fmt: skip
     totals = {k: sum(r[k] for r in rows) for k in ("sources", "budget", "generated", "failed", "flagged", "scored",
                                                    "kept")}  # fmt: skip
     page.context["budget"] = {"rows": rows[:TABLE_CLASSES], "classes": len(rows), "totals": totals,
-                              "judged": run.judged, "shown": min(len(rows), TABLE_CLASSES)}  # fmt: skip
+                              "judged": run.judged, "shown": min(len(rows), TABLE_CLASSES),
+                              "copies": _copies_context(run, copies, totals["scored"])}  # fmt: skip
+
+
+def _copies(run: GenerationRun, decided: pd.DataFrame) -> dict[str, int] | None:
+    """Per class, the scored candidates whose nearest real image is above the copy cut (the bound, or 0.95 for
+    information without one); None when the filter did not record nearest real images."""
+    if not run.copies_measured:
+        return None
+    cut = NEAR_COPY_SIMILARITY if run.copy_bound is None else run.copy_bound
+    above = decided[decided.nearest_real_score.astype(float) > cut]
+    return {str(c): int(n) for c, n in above.groupby("class_folder").size().items()}
+
+
+def _copies_context(run: GenerationRun, copies: dict[str, int] | None, scored: int) -> dict[str, str] | None:
+    if copies is None:
+        return None
+    bound = run.copy_bound
+    note = (f"copies: scored candidates whose nearest real image of the class is at cosine > {bound} "
+            "(--max-copy-similarity): rejected as copies" if bound is not None else
+            f"copies: scored candidates whose nearest real image of the class is at cosine > {NEAR_COPY_SIMILARITY} "
+            "(information only: no --max-copy-similarity bound, none rejected for it)")  # fmt: skip
+    return {"total": _share(sum(copies.values()), scored), "note": note}
+
+
+def _share(count: int, of: int) -> str:
+    return f"{count} ({count / of:.0%})" if of else f"{count}"
 
 
 def _suggestion(run: GenerationRun) -> tuple[float | None, str]:

@@ -107,6 +107,17 @@ class GenerationRun:
         value = self.filter_report.get("threshold", self.filter_options.get("threshold"))
         return float(value) if value is not None else None
 
+    @property
+    def copy_bound(self) -> float | None:
+        """The filter's ``--max-copy-similarity`` (None: no bound)."""
+        value = self.filter_report.get("max_copy_similarity", self.filter_options.get("max_copy_similarity"))
+        return float(value) if value is not None else None
+
+    @property
+    def copies_measured(self) -> bool:
+        """Whether the filter recorded each candidate's nearest real image (filters before it did not)."""
+        return "nearest_real_score" in self.table.columns and bool(self.table.nearest_real_score.notna().any())
+
 
 def read_generation_run(out: str | Path) -> GenerationRun:
     """Read OUT (read only).
