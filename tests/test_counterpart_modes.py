@@ -258,3 +258,36 @@ def test_each_record_is_checked_for_its_strength_even_without_the_settings_file(
     assert summary.generated == 5
     assert summary.skipped == 0
     assert set(read_manifest(out)["strength"]) == {0.75}
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model that ``finetune --preset tiny`` made (two steps of each stage: its components, not its quality)."""
+    from diffcoremix.finetune import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("tuned")
+    data = make_class_folders(root / "data", {"cat": 2, "dog": 2, "fox": 1})  # the images of the data fixture
+    finetune(data, root / "model", FinetuneConfig(preset="tiny", max_steps=2, vae_steps=2, batch_size=2))
+    return root / "model"
+
+
+@pytest.mark.parametrize("mode", ["img2img", "inpaint", "cross-class"])
+def test_a_fine_tuned_generator_serves_every_mode_that_reuses_its_components(
+    mode: str, data: Path, tmp_path: Path, tuned: Path
+) -> None:
+    model = tuned
+    extra: dict[str, Any] = {}
+    if mode == "inpaint":
+        masks = tmp_path / "masks"
+        for photo in data.rglob("*.png"):
+            target = masks / photo.relative_to(data)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((40, 40), 255, np.uint8)).save(target)
+        extra["masks"] = str(masks)
+    out = tmp_path / "out"
+    summary = generate(data, out, PromptsConfig(), GenerateConfig(preset="tiny", model=str(model), counterpart=mode,
+                                                                  num_inference_steps=4, **extra))  # fmt: skip
+    assert summary.generated == 5
+    rows = read_manifest(out).to_dict("records")
+    assert {r["model"] for r in rows} == {str(model)}
+    assert all(r["finetune"] is not None and r["counterpart"] == mode for r in rows)

@@ -256,3 +256,15 @@ def test_bad_executor_options_are_one_line(data: Path, tmp_path: Path, options: 
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert message in result.stderr
+
+
+def test_an_image_conditioned_run_on_ray_equals_the_local_executor(data: Path, tmp_path: Path) -> None:
+    # cross-class: a source image, a drawn strength and class, a soft label per candidate, on Ray's shards too
+    config = GenerateConfig(preset="tiny", batch_size=2, counterpart="cross-class", num_inference_steps=4)
+    local_generate(data, tmp_path / "local", PROMPTS, config)
+    generate(data, tmp_path / "ray", PROMPTS, config, ON_RAY)
+    assert outcome(tmp_path / "ray") == outcome(tmp_path / "local")
+    local, on_ray = read_manifest(tmp_path / "local"), read_manifest(tmp_path / "ray")
+    assert on_ray["soft_label"].tolist() == local["soft_label"].tolist()
+    assert on_ray["strength"].tolist() == local["strength"].tolist()
+    assert len({r["rank"] for r in read_records(tmp_path / "ray")}) > 1
