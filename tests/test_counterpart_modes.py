@@ -291,3 +291,18 @@ def test_a_fine_tuned_generator_serves_every_mode_that_reuses_its_components(
     rows = read_manifest(out).to_dict("records")
     assert {r["model"] for r in rows} == {str(model)}
     assert all(r["finetune"] is not None and r["counterpart"] == mode for r in rows)
+
+
+def test_an_out_folder_of_the_version_before_modes_resumes_without_redoing_anything(data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    generate(data, out, PromptsConfig(), _tiny("text"))
+    recorded = json.loads((out / "settings.json").read_text())
+    del recorded["settings"]["counterpart"]  # what the version before counterpart modes and hard sources recorded
+    for key in ("sources", "rank_by", "rank_by_sha256"):
+        del recorded["prompts"][key]
+    (out / "settings.json").write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n")
+    summary = generate(data, out, PromptsConfig(), _tiny("text"))
+    assert summary.generated == 0
+    assert summary.skipped == 5
+    with pytest.raises(RunConflictError, match=r"settings\.counterpart: None -> "):
+        generate(data, out, PromptsConfig(), _tiny("img2img"))  # another mode is another run

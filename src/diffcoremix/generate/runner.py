@@ -281,6 +281,15 @@ def _fingerprint(prompts: PromptsConfig, settings: GenerationSettings, data: Dat
     return {"data": to_plain(data or DataConfig()), "prompts": to_plain(prompts), "settings": to_plain(settings)}
 
 
+_NEW_DEFAULTS: dict[str, dict[str, Any]] = {
+    "data": to_plain(DataConfig()),
+    "prompts": to_plain(PromptsConfig()),
+    "settings": {"counterpart": None},
+}
+"""The value of each setting that means "as before it existed" (an OUT of an earlier version lacks it): the config
+defaults, and no counterpart settings (text)."""
+
+
 def _check_settings(folder: OutputFolder, fingerprint: dict[str, Any]) -> None:
     try:
         previous = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
@@ -295,8 +304,9 @@ def _check_settings(folder: OutputFolder, fingerprint: dict[str, Any]) -> None:
         f"{section}.{key}: {'(not recorded)' if was is missing else repr(was)} -> {value!r}"
         for section, values in fingerprint.items()
         for key, value in values.items()
-        if (was := recorded[section, key]) != value and not (was is missing and value is None)
-    ]  # a setting an earlier version did not have, left unset now, is what that version did
+        if (was := recorded[section, key]) != value
+        and not (was is missing and value == _NEW_DEFAULTS[section].get(key))
+    ]  # a setting an earlier version did not have, left at its default now, is what that version did
     if not diffs:
         return
     raise RunConflictError(
