@@ -202,6 +202,7 @@ def test_every_mode_is_listed() -> None:
     assert set(COUNTERPART_NAMES) == {"text", "img2img", "inpaint", "edit", "cross-class"}
 
 
+@pytest.mark.slow  # two subprocess runs and a killed one (20-45 s): make test-all
 def test_a_killed_cross_class_run_resumes_to_the_same_files(data: Path, tmp_path: Path) -> None:
     args = ("generate", str(data), "-o", "{out}", *faultkit.TINY_GENERATION, "--counterpart", "cross-class",
             "--num-inference-steps", "4", "--batch-size", "2", "--per-image", "2")  # fmt: skip
