@@ -258,6 +258,7 @@ def test_bad_executor_options_are_one_line(data: Path, tmp_path: Path, options: 
     assert message in result.stderr
 
 
+@pytest.mark.slow  # a Ray generation beside a local one: make test-all
 def test_an_image_conditioned_run_on_ray_equals_the_local_executor(data: Path, tmp_path: Path) -> None:
     # cross-class: a source image, a drawn strength and class, a soft label per candidate, on Ray's shards too
     config = GenerateConfig(preset="tiny", batch_size=2, counterpart="cross-class", num_inference_steps=4)
