@@ -54,14 +54,14 @@ def lanes(data: Path, out: Path, mode: Path, copy: Path) -> list[list[list[str]]
         [
             [*program, "--synthetic", str(text), "--methods", "none,synthetic-add,diffcoremix", "--seeds", "3,4",
              "-o", str(out / "text")],
-            [*program, "--synthetic", str(copy), "--methods", "diffcoremix", "--seeds", "3,4", "-o",
-             str(out / "copy-34")],
+            [*program, "--synthetic", str(copy), "--methods", "diffcoremix", "--seeds", "2,3,4", "-o",
+             str(out / "copy-234")],
         ],
         [
             [*program, "--synthetic", str(mode), "--methods", "diffcoremix", "--seeds", "0,1,2,3,4", "-o",
              str(out / "mode")],
-            [*program, "--synthetic", str(copy), "--methods", "diffcoremix", "--seeds", "0,1,2", "-o",
-             str(out / "copy-012")],
+            [*program, "--synthetic", str(copy), "--methods", "diffcoremix", "--seeds", "0,1", "-o",
+             str(out / "copy-01")],
         ],
     ]  # fmt: skip
 
@@ -93,8 +93,8 @@ def table(out: Path, mode_name: str, bound: float) -> str:
         "synthetic-add, text": {**RECORDED["synthetic-add, text"], **top1(out / "text", "synthetic-add")},
         "diffcoremix, text": {**RECORDED["diffcoremix, text"], **top1(out / "text", "diffcoremix")},
         f"diffcoremix, {mode_name}": top1(out / "mode", "diffcoremix"),
-        f"diffcoremix, {mode_name}, copy bound {bound:g}": {**top1(out / "copy-012", "diffcoremix"),
-                                                            **top1(out / "copy-34", "diffcoremix")},
+        f"diffcoremix, {mode_name}, copy bound {bound:g}": {**top1(out / "copy-01", "diffcoremix"),
+                                                            **top1(out / "copy-234", "diffcoremix")},
     }  # fmt: skip
     seeds = sorted({s for values in rows.values() for s in values})
 
