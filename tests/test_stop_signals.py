@@ -85,7 +85,13 @@ def test_ctrl_c_stays_a_keyboard_interrupt_and_sighup_is_a_stop_like_sigterm(
         os.kill(os.getpid(), signum)
         _wait_for_the_signal()
 
-    stop = _run_stopped(command, raised)
+    # as in a terminal: a run under nohup, or in the background of a shell without job control, starts with SIGHUP or
+    # SIGINT ignored, and an ignored signal stays ignored (test_a_signal_ignored_before_the_command_stays_ignored)
+    before = signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+    try:
+        stop = _run_stopped(command, raised)
+    finally:
+        signal.signal(signum, before)
     assert (stop.message, stop.exit_status) == (message, status)
 
 
