@@ -189,13 +189,14 @@ def mode_figures(
         "agreement": result.total.rate,
         "misaligned": 1 - (result.total.rate or 0.0),
         "copy_share": float((nearest > 0.95).mean()),
+        "copy_share_098": float((nearest > 0.98).mean()),
         "copy_share_099": float((nearest > 0.99).mean()),
         "nearest_is_own_source": float(np.mean(own)),
         "median_nearest": float(np.median(nearest)),
         "kid": kid.kid,
         "kid_std": kid.kid_std,
         "roc_auc": {rule: f["roc_auc"] for rule, f in filtered.items()},
-        "prototype": filtered["prototype"],
+        "prototype": filtered["prototype"],  # its kept share and precision: the rule left applied
     }
     print(f"{name}: agreement {row['agreement']:.1%}, copy share {row['copy_share']:.1%}, KID {row['kid']:.4f}, "
           f"ROC-AUC {row['roc_auc']}", flush=True)  # fmt: skip
