@@ -307,3 +307,12 @@ def test_an_out_folder_of_the_version_before_modes_resumes_without_redoing_anyth
     assert summary.skipped == 5
     with pytest.raises(RunConflictError, match=r"settings\.counterpart: None -> "):
         generate(data, out, PromptsConfig(), _tiny("img2img"))  # another mode is another run
+
+
+def test_presets_lists_every_mode_and_each_presets_edit_model(capsys: Any) -> None:
+    done = run_in_process(capsys, "presets")
+    assert done.returncode == 0
+    for name in COUNTERPART_NAMES:
+        assert re.search(rf"^  {re.escape(name)} +\S", done.stdout, re.MULTILINE), name
+    assert "--counterpart edit: builtin:tiny-ip2p" in done.stdout
+    assert "--counterpart edit: timbrooks/instruct-pix2pix" in done.stdout

@@ -29,6 +29,7 @@ from diffcoremix.generate.config import GenerateConfig
 from diffcoremix.generate.presets import GENERATOR_PRESETS
 from diffcoremix.manifest.layout import check_separate
 from diffcoremix.manifest.records import MANIFEST_DIR
+from diffcoremix.modes import COUNTERPART_MODES
 from diffcoremix.prompts.builder import PromptsConfig, build_prompts
 from diffcoremix.prompts.packs import list_packs, load_pack
 
@@ -271,6 +272,12 @@ def _presets(args: argparse.Namespace) -> int:
     for name in GENERATOR_PRESETS.names():
         p = GENERATOR_PRESETS.get(name)
         print(f"{name:<{width}}  {p.model or '(needs --model PATH)'}\n{'':<{width}}  {p.description}")
+        if p.edit_model is not None:
+            print(f"{'':<{width}}  --counterpart edit: {p.edit_model}")
+    print("\ncounterpart modes (--counterpart):")
+    width = max(len(n) for n in COUNTERPART_MODES.names())
+    for name in COUNTERPART_MODES.names():
+        print(f"  {name:<{width}}  {COUNTERPART_MODES.get(name).summary}")
     return 0
 
 
