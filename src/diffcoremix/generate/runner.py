@@ -561,6 +561,20 @@ class _RecordedImages:
             logger.warning("%s", changed_message(self.folder.path, self.kept))
 
 
+_FROM_PLAN = ("key", "source", "class_folder", "class_name", "label", "k", "attempt", "source_rank", "source_loss",
+              "seed", "prompt", "negative_prompt", "context", "context_score", "counterpart", "strength",
+              "source_class_folder", "target_class_folder", "soft_label")  # fmt: skip
+"""The record's fields that are the planned candidate's own (:class:`PromptRecord`), copied as they are."""
+
+_FROM_MODEL = ("model", "model_revision", "model_sha256", "weights_sha256", "pipeline", "scheduler", "lora",
+               "finetune", "safety_checker")  # fmt: skip
+"""The record's fields that the loaded model's provenance gives."""
+
+_FROM_SETTINGS = ("num_inference_steps", "guidance_scale", "image_guidance_scale", "height", "width", "dtype",
+                  "device")  # fmt: skip
+"""The record's fields that the resolved settings give."""
+
+
 def _entry(
     index: int,
     record: PromptRecord,
@@ -573,52 +587,22 @@ def _entry(
     digest: str,
     mask_sha256: str | None = None,
 ) -> CandidateRecord:
+    """A candidate's record before its outcome: ``ok``, with no image yet."""
+    copied: dict[str, Any] = {name: getattr(record, name) for name in _FROM_PLAN}
+    copied |= {name: provenance.get(name) for name in _FROM_MODEL}
+    copied |= {name: getattr(settings, name) for name in _FROM_SETTINGS}
     return CandidateRecord(
         index=index,
-        key=record.key,
         status="ok",
         error=None,
-        source=record.source,
         source_sha256=hashes[record.source],
-        class_folder=record.class_folder,
-        class_name=record.class_name,
-        label=record.label,
-        k=record.k,
-        attempt=record.attempt,
-        source_rank=record.source_rank,
-        source_loss=record.source_loss,
-        seed=record.seed,
-        prompt=record.prompt,
-        negative_prompt=record.negative_prompt,
-        context=record.context,
-        context_score=record.context_score,
         dropped_negatives=list(record.dropped_negatives),
-        counterpart=record.counterpart,
-        strength=record.strength,
-        source_class_folder=record.source_class_folder,
-        target_class_folder=record.target_class_folder,
-        soft_label=record.soft_label,
         mask_sha256=mask_sha256,
         condition=record.condition(),
-        model=provenance.get("model"),
-        model_revision=provenance.get("model_revision"),
-        model_sha256=provenance.get("model_sha256"),
-        weights_sha256=provenance.get("weights_sha256"),
-        pipeline=provenance.get("pipeline"),
-        scheduler=provenance.get("scheduler"),
-        lora=provenance.get("lora"),
-        finetune=provenance.get("finetune"),
-        safety_checker=provenance.get("safety_checker"),
-        num_inference_steps=settings.num_inference_steps,
-        guidance_scale=settings.guidance_scale,
-        image_guidance_scale=settings.image_guidance_scale,
-        height=settings.height,
-        width=settings.width,
-        dtype=settings.dtype,
-        device=settings.device,
         output=None,
         output_sha256=None,
         seconds=round(seconds, 6),
         rank=rank,
         settings_sha256=digest,
+        **copied,
     )
