@@ -263,6 +263,7 @@ def modes_table(
     real = {
         "mode": "real test images (reference)",
         "copy_share": float((reference > 0.95).mean()),
+        "copy_share_098": float((reference > 0.98).mean()),
         "copy_share_099": float((reference > 0.99).mean()),
         "median_nearest": float(np.median(reference)),
     }
