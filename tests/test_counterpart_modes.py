@@ -316,3 +316,17 @@ def test_presets_lists_every_mode_and_each_presets_edit_model(capsys: Any) -> No
         assert re.search(rf"^  {re.escape(name)} +\S", done.stdout, re.MULTILINE), name
     assert "--counterpart edit: builtin:tiny-ip2p" in done.stdout
     assert "--counterpart edit: timbrooks/instruct-pix2pix" in done.stdout
+
+
+def test_cross_class_draws_only_among_the_classes_the_plan_uses(data: Path) -> None:
+    from diffcoremix.data.sources import DataConfig, usable_sources
+    from diffcoremix.prompts import build_prompts
+
+    counterpart = resolve_settings(_tiny("cross-class")).counterpart
+    listing = usable_sources(data, DataConfig(classes=("cat", "fox"))).listing  # dog left out by --classes
+    plan = build_prompts(listing, PromptsConfig(per_image=4), counterpart=counterpart)
+    assert {(r.source_class_folder, r.target_class_folder) for r in plan} == {("cat", "fox"), ("fox", "cat")}
+    assert {r.label for r in plan} == {0, 2}  # DATA's labels: cat 0, fox 2
+    one = usable_sources(data, DataConfig(classes=("cat",))).listing
+    with pytest.raises(ConfigError, match="two or more classes"):
+        build_prompts(one, PromptsConfig(), counterpart=counterpart)

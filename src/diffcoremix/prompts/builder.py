@@ -233,7 +233,11 @@ class PromptPlan(LazySequence[PromptRecord]):
         self.candidates, self.root, self.names = candidates, root, names
         self.counterpart = counterpart
         self.labels = {cls: label for label, cls in enumerate(classes)}
-        if counterpart is not None and COUNTERPART_MODES.get(counterpart.mode).cross_class and len(classes) < 2:
+        used = {candidate.class_folder for candidate in candidates.sources}
+        self.targets = [cls for cls in classes if cls in used]
+        """The classes a cross-class candidate may take its prompt from: those the plan uses (a class left out by
+        ``--classes``, or one without images, is none)."""
+        if counterpart is not None and COUNTERPART_MODES.get(counterpart.mode).cross_class and len(self.targets) < 2:
             raise ConfigError("counterpart", counterpart.mode, "a dataset of two or more classes (it redraws an "
                               "image of one class with the prompt of another)")  # fmt: skip
         self.pack, self.config, self.selector = pack, config, selector
@@ -286,7 +290,7 @@ class PromptPlan(LazySequence[PromptRecord]):
         if mode.soft_label_gamma is None:
             return fields
         source = candidate.class_folder
-        others = [cls for cls in self.labels if cls != source]
+        others = [cls for cls in self.targets if cls != source]
         target = others[stable_choice(len(others), seed, "cross-class", key)]
         soft = soft_label(source, target, fields["strength"], mode.soft_label_gamma)
         dominant = target if soft[target] >= soft[source] else source
