@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from diffcoremix.classifiers import MODEL_FILE
 from diffcoremix.config import NONE_IS_A_VALUE, check_types, require
 from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError
@@ -187,7 +188,7 @@ def resolve_counterpart(config: GenerateConfig) -> CounterpartSettings | None:
         masks = f"masks:{Path(config.masks).expanduser().resolve()}"
     elif config.mask_from is not None:  # named by its weights too: a retrained run's masks are other settings
         run = Path(config.mask_from).expanduser().resolve()
-        weights = weights_sha256(run / "model.pt") if (run / "model.pt").is_file() else "unfinished"
+        weights = weights_sha256(run / MODEL_FILE) if (run / MODEL_FILE).is_file() else "unfinished"
         masks = f"gradcam:{run}@{weights}:{config.mask_threshold!r}"
     return CounterpartSettings(
         mode=mode.name,
