@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from diffcoremix.train import METHODS, TrainConfig, read_metrics, read_summary, train
+from diffcoremix.train.methods import ALIASES, TRAIN_METHODS, get_method
 from diffcoremix.train.run import CHECKPOINT_FILE, MODEL_FILE, SAMPLES_FILE, TIMING_KEYS
 
 from .helpers import make_class_folders, run_cli
@@ -52,36 +53,48 @@ def _untimed(run: Path) -> list[dict[str, object]]:
     return [{k: v for k, v in line.items() if k not in TIMING_KEYS} for line in read_metrics(run)]
 
 
+@pytest.fixture(scope="module")
+def none_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("none") / "run"
+    train(data, config=TrainConfig(model="resnet20", max_steps=4, batch_size=8), output=run, test=data)
+    return run
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_writes_its_files_and_changes_the_training(
-    data: Path, synthetic: Path, tmp_path: Path
+    method: str, data: Path, synthetic: Path, none_run: Path, tmp_path: Path
 ) -> None:
-    # In-process (the Python API the CLI wraps), to keep eight runs fast; the CLI is exercised below.
-    first_losses = {}
-    for method in METHODS:
-        run = tmp_path / method
-        config = TrainConfig(model="resnet20", method=method, max_steps=4, batch_size=8, mix_prob=1.0)
-        result = train(data, config=config, output=run, synthetic=synthetic, test=data)
-        for name in ("run.json", "settings.json", "config.yaml", "metrics.jsonl", CHECKPOINT_FILE, MODEL_FILE,
-                     "summary.json", "layout.json"):  # fmt: skip
-            assert (run / name).is_file(), (method, name)
-        summary = read_summary(run)
-        assert summary == result.summary
-        assert summary["method"] == method
-        assert summary["steps"] == 4
-        assert summary["test"]["n"] == sum(CLASSES.values())
-        steps = read_metrics(run, "step")
-        assert [line["step"] for line in steps] == [1, 2, 3, 4]
-        for line in steps:
-            assert {"loss", "acc", "lr", "images_per_s", "data_s", "mix_s", "compute_s"} <= set(line)
-        # Each method's data: synthetic-add trains on the real images plus every accepted generated image.
-        accepted = summary["synthetic_accepted"]
-        assert summary["train_samples"] == (24 + accepted if method == "synthetic-add" else 24)
-        uses_generated = method in ("synthetic-add", "synthetic-sub") or method.startswith("diffcoremix")
-        assert (accepted == 24) == uses_generated, (method, accepted)
-        first_losses[method] = steps[0]["loss"]
+    # In-process (the Python API the CLI wraps), to keep the table's runs fast; the CLI is exercised below.
+    entry = TRAIN_METHODS.get(method)
+    run = tmp_path / method
+    config = TrainConfig(model="resnet20", method=method, max_steps=4, batch_size=8, mix_prob=1.0)
+    result = train(data, config=config, output=run, synthetic=synthetic, test=data)
+    for name in ("run.json", "settings.json", "config.yaml", "metrics.jsonl", CHECKPOINT_FILE, MODEL_FILE,
+                 "summary.json", "layout.json"):  # fmt: skip
+        assert (run / name).is_file(), name
+    summary = read_summary(run)
+    assert summary == result.summary
+    assert summary["method"] == method
+    assert summary["steps"] == 4
+    assert summary["test"]["n"] == sum(CLASSES.values())
+    steps = read_metrics(run, "step")
+    assert [line["step"] for line in steps] == [1, 2, 3, 4]
+    for line in steps:
+        assert {"loss", "acc", "lr", "images_per_s", "data_s", "mix_s", "compute_s"} <= set(line)
+    # The entry's samples: the 24 real images, plus (fc, diffusemix) or instead of (fr) every accepted generation.
+    accepted = summary["synthetic_accepted"]
+    expected = {"real": 24, "real+synthetic": 24 + accepted, "synthetic": accepted}[entry.samples]
+    assert summary["train_samples"] == expected
+    assert (accepted == 24) == (entry.usage != "none"), accepted  # every generation-reading method read the set
     # Same seed, same model initialisation and data order: only the method differs, so must the first loss.
-    for method in METHODS[1:]:
-        assert first_losses[method] != first_losses["none"], method
+    if method != "none":
+        assert steps[0]["loss"] != read_metrics(none_run, "step")[0]["loss"]
+
+
+@pytest.mark.parametrize("alias", sorted(ALIASES))
+def test_an_alias_trains_as_its_method_and_is_recorded_by_the_methods_name(alias: str) -> None:
+    assert TrainConfig(method=alias).method == ALIASES[alias]
+    assert get_method(alias) is TRAIN_METHODS.get(ALIASES[alias])
 
 
 def test_the_same_seed_gives_the_same_metrics_and_another_seed_does_not(data: Path, tmp_path: Path) -> None:

@@ -11,8 +11,9 @@ from diffcoremix.data.sources import DataConfig
 from diffcoremix.train.config import TrainConfig
 from diffcoremix.train.loop import train
 
-TRAIN_ALIASES = {"batch_size": ("-b",), "workers": ("-j",), "init": ("--initial-checkpoint",)}
-"""timm ``train.py`` spellings."""
+TRAIN_ALIASES = {"batch_size": ("-b",), "workers": ("-j",), "init": ("--initial-checkpoint",),
+                 "method": ("--usage",), "mix_prob": ("--synthetic-prob",)}  # fmt: skip
+"""timm ``train.py`` spellings, and DiffDA-Eval's words for how synthetic images enter (``--usage fc``)."""
 
 
 def add_dataset_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--synthetic",
         type=Path,
         metavar="OUT",
-        help="a filtered generation run (augment/filter output): partners of the pair methods, extras of synthetic-add",
+        help="a filtered generation run (augment/filter output): the partners, extra samples (fc) or samples (fr) of "
+        "the methods that use generated images",
     )
 
 
@@ -106,8 +108,8 @@ def _run(args: argparse.Namespace) -> int:
 
 TRAIN_COMMAND = Command(
     "train",
-    "train a classifier (timm model or resnet20) with a method: none, mixup, cutmix, synthetic-add, synthetic-sub, "
-    "diffcoremix[-pixel|-patch]",
+    "train a classifier (timm model or resnet20) with a method: none, mixup, cutmix, or a way synthetic images "
+    "enter (--usage fc, fr, lrr, grr, diffcoremix, diffusemix)",
     _arguments,
     _run,
     TrainConfig,

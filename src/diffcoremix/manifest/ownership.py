@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,8 +245,16 @@ def writable(path: Path) -> Iterator[None]:
         raise OutputFolderError(f"cannot write to {path}: {os.strerror(err.errno or 0).lower()}") from None
 
 
-def check_settings(folder: OutputFolder, settings: dict[str, Any], what: str) -> None:
+def check_settings(
+    folder: OutputFolder,
+    settings: dict[str, Any],
+    what: str,
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
     """Write ``settings.json``, or check that the earlier run's equals it.
+
+    ``upgrade`` turns an earlier version's settings into today's words (a renamed value): settings equal after it are
+    the same run, and ``settings.json`` is rewritten in today's words.
 
     Raises:
         SettingsConflictError: the folder holds a run (``what``: "a training run") with other settings.
@@ -257,6 +265,9 @@ def check_settings(folder: OutputFolder, settings: dict[str, Any], what: str) ->
             old = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             old = None
+        if old != settings and isinstance(old, dict) and upgrade is not None and upgrade(old) == settings:
+            atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+            return
         if old != settings:
             changed = _changed(old, settings)
             raise SettingsConflictError(

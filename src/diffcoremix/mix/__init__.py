@@ -29,10 +29,12 @@ from diffcoremix.mix.mixers import (
     make_mixer,
 )
 from diffcoremix.mix.paired import (
+    PARTNER_ANY,
     PARTNER_CLASS,
     PARTNER_NONE,
     PARTNER_OWN,
     PARTNER_REAL,
+    PARTNER_SOURCE,
     EpochSampler,
     PairBatch,
     PairedDataset,
@@ -42,10 +44,12 @@ from diffcoremix.mix.paired import (
 
 __all__ = [
     "MIXERS",
+    "PARTNER_ANY",
     "PARTNER_CLASS",
     "PARTNER_NONE",
     "PARTNER_OWN",
     "PARTNER_REAL",
+    "PARTNER_SOURCE",
     "BatchParams",
     "CutMix",
     "EpochSampler",

@@ -32,6 +32,7 @@ Example (``mixer`` from :func:`diffcoremix.mix.make_mixer`)::
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import warnings
@@ -50,8 +51,9 @@ from diffcoremix.manifest import read_manifest
 from diffcoremix.manifest.layout import MANIFEST_DIR, OutputFolder
 from diffcoremix.seeds import derive_seed, generator_for, stable_choice
 
-PARTNER_NONE, PARTNER_OWN, PARTNER_CLASS, PARTNER_REAL = 0, 1, 2, 3
-"""Codes of the partner rule that applied: none, own counterpart, same-class generated image, same-class real."""
+PARTNER_NONE, PARTNER_OWN, PARTNER_CLASS, PARTNER_REAL, PARTNER_ANY, PARTNER_SOURCE = 0, 1, 2, 3, 4, 5
+"""Codes of the partner rule that applied: none, own counterpart, same-class generated image, same-class real, any
+generated image (of any class), a generated sample's own real source."""
 
 Sample = tuple[Any, int, Any, bool, int] | tuple[Any, torch.Tensor, Any, bool, int, torch.Tensor]
 """``(image, label, partner, has_partner, partner_rule)``; with soft labels in the set,
@@ -190,9 +192,12 @@ class PairedDataset(Dataset[Sample]):
     Args:
         data: the real dataset (folder or listing).
         synthetic: a filtered generation output folder (``None`` with ``mode="real"``).
-        mode: ``counterpart`` (own, then class, then none), ``real`` (another real image of the class) or ``none``
-            (no partners: every sample is ``(image, label, image, False, PARTNER_NONE)``, and only one image is
-            read, so the baselines pay no partner cost).
+        mode: ``counterpart`` (own, then class, then none), ``real`` (another real image of the class), ``global``
+            (any accepted generated image, of any class: its label becomes the partner target, so samples always
+            carry ``(K,)`` targets), ``source`` (a sample listed in ``sources``, a generated image, is paired with its
+            real source image, transformed with the sample's own random draws so that the two stay aligned) or
+            ``none`` (no partners: every sample is ``(image, label, image, False, PARTNER_NONE)``, and only one image
+            is read, so the baselines pay no partner cost).
         transform: applied to both images (PIL in, anything out). Its random draws must come from torch's global
             generator (torchvision's v2 transforms do): it runs seeded from (seed, epoch, image), with separate
             streams for the real image and its partner, and the caller's random state is left as it was.
@@ -200,8 +205,9 @@ class PairedDataset(Dataset[Sample]):
         exclude_sources: generated images of these sources (relpaths in DATA, e.g. a validation split) are never
             partners.
         soft_targets: ``(K,)`` float targets of image files of ``data`` that have a soft label (generated images
-            added as samples: see :func:`soft_label_targets`). The partners' soft labels (``counterpart`` mode) are
-            read from the manifest of ``synthetic``.
+            added as samples: see :func:`soft_label_targets`). The partners' soft labels (``counterpart`` and
+            ``global`` modes) are read from the manifest of ``synthetic``.
+        sources: ``source`` mode: the real source file of each generated sample file.
 
     Attributes:
         classes: the class folder names, sorted; a label indexes it (as torchvision's ``ImageFolder``).
@@ -223,11 +229,12 @@ class PairedDataset(Dataset[Sample]):
         data: str | Path | DatasetListing,
         synthetic: str | Path | None = None,
         *,
-        mode: Literal["counterpart", "real", "none"] = "counterpart",
+        mode: Literal["counterpart", "real", "global", "source", "none"] = "counterpart",
         transform: Callable[[Any], Any] | None = None,
         seed: int = 0,
         exclude_sources: Collection[str] = (),
         soft_targets: Mapping[Path, torch.Tensor] | None = None,
+        sources: Mapping[Path, Path] | None = None,
     ) -> None:
         self.listing = data if isinstance(data, DatasetListing) else list_images(data)
         self.items = list(self.listing.items)
@@ -244,26 +251,37 @@ class PairedDataset(Dataset[Sample]):
         self.by_class: dict[str, list[Path]] = defaultdict(list)
         self.soft: dict[Path, torch.Tensor] = dict(soft_targets or {})
         """``(K,)`` float targets of the image files (samples or partners) that have a soft label."""
-        if mode == "counterpart":
+        self.pool: list[tuple[Path, int]] = []
+        """``global`` mode: every accepted generated image and its class's label."""
+        self.sources: dict[Path, Path] = dict(sources or {})
+        """``source`` mode: a generated sample's real source file."""
+        if mode in ("counterpart", "global"):
             if synthetic is None:
-                raise DatasetError("mode='counterpart' needs the synthetic (generation output) folder")
+                raise DatasetError(f"mode={mode!r} needs the synthetic (generation output) folder")
             excluded = set(exclude_sources)
             rows = [row for row in accepted_images(synthetic) if row["source"] not in excluded]
             for row in rows:
                 path = Path(synthetic) / row["output"]
                 self.own[row["source"]].append(path)
                 self.by_class[row["class_folder"]].append(path)
+                if mode == "global" and row["class_folder"] in self.class_to_idx:
+                    self.pool.append((path, self.class_to_idx[row["class_folder"]]))
             self.soft.update(soft_label_targets(rows, self.classes, synthetic))
         elif mode == "real":
             for item in self.items:
                 self.by_class[item.class_folder].append(item.path)
-        elif mode != "none":
-            raise ConfigError("mode", mode, "'counterpart', 'real' or 'none'")
+        elif mode not in ("source", "none"):
+            raise ConfigError("mode", mode, "'counterpart', 'real', 'global', 'source' or 'none'")
+
+    @functools.cached_property
+    def _pool_label(self) -> dict[Path, int]:
+        return dict(self.pool)
 
     @property
     def has_soft_labels(self) -> bool:
-        """Whether samples carry ``(K,)`` float targets and a partner target (some image has a soft label)."""
-        return bool(self.soft)
+        """Whether samples carry ``(K,)`` float targets and a partner target: some image has a soft label, or the
+        partner's label is not the sample's (``global``)."""
+        return bool(self.soft) or self.mode == "global"
 
     def target_of(self, path: Path, label: int) -> torch.Tensor:
         """The ``(K,)`` float target of image ``path``: its soft label, else the one-hot of ``label``."""
@@ -306,6 +324,13 @@ class PairedDataset(Dataset[Sample]):
             if not others:
                 return None, PARTNER_NONE
             return others[stable_choice(len(others), self.seed, epoch, "real", item.relpath)], PARTNER_REAL
+        if self.mode == "global":
+            if not self.pool:
+                return None, PARTNER_NONE
+            return self.pool[stable_choice(len(self.pool), self.seed, epoch, "any", item.relpath)][0], PARTNER_ANY
+        if self.mode == "source":
+            source = self.sources.get(item.path)
+            return (source, PARTNER_SOURCE) if source is not None else (None, PARTNER_NONE)
         for pool, rule in (
             (self.own.get(item.relpath, []), PARTNER_OWN),
             (self.by_class[item.class_folder], PARTNER_CLASS),
@@ -343,12 +368,16 @@ class PairedDataset(Dataset[Sample]):
         partner_path, rule = self.partner_of(index, epoch)
         partner = image
         if partner_path is not None:
-            partner = self._transformed(open_image(partner_path), epoch, item.relpath, "partner")
-        if not self.soft:
+            # a source is the sample's own original: the same draws (crop, flip), so that the two stay aligned
+            stream = "real" if rule == PARTNER_SOURCE else "partner"
+            partner = self._transformed(open_image(partner_path), epoch, item.relpath, stream)
+        if not self.has_soft_labels:
             return image, item.label, partner, partner_path is not None, rule
         target = self.target_of(item.path, item.label)
-        # a counterpart without a soft label is of its source's class: the real image's (own or same-class pool)
-        partner_target = target if partner_path is None else self.target_of(partner_path, item.label)
+        # a counterpart without a soft label is of its source's class: the real image's (own or same-class pool);
+        # any generated image (global) is of its own class
+        partner_label = self._pool_label.get(partner_path, item.label) if partner_path is not None else item.label
+        partner_target = target if partner_path is None else self.target_of(partner_path, partner_label)
         return image, target, partner, partner_path is not None, rule, partner_target
 
 

@@ -64,6 +64,7 @@ from diffcoremix.manifest.ownership import open_output
 from diffcoremix.train.config import METHODS, PAIR_METHODS, Method, TrainConfig
 from diffcoremix.train.data import split_validation
 from diffcoremix.train.loop import train, training_device
+from diffcoremix.train.methods import method_name
 from diffcoremix.train.run import TRAIN_FILES, read_summary
 
 logger = logging.getLogger(__name__)
@@ -113,15 +114,14 @@ def parse_methods(methods: str | Sequence[str], *, partners: Partners = "generat
     specs: list[MethodSpec] = []
     seen: dict[tuple[str, str], str] = {}
     for label in names:
-        method, at, chosen = label.partition("@")
-        if method not in METHODS:
-            raise UnknownNameError("method", method, list(METHODS))
+        written, at, chosen = label.partition("@")
+        method = method_name(written)  # an alias (synthetic-add) is its method (fc)
         if at and method not in PAIR_METHODS:
             raise ConfigError("methods", label, f"METHOD@PARTNERS only for the methods with partners "
                               f"({', '.join(PAIR_METHODS)})")  # fmt: skip
         if at and chosen not in PARTNERS:
             raise UnknownNameError("partners", chosen, list(PARTNERS))
-        spec = MethodSpec(label, cast(Method, method), cast(Partners, chosen) if at else partners)
+        spec = MethodSpec(label, method, cast(Partners, chosen) if at else partners)
         key = (spec.method, spec.partners if method in PAIR_METHODS else "")
         if key in seen:
             raise ConfigError("methods", label, f"named once (it is the same run as {seen[key]!r})")

@@ -9,27 +9,13 @@ holds the defaults below.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 from diffcoremix.config import check_types, require
+from diffcoremix.train.methods import METHODS, PAIR_METHODS, TrainMethod, get_method, method_name
 
-PAIR_METHODS = ("synthetic-sub", "diffcoremix", "diffcoremix-pixel", "diffcoremix-patch")
-"""Methods that mix (or swap) each real image with a partner."""
-
-Method = Literal[
-    "none",
-    "mixup",
-    "cutmix",
-    "synthetic-add",
-    "synthetic-sub",
-    "diffcoremix",
-    "diffcoremix-pixel",
-    "diffcoremix-patch",
-]
-
-
-METHODS: tuple[str, ...] = get_args(Method)
-"""Every training method: no augmentation, the classical mixers, the synthetic-data baselines and DiffCoRe-Mix."""
+Method = str
+"""A training method's name or alias (:data:`diffcoremix.train.methods.TRAIN_METHODS`)."""
 
 
 @dataclass(frozen=True)
@@ -44,14 +30,16 @@ class TrainConfig:
     """A checkpoint to start from: a state dict file (``.pt``, ``.pth``, ``.th``, ``.safetensors``), e.g. the
     shared ``resnet20_cifar10.th``; its classifier layer is dropped when the class count differs."""
     method: Method = "none"
-    """none, mixup, cutmix, synthetic-add (accepted images as extra samples), synthetic-sub (a sample becomes its
-    partner with probability mix_prob), diffcoremix (pixel or patch, p = mix_prob), diffcoremix-pixel,
-    diffcoremix-patch."""
+    """none, mixup, cutmix; how synthetic images enter (--usage): fc (added; alias synthetic-add), fr (alone), lrr
+    (a sample becomes its own counterpart with probability mix_prob; alias synthetic-sub), grr (a sample becomes any
+    synthetic image, with its label, with probability mix_prob), diffcoremix (pixel or patch mixing with probability
+    mix_prob; alias mix), diffcoremix-pixel, diffcoremix-patch, diffusemix (added, each joined by halves with its
+    source and blended with a fractal). An alias is stored as the method's name."""
     partners: Literal["generated", "real", "none"] = "generated"
     """Partners of the pair methods: generated (accepted counterparts from --synthetic), real (another real
     image of the class: the bound of a perfect generator) or none (never mixed)."""
     mix_prob: float = 0.5
-    """Probability that a sample is mixed (diffcoremix*) or substituted (synthetic-sub)."""
+    """--synthetic-prob: probability that a sample is mixed (diffcoremix*) or replaced (lrr, grr)."""
     mix_alpha: float = 1.0
     """Beta(alpha, alpha) of the pixel weight (diffcoremix*) and of MixUp / CutMix."""
     grid: int = 4
@@ -111,6 +99,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
+        object.__setattr__(self, "method", method_name(self.method))  # an alias is stored as the method's name
         require(self.mix_prob >= 0 and self.mix_prob <= 1, "mix_prob", self.mix_prob, "in [0, 1]")
         require(self.mix_alpha > 0, "mix_alpha", self.mix_alpha, "> 0")
         require(self.grid >= 1, "grid", self.grid, ">= 1")
@@ -132,11 +121,21 @@ class TrainConfig:
         require(self.log_every >= 1, "log_every", self.log_every, ">= 1")
 
     @property
+    def entry(self) -> TrainMethod:
+        """The method's table entry (samples, partners, mixer, label rule)."""
+        return get_method(self.method)
+
+    @property
     def uses_partners(self) -> bool:
-        """Whether the method mixes each real image with a partner."""
-        return self.method in PAIR_METHODS and self.partners != "none"
+        """Whether the method pairs each sample with a partner (its own counterpart, any synthetic image or its
+        source); ``--partners none`` turns the own-counterpart pairing off."""
+        partners = self.entry.partners
+        return partners in ("any", "source") or (partners == "own" and self.partners != "none")
 
     @property
     def needs_synthetic(self) -> bool:
         """Whether the method reads a generation output (--synthetic)."""
-        return self.method == "synthetic-add" or (self.uses_partners and self.partners == "generated")
+        return self.entry.needs_synthetic(self.partners)
+
+
+__all__ = ["METHODS", "PAIR_METHODS", "Method", "TrainConfig"]

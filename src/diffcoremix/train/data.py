@@ -24,7 +24,7 @@ from diffcoremix.train.config import TrainConfig
 logger = logging.getLogger(__name__)
 
 SYNTHETIC_PREFIX = "synthetic/"
-"""Relpath prefix of generated images added as extra samples (``synthetic-add``)."""
+"""Relpath prefix of generated images that are samples (``fc``, ``fr``, ``diffusemix``)."""
 
 
 def split_validation(listing: DatasetListing, share: float, seed: int) -> tuple[DatasetListing, DatasetListing]:
@@ -45,24 +45,31 @@ def split_validation(listing: DatasetListing, share: float, seed: int) -> tuple[
 
 
 def with_synthetic_items(
-    listing: DatasetListing, synthetic: Path, exclude: set[str]
-) -> tuple[DatasetListing, dict[Path, torch.Tensor]]:
-    """The listing followed by every accepted generated image as an extra sample of its class (``synthetic-add``),
-    and the ``(K,)`` soft targets of those that have a soft label (by file; empty when none has).
+    listing: DatasetListing, synthetic: Path, exclude: set[str], *, real: bool = True
+) -> tuple[DatasetListing, dict[Path, torch.Tensor], dict[Path, Path]]:
+    """The listing followed by every accepted generated image as an extra sample of its class (``fc``), or those
+    alone (``real=False``: ``fr``); the ``(K,)`` soft targets of those that have a soft label (by file; empty when
+    none has); and each generated file's real source file (where its source is in the listing).
 
     Raises:
         DatasetError: a generated class (or a class of a soft label) is not a class of DATA.
     """
     index = {cls: label for label, cls in enumerate(listing.classes)}
+    by_relpath = {item.relpath: item.path for item in listing.items}
     extra = []
+    sources: dict[Path, Path] = {}
     rows = [row for row in accepted_images(synthetic) if row["source"] not in exclude]
     for row in rows:
         label = index.get(row["class_folder"])
         if label is None:
             raise DatasetError(f"class {row['class_folder']!r} of --synthetic {synthetic} is not a class of DATA")
-        extra.append(ImageItem(synthetic / row["output"], SYNTHETIC_PREFIX + row["output"], label, row["class_folder"]))
+        path = synthetic / row["output"]
+        extra.append(ImageItem(path, SYNTHETIC_PREFIX + row["output"], label, row["class_folder"]))
+        if row["source"] in by_relpath:
+            sources[path] = by_relpath[row["source"]]
     soft = soft_label_targets(rows, listing.classes, synthetic)
-    return dataclasses.replace(listing, items=listing.items + tuple(extra)), soft
+    items = (listing.items if real else ()) + tuple(extra)
+    return dataclasses.replace(listing, items=items), soft, sources
 
 
 def check_synthetic_classes(listing: DatasetListing, synthetic: Path) -> int:
@@ -90,21 +97,29 @@ def paired_dataset(
     transform: Callable[[Any], Any],
     exclude: set[str],
 ) -> PairedDataset:
-    """The method's training data: real images with partners (pair methods), plus generated extras
-    (``synthetic-add``), or the real images alone.
+    """The method's training data, as its table entry says (:mod:`diffcoremix.train.methods`): which images are
+    the samples (real, real and generated, generated alone) and where each one's partner comes from.
 
     Generated images with a soft label in the manifest train on it: an extra sample's target is its soft label, a
     partner's is mixed by the realised share (``dataset.has_soft_labels``: build the mixer with soft targets)."""
-    if config.method == "synthetic-add":
+    method = config.entry
+    kwargs: dict[str, Any] = {"transform": transform, "seed": config.seed}
+    if method.samples != "real":
         assert synthetic is not None
-        extended, soft = with_synthetic_items(listing, synthetic, exclude)
-        return PairedDataset(extended, mode="none", transform=transform, seed=config.seed, soft_targets=soft)
+        items, soft, sources = with_synthetic_items(listing, synthetic, exclude, real=method.samples != "synthetic")
+        if not items.items:
+            raise DatasetError(f"--synthetic {synthetic} holds no accepted generated image: {config.method} trains "
+                               "on them alone")  # fmt: skip
+        if method.partners == "source":
+            return PairedDataset(items, mode="source", soft_targets=soft, sources=sources, **kwargs)
+        return PairedDataset(items, mode="none", soft_targets=soft, **kwargs)
     if not config.uses_partners:
-        return PairedDataset(listing, mode="none", transform=transform, seed=config.seed)
+        return PairedDataset(listing, mode="none", **kwargs)
+    if method.partners == "any":
+        return PairedDataset(listing, synthetic, mode="global", exclude_sources=exclude, **kwargs)
     if config.partners == "real":
-        return PairedDataset(listing, mode="real", transform=transform, seed=config.seed)
-    return PairedDataset(listing, synthetic, mode="counterpart", transform=transform, seed=config.seed,
-                         exclude_sources=exclude)  # fmt: skip
+        return PairedDataset(listing, mode="real", **kwargs)
+    return PairedDataset(listing, synthetic, mode="counterpart", exclude_sources=exclude, **kwargs)
 
 
 class EvalDataset(Dataset[tuple[Any, int]]):

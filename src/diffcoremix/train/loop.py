@@ -65,6 +65,7 @@ from diffcoremix.train.data import (
     sample_keys,
     split_validation,
 )
+from diffcoremix.train.methods import ALIASES
 from diffcoremix.train.models import create_model
 from diffcoremix.train.run import (
     CHECKPOINT_FILE,
@@ -136,6 +137,15 @@ def _listing_digest(listing: DatasetListing) -> str:
 def _settings(config: TrainConfig, facts: dict[str, Any]) -> dict[str, Any]:
     options = {k: v for k, v in to_plain(config).items() if k not in NOT_WEIGHTS}
     return {"version": SETTINGS_VERSION, "train": options, **facts}
+
+
+def _upgrade_settings(old: dict[str, Any]) -> dict[str, Any]:
+    """An earlier version's ``settings.json`` in today's words: methods renamed since (``synthetic-add`` is ``fc``)
+    are the same runs, so such a run resumes."""
+    options = old.get("train")
+    if not isinstance(options, dict) or options.get("method") not in ALIASES:
+        return old
+    return {**old, "train": {**options, "method": ALIASES[options["method"]]}}
 
 
 def _lr_lambda(total: int, warmup: int) -> Any:
@@ -421,7 +431,7 @@ def _train_in(
         model = create_model(config.model, len(classes), pretrained=config.pretrained, init=config.init)
     if d.main:
         folder.write_run_record(data, command="train")
-        check_settings(folder, settings, "a training run")
+        check_settings(folder, settings, "a training run", upgrade=_upgrade_settings)
         write_resolved_config(out / CONFIG_FILE, {"train": config, "data": data_config}, data=data)
         Layout(out, damaged="reset").declare({*TRAIN_FILES, SETTINGS_FILE, CONFIG_FILE})
     _barrier(d)
@@ -610,24 +620,23 @@ def _gather(keys: list[str], d: _Dist) -> list[list[str]]:
 
 
 def _mixer(config: TrainConfig, num_classes: int, *, soft: bool = False) -> Mixer:
-    """The method's mixer (``none`` and ``synthetic-add``: a pass-through).
+    """The method's mixer, as its table entry says: its :data:`~diffcoremix.mix.MIXERS` name and the recipe options
+    it takes (no mixer: a pass-through).
 
-    With ``soft`` (some generated image has a soft label), the pair methods weigh the targets by the realised real
-    share, ``lam * onehot(y) + (1 - lam) * partner_y``, so a partner's soft label is what it contributes, and a
-    substituted sample takes its partner's; without, the targets are the real labels, as the paper trains.
+    With ``soft`` (the samples carry ``(K,)`` targets: some generated image has a soft label, or the method swaps
+    labels), the pair mixers weigh the targets by the realised real share, ``lam * onehot(y) + (1 - lam) *
+    partner_y``, so a partner's soft label is what it contributes, and a replaced sample takes its partner's; without,
+    the targets are the real labels, as the paper trains.
     """
-    method = config.method
-    labels = {"soft_targets": True, "num_classes": num_classes} if soft else {}
-    if method == "mixup":
-        return make_mixer("mixup", alpha=config.mix_alpha, num_classes=num_classes)
-    if method == "cutmix":
-        return make_mixer("cutmix", alpha=config.mix_alpha, num_classes=num_classes)
-    if method == "synthetic-sub":
-        return make_mixer("substitute", p=config.mix_prob, **labels)
-    if method.startswith("diffcoremix"):
-        name = {"diffcoremix": "diffcoremix", "diffcoremix-pixel": "pixel", "diffcoremix-patch": "patch"}[method]
-        return make_mixer(name, p=config.mix_prob, alpha=config.mix_alpha, grid=config.grid, **labels)
-    return make_mixer("substitute", p=0.0)  # never substitutes: the batch (its targets too) passes through unchanged
+    method = config.entry
+    if method.mixer is None:
+        return make_mixer("substitute", p=0.0)  # never substitutes: the batch (its targets too) passes through
+    kwargs: dict[str, Any] = {arg: getattr(config, name) for arg, name in method.mixer_options.items()}
+    if method.label == "batch":
+        kwargs["num_classes"] = num_classes
+    elif soft and method.label in ("real", "partner"):
+        kwargs.update(soft_targets=True, num_classes=num_classes)
+    return make_mixer(method.mixer, **kwargs)
 
 
 def _eval_loader(

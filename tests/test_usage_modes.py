@@ -1,0 +1,140 @@
+"""How synthetic images enter training (DiffDA-Eval's usage modes, issue 28): each mode's batch is what the mode
+describes, built by the code ``train`` runs (``paired_dataset`` and the method's mixer from its table entry).
+
+- ``fc``: the real images and every accepted generated one are the samples;
+- ``fr``: the accepted generated images alone, each with its class's label;
+- ``lrr``: a sample becomes one of its own counterparts with probability p, its label kept;
+- ``grr``: a sample becomes any generated image, of any class, and takes that image's label, with probability p (the
+  rate over many batches is p within a binomial bound);
+- ``diffusemix``: a generated sample's partner is its own real source, transformed with the sample's own draws.
+
+The generation run is real (the tiny preset, filtered, made once per module, in-process).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from scipy.stats import binom
+
+from diffcoremix import PromptsConfig
+from diffcoremix.augmentation import augment
+from diffcoremix.data.folder import list_images
+from diffcoremix.filter import FilterConfig
+from diffcoremix.generate import GenerateConfig
+from diffcoremix.mix import PARTNER_ANY, PARTNER_NONE, PARTNER_OWN, PARTNER_SOURCE, PairedDataset, collate_pairs
+from diffcoremix.mix.mixers import KIND_NONE, KIND_SUBSTITUTE
+from diffcoremix.mix.paired import accepted_images
+from diffcoremix.train import TrainConfig
+from diffcoremix.train.data import SYNTHETIC_PREFIX, paired_dataset
+from diffcoremix.train.loop import _mixer
+from diffcoremix.train.transforms import train_transform
+
+from .helpers import make_class_folders
+
+CLASSES = {"001.cat": 8, "002.dog": 8, "003.eel": 8}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_class_folders(tmp_path_factory.mktemp("usage") / "data", CLASSES, size=32)
+
+
+@pytest.fixture(scope="module")
+def generated(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real filtered generation run of the tiny preset (one counterpart per image, all kept)."""
+    out = tmp_path_factory.mktemp("generated") / "out"
+    augment(data, out, PromptsConfig(), GenerateConfig(preset="tiny", num_inference_steps=1, height=32, width=32),
+            FilterConfig(embedder="tiny", threshold=-1.0))  # fmt: skip
+    assert len(accepted_images(out)) == 24
+    return out
+
+
+def _dataset(data: Path, synthetic: Path, method: str, **options: Any) -> PairedDataset:
+    config = TrainConfig(method=method, **options)
+    transform = train_transform(config.transform, config.img_size, config.mean, config.std)
+    return paired_dataset(list_images(data), config, synthetic, transform, set())
+
+
+def _outputs(generated: Path) -> dict[Path, dict[str, Any]]:
+    return {generated / row["output"]: row for row in accepted_images(generated)}
+
+
+def test_fc_adds_every_accepted_image_and_fr_trains_on_them_alone(data: Path, generated: Path) -> None:
+    real = {item.path for item in list_images(data).items}
+    rows = _outputs(generated)
+    fc = _dataset(data, generated, "fc")
+    assert {item.path for item in fc.items} == real | set(rows)
+    fr = _dataset(data, generated, "fr")
+    assert {item.path for item in fr.items} == set(rows)
+    for item in fr.items:
+        assert item.relpath.startswith(SYNTHETIC_PREFIX)
+        assert fr.classes[item.label] == rows[item.path]["class_folder"] == item.class_folder
+    assert all(fr.partner_of(i) == (None, PARTNER_NONE) for i in range(len(fr)))
+
+
+def test_lrr_replaces_a_sample_by_its_own_counterpart_and_keeps_its_label(data: Path, generated: Path) -> None:
+    dataset = _dataset(data, generated, "lrr", mix_prob=1.0)
+    own = {row["source"]: path for path, row in _outputs(generated).items()}
+    for i, item in enumerate(dataset.items):
+        assert dataset.partner_of(i) == (own[item.relpath], PARTNER_OWN)
+    batch = collate_pairs([dataset[i] for i in range(len(dataset))])
+    mixed = _mixer(TrainConfig(method="lrr", mix_prob=1.0), 3, soft=dataset.has_soft_labels)(
+        **batch, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.equal(mixed.images, batch["partner"])  # every sample is now its counterpart
+    assert torch.equal(mixed.targets, batch["y"])  # with its own label
+
+
+def test_grr_swaps_at_rate_p_for_any_generated_image_and_takes_its_label(data: Path, generated: Path) -> None:
+    p = 0.1
+    dataset = _dataset(data, generated, "grr", mix_prob=p)
+    rows = _outputs(generated)
+    assert dataset.has_soft_labels  # the label may change: targets are (K,) vectors
+    mixer = _mixer(TrainConfig(method="grr", mix_prob=p), 3, soft=dataset.has_soft_labels)
+    swaps = draws = other_class = 0
+    for epoch in range(40):
+        batch = collate_pairs([dataset[(epoch, i)] for i in range(len(dataset))])
+        assert torch.equal(batch["partner_rule"], torch.full((24,), PARTNER_ANY))
+        for i in range(24):  # the partner's target is its own class's one-hot (these images have no soft label)
+            path, _ = dataset.partner_of(i, epoch)
+            assert path is not None
+            klass = dataset.class_to_idx[rows[path]["class_folder"]]
+            assert torch.equal(batch["partner_y"][i], torch.eye(3)[klass])
+            other_class += klass != dataset.items[i].label
+        mixed = mixer(**batch, generator=torch.Generator().manual_seed(epoch))
+        swapped = mixed.kind == KIND_SUBSTITUTE
+        assert torch.equal(mixed.images[swapped], batch["partner"][swapped])
+        assert torch.equal(mixed.targets[swapped], batch["partner_y"][swapped])  # the image's label comes along
+        assert torch.equal(mixed.targets[~swapped], batch["y"][~swapped])
+        assert torch.equal(mixed.kind[~swapped], torch.full((int((~swapped).sum()),), KIND_NONE, dtype=torch.int8))
+        assert torch.allclose(mixed.targets.sum(dim=1), torch.ones(24))  # every target sums to 1
+        swaps, draws = swaps + int(swapped.sum()), draws + 24
+    low, high = binom.interval(0.9999, draws, p)
+    assert low <= swaps <= high, (swaps, draws)
+    assert other_class > draws / 3  # partners come from every class, not the sample's own
+
+
+def test_diffusemix_pairs_each_generated_sample_with_its_own_source_aligned(data: Path, generated: Path) -> None:
+    dataset = _dataset(data, generated, "diffusemix")
+    rows = _outputs(generated)
+    real = {item.relpath: item.path for item in list_images(data).items}
+    generated_samples = 0
+    for i, item in enumerate(dataset.items):
+        path, rule = dataset.partner_of(i)
+        if item.path in rows:
+            assert (path, rule) == (real[rows[item.path]["source"]], PARTNER_SOURCE)
+            generated_samples += 1
+        else:
+            assert (path, rule) == (None, PARTNER_NONE)  # real samples pass through
+    assert generated_samples == 24
+    # the source takes the sample's own random draws: with one image in both places, the two tensors are equal
+    same = PairedDataset(list_images(data), mode="source", transform=dataset.transform,
+                         sources={item.path: item.path for item in list_images(data).items})  # fmt: skip
+    image, _label, partner, has_partner, rule = same[3]
+    assert has_partner
+    assert rule == PARTNER_SOURCE
+    assert torch.equal(image, partner)
