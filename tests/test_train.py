@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffcoremix.manifest.layout import SettingsConflictError
 from diffcoremix.train import METHODS, TrainConfig, read_metrics, read_summary, train
 from diffcoremix.train.methods import ALIASES, TRAIN_METHODS, get_method
 from diffcoremix.train.run import CHECKPOINT_FILE, MODEL_FILE, SAMPLES_FILE, TIMING_KEYS
@@ -234,3 +235,22 @@ def test_the_validation_split_is_stratified_seeded_and_never_partners(data: Path
     assert [len(pool) for pool in pairs.by_class.values()] == [6, 6, 6]
     pooled = {str(p) for pool in pairs.by_class.values() for p in pool}
     assert not {p for p in pooled for h in held if h.rsplit(".", 1)[0] + "." in p}
+
+
+def test_a_run_made_under_an_old_method_name_resumes_and_another_method_is_refused(
+    data: Path, synthetic: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    config = TrainConfig(model="resnet20", method="fc", max_steps=4, batch_size=8)
+    first = train(data, config=config, output=run, synthetic=synthetic)
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["train"]["method"] == "fc"
+    settings["train"]["method"] = "synthetic-add"  # what the version before the method table wrote
+    (run / "settings.json").write_text(json.dumps(settings))
+    again = train(data, config=config, output=run, synthetic=synthetic)  # the finished run, not a conflict
+    assert again.summary == first.summary
+    assert json.loads((run / "settings.json").read_text())["train"]["method"] == "fc"  # rewritten in today's words
+    settings["train"]["method"] = "synthetic-sub"  # an old name of another method is another run
+    (run / "settings.json").write_text(json.dumps(settings))
+    with pytest.raises(SettingsConflictError, match="method: 'synthetic-sub' -> 'fc'"):
+        train(data, config=config, output=run, synthetic=synthetic)
