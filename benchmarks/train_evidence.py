@@ -17,6 +17,11 @@ Three tables (the commands below are exactly what runs; every step resumes, so a
   unfiltered (a copy re-filtered at threshold -1: every generation accepted); ``none``, ``synthetic-add`` and
   ``diffcoremix`` with each, seeds 0-2. Run ``generation_quality.py`` first.
 
+- ``peers``: the peers under one recipe (issue 28): ``none``, ``mixup``, ``cutmix``, every recipe
+  (``diffusemix``, ``diff-mix``, ``da-fusion``, ``real-guidance``, ``diffcoremix``, ``diffcoremix+``) and every usage
+  mode with the text counterparts, on the ``cifar10-finetuned`` recipe with the fine-tuned generator's sets; see
+  ``benchmarks/peers.py`` (its commands and its table, written to ``DIR/peers.md``). ``--seeds`` [0,1,2,3,4].
+
 Run: ``.venv/bin/python benchmarks/train_evidence.py [--tables cifar10,flowers102] [--out DIR]``; the tables are
 printed and written to ``DIR/<table>/results.md``.
 """
@@ -24,9 +29,13 @@ printed and written to ``DIR/<table>/results.md``.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # benchmarks/peers.py
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -82,12 +91,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tables", default="cifar10,flowers102")
     parser.add_argument("--out", type=Path, default=Path("evidence_out"))
+    parser.add_argument("--seeds", default="0,1,2,3,4", help="the peers table's seeds")
     args = parser.parse_args(argv)
     data = shared_data()
     for table in args.tables.split(","):
-        for command in commands(table, data, args.out):
+        lines = peers.commands(data, args.out, args.seeds) if table == "peers" else commands(table, data, args.out)
+        for command in lines:
             print("$", " ".join(command[2:] if command[1] == "-m" else command), file=sys.stderr)
-            subprocess.run(command, check=True)
+            one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # the peers table's runs: one torch thread each
+            subprocess.run(command, check=True, env=one_thread if table == "peers" else None)
+        if table == "peers":
+            print(peers.table(args.out))
     return 0
 
 
