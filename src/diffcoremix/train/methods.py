@@ -17,7 +17,7 @@ pixel and patch mixing (``diffcoremix``, alias ``mix``) is a fifth way. p is the
 (``--synthetic-prob``). Soft labels come from the manifest wherever a generated image has one.
 
 This module holds data only (no torch): the CLI reads it for its help; ``train`` builds the dataset and the mixer
-from an entry (:func:`diffcoremix.train.data.paired_dataset`, :func:`diffcoremix.train.loop.build_mixer`).
+from an entry (:func:`diffcoremix.train.data.paired_dataset` and the loop's ``_mixer``).
 """
 
 from __future__ import annotations
