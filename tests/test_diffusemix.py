@@ -109,17 +109,20 @@ def test_unpartnered_samples_pass_through_and_labels_are_kept() -> None:
         assert out.lam[~has].eq(1).all()
 
 
+@pytest.mark.parametrize("band", [20 / 256, 0.0])
 @pytest.mark.parametrize("weight", [0.0, 0.2])
-def test_lam_is_the_edits_share_of_the_output(weight: float) -> None:
-    mixer = HalvesFractal(fractal_weight=weight, bank_size=4)
+def test_lam_is_the_edits_share_of_the_output(weight: float, band: float) -> None:
+    mixer = HalvesFractal(fractal_weight=weight, band=band, bank_size=4)
     edit, original = torch.ones(4, 3, 9, 12), torch.zeros(4, 3, 9, 12)
     params = HalvesParams(torch.tensor([True, False, True, False]), torch.zeros(4, dtype=torch.long))
     out = mixer.apply_params(edit, torch.arange(4), original, params)
-    hybrid = halves(original, edit, params.left_right)
+    hybrid = halves(original, edit, params.left_right, band)
     assert torch.allclose(out.lam, (1 - weight) * hybrid.mean(dim=(1, 2, 3)))
     if weight == 0.0:
         assert torch.allclose(out.lam, out.images.mean(dim=(1, 2, 3)))  # ones from the edit, zeros from the original
-    assert torch.allclose(out.lam[0], torch.tensor((1 - weight) * 0.5))  # an even side splits evenly
+    assert out.lam[0].item() == pytest.approx((1 - weight) * 0.5)  # a band splits evenly: the ramp is symmetric
+    # a hard edge across 9 rows: 4 rows of the original above, 5 of the edit below (the middle row is the edit's)
+    assert out.lam[1].item() == pytest.approx((1 - weight) * (5 / 9 if band == 0 else 0.5))
 
 
 def test_integer_images_blend_the_fractal_at_255_scale() -> None:
