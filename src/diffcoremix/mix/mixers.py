@@ -393,17 +393,20 @@ class Substitute(nn.Module):
         return MixOutput(images, targets, lam, torch.where(swap, KIND_SUBSTITUTE, KIND_NONE).to(torch.int8))
 
 
-def halves_weight(left_right: Tensor, band: float, height: int, width: int) -> Tensor:
+def halves_weight(
+    left_right: Tensor, band: float, height: int, width: int, device: torch.device | str | None = None
+) -> Tensor:
     """``(B, 1, H, W)`` float32 weight of the first image when two are joined by halves (see :func:`halves`).
 
     Along the split axis, pixel ``i`` (centre ``t = i + 0.5``, side ``n``, band ``b = band * n`` pixels) weighs
     ``clamp((n / 2 + b / 2 - t) / b, 0, 1)``: 1 up to the band, a linear ramp across it, 0 after it; with ``band``
-    0, 1 where ``t < n / 2`` (an odd side's middle pixel goes to the second image).
+    0, 1 where ``t < n / 2`` (an odd side's middle pixel goes to the second image). Built on ``device`` (default
+    the CPU) from the two 1-D profiles, so a batch on an accelerator copies no full-size map.
     """
-    rows, cols = _ramp(height, band), _ramp(width, band)
+    rows, cols = _ramp(height, band).to(device), _ramp(width, band).to(device)
     by_columns = cols.reshape(1, 1, 1, width).expand(1, 1, height, width)
     by_rows = rows.reshape(1, 1, height, 1).expand(1, 1, height, width)
-    return torch.where(left_right.cpu().bool().reshape(-1, 1, 1, 1), by_columns, by_rows)
+    return torch.where(left_right.to(device=rows.device, dtype=torch.bool).reshape(-1, 1, 1, 1), by_columns, by_rows)
 
 
 def _ramp(side: int, band: float) -> Tensor:
@@ -434,7 +437,7 @@ def halves(first: Tensor, second: Tensor, left_right: Tensor, band: float = 20 /
     """
     if not 0.0 <= band < 1.0:
         raise ConfigError("band", band, "in [0, 1)")
-    return blend(first, second, halves_weight(left_right, band, first.shape[-2], first.shape[-1]))
+    return blend(first, second, halves_weight(left_right, band, first.shape[-2], first.shape[-1], first.device))
 
 
 @dataclass(frozen=True)
@@ -560,7 +563,9 @@ class HalvesFractal(nn.Module):
             info = torch.iinfo(x.dtype)
             out = out.round_().clamp_(info.min, info.max)
         images = select(out.to(x.dtype), mixed, x) if mixed.any() else x.clone()
-        original = halves_weight(params.left_right, self.band, x.shape[-2], x.shape[-1]).mean(dim=(1, 2, 3))
+        # the original's mean weight in the hybrid: its profile's mean along the split axis
+        along = torch.stack([_ramp(x.shape[-2], self.band).mean(), _ramp(x.shape[-1], self.band).mean()])
+        original = along[params.left_right.cpu().long()]
         lam = torch.where(mixed, (1 - w) * (1 - original), 1.0)
         kind = torch.where(mixed, KIND_COMBINED, KIND_NONE).to(torch.int8)
         return MixOutput(images, y, lam, kind)
