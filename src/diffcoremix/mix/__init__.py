@@ -1,8 +1,10 @@
-"""Mixing real and generated images at pixel and patch level (METHOD.md §7), the baselines' mixers, and the
-paired data they mix (each real image with its partner, epoch-aware for DataLoader workers)."""
+"""Mixing real and generated images at pixel and patch level (METHOD.md §7), the baselines' mixers (DiffuseMix's
+halves-and-fractal operation among them, with its seeded procedural fractals), and the paired data they mix (each
+real image with its partner, epoch-aware for DataLoader workers)."""
 
 from __future__ import annotations
 
+from diffcoremix.mix.fractals import fractal_bank
 from diffcoremix.mix.functional import (
     blend,
     cells_to_mask,
@@ -15,9 +17,12 @@ from diffcoremix.mix.functional import (
     upsample_cells,
 )
 from diffcoremix.mix.mixers import (
+    KIND_COMBINED,
     MIXERS,
     BatchParams,
     CutMix,
+    HalvesFractal,
+    HalvesParams,
     Mixer,
     MixOutput,
     MixUp,
@@ -26,6 +31,8 @@ from diffcoremix.mix.mixers import (
     Substitute,
     cutmix_apply,
     cutmix_box,
+    halves,
+    halves_weight,
     make_mixer,
 )
 from diffcoremix.mix.paired import (
@@ -43,6 +50,7 @@ from diffcoremix.mix.paired import (
 )
 
 __all__ = [
+    "KIND_COMBINED",
     "MIXERS",
     "PARTNER_ANY",
     "PARTNER_CLASS",
@@ -53,6 +61,8 @@ __all__ = [
     "BatchParams",
     "CutMix",
     "EpochSampler",
+    "HalvesFractal",
+    "HalvesParams",
     "MixOutput",
     "MixUp",
     "Mixer",
@@ -66,6 +76,9 @@ __all__ = [
     "collate_pairs",
     "cutmix_apply",
     "cutmix_box",
+    "fractal_bank",
+    "halves",
+    "halves_weight",
     "make_mixer",
     "patch_lambda",
     "patch_mix",

@@ -15,6 +15,9 @@ a :class:`MixOutput` unpacks as ``images, targets`` like timm's and torchvision'
 - ``substitute``: DA-Fusion-style synthetic substitution: with probability ``p`` the real image is replaced by its
   partner; the label is kept, or with ``soft_targets`` a substituted sample takes its partner's target
   (``partner_y``: a soft label).
+- ``diffusemix``: DiffuseMix's pixel operation (:class:`HalvesFractal`): here ``x`` is a generated (edited) image
+  and ``partner`` its original; they are joined by halves, then a seeded procedural fractal is blended in at 0.2;
+  the label is kept. A US patent record (US12657783B1) covers this concatenation and fractal blending.
 
 Example:
     >>> import torch
@@ -28,7 +31,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -36,6 +39,7 @@ import torch
 from torch import nn
 
 from diffcoremix.errors import ConfigError
+from diffcoremix.mix.fractals import fractal_bank
 from diffcoremix.mix.functional import (
     blend,
     patch_lambda,
@@ -49,8 +53,9 @@ from diffcoremix.registry import Registry
 
 Tensor = torch.Tensor
 
-KIND_NONE, KIND_PIXEL, KIND_PATCH, KIND_SUBSTITUTE, KIND_BATCH = 0, 1, 2, 3, 4
-"""Codes of ``MixOutput.kind``: unchanged, pixel-mixed, patch-mixed, substituted, mixed within the batch."""
+KIND_NONE, KIND_PIXEL, KIND_PATCH, KIND_SUBSTITUTE, KIND_BATCH, KIND_COMBINED = 0, 1, 2, 3, 4, 5
+"""Codes of ``MixOutput.kind``: unchanged, pixel-mixed, patch-mixed, substituted, mixed within the batch, combined
+(DiffuseMix: joined by halves with the partner, then a fractal blended in)."""
 
 
 @dataclass(frozen=True)
@@ -388,6 +393,201 @@ class Substitute(nn.Module):
         return MixOutput(images, targets, lam, torch.where(swap, KIND_SUBSTITUTE, KIND_NONE).to(torch.int8))
 
 
+def halves_weight(
+    left_right: Tensor, band: float, height: int, width: int, device: torch.device | str | None = None
+) -> Tensor:
+    """``(B, 1, H, W)`` float32 weight of the first image when two are joined by halves (see :func:`halves`).
+
+    Along the split axis, pixel ``i`` (centre ``t = i + 0.5``, side ``n``, band ``b = band * n`` pixels) weighs
+    ``clamp((n / 2 + b / 2 - t) / b, 0, 1)``: 1 up to the band, a linear ramp across it, 0 after it; with ``band``
+    0, 1 where ``t < n / 2`` (an odd side's middle pixel goes to the second image). Built on ``device`` (default
+    the CPU) from the two 1-D profiles, so a batch on an accelerator copies no full-size map.
+    """
+    rows, cols = _ramp(height, band).to(device), _ramp(width, band).to(device)
+    by_columns = cols.reshape(1, 1, 1, width).expand(1, 1, height, width)
+    by_rows = rows.reshape(1, 1, height, 1).expand(1, 1, height, width)
+    return torch.where(left_right.to(device=rows.device, dtype=torch.bool).reshape(-1, 1, 1, 1), by_columns, by_rows)
+
+
+def _ramp(side: int, band: float) -> Tensor:
+    centre = torch.arange(side, dtype=torch.float64) + 0.5
+    pixels = band * side
+    if pixels == 0:
+        return (centre < side / 2).float()
+    return ((side / 2 + pixels / 2 - centre) / pixels).clamp(0.0, 1.0).float()
+
+
+def halves(first: Tensor, second: Tensor, left_right: Tensor, band: float = 20 / 256) -> Tensor:
+    """Join two batches by halves: ``first`` on the left (or top), ``second`` on the right (or bottom).
+
+    DiffuseMix's concatenation (Islam et al., CVPR 2024): the original image takes one half and its edit the
+    other, across a linear blend band centred on the split (DiffuseMix: 20 px at 256 px, so ``band = 20 / 256``).
+    A US patent record (US12657783B1) covers this concatenation.
+
+    Args:
+        first: ``(B, C, H, W)`` the images of the first half.
+        second: ``(B, C, H, W)`` those of the second half (same shape and dtype).
+        left_right: ``(B,)`` bool: True splits the image down the middle (left | right), False across it
+            (top / bottom).
+        band: the blend band's width as a fraction of the split side, in [0, 1); 0 is a hard edge.
+
+    Returns:
+        ``(B, C, H, W)`` in the dtype of ``first``: ``w * first + (1 - w) * second`` with ``w`` from
+        :func:`halves_weight`, exactly ``first`` before the band and exactly ``second`` after it.
+    """
+    if not 0.0 <= band < 1.0:
+        raise ConfigError("band", band, "in [0, 1)")
+    return blend(first, second, halves_weight(left_right, band, first.shape[-2], first.shape[-1], first.device))
+
+
+@dataclass(frozen=True)
+class HalvesParams:
+    """One draw of :class:`HalvesFractal`: replay it with :meth:`HalvesFractal.apply_params`."""
+
+    left_right: Tensor
+    """``(B,)`` bool: split down the middle (left | right), else across (top / bottom)."""
+    fractal: Tensor
+    """``(B,)`` int64: each sample's fractal, an index into the bank."""
+
+
+class HalvesFractal(nn.Module):
+    """DiffuseMix's pixel operation: an edit and its original joined by halves, then a fractal blended in.
+
+    After Islam et al., "DiffuseMix: Label-Preserving Data Augmentation with Diffusion Models", CVPR 2024
+    (github.com/khawar-islam/diffuseMix), built from the paper's description (METHOD.md, "The peers"), not from
+    their code. For each sample with a partner: a split direction with equal odds, the original (``partner``) on
+    the left or top and the edit (``x``) on the right or bottom, joined across a linear band (:func:`halves`); then
+    ``out = (1 - fractal_weight) * hybrid + fractal_weight * fractal``, the fractal drawn per sample from a bank of
+    seeded procedural fractals (:func:`diffcoremix.mix.fractals.fractal_bank`, FractalDB's iterated function
+    systems, Kataoka et al., ACCV 2020; DiffuseMix blends images of a fractal set it downloads). The label is the
+    original's, kept hard: ``y`` passes through, soft ``(B, K)`` targets too. Samples without a partner (the real
+    images) pass through unchanged.
+
+    A US patent record (US12657783B1) covers this concatenation and fractal blending; users can decide.
+
+    ``MixOutput.lam`` is the edit's (``x``'s) share of the output's pixel weight: ``(1 - fractal_weight)`` times the
+    mean weight of the edit in the hybrid, 0.4 at the defaults (the original has 0.4 and the fractal 0.2); 1 for a
+    sample passed through. ``kind`` is ``KIND_COMBINED`` for a mixed sample.
+
+    Args:
+        fractal_weight: the fractal's blend weight, in [0, 1]; 0.2 as DiffuseMix.
+        band: the blend band's width as a fraction of the split side, in [0, 1); ``20 / 256`` as DiffuseMix (20 px
+            at its 256 px).
+        bank_size: how many fractals the bank holds (>= 1); built once per image size and device, then cached.
+        bank_seed: the bank's seed.
+        mean: per-channel mean (1 or C values) when the images are normalised, ``(pixel - mean) / std``: the fractal
+            (in [0, 1]) is normalised the same way before it is blended in, so the result is the normalised
+            [0, 1]-space result. None (with ``std`` None): floating images are in [0, 1], integer ones in [0, 255].
+        std: per-channel standard deviation (> 0), with ``mean``.
+
+    Raises:
+        ConfigError: a value out of range, or only one of ``mean`` and ``std``.
+
+    Example:
+        >>> mixer = HalvesFractal(bank_size=4)
+        >>> edit, original = torch.ones(2, 3, 8, 8), torch.zeros(2, 3, 8, 8)
+        >>> out = mixer(edit, torch.tensor([0, 1]), partner=original, generator=torch.Generator().manual_seed(0))
+        >>> out.images.shape, out.targets.tolist(), [round(v, 2) for v in out.lam.tolist()]
+        (torch.Size([2, 3, 8, 8]), [0, 1], [0.4, 0.4])
+    """
+
+    def __init__(
+        self,
+        fractal_weight: float = 0.2,
+        band: float = 20 / 256,
+        bank_size: int = 64,
+        bank_seed: int = 0,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        _check_probability("fractal_weight", fractal_weight)
+        if not 0.0 <= band < 1.0:
+            raise ConfigError("band", band, "in [0, 1)")
+        if bank_size < 1:
+            raise ConfigError("bank_size", bank_size, ">= 1")
+        if (mean is None) != (std is None):
+            raise ConfigError("std" if std is None else "mean", None, "given with the other (mean and std, or neither)")
+        if std is not None and (len(std) == 0 or min(std) <= 0):
+            raise ConfigError("std", list(std), "one or more values, all > 0")
+        if mean is not None and len(mean) == 0:
+            raise ConfigError("mean", list(mean), "one or more values")
+        self.fractal_weight, self.band, self.bank_size, self.bank_seed = fractal_weight, band, bank_size, bank_seed
+        self.mean = None if mean is None else torch.tensor(list(mean), dtype=torch.float32)
+        self.std = None if std is None else torch.tensor(list(std), dtype=torch.float32)
+        self._banks: dict[tuple[int, int, str], Tensor] = {}
+
+    def sample(self, batch: int, generator: torch.Generator | None = None) -> HalvesParams:
+        """Draw the split directions, then the fractals, for a batch of ``batch`` samples."""
+        left_right = torch.rand(batch, generator=generator) < 0.5
+        return HalvesParams(left_right, torch.randint(self.bank_size, (batch,), generator=generator))
+
+    def bank(self, height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
+        """``(bank_size, 3, H, W)`` the fractals in [0, 1] on ``device``, rendered once per size and device."""
+        key = (height, width, str(device))
+        if key not in self._banks:
+            self._banks[key] = fractal_bank(self.bank_size, height, width, self.bank_seed).to(device)
+        return self._banks[key]
+
+    def fractals(self, x: Tensor, index: Tensor) -> Tensor:
+        """``(B, C, H, W)`` float: the fractals ``index`` in the value space of ``x`` (normalised, [0, 1], or
+        [0, 255] for integer images); one channel takes the fractal's mean."""
+        channels, height, width = x.shape[-3:]
+        if channels not in (1, 3):
+            raise ValueError(f"{type(self).__name__} blends RGB fractals into 1- or 3-channel images, got {channels}")
+        work = x.dtype if x.dtype.is_floating_point else torch.float32
+        fractal = self.bank(height, width, x.device)[index.to(x.device)].to(work)
+        if channels == 1:
+            fractal = fractal.mean(dim=1, keepdim=True)
+        if self.mean is None or self.std is None:
+            return fractal if x.dtype.is_floating_point else fractal * 255
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"normalised images (mean and std given) are floating, got {x.dtype}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                raise ValueError(f"{name} has {len(values)} values for {channels}-channel images")
+        mean, std = (v.to(x.device, work).reshape(-1, 1, 1) for v in (self.mean, self.std))
+        return (fractal - mean) / std
+
+    def apply_params(
+        self, x: Tensor, y: Tensor, partner: Tensor, params: HalvesParams, has_partner: Tensor | None = None
+    ) -> MixOutput:
+        """Apply a draw (from :meth:`sample`, or made by hand): ``x`` the edits, ``partner`` their originals."""
+        batch = x.shape[0]
+        mixed = _partnered(has_partner, batch)
+        work = x.dtype if x.dtype.is_floating_point else torch.float32
+        hybrid = halves(partner.to(work), x.to(work), params.left_right, self.band)
+        w = self.fractal_weight
+        out = (1 - w) * hybrid + w * self.fractals(x, params.fractal)
+        if not x.dtype.is_floating_point:
+            info = torch.iinfo(x.dtype)
+            out = out.round_().clamp_(info.min, info.max)
+        images = select(out.to(x.dtype), mixed, x) if mixed.any() else x.clone()
+        # the original's mean weight in the hybrid: its profile's mean along the split axis
+        along = torch.stack([_ramp(x.shape[-2], self.band).mean(), _ramp(x.shape[-1], self.band).mean()])
+        original = along[params.left_right.cpu().long()]
+        lam = torch.where(mixed, (1 - w) * (1 - original), 1.0)
+        kind = torch.where(mixed, KIND_COMBINED, KIND_NONE).to(torch.int8)
+        return MixOutput(images, y, lam, kind)
+
+    def forward(
+        self,
+        x: Tensor,
+        y: Tensor,
+        *,
+        partner: Tensor | None = None,
+        has_partner: Tensor | None = None,
+        partner_rule: Tensor | None = None,
+        partner_y: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> MixOutput:
+        """Combine a batch (see :class:`Mixer` for the arguments); ``x`` the edits, ``partner`` (required) their
+        originals; ``partner_y`` is not used (the label is kept)."""
+        if partner is None:
+            raise ValueError(f"{type(self).__name__} needs a partner batch (each edit's original)")
+        return self.apply_params(x, y, partner, self.sample(x.shape[0], generator), has_partner)
+
+
 MIXERS: Registry[Callable[..., Mixer]] = Registry("mixer")
 MIXERS.add("pixel", lambda **kw: PairMix(mode="pixel", **{"p": 1.0, **kw}))
 MIXERS.add("patch", lambda **kw: PairMix(mode="patch", **{"p": 1.0, **kw}))
@@ -395,10 +595,12 @@ MIXERS.add("diffcoremix", lambda **kw: PairMix(mode="both", **kw))
 MIXERS.add("mixup", MixUp)
 MIXERS.add("cutmix", CutMix)
 MIXERS.add("substitute", Substitute)
+MIXERS.add("diffusemix", HalvesFractal)
 
 
 def make_mixer(name: str, **kwargs: object) -> Mixer:
-    """A mixer by registry name (``pixel``, ``patch``, ``diffcoremix``, ``mixup``, ``cutmix``, ``substitute``).
+    """A mixer by registry name (``pixel``, ``patch``, ``diffcoremix``, ``mixup``, ``cutmix``, ``substitute``,
+    ``diffusemix``).
 
     Raises:
         UnknownNameError: no mixer of that name; the message lists the known ones.
