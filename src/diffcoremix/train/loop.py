@@ -7,6 +7,11 @@ killed and resumed from its last checkpoint, mid-epoch or not, ends with the sam
 uninterrupted one (on the CPU; CUDA kernels may not be deterministic), and a call leaves the caller's random state
 as it found it.
 
+It reads top to bottom: :func:`train` resolves its inputs once (``_RunInputs``) and every process runs
+``_train_in``: ``_plan`` (the data, the dataset, the step counts; refusals leave RUN unclaimed), ``_claim``,
+``_start`` (``_learner``, ``_resume``, then DDP, the mixer, the data and the logs), ``_loop`` (``_train_step``,
+``_end_epoch``, ``_checkpoint``), ``_finish``.
+
 Example::
 
     from diffcoremix.train import TrainConfig, train
@@ -349,8 +354,9 @@ def train(
         raise ConfigError("batch_size", config.batch_size, f"a multiple of the {d.world} processes")
     # The run seeds torch's global generators (each step's forward pass draws from them): the caller's are kept.
     with kept_state(global_generators(device)), _run_folder(out, data, overwrite, d, (val, test)) as folder:
-        run = _RunInputs(folder, data, config, data_config, _optional_path(val), _optional_path(test),
-                         _optional_path(synthetic), device, d, progress and d.main, log_samples)  # fmt: skip
+        run = _RunInputs(folder=folder, data=data, config=config, data_config=data_config, val=_optional_path(val),
+                         test=_optional_path(test), synthetic=_optional_path(synthetic), device=device, dist=d,
+                         progress=progress and d.main, log_samples=log_samples)  # fmt: skip
         return _train_in(run)
 
 
@@ -417,7 +423,7 @@ class _Position:
 
 @dataclass(frozen=True)
 class _Step:
-    """What one step did (its loss and counts summed over the processes) and how long its parts took."""
+    """What one step did (its loss averaged, its counts summed over the processes) and how long its parts took."""
 
     loss: float
     correct: int
@@ -542,7 +548,8 @@ def _plan(run: _RunInputs) -> _Plan:
     for listing_, what in ((prepared.val, "--val"), (prepared.test, "--test")):
         if listing_ is not None:  # a class the training data lacks is refused now, not after training
             EvalDataset(listing_, classes, eval_tf, what)
-    return _Plan(prepared, classes, dataset, eval_tf, local_batch, steps_per_epoch, total, real_epoch, settings)
+    return _Plan(prepared=prepared, classes=classes, dataset=dataset, eval_tf=eval_tf, local_batch=local_batch,
+                 steps_per_epoch=steps_per_epoch, total=total, real_epoch=real_epoch, settings=settings)  # fmt: skip
 
 
 def _claim(run: _RunInputs, settings: dict[str, Any]) -> None:
@@ -581,7 +588,8 @@ def _start(run: _RunInputs, plan: _Plan, model: nn.Module) -> _RunState:
     val_loader = _eval_loader(val, classes, plan.eval_tf, config, "--val") if val is not None else None
     metrics = _Appender(out / METRICS_FILE if d.main else None)
     samples = _Appender(out / SAMPLES_FILE if (d.main and run.log_samples) else None)
-    return _RunState(learner, net, mixer, sampler, val_loader, metrics, samples, global_generators(device), position)
+    return _RunState(learner=learner, net=net, mixer=mixer, sampler=sampler, val_loader=val_loader, metrics=metrics,
+                     samples=samples, forward_rng=global_generators(device), position=position)  # fmt: skip
 
 
 def _learner(run: _RunInputs, plan: _Plan, model: nn.Module) -> _Learner:
@@ -598,7 +606,8 @@ def _learner(run: _RunInputs, plan: _Plan, model: nn.Module) -> _Learner:
         logger.warning("--amp works on CUDA only: training in float32 on %s", device)
     amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    return _Learner(model, optimizer, scheduler, scaler, use_amp, amp_dtype)
+    return _Learner(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, use_amp=use_amp,
+                    amp_dtype=amp_dtype)  # fmt: skip
 
 
 def _resume(run: _RunInputs, plan: _Plan, learner: _Learner) -> _Position:
@@ -710,7 +719,8 @@ def _train_step(run: _RunInputs, state: _RunState, batches: Iterator[Any]) -> _S
     hard = targets if targets.ndim == 1 else targets.argmax(dim=1)
     correct = int((logits.argmax(dim=1) == hard).sum())
     loss_value, correct, seen = _reduce(float(loss.detach()), correct, len(hard), d)
-    return _Step(loss_value, correct, seen, lr, {"data_s": t1 - t0, "mix_s": t2 - t1, "compute_s": t3 - t2}, t3 - t0)
+    timing = {"data_s": t1 - t0, "mix_s": t2 - t1, "compute_s": t3 - t2}
+    return _Step(loss=loss_value, correct=correct, seen=seen, lr=lr, timing=timing, step_s=t3 - t0)
 
 
 def _end_epoch(run: _RunInputs, plan: _Plan, state: _RunState, epoch: int) -> None:
