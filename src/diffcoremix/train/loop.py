@@ -7,6 +7,11 @@ killed and resumed from its last checkpoint, mid-epoch or not, ends with the sam
 uninterrupted one (on the CPU; CUDA kernels may not be deterministic), and a call leaves the caller's random state
 as it found it.
 
+It reads top to bottom: :func:`train` resolves its inputs once (``_RunInputs``) and every process runs
+``_train_in``: ``_plan`` (the data, the dataset, the step counts; refusals leave RUN unclaimed), ``_claim``,
+``_start`` (``_learner``, ``_resume``, then DDP, the mixer, the data and the logs), ``_loop`` (``_train_step``,
+``_end_epoch``, ``_checkpoint``), ``_finish``.
+
 Example::
 
     from diffcoremix.train import TrainConfig, train
@@ -17,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -26,7 +32,7 @@ import os
 import statistics
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +57,11 @@ from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, require_classes, usable_sources
 from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError, DatasetError
-from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, Layout, OutputFolder
+from diffcoremix.manifest.layout import CONFIG_FILE, SETTINGS_FILE, Layout, OutputFolder, check_separate
 from diffcoremix.manifest.ownership import check_settings, open_output
 from diffcoremix.mix import MixOutput, collate_pairs, make_mixer
 from diffcoremix.mix.mixers import Mixer
+from diffcoremix.mix.paired import PairedDataset
 from diffcoremix.seeds import derive_seed, generator_for, global_generators, kept_state, seeded_init
 from diffcoremix.train.config import TrainConfig
 from diffcoremix.train.data import (
@@ -66,7 +73,7 @@ from diffcoremix.train.data import (
     split_validation,
 )
 from diffcoremix.train.methods import ALIASES
-from diffcoremix.train.models import create_model
+from diffcoremix.train.models import check_model_name, create_model
 from diffcoremix.train.run import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -74,6 +81,7 @@ from diffcoremix.train.run import (
     SAMPLES_FILE,
     SUMMARY_FILE,
     TRAIN_FILES,
+    read_summary,
 )
 from diffcoremix.train.transforms import eval_transform, train_transform
 
@@ -355,56 +363,180 @@ def train(
     if config.batch_size % d.world:
         raise ConfigError("batch_size", config.batch_size, f"a multiple of the {d.world} processes")
     # The run seeds torch's global generators (each step's forward pass draws from them): the caller's are kept.
-    with kept_state(global_generators(device)):
-        if d.main:
-            with open_output(out, data=data, overwrite=overwrite, fixed=TRAIN_FILES) as folder:
-                for path in (val, test):
-                    if path is not None:
-                        from diffcoremix.manifest.layout import check_separate
-
-                        check_separate(path, out)
-                return _train_in(folder, data, config, data_config, val, test, synthetic, device, d, progress,
-                                 log_samples)  # fmt: skip
-        return _train_in(OutputFolder(out), data, config, data_config, val, test, synthetic, device, d, False,
-                         log_samples)  # fmt: skip
+    with kept_state(global_generators(device)), _run_folder(out, data, overwrite, d, (val, test)) as folder:
+        run = _RunInputs(folder=folder, data=data, config=config, data_config=data_config, val=_optional_path(val),
+                         test=_optional_path(test), synthetic=_optional_path(synthetic), device=device, dist=d,
+                         progress=progress and d.main, log_samples=log_samples)  # fmt: skip
+        return _train_in(run)
 
 
-def _train_in(
-    folder: OutputFolder,
-    data: Path,
-    config: TrainConfig,
-    data_config: DataConfig,
-    val: str | Path | None,
-    test: str | Path | None,
-    synthetic: str | Path | None,
-    device: str,
-    d: _Dist,
-    progress: bool,
-    log_samples: bool,
-) -> TrainResult:
-    from diffcoremix.train.models import check_model_name
+@dataclass(frozen=True)
+class _RunInputs:
+    """What ``train`` was asked for, resolved once: the paths, the device, this process's place, the options."""
 
-    check_model_name(config.model)
-    out = folder.path
-    prepared = _prepare(
-        data,
-        config,
-        data_config,
-        Path(val) if val is not None else None,
-        Path(test) if test is not None else None,
-        Path(synthetic) if synthetic is not None else None,
-        progress and d.main,
+    folder: OutputFolder
+    data: Path
+    config: TrainConfig
+    data_config: DataConfig
+    val: Path | None
+    test: Path | None
+    synthetic: Path | None
+    device: str
+    dist: _Dist
+    progress: bool
+    """A progress bar (rank 0 only)."""
+    log_samples: bool
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """The data and the step counts: everything checked before RUN is claimed."""
+
+    prepared: _Prepared
+    classes: list[str]
+    dataset: PairedDataset
+    eval_tf: Any
+    local_batch: int
+    """This process's share of a batch."""
+    steps_per_epoch: int
+    total: int
+    real_epoch: int
+    """The steps of an epoch of the real images (synthetic-add's epochs are longer): warm-up is counted in these."""
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Learner:
+    """The model and what updates it: what a checkpoint holds, with the run's position."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+
+
+@dataclass
+class _Position:
+    """Where the run is: the steps done, and the epoch so far (for its epoch line; saved in each checkpoint)."""
+
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    correct: int = 0
+    seen: int = 0
+
+    def running(self) -> dict[str, Any]:
+        """The epoch so far, as a checkpoint stores it."""
+        return {"losses": self.losses, "correct": self.correct, "seen": self.seen}
+
+
+@dataclass(frozen=True)
+class _Step:
+    """What one step did (its loss averaged, its counts summed over the processes) and how long its parts took."""
+
+    loss: float
+    correct: int
+    seen: int
+    lr: float
+    timing: dict[str, float]
+    """``data_s``, ``mix_s``, ``compute_s``."""
+    step_s: float
+
+
+@dataclass
+class _RunState:
+    """What the loop trains with and carries from step to step (built once, after the resume)."""
+
+    learner: _Learner
+    net: nn.Module
+    """The model as the step calls it: wrapped in DDP over several processes, compiled with ``torchcompile``."""
+    mixer: Mixer
+    sampler: EpochDistributedSampler
+    val_loader: DataLoader[Any] | None
+    metrics: _Appender
+    samples: _Appender
+    forward_rng: list[torch.Generator]
+    position: _Position
+    step_times: dict[str, list[float]] = field(
+        default_factory=lambda: {"step_s": [], "data_s": [], "mix_s": [], "compute_s": []}
     )
+
+    def count(self, done: _Step) -> None:
+        """Add a step to the position, the epoch so far and the timings."""
+        self.position.losses.append(done.loss)
+        self.position.correct += done.correct
+        self.position.seen += done.seen
+        self.position.step += 1
+        for key, value in done.timing.items():
+            self.step_times[key].append(value)
+        self.step_times["step_s"].append(done.step_s)
+
+
+def _optional_path(path: str | Path | None) -> Path | None:
+    return Path(path) if path is not None else None
+
+
+@contextlib.contextmanager
+def _run_folder(
+    out: Path, data: Path, overwrite: bool, d: _Dist, others: tuple[str | Path | None, ...]
+) -> Iterator[OutputFolder]:
+    """RUN, opened and locked by rank 0, which alone writes (the other processes only name it); ``others`` (--val,
+    --test) must not overlap it."""
+    if not d.main:
+        yield OutputFolder(out)
+        return
+    with open_output(out, data=data, overwrite=overwrite, fixed=TRAIN_FILES) as folder:
+        for path in others:
+            if path is not None:
+                check_separate(path, out)
+        yield folder
+
+
+def _train_in(run: _RunInputs) -> TrainResult:
+    """Plan, claim RUN, resume, train, finish: what every process runs inside its (locked, on rank 0) RUN."""
+    config, d, out = run.config, run.dist, run.folder.path
+    plan = _plan(run)
+    # The model first: weights that cannot be had (offline --pretrained, a wrong --init) leave RUN unclaimed.
+    with seeded_init(config.seed):
+        model = create_model(config.model, len(plan.classes), pretrained=config.pretrained, init=config.init)
+    _claim(run, plan.settings)
+    if (out / SUMMARY_FILE).exists() and (out / MODEL_FILE).exists():
+        logger.info("%s has finished already", out)
+        return TrainResult(out, read_summary(out))
+    state = _start(run, plan, model)
+    started = time.perf_counter()
+    _loop(run, plan, state)
+    train_s = time.perf_counter() - started
+    summary = _finish(run, plan, state, train_s) if d.main else None
+    _barrier(d)
+    if d.world > 1:
+        summary = read_summary(out)
+    assert summary is not None
+    return TrainResult(out, summary)
+
+
+def _plan(run: _RunInputs) -> _Plan:
+    """The data read and checked, the dataset, the step counts and the settings: a refusal here leaves RUN unclaimed.
+
+    Raises:
+        DatasetError: fewer images than one batch; see also :func:`_prepare`.
+        ConfigError: ``max_steps`` shorter than one epoch.
+        UnknownNameError: no such model.
+    """
+    config, d = run.config, run.dist
+    check_model_name(config.model)
+    prepared = _prepare(run.data, config, run.data_config, run.val, run.test, run.synthetic, run.progress)
     listing = prepared.listing
     classes = list(listing.classes)
     transform = train_transform(config.transform, config.img_size, config.mean, config.std)
-    exclude = {item.relpath for item in prepared.val.items} if prepared.val is not None and val is None else set()
+    exclude = {item.relpath for item in prepared.val.items} if prepared.val is not None and run.val is None else set()
     dataset = paired_dataset(listing, config, prepared.synthetic, transform, exclude)
     local_batch = config.batch_size // d.world
     steps_per_epoch = (len(dataset) // d.world) // local_batch
     if steps_per_epoch == 0:
         raise DatasetError(
-            f"{data} has {len(dataset)} training image(s), fewer than one batch of {config.batch_size}: "
+            f"{run.data} has {len(dataset)} training image(s), fewer than one batch of {config.batch_size}: "
             "lower --batch-size"
         )
     total = config.max_steps or config.epochs * steps_per_epoch
@@ -426,54 +558,33 @@ def _train_in(
     for listing_, what in ((prepared.val, "--val"), (prepared.test, "--test")):
         if listing_ is not None:  # a class the training data lacks is refused now, not after training
             EvalDataset(listing_, classes, eval_tf, what)
-    # The model first: weights that cannot be had (offline --pretrained, a wrong --init) leave RUN unclaimed.
-    with seeded_init(config.seed):
-        model = create_model(config.model, len(classes), pretrained=config.pretrained, init=config.init)
-    if d.main:
+    return _Plan(prepared=prepared, classes=classes, dataset=dataset, eval_tf=eval_tf, local_batch=local_batch,
+                 steps_per_epoch=steps_per_epoch, total=total, real_epoch=real_epoch, settings=settings)  # fmt: skip
+
+
+def _claim(run: _RunInputs, settings: dict[str, Any]) -> None:
+    """Rank 0 records the run in RUN and refuses one of other settings; every process waits for it."""
+    folder, data, out = run.folder, run.data, run.folder.path
+    if run.dist.main:
         folder.write_run_record(data, command="train")
         check_settings(folder, settings, "a training run", upgrade=_upgrade_settings)
-        write_resolved_config(out / CONFIG_FILE, {"train": config, "data": data_config}, data=data)
+        write_resolved_config(out / CONFIG_FILE, {"train": run.config, "data": run.data_config}, data=data)
         Layout(out, damaged="reset").declare({*TRAIN_FILES, SETTINGS_FILE, CONFIG_FILE})
-    _barrier(d)
-    if (out / SUMMARY_FILE).exists() and (out / MODEL_FILE).exists():
-        from diffcoremix.train.run import read_summary
+    _barrier(run.dist)
 
-        logger.info("%s has finished already", out)
-        return TrainResult(out, read_summary(out))
 
-    model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(model, config)
-    warmup = round(config.warmup_epochs * real_epoch)  # in steps of the real set's epoch, equal for every method
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
-    use_amp = config.amp and device.startswith("cuda")
-    if config.amp and not use_amp:
-        logger.warning("--amp works on CUDA only: training in float32 on %s", device)
-    amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    start = 0
-    running: dict[str, Any] = {"losses": [], "correct": 0, "seen": 0}  # the epoch so far (for its epoch line)
-    checkpoint_path = out / CHECKPOINT_FILE
-    if checkpoint_path.exists():
-        state = load_torch_file(checkpoint_path, "training checkpoint")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start = int(state["step"])
-        running = state["epoch_running"]
-        logger.info("%s: resuming at step %d of %d", out, start, total)
-    if d.main:
-        _truncate_lines(out / METRICS_FILE, start)
-        _truncate_lines(out / SAMPLES_FILE, start)
-    _barrier(d)
-
-    net: nn.Module = model
+def _start(run: _RunInputs, plan: _Plan, model: nn.Module) -> _RunState:
+    """The run's state, in the order that matters: the optimizer, the checkpoint loaded into it (a resume), then
+    DDP over the resumed weights (rank 0's are broadcast), the mixer, the data, and the logs, opened after the resume
+    cut them to its step."""
+    config, device, d, out = run.config, run.device, run.dist, run.folder.path
+    classes, dataset = plan.classes, plan.dataset
+    learner = _learner(run, plan, model)
+    position = _resume(run, plan, learner)
+    net: nn.Module = learner.model
     if d.world > 1:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if device.startswith("cuda") else None
+            learner.model, device_ids=[d.local_rank] if device.startswith("cuda") else None
         )
     if config.torchcompile:
         net = torch.compile(net)  # type: ignore[assignment]
@@ -481,119 +592,157 @@ def _train_in(
     mixer = _mixer(config, len(classes), soft=dataset.has_soft_labels)
     if dataset.has_soft_labels:
         logger.info("%d generated image(s) of %s have a soft label: %s trains on (B, %d) targets",
-                    len(dataset.soft), prepared.synthetic, config.method, len(classes))  # fmt: skip
+                    len(dataset.soft), plan.prepared.synthetic, config.method, len(classes))  # fmt: skip
     sampler = EpochDistributedSampler(len(dataset), d.world, d.rank, config.seed)
-    val_loader = _eval_loader(prepared.val, classes, eval_tf, config, "--val") if prepared.val is not None else None
+    val = plan.prepared.val
+    val_loader = _eval_loader(val, classes, plan.eval_tf, config, "--val") if val is not None else None
     metrics = _Appender(out / METRICS_FILE if d.main else None)
-    samples = _Appender(out / SAMPLES_FILE if (d.main and log_samples) else None)
-    info = {
-        "model": config.model,
-        "classes": classes,
-        "img_size": config.img_size,
-        "mean": list(config.mean),
-        "std": list(config.std),
-        "transform": config.transform,
-        "method": config.method,
-        "partners": config.partners if config.uses_partners else None,
-        "seed": config.seed,
-    }
-    step_times: dict[str, list[float]] = {"step_s": [], "data_s": [], "mix_s": [], "compute_s": []}
-    epoch_loss: list[float] = list(running["losses"])
-    epoch_correct, epoch_seen = int(running["correct"]), int(running["seen"])
-    bar = _progress_bar(total, start, progress and d.main)
-    started = time.perf_counter()
+    samples = _Appender(out / SAMPLES_FILE if (d.main and run.log_samples) else None)
+    return _RunState(learner=learner, net=net, mixer=mixer, sampler=sampler, val_loader=val_loader, metrics=metrics,
+                     samples=samples, forward_rng=global_generators(device), position=position)  # fmt: skip
+
+
+def _learner(run: _RunInputs, plan: _Plan, model: nn.Module) -> _Learner:
+    """The model on the device, its optimizer, the warm-up and cosine schedule, and the mixed precision."""
+    config, device = run.config, run.device
+    model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(model, config)
+    warmup = round(config.warmup_epochs * plan.real_epoch)  # in steps of the real set's epoch, equal for every method
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(plan.total, warmup))
+    use_amp = config.amp and device.startswith("cuda")
+    if config.amp and not use_amp:
+        logger.warning("--amp works on CUDA only: training in float32 on %s", device)
+    amp_dtype = torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    return _Learner(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, use_amp=use_amp,
+                    amp_dtype=amp_dtype)  # fmt: skip
+
+
+def _resume(run: _RunInputs, plan: _Plan, learner: _Learner) -> _Position:
+    """The position of RUN's checkpoint, its state loaded into ``learner`` (every process reads it), or step 0; the
+    logs' lines after it are dropped (the resumed run writes them again)."""
+    out = run.folder.path
+    position = _Position()
+    checkpoint_path = out / CHECKPOINT_FILE
+    if checkpoint_path.exists():
+        state = load_torch_file(checkpoint_path, "training checkpoint")
+        learner.model.load_state_dict(state["model"])
+        learner.optimizer.load_state_dict(state["optimizer"])
+        learner.scheduler.load_state_dict(state["scheduler"])
+        learner.scaler.load_state_dict(state["scaler"])
+        step = int(state["step"])
+        running = state["epoch_running"]
+        position = _Position(step, list(running["losses"]), int(running["correct"]), int(running["seen"]))
+        logger.info("%s: resuming at step %d of %d", out, position.step, plan.total)
+    if run.dist.main:
+        _truncate_lines(out / METRICS_FILE, position.step)
+        _truncate_lines(out / SAMPLES_FILE, position.step)
+    _barrier(run.dist)
+    return position
+
+
+def _loop(run: _RunInputs, plan: _Plan, state: _RunState) -> None:
+    """Train to ``plan.total`` steps: each takes the next batch and trains on it, then logs it; an epoch's last
+    logs the epoch (and validates); a checkpoint follows every ``checkpoint_every`` steps (or epoch) and the last."""
+    config, d, position = run.config, run.dist, state.position
+    bar = _progress_bar(plan.total, position.step, run.progress)
     batches: Iterator[Any] | None = None
-    forward_rng = global_generators(device)
-    step = start
+    chunks: Iterator[list[int]] = iter(())
     try:
-        model.train()
-        while step < total:
-            epoch, position = divmod(step, steps_per_epoch)
-            if batches is None or position == 0:
-                sampler.set_position(epoch, position * local_batch)
-                # its own generator: an iterator's worker base seed is then a function of (seed, epoch, rank), and
-                # starting one (every epoch, and mid-epoch on a resume) draws nothing from the global generator
-                loader = DataLoader(dataset, batch_size=local_batch, sampler=sampler, num_workers=config.workers,
-                                    collate_fn=collate_pairs, drop_last=True,
-                                    generator=generator_for(config.seed, "loader", epoch, d.rank))  # fmt: skip
-                batches = iter(loader)
-                order = [i for _, i in list(sampler)] if log_samples else []
-                order_offset = position * local_batch
-            t0 = time.perf_counter()
-            batch = next(batches)
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            if config.channels_last:
-                for key in ("x", "partner"):
-                    batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
-            t1 = _sync(device)
-            mixed: MixOutput = mixer(**batch, generator=generator_for(config.seed, "mix", step, d.rank))
-            images, targets = mixed.images, mixed.targets.to(device)
-            t2 = _sync(device)
-            # Dropout and drop-path draw from torch's global generators: seeded from the step, their draws do not
-            # depend on what drew from them before (a loader's start, an evaluation, a resume's own start-up).
-            for generator in forward_rng:
-                generator.manual_seed(derive_seed(config.seed, "forward", step, d.rank))
-            with torch.autocast(device.split(":")[0], dtype=amp_dtype, enabled=use_amp):
-                logits = net(images)
-                loss = _loss(logits.float(), targets, config.smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            t3 = _sync(device)
-            lr = optimizer.param_groups[0]["lr"]
-            hard = targets if targets.ndim == 1 else targets.argmax(dim=1)
-            correct = int((logits.argmax(dim=1) == hard).sum())
-            loss_value, correct, seen = _reduce(float(loss.detach()), correct, len(hard), d)
-            epoch_loss.append(loss_value)
-            epoch_correct += correct
-            epoch_seen += seen
-            step += 1
-            timing = {"data_s": t1 - t0, "mix_s": t2 - t1, "compute_s": t3 - t2}
-            for key, value in timing.items():
-                step_times[key].append(value)
-            step_times["step_s"].append(t3 - t0)
-            if log_samples:
-                mine = order[position * local_batch - order_offset + 0 : (position + 1) * local_batch - order_offset]
-                keys = _gather(sample_keys(dataset, mine), d)
-                samples.write({"step": step, "epoch": epoch, "ranks": keys})
-            if step % config.log_every == 0 or step == total:
-                metrics.write({
-                    "kind": "step", "step": step, "epoch": epoch, "loss": loss_value, "acc": correct / seen,
-                    "lr": lr, "images_per_s": config.batch_size / max(t3 - t0, 1e-9), **timing,
+        state.learner.model.train()
+        while position.step < plan.total:
+            epoch, at = divmod(position.step, plan.steps_per_epoch)
+            if batches is None or at == 0:
+                batches, chunks = _epoch_batches(run, plan, state.sampler, epoch, at)
+            done = _train_step(run, state, batches)
+            state.count(done)
+            step = position.step
+            if run.log_samples:
+                keys = _gather(sample_keys(plan.dataset, next(chunks)), d)
+                state.samples.write({"step": step, "epoch": epoch, "ranks": keys})
+            if step % config.log_every == 0 or step == plan.total:
+                state.metrics.write({
+                    "kind": "step", "step": step, "epoch": epoch, "loss": done.loss, "acc": done.correct / done.seen,
+                    "lr": done.lr, "images_per_s": config.batch_size / max(done.step_s, 1e-9), **done.timing,
                 })  # fmt: skip
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.3f}", epoch=epoch)
-            end_of_epoch = step % steps_per_epoch == 0
-            if end_of_epoch or step == total:
-                line = {"kind": "epoch", "step": step, "epoch": epoch, "train_loss": statistics.fmean(epoch_loss),
-                        "train_acc": epoch_correct / max(epoch_seen, 1)}  # fmt: skip
-                if val_loader is not None and d.main:
-                    figures = evaluate_loader(model, val_loader, device, len(classes))
-                    line.update({f"val_{k}": v for k, v in figures.items()})
-                metrics.write(line)
-                epoch_loss, epoch_correct, epoch_seen = [], 0, 0
+            bar.set_postfix(loss=f"{done.loss:.3f}", epoch=epoch)
+            end_of_epoch = step % plan.steps_per_epoch == 0
+            if end_of_epoch or step == plan.total:
+                _end_epoch(run, plan, state, epoch)
             every = config.checkpoint_every
-            if (every and step % every == 0) or (not every and end_of_epoch) or step == total:
-                running = {"losses": epoch_loss, "correct": epoch_correct, "seen": epoch_seen}
-                _checkpoint(checkpoint_path, model, optimizer, scheduler, scaler, step, running, d)
+            if (every and step % every == 0) or (not every and end_of_epoch) or step == plan.total:
+                _checkpoint(run.folder.path / CHECKPOINT_FILE, state.learner, position, d)
     finally:
         bar.close()
-        metrics.close()
-        samples.close()
-    train_s = time.perf_counter() - started
-    summary = None
-    if d.main:
-        summary = _finish(out, model, info, config, prepared, classes, eval_tf, device, step_times, total,
-                          steps_per_epoch, train_s, len(dataset))  # fmt: skip
-    _barrier(d)
-    if d.world > 1:
-        from diffcoremix.train.run import read_summary
+        state.metrics.close()
+        state.samples.close()
 
-        summary = read_summary(out)
-    assert summary is not None
-    return TrainResult(out, summary)
+
+def _epoch_batches(
+    run: _RunInputs, plan: _Plan, sampler: EpochDistributedSampler, epoch: int, at: int
+) -> tuple[Iterator[Any], Iterator[list[int]]]:
+    """This process's batches of ``epoch`` from its step ``at`` on, and (``log_samples``) the dataset indices of each.
+
+    The loader has its own generator: an iterator's worker base seed is then a function of (seed, epoch, rank), and
+    starting one (every epoch, and mid-epoch on a resume) draws nothing from the global generator.
+    """
+    config, rank, size = run.config, run.dist.rank, plan.local_batch
+    sampler.set_position(epoch, at * size)
+    loader = DataLoader(plan.dataset, batch_size=size, sampler=sampler, num_workers=config.workers,
+                        collate_fn=collate_pairs, drop_last=True,
+                        generator=generator_for(config.seed, "loader", epoch, rank))  # fmt: skip
+    batches = iter(loader)
+    order = [i for _, i in list(sampler)] if run.log_samples else []
+    return batches, (order[i : i + size] for i in range(0, len(order), size))
+
+
+def _train_step(run: _RunInputs, state: _RunState, batches: Iterator[Any]) -> _Step:
+    """One optimizer step on the next batch: to the device, mixed, a forward pass with seeded dropout, backward, the
+    optimizer, schedule and scaler stepped; timed (on CUDA, synchronised between the parts)."""
+    config, device, d, learner, step = run.config, run.device, run.dist, state.learner, state.position.step
+    t0 = time.perf_counter()
+    batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+    if config.channels_last:
+        for key in ("x", "partner"):
+            batch[key] = batch[key].contiguous(memory_format=torch.channels_last)
+    t1 = _sync(device)
+    mixed: MixOutput = state.mixer(**batch, generator=generator_for(config.seed, "mix", step, d.rank))
+    images, targets = mixed.images, mixed.targets.to(device)
+    t2 = _sync(device)
+    # Dropout and drop-path draw from torch's global generators: seeded from the step, their draws do not depend on
+    # what drew from them before (a loader's start, an evaluation, a resume's own start-up).
+    for generator in state.forward_rng:
+        generator.manual_seed(derive_seed(config.seed, "forward", step, d.rank))
+    with torch.autocast(device.split(":")[0], dtype=learner.amp_dtype, enabled=learner.use_amp):
+        logits = state.net(images)
+        loss = _loss(logits.float(), targets, config.smoothing)
+    learner.optimizer.zero_grad(set_to_none=True)
+    learner.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+    learner.scaler.step(learner.optimizer)
+    learner.scaler.update()
+    learner.scheduler.step()
+    t3 = _sync(device)
+    lr = learner.optimizer.param_groups[0]["lr"]
+    hard = targets if targets.ndim == 1 else targets.argmax(dim=1)
+    correct = int((logits.argmax(dim=1) == hard).sum())
+    loss_value, correct, seen = _reduce(float(loss.detach()), correct, len(hard), d)
+    timing = {"data_s": t1 - t0, "mix_s": t2 - t1, "compute_s": t3 - t2}
+    return _Step(loss=loss_value, correct=correct, seen=seen, lr=lr, timing=timing, step_s=t3 - t0)
+
+
+def _end_epoch(run: _RunInputs, plan: _Plan, state: _RunState, epoch: int) -> None:
+    """The epoch's line (its mean loss and accuracy; rank 0 validates), and a fresh epoch so far."""
+    position = state.position
+    line = {"kind": "epoch", "step": position.step, "epoch": epoch, "train_loss": statistics.fmean(position.losses),
+            "train_acc": position.correct / max(position.seen, 1)}  # fmt: skip
+    if state.val_loader is not None and run.dist.main:
+        figures = evaluate_loader(state.learner.model, state.val_loader, run.device, len(plan.classes))
+        line.update({f"val_{k}": v for k, v in figures.items()})
+    state.metrics.write(line)
+    position.losses, position.correct, position.seen = [], 0, 0
 
 
 def _sync(device: str) -> float:
@@ -646,25 +795,16 @@ def _eval_loader(
     return DataLoader(dataset, batch_size=max(config.batch_size, 256), num_workers=config.workers)
 
 
-def _checkpoint(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: Any,
-    step: int,
-    running: dict[str, Any],
-    d: _Dist,
-) -> None:
+def _checkpoint(path: Path, learner: _Learner, position: _Position, d: _Dist) -> None:
     if d.main:
         ensure_folder(path.parent)
         state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "step": step,
-            "epoch_running": running,
+            "model": learner.model.state_dict(),
+            "optimizer": learner.optimizer.state_dict(),
+            "scheduler": learner.scheduler.state_dict(),
+            "scaler": learner.scaler.state_dict(),
+            "step": position.step,
+            "epoch_running": position.running(),
         }
         _atomic_torch_save(state, path)
     _barrier(d)
@@ -676,21 +816,34 @@ def _median(values: list[float], skip: int = 1) -> float | None:
     return statistics.median(tail) if tail else None
 
 
-def _finish(
-    out: Path,
-    model: nn.Module,
-    info: dict[str, Any],
-    config: TrainConfig,
-    prepared: _Prepared,
-    classes: list[str],
-    eval_tf: Any,
-    device: str,
-    step_times: dict[str, list[float]],
-    total: int,
-    steps_per_epoch: int,
-    train_s: float,
-    train_samples: int,
-) -> dict[str, Any]:
+def _info(config: TrainConfig, classes: list[str]) -> dict[str, Any]:
+    """What ``model.pt`` says about its model (and ``summary.json`` repeats): enough to load it and feed it."""
+    return {
+        "model": config.model,
+        "classes": classes,
+        "img_size": config.img_size,
+        "mean": list(config.mean),
+        "std": list(config.std),
+        "transform": config.transform,
+        "method": config.method,
+        "usage": config.entry.usage,
+        "partners": _partners(config),
+        "seed": config.seed,
+    }
+
+
+def _partners(config: TrainConfig) -> str | None:
+    """Where the run's partners came from: --partners for the own-counterpart methods, else the table's source."""
+    if not config.uses_partners:
+        return None
+    return config.partners if config.entry.partners == "own" else config.entry.partners
+
+
+def _finish(run: _RunInputs, plan: _Plan, state: _RunState, train_s: float) -> dict[str, Any]:
+    """Rank 0's last part: the final evaluations, ``model.pt`` and ``summary.json``."""
+    out, model, config, device = run.folder.path, state.learner.model, run.config, run.device
+    prepared, classes, eval_tf, step_times = plan.prepared, plan.classes, plan.eval_tf, state.step_times
+    info = _info(config, classes)
     results: dict[str, Any] = {}
     for name, listing, what in (("val", prepared.val, "--val"), ("test", prepared.test, "--test")):
         if listing is None:
@@ -698,16 +851,16 @@ def _finish(
             continue
         loader = _eval_loader(listing, classes, eval_tf, config, what)
         results[name] = evaluate_loader(model, loader, device, len(classes))
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_torch_save({"info": info, "state_dict": state}, out / MODEL_FILE)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_torch_save({"info": info, "state_dict": weights}, out / MODEL_FILE)
     step_s = _median(step_times["step_s"])
     summary = {
         **info,
-        "steps": total,
-        "epochs": total / steps_per_epoch,
-        "steps_per_epoch": steps_per_epoch,
+        "steps": plan.total,
+        "epochs": plan.total / plan.steps_per_epoch,
+        "steps_per_epoch": plan.steps_per_epoch,
         "batch_size": config.batch_size,
-        "train_samples": train_samples,
+        "train_samples": len(plan.dataset),
         "synthetic_accepted": prepared.synthetic_count,
         "skipped_images": prepared.skipped,
         "val": results["val"],
