@@ -250,7 +250,7 @@ DIFFCOREMIX_PLUS = Recipe(
     name="diffcoremix+",
     summary="inpainted counterparts (the subject kept), filtered with a copy bound, mixed (our best counterparts)",
     citation="this project (benchmarks/README.md: text against image-conditioned counterparts), over DiffCoRe-Mix "
-    "(arXiv 2503.10687)",
+    "(arXiv 2503.10687; github.com/khawar-islam/DiffCoRe-Mix)",
     counterpart="inpaint",
     method="diffcoremix",
     mix_prob=0.5,
