@@ -53,6 +53,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    config: TrainConfig = config_from_args(TrainConfig, args, "train", skip=PER_RUN)
+    data_config: DataConfig = config_from_args(DataConfig, args, "data")
     if args.methods is None and args.recipes is None:
         raise ConfigError("methods", None, "a comma-separated list of methods (or --recipes R,R,...)")
     if args.recipes is None and args.build:
@@ -60,8 +62,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.recipes is not None and args.synthetic is None:
         raise ConfigError("synthetic", None, "the folder of the recipes' synthetic sets with --recipes (SYN: "
                           "SYN/<recipe> each)")  # fmt: skip
-    config: TrainConfig = config_from_args(TrainConfig, args, "train", skip=PER_RUN)
-    data_config: DataConfig = config_from_args(DataConfig, args, "data")
     resolve_data_arguments(args)
     progress = show_progress(args)
     if args.recipes is not None:
