@@ -203,7 +203,9 @@ def test_build_makes_the_set_then_trains_and_a_rerun_resumes(
     tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, test = tiny
-    config = _config_file(tmp_path / "tiny.yaml", {**TINY, "prompts": {"fraction": 0.25}})
+    # the shared file names another recipe: each set is still named by its own
+    generate = {**TINY["generate"], "recipe": "diff-mix"}
+    config = _config_file(tmp_path / "tiny.yaml", {**TINY, "generate": generate, "prompts": {"fraction": 0.25}})
     syn, out = tmp_path / "syn", tmp_path / "cmp"
     args = ("--recipes", "diffcoremix", "--config", config, "--build")
     done = _compare(capsys, data, test, syn, out, *args)

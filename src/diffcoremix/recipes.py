@@ -409,7 +409,9 @@ def missing_sets_message(
 def recipe_configs(
     recipe: Recipe, config: str | Path | None = None
 ) -> tuple[PromptsConfig, GenerateConfig, FilterConfig]:
-    """The prompts, generate and filter configs of a recipe's set: defaults < recipe < the ``config`` file's sections.
+    """The prompts, generate and filter configs of a recipe's set: defaults < recipe < the ``config`` file's sections
+    (the precedence of ``augment --recipe NAME --config FILE``, so the command :func:`augment_command` names makes the
+    same set); the set is named by the recipe's own name whatever the file says.
 
     Raises:
         ConfigError, UnknownNameError: an option is invalid, or inpaint counterparts lack their masks.
@@ -422,7 +424,7 @@ def recipe_configs(
     recipe.check_masks(generate[1])
     return (
         build_config(PromptsConfig, *layers("prompts"), section="prompts"),
-        build_config(GenerateConfig, *generate, section="generate"),
+        build_config(GenerateConfig, *generate, {"recipe": recipe.name}, section="generate"),  # its own name
         build_config(FilterConfig, *layers("filter"), section="filter"),
     )
 
