@@ -14,10 +14,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from diffcoremix.atomic import atomic_write_text
 from diffcoremix.cells import text_cell
-from diffcoremix.cli.options import add_config_options, config_from_args
+from diffcoremix.cli.options import add_config_options, config_from_args, config_layers
 from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.config import check_config_target, write_resolved_config
 from diffcoremix.counterparts import STREAMED_BYTES_PER_CANDIDATE
@@ -32,6 +33,7 @@ from diffcoremix.manifest.records import MANIFEST_DIR
 from diffcoremix.modes import COUNTERPART_MODES
 from diffcoremix.prompts.builder import PromptsConfig, build_prompts
 from diffcoremix.prompts.packs import list_packs, load_pack
+from diffcoremix.recipes import RECIPES, Recipe, describe
 
 logger = logging.getLogger("diffcoremix.cli")
 
@@ -156,11 +158,33 @@ def _generate_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser, ExecutorConfig)
 
 
+def chosen_recipe(args: argparse.Namespace) -> Recipe | None:
+    """The recipe of ``--recipe NAME``, else of the ``--config`` file's ``generate: {recipe: NAME}``; None if neither.
+
+    Raises:
+        UnknownNameError: no such recipe (the message lists them).
+    """
+    file_layer, flags = config_layers(GenerateConfig, args, "generate")
+    name = flags.get("recipe", file_layer.get("recipe"))
+    return RECIPES.get(name) if name is not None else None
+
+
+def recipe_config(cls: type, args: argparse.Namespace, section: str, *, skip: tuple[str, ...] = ()) -> Any:
+    """:func:`config_from_args` with the chosen recipe's options (if any) between the defaults and ``--config``:
+    dataclass defaults < recipe < --config < flags."""
+    recipe = chosen_recipe(args)
+    if recipe is not None and section == "generate":
+        file_layer, flags = config_layers(cls, args, section, skip=skip)
+        recipe.check_masks({**file_layer, **flags})  # in the recipe's words, before GenerateConfig's own check
+    defaults = recipe.layer(section) if recipe is not None else None
+    return config_from_args(cls, args, section, skip=skip, defaults=defaults)
+
+
 def _generate(args: argparse.Namespace) -> int:
     from diffcoremix.cluster import generate  # imports torch: only when generating
 
-    prompts = config_from_args(PromptsConfig, args, "prompts")
-    config = config_from_args(GenerateConfig, args, "generate")
+    prompts = recipe_config(PromptsConfig, args, "prompts")
+    config = recipe_config(GenerateConfig, args, "generate")
     executor = config_from_args(ExecutorConfig, args, "executor")
     summary = generate(args.data, args.output, prompts, config, executor, data_config=_data_config(args),
                        overwrite=args.overwrite, progress=show_progress(args))  # fmt: skip
@@ -222,9 +246,9 @@ def _augment_arguments(parser: argparse.ArgumentParser) -> None:
 def _augment(args: argparse.Namespace) -> int:
     from diffcoremix.augmentation import augment  # imports torch: only when augmenting
 
-    prompts = config_from_args(PromptsConfig, args, "prompts")
-    generate_config = config_from_args(GenerateConfig, args, "generate")
-    filter_config = config_from_args(FilterConfig, args, "filter", skip=_FILTER_SHARED)
+    prompts = recipe_config(PromptsConfig, args, "prompts")
+    generate_config = recipe_config(GenerateConfig, args, "generate")
+    filter_config = recipe_config(FilterConfig, args, "filter", skip=_FILTER_SHARED)
     result = augment(
         args.data, args.output, prompts, generate_config, filter_config, retries=args.retries,
         data_config=_data_config(args), executor=config_from_args(ExecutorConfig, args, "executor"),
@@ -278,6 +302,11 @@ def _presets(args: argparse.Namespace) -> int:
     width = max(len(n) for n in COUNTERPART_MODES.names())
     for name in COUNTERPART_MODES.names():
         print(f"  {name:<{width}}  {COUNTERPART_MODES.get(name).summary}")
+    print("\nrecipes (augment --recipe NAME; compare --recipes NAME,... --synthetic SYN trains each on SYN/NAME):")
+    width = max(len(n) for n in RECIPES.names())
+    for name in RECIPES.names():
+        first, *rest = describe(RECIPES.get(name))
+        print(f"  {name:<{width}}  {first}" + "".join(f"\n  {'':<{width}}  {line}" for line in rest))
     return 0
 
 
@@ -342,7 +371,8 @@ COMMANDS = (
     Command("augment", "the main job: generate, filter, and regenerate rejects until each class's budget is met",
             _augment_arguments, _augment, GenerateConfig),
     Command("mix-preview", "a grid of real | partner | pixel mix | patch mix", _preview_arguments, _preview),
-    Command("presets", "list the generator presets", _presets_arguments, _presets),
+    Command("presets", "list the generator presets, counterpart modes and the peers' recipes", _presets_arguments,
+            _presets),
     Command("packs", "list the prompt packs, or show one", _packs_arguments, _packs),
     Command("sample-data", "write a small procedural class-folder dataset (for demos)", _sample_arguments,
             _sample),

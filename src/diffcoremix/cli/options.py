@@ -98,18 +98,34 @@ def add_config_options(
         )
 
 
-def config_from_args(cls: type, args: argparse.Namespace, section: str, *, skip: tuple[str, ...] = ()) -> Any:
-    """The stage config: the dataclass defaults, then ``--config`` (file or preset), then explicit flags.
+def config_from_args(
+    cls: type,
+    args: argparse.Namespace,
+    section: str,
+    *,
+    skip: tuple[str, ...] = (),
+    defaults: Mapping[str, Any] | None = None,
+) -> Any:
+    """The stage config: the dataclass defaults, then ``defaults`` (a recipe's), then ``--config`` (file or preset),
+    then explicit flags.
 
     ``skip`` names fields whose flags belong to another stage of the same command (``augment``'s batch size).
     """
+    file_layer, flags = config_layers(cls, args, section, skip=skip)
+    return build_config(cls, defaults or {}, file_layer, flags, section=section)
+
+
+def config_layers(
+    cls: type, args: argparse.Namespace, section: str, *, skip: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``--config`` file's options for ``section`` and the explicit flags of ``cls``'s fields (two layers)."""
     names = {f.name for f in dataclasses.fields(cls)} - set(skip)
     flags = {k: v for k, v in vars(args).items() if k in names}
     file_layer = {}
     if getattr(args, "config", None):
         check_config_sections(args.config, config_sections())  # every section, not only those of this command
         file_layer = load_config_file(args.config, section)
-    return build_config(cls, file_layer, flags, section=section)
+    return file_layer, flags
 
 
 def config_sections() -> dict[str, type]:

@@ -91,6 +91,11 @@ class GenerateConfig:
     """For inpaint: a train run whose classifier's Grad-CAM, thresholded, gives each source's subject mask."""
     mask_threshold: float = 0.5
     """For --mask-from: the subject is where the Grad-CAM map is at least this share of its maximum, in (0, 1)."""
+    recipe: str | None = None
+    """A peer's recipe (``diffcoremix presets`` lists them: diffusemix, diff-mix, da-fusion, real-guidance,
+    diffcoremix, diffcoremix+) whose generation, prompt and filter settings are the defaults under --config and the
+    flags; recorded in OUT/config.yaml, so that ``compare --recipes`` knows the set. Set in Python, it is a label only:
+    :meth:`diffcoremix.recipes.Recipe.layer` gives the settings."""
     on_error: Literal["record", "stop"] = "record"
     """A failing candidate is recorded with its error and the run goes on (record), or the run stops (stop)."""
     rank: int | None = None

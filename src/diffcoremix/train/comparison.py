@@ -49,7 +49,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, cast
@@ -89,25 +89,40 @@ class CompareError(DiffCoReMixError):
 
 
 class MethodSpec(NamedTuple):
-    """One column of a comparison: a training method and, for the pair methods, its partners."""
+    """One row of a comparison: a training method and, for the pair methods, its partners; a spec may bring its own
+    synthetic set and its own ``mix_prob`` (a recipe's, :mod:`diffcoremix.recipes`)."""
 
     label: str
-    """As written (``diffcoremix@real``); the table's row name."""
+    """As written (``diffcoremix@real``, ``recipe:diff-mix``); the table's row name."""
     method: Method
     partners: Partners
+    synthetic: Path | None = None
+    """This row's generated images (a filtered generation run); None: compare's ``synthetic``."""
+    mix_prob: float | None = None
+    """This row's ``mix_prob``; None: the shared recipe's."""
+
+    def train_config(self, config: TrainConfig) -> TrainConfig:
+        """The shared recipe ``config`` with this row's method, partners and (if it has one) ``mix_prob``."""
+        mix_prob = config.mix_prob if self.mix_prob is None else self.mix_prob
+        return dataclasses.replace(config, method=self.method, partners=self.partners, mix_prob=mix_prob)
 
 
-def parse_methods(methods: str | Sequence[str], *, partners: Partners = "generated") -> list[MethodSpec]:
-    """Method specs from ``"none,mixup,diffcoremix@real,diffcoremix@generated"`` (or a list of such strings).
+def parse_methods(
+    methods: str | Sequence[str] | Sequence[MethodSpec], *, partners: Partners = "generated"
+) -> list[MethodSpec]:
+    """Method specs from ``"none,mixup,diffcoremix@real,diffcoremix@generated"`` (or a list of such strings); a
+    list of :class:`MethodSpec` rows is taken as it is (each label once).
 
     ``METHOD@PARTNERS`` sets the partners of a pair method (generated, real or none); a method without ``@``
     takes ``partners`` (the recipe's).
 
     Raises:
         UnknownNameError: an unknown method or partners name (the message lists the known ones).
-        ConfigError: an empty list, ``@`` on a method without partners, or the same run named twice.
+        ConfigError: an empty list, ``@`` on a method without partners, or the same run (or label) named twice.
     """
-    items = [methods] if isinstance(methods, str) else list(methods)
+    if not isinstance(methods, str) and methods and all(isinstance(m, MethodSpec) for m in methods):
+        return _distinct([m for m in methods if isinstance(m, MethodSpec)])
+    items = [methods] if isinstance(methods, str) else [str(m) for m in methods]
     names = [part.strip() for item in items for part in item.split(",") if part.strip()]
     if not names:
         raise ConfigError("methods", methods, f"a comma-separated list of {', '.join(METHODS)}")
@@ -145,9 +160,20 @@ def parse_seeds(seeds: str | Sequence[int]) -> list[int]:
     return values
 
 
+def _distinct(specs: list[MethodSpec]) -> list[MethodSpec]:
+    """Specs given as such (a recipe's rows among them), each label once."""
+    labels = [s.label for s in specs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise ConfigError("methods", ",".join(labels), f"each label once ({', '.join(twice)} twice)")
+    return specs
+
+
 def run_name(label: str, seed: int) -> str:
-    """The run folder of a method label and seed: ``diffcoremix@real``, 0 -> ``diffcoremix-real-seed0``."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "method"
+    """The run folder of a method label and seed: ``diffcoremix@real``, 0 -> ``diffcoremix-real-seed0``;
+    ``recipe:diffcoremix+``, 0 -> ``recipe-diffcoremix-plus-seed0`` (a ``+`` is spelt out: the folder must differ
+    from ``recipe:diffcoremix``'s)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", label.replace("+", "-plus")).strip("-.") or "method"
     return f"{safe}-seed{seed}"
 
 
@@ -497,14 +523,14 @@ def _check_inputs(
     if test is None and val is None and not config.val_split:
         raise CompareError("compare needs an evaluation set: --test DIR, --val DIR or --val-split R")
     for spec in specs:
-        run_config = dataclasses.replace(config, method=spec.method, partners=spec.partners)
-        if run_config.needs_synthetic and synthetic is None:
+        run_config = spec.train_config(config)
+        if run_config.needs_synthetic and (spec.synthetic or synthetic) is None:
             raise CompareError(f"{spec.label} trains on generated images: give --synthetic OUT (a filtered "
                                f"generation run), or write {spec.method}@real")  # fmt: skip
     names = [run_name(s.label, 0) for s in specs]
     if len(set(names)) != len(names):
         raise ConfigError("methods", ",".join(s.label for s in specs), "labels with different folder names")
-    for path in (val, test, synthetic):
+    for path in (val, test, synthetic, *(s.synthetic for s in specs)):
         if path is not None:
             check_separate(path, output)
 
@@ -529,7 +555,7 @@ def _clear_runs(runs: Path, data: Path) -> None:
 @skips_named_once()  # DATA is read for every run: what it skips is named once
 def compare(
     data: str | Path,
-    methods: str | Sequence[str],
+    methods: str | Sequence[str] | Sequence[MethodSpec],
     seeds: str | Sequence[int],
     *,
     config: TrainConfig | None = None,
@@ -540,6 +566,7 @@ def compare(
     data_config: DataConfig | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    prepare: Callable[[], None] | None = None,
 ) -> CompareResult:
     """Train every method with every seed under one recipe and step budget, then tabulate and plot them.
 
@@ -549,7 +576,8 @@ def compare(
 
     Args:
         data: the training set (class folders).
-        methods: method specs, ``"none,mixup,diffcoremix@real"`` (see :func:`parse_methods`); ``none`` is the
+        methods: method specs, ``"none,mixup,diffcoremix@real"`` (see :func:`parse_methods`), or
+            :class:`MethodSpec` rows (a recipe's bring their own synthetic set and ``mix_prob``); ``none`` is the
             baseline of the differences and the overhead.
         seeds: the seeds, ``[0, 1, 2]`` or ``"0,1,2"``.
         config: the recipe; its method and seed are replaced per run, partners where a spec names them.
@@ -561,6 +589,8 @@ def compare(
         overwrite: start afresh: delete the files of the earlier compare in OUT, its runs' included (only files
             diffcoremix made).
         progress: show each run's progress bar.
+        prepare: called once every input has been checked, before the first run (``compare --recipes --build``
+            makes the recipes' missing synthetic sets there: bad input is refused before hours of generation).
 
     Raises:
         UnknownNameError, ConfigError, CompareError, DatasetError, OutputFolderError: bad input, before any run.
@@ -584,6 +614,8 @@ def compare(
             "%d); synthetic-add has more samples per epoch, so the budget is in steps, not epochs",
             steps, config.epochs, config.batch_size,
         )  # fmt: skip
+    if prepare is not None:
+        prepare()
     recipe = dataclasses.replace(config, max_steps=steps)
     labels = [s.label for s in specs]
     with open_output(out, data=data, overwrite=overwrite, fixed=COMPARE_FILES) as folder:
@@ -600,9 +632,10 @@ def compare(
         for i, (seed, spec) in enumerate(((seed, spec) for seed in seed_list for spec in specs), 1):
             run = out / RUNS_DIR / run_name(spec.label, seed)
             logger.info("run %d of %d: %s, seed %d -> %s", i, total, spec.label, seed, run)
-            run_config = dataclasses.replace(recipe, method=spec.method, partners=spec.partners, seed=seed)
+            run_config = dataclasses.replace(spec.train_config(recipe), seed=seed)
+            own = spec.synthetic or synthetic_path
             result = train(data, config=run_config, output=run, val=val_path, test=test_path,
-                           synthetic=synthetic_path if run_config.needs_synthetic else None,
+                           synthetic=own if run_config.needs_synthetic else None,
                            data_config=data_config, progress=progress)  # fmt: skip
             summaries[spec.label][seed] = read_summary(result.run)
         # The recipe goes on record once its runs exist (a run refused for other settings leaves the old record).
