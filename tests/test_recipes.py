@@ -257,13 +257,11 @@ def _subject_masks(data: Path, folder: Path) -> Path:
     return folder
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES.names())
 def test_every_recipe_builds_and_trains(
     name: str, tiny: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """PENDING-MERGE for diffusemix, diff-mix, da-fusion and real-guidance (their methods come with the method
-    table)."""
+    """``compare --recipes NAME --build`` makes the recipe's set with the recipe's settings and trains its method."""
     data, test = tiny
     generate = {**TINY["generate"], "num_inference_steps": 4}  # int(4 x 0.25) >= 1: every recipe's strengths
     if RECIPES.get(name).needs_masks:

@@ -27,7 +27,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import yaml
 
@@ -40,7 +40,7 @@ from diffcoremix.manifest.layout import CONFIG_FILE, OutputFolder
 from diffcoremix.prompts.builder import PromptsConfig
 from diffcoremix.registry import Registry
 from diffcoremix.train.comparison import BASELINE, CompareResult, MethodSpec, compare, parse_methods
-from diffcoremix.train.config import Method, TrainConfig
+from diffcoremix.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class Recipe:
 
     def spec(self, synthetic: Path) -> MethodSpec:
         """Its row in a comparison: its method and p, trained on ``synthetic/<name>``."""
-        return MethodSpec(self.label, cast(Method, self.method), "generated", set_folder(synthetic, self.name),
+        return MethodSpec(self.label, self.method, "generated", set_folder(synthetic, self.name),
                           self.mix_prob)  # fmt: skip
 
 
