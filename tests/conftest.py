@@ -28,3 +28,30 @@ def _own_cache_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))
         yield
+
+
+THREE_CLASSES = {"001.cat": 8, "002.dog": 8, "003.eel": 8}
+"""The small dataset of :func:`three_classes`: 24 images at 32 px."""
+
+
+@pytest.fixture(scope="session")
+def three_classes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 images of 3 classes (read only: copy before changing)."""
+    return make_class_folders(tmp_path_factory.mktemp("three") / "data", THREE_CLASSES, size=32)
+
+
+@pytest.fixture(scope="session")
+def three_classes_generated(three_classes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real filtered generation run of the tiny preset over :func:`three_classes` (one counterpart per image, all
+    kept; made once per session, in-process; read only: copy before changing)."""
+    from diffcoremix import PromptsConfig
+    from diffcoremix.augmentation import augment
+    from diffcoremix.filter import FilterConfig
+    from diffcoremix.generate import GenerateConfig
+    from diffcoremix.mix.paired import accepted_images
+
+    out = tmp_path_factory.mktemp("three-generated") / "out"
+    augment(three_classes, out, PromptsConfig(), GenerateConfig(preset="tiny", num_inference_steps=1, height=32,
+            width=32), FilterConfig(embedder="tiny", threshold=-1.0))  # fmt: skip
+    assert len(accepted_images(out)) == 24
+    return out

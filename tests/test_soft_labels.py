@@ -19,12 +19,8 @@ import pytest
 import torch
 from torch.nn.functional import one_hot
 
-from diffcoremix import PromptsConfig
-from diffcoremix.augmentation import augment
 from diffcoremix.data.folder import list_images
 from diffcoremix.errors import DatasetError
-from diffcoremix.filter import FilterConfig
-from diffcoremix.generate import GenerateConfig
 from diffcoremix.manifest.layout import OutputFolder
 from diffcoremix.mix import PairedDataset, collate_pairs, with_synthetic_samples
 from diffcoremix.mix.paired import accepted_images
@@ -33,7 +29,7 @@ from diffcoremix.train.data import paired_dataset
 from diffcoremix.train.loop import _mixer
 from diffcoremix.train.transforms import train_transform
 
-from .helpers import make_class_folders, run_in_process
+from .helpers import run_in_process
 
 CLASSES = {"001.cat": 8, "002.dog": 8, "003.eel": 8}
 FAST = ("--model", "resnet20", "-b", "8", "--img-size", "32")
@@ -45,18 +41,14 @@ VECTORS = {"001.cat": [1.0, 0.0, 0.0], "002.dog": [0.0, 1.0, 0.0], "003.eel": [0
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_class_folders(tmp_path_factory.mktemp("soft") / "data", CLASSES, size=32)
+def data(three_classes: Path) -> Path:
+    return three_classes
 
 
 @pytest.fixture(scope="module")
-def generated(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def generated(three_classes_generated: Path) -> Path:
     """A real filtered generation run of the tiny preset (one counterpart per image, all kept)."""
-    out = tmp_path_factory.mktemp("generated") / "out"
-    augment(data, out, PromptsConfig(), GenerateConfig(preset="tiny", num_inference_steps=1, height=32, width=32),
-            FilterConfig(embedder="tiny", threshold=-1.0))  # fmt: skip
-    assert len(accepted_images(out)) == 24
-    return out
+    return three_classes_generated
 
 
 def _rewritten(out: Path, dest: Path, changes: dict[str, dict[str, Any]]) -> Path:

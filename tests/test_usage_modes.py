@@ -20,11 +20,7 @@ import pytest
 import torch
 from scipy.stats import binom
 
-from diffcoremix import PromptsConfig
-from diffcoremix.augmentation import augment
 from diffcoremix.data.folder import list_images
-from diffcoremix.filter import FilterConfig
-from diffcoremix.generate import GenerateConfig
 from diffcoremix.mix import PARTNER_ANY, PARTNER_NONE, PARTNER_OWN, PARTNER_SOURCE, PairedDataset, collate_pairs
 from diffcoremix.mix.mixers import KIND_NONE, KIND_SUBSTITUTE
 from diffcoremix.mix.paired import accepted_images
@@ -33,24 +29,18 @@ from diffcoremix.train.data import SYNTHETIC_PREFIX, paired_dataset
 from diffcoremix.train.loop import _mixer
 from diffcoremix.train.transforms import train_transform
 
-from .helpers import make_class_folders
-
 CLASSES = {"001.cat": 8, "002.dog": 8, "003.eel": 8}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_class_folders(tmp_path_factory.mktemp("usage") / "data", CLASSES, size=32)
+def data(three_classes: Path) -> Path:
+    return three_classes
 
 
 @pytest.fixture(scope="module")
-def generated(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def generated(three_classes_generated: Path) -> Path:
     """A real filtered generation run of the tiny preset (one counterpart per image, all kept)."""
-    out = tmp_path_factory.mktemp("generated") / "out"
-    augment(data, out, PromptsConfig(), GenerateConfig(preset="tiny", num_inference_steps=1, height=32, width=32),
-            FilterConfig(embedder="tiny", threshold=-1.0))  # fmt: skip
-    assert len(accepted_images(out)) == 24
-    return out
+    return three_classes_generated
 
 
 def _dataset(data: Path, synthetic: Path, method: str, **options: Any) -> PairedDataset:
