@@ -1,9 +1,7 @@
 """The peers' recipes (issue 28): each registry entry holds what the issue says; ``augment --recipe`` layers a recipe's
 settings under ``--config`` and the flags and records its name; ``compare --recipes`` trains each recipe on SYN/<name>
-with its own method and p, names the augment command of a missing set in one line, and ``--build`` makes the set.
-
-Tests marked PENDING-MERGE train a recipe whose method (fc, lrr, grr, diffusemix) comes with the method table
-(``train/methods.py``) of the same issue: they fail on a branch without it."""
+with its own method and p, names the augment command of a missing set in one line, and ``--build`` makes the set;
+each recipe's batch, from the set it built, is what its method says (targets that sum to 1, the mixes it makes)."""
 
 from __future__ import annotations
 
@@ -14,15 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
+from diffcoremix.data.folder import list_images
 from diffcoremix.filter import FilterConfig
 from diffcoremix.generate.config import GenerateConfig
+from diffcoremix.mix import collate_pairs
+from diffcoremix.mix.mixers import KIND_COMBINED, KIND_NONE, KIND_PATCH, KIND_PIXEL, KIND_SUBSTITUTE
+from diffcoremix.mix.paired import accepted_images
 from diffcoremix.prompts.builder import PromptsConfig
 from diffcoremix.recipes import NO_FILTER, RECIPES, Recipe, recipe_configs
-from diffcoremix.train import read_summary
+from diffcoremix.train import TrainConfig, read_summary
 from diffcoremix.train.comparison import run_name
+from diffcoremix.train.data import paired_dataset
+from diffcoremix.train.loop import _mixer
+from diffcoremix.train.transforms import train_transform
 
 from .helpers import make_class_folders, run_in_process
 
@@ -77,7 +83,6 @@ def test_the_peers_own_numbers() -> None:
 
 @pytest.mark.parametrize("name", RECIPES.names())
 def test_each_recipes_method_is_in_the_method_table(name: str) -> None:
-    """PENDING-MERGE: the method table (train/methods.py) lands with the lead's part of the issue."""
     from diffcoremix.train.methods import get_method  # type: ignore[import-not-found,unused-ignore]
 
     method = get_method(RECIPES.get(name).method)
@@ -272,3 +277,32 @@ def test_every_recipe_builds_and_trains(
     assert done.returncode == 0, done.stderr
     trained = _resolved(tmp_path / "cmp" / "runs" / run_name(RECIPES.get(name).label, 0))["train"]
     assert trained["method"] == RECIPES.get(name).method
+    _check_batch(RECIPES.get(name), data, tmp_path / "syn" / name)
+
+
+KINDS = {"fc": {KIND_NONE}, "lrr": {KIND_SUBSTITUTE}, "grr": {KIND_SUBSTITUTE}, "diffusemix": {KIND_COMBINED},
+         "diffcoremix": {KIND_PIXEL, KIND_PATCH}}  # fmt: skip
+"""What a partnered sample becomes under each recipe's method at p = 1 (fc: nothing; it has no partners)."""
+
+
+def _check_batch(recipe: Recipe, data: Path, synthetic: Path) -> None:
+    """The whole set as one batch through ``train``'s dataset and mixer, p = 1: every partnered sample is what the
+    method makes of it, the others pass through, and every target is a distribution (soft labels sum to 1)."""
+    config = TrainConfig(method=recipe.method, mix_prob=1.0)
+    transform = train_transform(config.transform, config.img_size, config.mean, config.std)
+    dataset = paired_dataset(list_images(data), config, synthetic, transform, set())
+    batch = collate_pairs([dataset[i] for i in range(len(dataset))])
+    mixed = _mixer(config, len(dataset.classes), soft=dataset.has_soft_labels)(
+        **batch, generator=torch.Generator().manual_seed(0)
+    )
+    partnered = batch["has_partner"]
+    assert set(mixed.kind[partnered].tolist()) <= KINDS[recipe.method]
+    assert set(mixed.kind[~partnered].tolist()) <= {KIND_NONE}
+    kept = len(accepted_images(synthetic))  # diffcoremix+'s filter may keep none of the tiny model's images
+    assert bool(partnered.any()) == (recipe.method != "fc" and kept > 0)
+    if mixed.targets.ndim == 2:
+        assert bool((mixed.targets >= 0).all())
+        assert torch.allclose(mixed.targets.sum(dim=1), torch.ones(len(dataset)), atol=1e-6)
+    if recipe.method == "grr":  # Diff-Mix's cross-class images carry their soft labels into the batch
+        assert dataset.soft
+        assert any(float(t.max()) < 1 for t in dataset.soft.values())
