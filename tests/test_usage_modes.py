@@ -13,20 +13,29 @@ The generation run is real (the tiny preset, filtered, made once per module, in-
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy.stats import binom
 
-from diffcoremix.data.folder import list_images
+from diffcoremix import PromptsConfig
+from diffcoremix.augmentation import augment
+from diffcoremix.data.folder import ImageItem, list_images
+from diffcoremix.filter import FilterConfig
+from diffcoremix.generate import GenerateConfig
 from diffcoremix.mix import PARTNER_ANY, PARTNER_NONE, PARTNER_OWN, PARTNER_SOURCE, PairedDataset, collate_pairs
 from diffcoremix.mix.mixers import KIND_NONE, KIND_SUBSTITUTE
 from diffcoremix.mix.paired import accepted_images
-from diffcoremix.train import TrainConfig
+from diffcoremix.modes import fit
+from diffcoremix.train import TrainConfig, train
 from diffcoremix.train.data import SYNTHETIC_PREFIX, paired_dataset
 from diffcoremix.train.loop import _mixer
+from diffcoremix.train.methods import METHODS, TRAIN_METHODS
 from diffcoremix.train.transforms import train_transform
 
 CLASSES = {"001.cat": 8, "002.dog": 8, "003.eel": 8}
@@ -109,7 +118,9 @@ def test_grr_swaps_at_rate_p_for_any_generated_image_and_takes_its_label(data: P
     assert pairs == {(a, b) for a in range(3) for b in range(3)}  # any image: every class's samples meet every class
 
 
-def test_diffusemix_pairs_each_generated_sample_with_its_own_source_aligned(data: Path, generated: Path) -> None:
+def test_diffusemix_pairs_each_generated_sample_with_its_own_source_aligned(
+    data: Path, generated: Path, tmp_path: Path
+) -> None:
     dataset = _dataset(data, generated, "diffusemix")
     rows = _outputs(generated)
     real = {item.relpath: item.path for item in list_images(data).items}
@@ -122,10 +133,56 @@ def test_diffusemix_pairs_each_generated_sample_with_its_own_source_aligned(data
         else:
             assert (path, rule) == (None, PARTNER_NONE)  # real samples pass through
     assert generated_samples == 24
-    # the source takes the sample's own random draws: with one image in both places, the two tensors are equal
-    same = PairedDataset(list_images(data), mode="source", transform=dataset.transform,
-                         sources={item.path: item.path for item in list_images(data).items})  # fmt: skip
-    image, _label, partner, has_partner, rule = same[3]
-    assert has_partner
-    assert rule == PARTNER_SOURCE
-    assert torch.equal(image, partner)
+    # the source is fitted to its sample's size and takes the sample's own draws (the same crop and flip): a sample
+    # that is its source fitted, as generation fits it, comes out equal to its partner, with every transform
+    # (imagenet's crop is drawn within each image's own size)
+    rng = np.random.default_rng(0)
+    for transform in ("imagenet", "cifar"):
+        config = TrainConfig(method="diffusemix", transform=transform, img_size=24)
+        sources = {}
+        for i, (width, height) in enumerate(((64, 48), (40, 72), (32, 32))):
+            source = tmp_path / f"source{i}.png"
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(source)
+            sample = tmp_path / f"sample{i}.png"
+            fit(Image.open(source).convert("RGB"), 32, 32).save(sample)
+            sources[sample] = source
+        listing = dataclasses.replace(list_images(data), items=tuple(
+            ImageItem(path, f"s/{path.name}", 0, "001.cat") for path in sources))  # fmt: skip
+        pairs = PairedDataset(listing, mode="source", sources=sources,
+                              transform=train_transform(config.transform, 24, config.mean, config.std))  # fmt: skip
+        for epoch in range(4):
+            for i in range(len(pairs)):
+                image, _label, partner, has_partner, rule = pairs[(epoch, i)]
+                assert has_partner
+                assert rule == PARTNER_SOURCE
+                assert torch.allclose(image, partner, atol=1e-5), (transform, epoch, i)
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if TRAIN_METHODS.get(m).usage != "none"])
+def test_held_out_sources_never_reach_training_through_their_generations(
+    method: str, data: Path, generated: Path
+) -> None:
+    """A validation split's images are held out: their generated images are neither samples nor partners."""
+    listing = list_images(data)
+    held = {item.relpath for item in listing.items[::3]}
+    train_listing = dataclasses.replace(listing, items=tuple(i for i in listing.items if i.relpath not in held))
+    config = TrainConfig(method=method)
+    dataset = paired_dataset(train_listing, config, generated, None, held)
+    leaked = {path for path, row in _outputs(generated).items() if row["source"] in held}
+    assert leaked  # there is something to hold out
+    seen = {item.path for item in dataset.items}
+    for epoch in range(3):
+        seen |= {dataset.partner_of(i, epoch)[0] for i in range(len(dataset))}
+    assert not seen & leaked
+
+
+def test_fr_counts_its_epochs_in_its_own_images(data: Path, tmp_path: Path) -> None:
+    """fr trains on fewer images than DATA holds: --epochs is in epochs of those (a budget under one epoch of the real
+    images is not refused)."""
+    half = tmp_path / "half"
+    augment(data, half, PromptsConfig(fraction=0.5), GenerateConfig(preset="tiny", num_inference_steps=1, height=32,
+            width=32), FilterConfig(embedder="tiny", threshold=-1.0))  # fmt: skip
+    assert len(accepted_images(half)) == 12
+    config = TrainConfig(method="fr", epochs=2, batch_size=8)
+    summary = train(data, config=config, output=tmp_path / "run", synthetic=half).summary
+    assert (summary["steps"], summary["steps_per_epoch"], summary["train_samples"]) == (2, 1, 12)

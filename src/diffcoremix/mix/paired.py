@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import torch
+from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 from diffcoremix.data.folder import DatasetListing, list_images
@@ -49,6 +50,7 @@ from diffcoremix.data.images import open_image
 from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.manifest import read_manifest
 from diffcoremix.manifest.layout import MANIFEST_DIR, OutputFolder
+from diffcoremix.modes import fit
 from diffcoremix.seeds import derive_seed, generator_for, stable_choice
 
 PARTNER_NONE, PARTNER_OWN, PARTNER_CLASS, PARTNER_REAL, PARTNER_ANY, PARTNER_SOURCE = 0, 1, 2, 3, 4, 5
@@ -339,6 +341,15 @@ class PairedDataset(Dataset[Sample]):
                 return pool[stable_choice(len(pool), self.seed, epoch, "partner", item.relpath)], rule
         return None, PARTNER_NONE
 
+    @staticmethod
+    def _partner_image(path: Path, rule: int, sample: Image.Image) -> tuple[Image.Image, str]:
+        """The partner's image and its stream of random draws. A generated sample's source (``PARTNER_SOURCE``) is
+        fitted to the sample's size (centre crop and resize, as generation fitted it) and takes the sample's own
+        draws (the same crop and flip), so that the two stay aligned."""
+        if rule == PARTNER_SOURCE:
+            return fit(open_image(path), *sample.size), "real"
+        return open_image(path), "partner"
+
     def _transformed(self, image: Any, epoch: int, relpath: str, stream: str) -> Any:
         """``transform(image)`` with torch's global generator seeded from (seed, epoch, image, stream)."""
         if self.transform is None:
@@ -364,13 +375,13 @@ class PairedDataset(Dataset[Sample]):
             )
         epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         item = self.items[index]
-        image = self._transformed(open_image(item.path), epoch, item.relpath, "real")
+        image_file = open_image(item.path)
+        image = self._transformed(image_file, epoch, item.relpath, "real")
         partner_path, rule = self.partner_of(index, epoch)
         partner = image
         if partner_path is not None:
-            # a source is the sample's own original: the same draws (crop, flip), so that the two stay aligned
-            stream = "real" if rule == PARTNER_SOURCE else "partner"
-            partner = self._transformed(open_image(partner_path), epoch, item.relpath, stream)
+            partner_file, stream = self._partner_image(partner_path, rule, image_file)
+            partner = self._transformed(partner_file, epoch, item.relpath, stream)
         if not self.has_soft_labels:
             return image, item.label, partner, partner_path is not None, rule
         target = self.target_of(item.path, item.label)

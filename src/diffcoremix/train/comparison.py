@@ -29,7 +29,7 @@ The statistics, and why:
   ``step_s`` is a run's median seconds per optimizer step (data + mix + compute). Runs go seed by seed (every
   method of seed 0, then of seed 1...), so the two runs of a ratio ran close in time, on the same machine load.
 - Every run has the same number of optimizer steps: ``max_steps`` when set, else ``epochs`` times the steps per
-  epoch of the real training set (``images // batch_size``: full batches). ``synthetic-add`` has more samples per epoch,
+  epoch of the real training set (``images // batch_size``: full batches). ``fc`` has more samples per epoch,
   so a budget in epochs would give it more updates; a budget in steps keeps the comparison fair.
 
 Example:
@@ -481,7 +481,7 @@ def step_budget(config: TrainConfig, train_images: int) -> int:
     """Every method's optimizer steps: ``max_steps``, else ``epochs`` x full batches of the real training set.
 
     ``train`` drops the last partial batch, so an epoch of ``train_images`` real images is
-    ``train_images // batch_size`` steps. Methods that add samples (``synthetic-add``) get the same number of steps,
+    ``train_images // batch_size`` steps. Methods that add samples (``fc``) get the same number of steps,
     not the same number of epochs.
 
     Raises:
@@ -525,8 +525,9 @@ def _check_inputs(
     for spec in specs:
         run_config = spec.train_config(config)
         if run_config.needs_synthetic and (spec.synthetic or synthetic) is None:
+            real = f", or write {spec.method}@real" if spec.method in PAIR_METHODS else ""
             raise CompareError(f"{spec.label} trains on generated images: give --synthetic OUT (a filtered "
-                               f"generation run), or write {spec.method}@real")  # fmt: skip
+                               f"generation run){real}")  # fmt: skip
     names = [run_name(s.label, 0) for s in specs]
     if len(set(names)) != len(names):
         raise ConfigError("methods", ",".join(s.label for s in specs), "labels with different folder names")
@@ -611,11 +612,9 @@ def compare(
     if config.max_steps is None:
         logger.info(
             "step budget: %d optimizer steps for every method (%d epoch(s) of the real training set at batch size "
-            "%d); synthetic-add has more samples per epoch, so the budget is in steps, not epochs",
+            "%d); fc has more samples per epoch, so the budget is in steps, not epochs",
             steps, config.epochs, config.batch_size,
         )  # fmt: skip
-    if prepare is not None:
-        prepare()
     recipe = dataclasses.replace(config, max_steps=steps)
     labels = [s.label for s in specs]
     with open_output(out, data=data, overwrite=overwrite, fixed=COMPARE_FILES) as folder:
@@ -627,6 +626,8 @@ def compare(
         if overwrite:
             _clear_runs(out / RUNS_DIR, data)
         Layout(out, damaged="reset").declare(COMPARE_FILES)
+        if prepare is not None:  # after OUT is checked and claimed: a wrong -o is refused before hours of augment
+            prepare()
         summaries: dict[str, dict[int, dict[str, Any]]] = {s.label: {} for s in specs}
         total = len(specs) * len(seed_list)
         for i, (seed, spec) in enumerate(((seed, spec) for seed in seed_list for spec in specs), 1):

@@ -63,7 +63,7 @@ from diffcoremix.mix import MixOutput, collate_pairs, make_mixer
 from diffcoremix.mix.mixers import Mixer
 from diffcoremix.mix.paired import PairedDataset
 from diffcoremix.seeds import derive_seed, generator_for, global_generators, kept_state, seeded_init
-from diffcoremix.train.config import TrainConfig
+from diffcoremix.train.config import PAIR_METHODS, TrainConfig
 from diffcoremix.train.data import (
     EpochDistributedSampler,
     EvalDataset,
@@ -291,7 +291,8 @@ def _prepare(
     if test is not None:
         test_listing = read(test, what="--test").listing
     if config.needs_synthetic and synthetic is None:
-        raise ConfigError("method", config.method, "--synthetic OUT (a filtered generation run), or --partners real")
+        real = ", or --partners real" if config.method in PAIR_METHODS else ""
+        raise ConfigError("method", config.method, f"--synthetic OUT (a filtered generation run){real}")
     count = 0
     if synthetic is not None and config.needs_synthetic:
         count = check_synthetic_classes(listing, synthetic)
@@ -343,7 +344,7 @@ def train(
         output: the run folder (see :mod:`diffcoremix.train.run` for its files).
         val: a validation set (class folders) evaluated after every epoch; or ``config.val_split``.
         test: a test set evaluated once at the end.
-        synthetic: a filtered generation run (the partners of the pair methods, the extras of synthetic-add).
+        synthetic: a filtered generation run (the partners, extra samples or samples of the methods that use it).
         data_config: which classes and how many images of each to use.
         overwrite: delete the earlier run's files in ``output`` first.
         progress: show a progress bar.
@@ -401,7 +402,8 @@ class _Plan:
     steps_per_epoch: int
     total: int
     real_epoch: int
-    """The steps of an epoch of the real images (synthetic-add's epochs are longer): warm-up is counted in these."""
+    """The steps of an epoch of the real images (fc's epochs are longer, fr's may be shorter): warm-up is counted in
+    these."""
     settings: dict[str, Any]
 
 
@@ -540,11 +542,10 @@ def _plan(run: _RunInputs) -> _Plan:
             "lower --batch-size"
         )
     total = config.max_steps or config.epochs * steps_per_epoch
-    real_epoch = (len(listing.items) // d.world) // local_batch  # synthetic-add's epochs are longer
-    if total < real_epoch:
-        raise ConfigError(
-            "max_steps", total, f">= one epoch ({real_epoch} steps of {config.batch_size} images) or null"
-        )
+    real_epoch = (len(listing.items) // d.world) // local_batch  # the warm-up's unit; fc's epochs are longer
+    epoch = min(real_epoch, steps_per_epoch)  # fr's epoch is its generated images', which may be fewer
+    if total < epoch:
+        raise ConfigError("max_steps", total, f">= one epoch ({epoch} steps of {config.batch_size} images) or null")
     facts = {
         "data": _listing_digest(listing),
         "val": _listing_digest(prepared.val) if prepared.val is not None else None,
