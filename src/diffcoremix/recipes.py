@@ -143,7 +143,7 @@ RECIPES: Registry[Recipe] = Registry("recipe")
 DIFFUSEMIX = Recipe(
     name="diffusemix",
     summary="each image edited (InstructPix2Pix), joined with its original by halves, a fractal blended in at 0.2, "
-    "added (hard label)",
+    "added (the sample's own label: its source's)",
     citation="Islam et al.: DiffuseMix, CVPR 2024; github.com/khawar-islam/diffuseMix",
     counterpart="edit",
     method="diffusemix",
@@ -153,7 +153,8 @@ DIFFUSEMIX = Recipe(
     sources=(
         "counterpart edit, guidance 4: InstructPix2Pix (timbrooks/instruct-pix2pix) at guidance 4 (METHOD.md)",
         "pack diffusemix: its style prompts, as edit instructions (METHOD.md)",
-        "method diffusemix: halves (random direction), then a fractal at 0.2, added; hard label (METHOD.md)",
+        "method diffusemix: halves (random direction), then a fractal at 0.2, added; the original's hard label "
+        "(METHOD.md; a soft-labelled sample keeps its soft label)",
         "no filter: its code keeps every edit (METHOD.md)",
         "not set: its EulerAncestral scheduler and 256 px (the preset's), and every prompt per image (the budget: "
         "--per-image)",
@@ -208,7 +209,8 @@ DA_FUSION = Recipe(
     ),
 )
 """DA-Fusion (Trabucco et al., ICLR 2024; github.com/brandontrabucco/da-fusion): Stable Diffusion img2img with strengths
-mixed among 1.0, 0.75, 0.5 and 0.25; local random replacement (LRR) with p = 0.5, label kept. No filter."""
+mixed among 1.0, 0.75, 0.5 and 0.25; local random replacement (LRR) with p = 0.5, label kept (a counterpart with a
+soft label brings it). No filter."""
 
 REAL_GUIDANCE = Recipe(
     name="real-guidance",
@@ -346,10 +348,9 @@ def augment_command(
         words += ["--classes", ",".join(data_config.classes)]
     if data_config is not None and data_config.max_per_class is not None:
         words += ["--max-per-class", str(data_config.max_per_class)]
-    line = shlex.join(words)
     if recipe.needs_masks and not _config_names_masks(config):
-        line += " --masks DIR (or --mask-from RUN)"
-    return line
+        words += ["--masks", "DIR"]  # or --mask-from RUN: said after the command
+    return shlex.join(words)
 
 
 def _config_names_masks(config: str | Path | None) -> bool:
@@ -402,8 +403,9 @@ def missing_sets_message(
     if len(missing) > 1:
         others = ", ".join(r.name for r in missing[1:])
         more = f" (and the same for {others})"
+    masks = " (DIR: its subject masks; or --mask-from RUN)" if command.endswith("--masks DIR") else ""
     return (f"the synthetic set of recipe {first.name} is missing: {folder} {set_problem(folder, first)}; make it "
-            f"with `{command}`{more}, or add --build to make every missing set first")  # fmt: skip
+            f"with `{command}`{masks}{more}, or add --build to make every missing set first")  # fmt: skip
 
 
 def recipe_configs(

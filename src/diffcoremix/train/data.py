@@ -111,6 +111,10 @@ def paired_dataset(
             raise DatasetError(f"--synthetic {synthetic} holds no accepted generated image: {config.method} trains "
                                "on them alone")  # fmt: skip
         if method.partners == "source":
+            unpaired = len(items.items) - len(listing.items) - len(sources)
+            if unpaired:  # its source is not among the images trained on (skipped, or outside --max-per-class)
+                logger.warning("%d generated image(s) of %s have no source among DATA's training images: %s adds them "
+                               "as they are", unpaired, synthetic, config.method)  # fmt: skip
             return PairedDataset(items, mode="source", soft_targets=soft, sources=sources, **kwargs)
         return PairedDataset(items, mode="none", soft_targets=soft, **kwargs)
     if not config.uses_partners:

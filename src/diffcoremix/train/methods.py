@@ -11,7 +11,8 @@ A method is four choices (timm keeps its models in one registry the same way):
 
 The synthetic usage modes are DiffDA-Eval's (Zhang et al., "UniDiffDA", IJCV 2026, github.com/nukezil/DiffDA-Eval):
 ``fc`` (full concatenation: add them), ``fr`` (full replacement: train on them alone), ``lrr`` (local random
-replacement: a sample becomes one of its own counterparts with probability p, label kept), ``grr`` (global random
+replacement: a sample becomes one of its own counterparts with probability p, label kept unless the counterpart has
+a soft label), ``grr`` (global random
 replacement: a sample becomes any synthetic image, with that image's label, with probability p). DiffCoRe-Mix's
 pixel and patch mixing (``diffcoremix``, alias ``mix``) is a fifth way. p is the recipe's ``mix_prob``
 (``--synthetic-prob``). Soft labels come from the manifest wherever a generated image has one.
