@@ -17,14 +17,18 @@ training image (an equal generation budget), with the ResNet-20 of ``../shared/m
   copy bound 0.975.
 
 The table pairs each row with ``none`` and with ``diffcoremix`` by seed (mean difference and its 95% t-interval, as
-``compare`` computes them), and adds the overhead per step over ``none`` (median step time, per-seed ratio; only
-meaningful on a quiet machine), the generation seconds per accepted image (the manifest's per-image share of its
-batch's wall time, every attempt, over the accepted images) and the copy share of the accepted set (nearest real
-training image's cosine above 0.975 in the filter's ResNet-20 features: ``nearest_real_score``).
+``compare`` computes them), and adds the overhead per step over ``none`` measured side by side on a quiet machine
+(``python benchmarks/peers.py OUT --overhead``: interleaved rounds of 20 steps of every row, the median step time; in
+parentheses when only the runs' own step times are there, which the machine's load makes noise), the generation
+seconds per accepted image (the manifest's per-image share of its batch's wall time, every attempt, over the accepted
+images) and the copy share of the accepted set (nearest real training image's cosine above 0.975 in the filter's
+ResNet-20 features: ``nearest_real_score``). ``benchmarks/figures/peers_overhead_accuracy.png`` (the paper's Fig. 4
+for the peers) plots top-1 against the side-by-side overhead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -111,6 +115,50 @@ def set_figures(synthetic: Path) -> dict[str, float | int]:
     }
 
 
+def _row_run(row: str, folder: str, label: str, root: Path) -> tuple[str, float, Path | None]:
+    """A row's method, p and synthetic set (what its compare runs train with)."""
+    if folder == "recipes":
+        from diffcoremix.recipes import RECIPES as REGISTRY
+
+        recipe = REGISTRY.get(row)
+        return recipe.method, recipe.mix_prob if recipe.mix_prob is not None else 0.5, root / "synth" / row
+    if row in ("none", "mixup", "cutmix"):
+        return label, 0.5, None
+    return label, 0.1 if label == "grr" else 0.5, WORK / "generated"
+
+
+def measure_overhead(out: Path, steps: int = 20, rounds: int = 2) -> dict[str, float]:
+    """Time per step of every row's method against ``none``, side by side: interleaved rounds of ``steps`` steps
+    each (the compare recipe, one torch thread, its own set), the median over every round's steps after the first;
+    written to ``out/overhead.json`` (row -> ratio - 1). Run it on a quiet machine."""
+    import statistics
+    import tempfile
+
+    import torch
+
+    from diffcoremix.config import build_config, load_config_file
+    from diffcoremix.train import TrainConfig, read_metrics, train
+
+    torch.set_num_threads(1)
+    data = shared_data() / "cifar10" / "train"
+    recipe = build_config(TrainConfig, load_config_file("cifar", "train"), section="train")
+    times: dict[str, list[float]] = {row: [] for row, *_ in ROWS}
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(rounds):
+            for index, (row, folder, label, _kind) in enumerate(ROWS):
+                method, p, synthetic = _row_run(row, folder, label, out / "cifar10")
+                config = TrainConfig(**{**recipe.__dict__, "method": method, "mix_prob": p, "max_steps": steps,
+                                        "epochs": 1, "warmup_epochs": 0.0, "seed": round_})  # fmt: skip
+                run = Path(tmp) / f"row{index}-round{round_}"
+                train(data, config=config, output=run, synthetic=synthetic)
+                for line in read_metrics(run, "step")[1:]:
+                    times[row].append(line["data_s"] + line["mix_s"] + line["compute_s"])
+    base = statistics.median(times["none"])
+    ratios = {row: statistics.median(values) / base - 1 for row, values in times.items()}
+    (out / "overhead.json").write_text(json.dumps({"steps": steps, "rounds": rounds, "ratios": ratios}, indent=1))
+    return ratios
+
+
 def _cell(d: Any) -> str:
     if d is None:
         return ""
@@ -140,6 +188,8 @@ def table(out: Path) -> str:
         "|---|---|---|---|---|---|---:|---:|---:|---:|",
     ]
     figures: dict[str, Any] = {}
+    quiet_file = out / "overhead.json"
+    quiet = json.loads(quiet_file.read_text())["ratios"] if quiet_file.is_file() else {}
     for row, folder, _label, _kind in ROWS:
         if row not in runs:
             continue
@@ -149,6 +199,7 @@ def table(out: Path) -> str:
         if row != "diffcoremix" and "diffcoremix" in top1:
             vs_dcm = paired_difference(top1[row], top1["diffcoremix"])
         over = overhead(step[row], step["none"])
+        over_cell = f"{100 * quiet[row]:+.0f}" if row in quiet else f"({100 * over.mean:+.0f})"
         name = SYNTHETIC.get(folder, row) if row not in ("none", "mixup", "cutmix") else None
         made = sets.get(name) if name else None
         std = f" ± {100 * e1.std:.2f}" if e1.std is not None else ""
@@ -164,7 +215,7 @@ def table(out: Path) -> str:
         lines.append(
             f"| {row} | {seeds} | {100 * e1.mean:.2f}{std} | {100 * e5.mean:.2f}{std5} "
             f"| {'baseline' if row == 'none' else _cell(vs_none)} | {_cell(vs_dcm)} "
-            f"| {100 * over.mean:+.0f} | " + " | ".join(made_cells) + " |"
+            f"| {over_cell} | " + " | ".join(made_cells) + " |"
         )
         figures[row] = {"top1": top1[row], "top5": top5[row], "step_s": step[row], "set": made}
     per_seed = ["", "Per seed, top-1 (%):", "", "| row | " + " | ".join(f"seed {s}" for s in range(5)) + " |",
@@ -175,9 +226,11 @@ def table(out: Path) -> str:
     text = "\n".join(lines + per_seed) + "\n"
     (out / "peers.md").write_text(text, encoding="utf-8")
     (out / "peers.json").write_text(json.dumps(figures, indent=1), encoding="utf-8")
-    rows, _where = method_rows({row: runs[row] for row in figures})
-    figure = REPO / "benchmarks" / "figures" / "peers_overhead_accuracy.png"
-    figure.write_bytes(plot_overhead_accuracy(rows, "CIFAR-10, 100/class, ResNet-20, 400 steps"))
+    if quiet:  # the figure's x is the side-by-side measurement only: the runs' own times are load noise here
+        rows, _where = method_rows({row: runs[row] for row in figures})
+        rows = [dataclasses.replace(r, overhead=estimate([quiet[r.label]])) for r in rows if r.label in quiet]
+        figure = REPO / "benchmarks" / "figures" / "peers_overhead_accuracy.png"
+        figure.write_bytes(plot_overhead_accuracy(rows, "CIFAR-10, 100/class, ResNet-20, 400 steps"))
     return text
 
 
@@ -188,5 +241,8 @@ def shared_data() -> Path:
     raise SystemExit("../shared/data not found")
 
 
-if __name__ == "__main__":  # the table alone, from the runs there are: python benchmarks/peers.py OUT
-    print(table(Path(sys.argv[1]) if len(sys.argv) > 1 else REPO / "benchmarks" / ".work" / "peers"))
+if __name__ == "__main__":  # python benchmarks/peers.py [OUT] [--overhead]: the table from the runs there are
+    where = Path(next((a for a in sys.argv[1:] if not a.startswith("--")), REPO / "benchmarks" / ".work" / "peers"))
+    if "--overhead" in sys.argv:
+        print(json.dumps(measure_overhead(where), indent=1))
+    print(table(where))
