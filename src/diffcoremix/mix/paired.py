@@ -32,7 +32,6 @@ Example (``mixer`` from :func:`diffcoremix.mix.make_mixer`)::
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 import warnings
@@ -253,8 +252,8 @@ class PairedDataset(Dataset[Sample]):
         self.by_class: dict[str, list[Path]] = defaultdict(list)
         self.soft: dict[Path, torch.Tensor] = dict(soft_targets or {})
         """``(K,)`` float targets of the image files (samples or partners) that have a soft label."""
-        self.pool: list[tuple[Path, int]] = []
-        """``global`` mode: every accepted generated image and its class's label."""
+        self.pool_label: dict[Path, int] = {}
+        """``global`` mode: every accepted generated image, and its class's label."""
         self.sources: dict[Path, Path] = dict(sources or {})
         """``source`` mode: a generated sample's real source file."""
         if mode in ("counterpart", "global"):
@@ -267,17 +266,15 @@ class PairedDataset(Dataset[Sample]):
                 self.own[row["source"]].append(path)
                 self.by_class[row["class_folder"]].append(path)
                 if mode == "global" and row["class_folder"] in self.class_to_idx:
-                    self.pool.append((path, self.class_to_idx[row["class_folder"]]))
+                    self.pool_label[path] = self.class_to_idx[row["class_folder"]]
             self.soft.update(soft_label_targets(rows, self.classes, synthetic))
         elif mode == "real":
             for item in self.items:
                 self.by_class[item.class_folder].append(item.path)
         elif mode not in ("source", "none"):
             raise ConfigError("mode", mode, "'counterpart', 'real', 'global', 'source' or 'none'")
-
-    @functools.cached_property
-    def _pool_label(self) -> dict[Path, int]:
-        return dict(self.pool)
+        self.pool: list[Path] = list(self.pool_label)
+        """``global`` mode: the images a partner is drawn from, in manifest order."""
 
     @property
     def has_soft_labels(self) -> bool:
@@ -329,7 +326,7 @@ class PairedDataset(Dataset[Sample]):
         if self.mode == "global":
             if not self.pool:
                 return None, PARTNER_NONE
-            return self.pool[stable_choice(len(self.pool), self.seed, epoch, "any", item.relpath)][0], PARTNER_ANY
+            return self.pool[stable_choice(len(self.pool), self.seed, epoch, "any", item.relpath)], PARTNER_ANY
         if self.mode == "source":
             source = self.sources.get(item.path)
             return (source, PARTNER_SOURCE) if source is not None else (None, PARTNER_NONE)
@@ -387,7 +384,7 @@ class PairedDataset(Dataset[Sample]):
         target = self.target_of(item.path, item.label)
         # a counterpart without a soft label is of its source's class: the real image's (own or same-class pool);
         # any generated image (global) is of its own class
-        partner_label = self._pool_label.get(partner_path, item.label) if partner_path is not None else item.label
+        partner_label = self.pool_label.get(partner_path, item.label) if partner_path is not None else item.label
         partner_target = target if partner_path is None else self.target_of(partner_path, partner_label)
         return image, target, partner, partner_path is not None, rule, partner_target
 
