@@ -1,9 +1,10 @@
-"""The peers under one recipe (issue 28): the commands of ``train_evidence.py --tables peers`` and its table.
+"""The peers under one recipe (issue 28): the commands of ``train_evidence.py --tables peers,peers-flowers`` and their
+tables.
 
-CIFAR-10 with 100 training images per class, the CIFAR ResNet-20 from random initialisation, 400 optimizer steps of
-128 images, the 10,000 test images, one torch thread per run (``--config cifar --max-steps 400``); every synthetic
-set is made by the tiny generator fine-tuned on the same images (``generation_quality.py``), one counterpart per
-training image (an equal generation budget), with the ResNet-20 of ``../shared/models`` as the filter's embedder:
+**CIFAR-10** (``peers``): 100 training images per class, the CIFAR ResNet-20 from random initialisation, 400 optimizer
+steps of 128 images, the 10,000 test images, one torch thread per run (``--config cifar --max-steps 400``); every
+synthetic set is made by the tiny generator fine-tuned on the same images (``generation_quality.py``), one counterpart
+per training image (an equal generation budget), with the ResNet-20 of ``../shared/models`` as the filter's embedder:
 
 - ``text``: the text counterparts of ``generation_quality.py``, filtered by the prototype rule at its calibrated
   threshold (0.860); the ``diffcoremix`` recipe's set, and the counterparts of the usage-mode rows (the best row of the
@@ -16,74 +17,165 @@ training image (an equal generation budget), with the ResNet-20 of ``../shared/m
   ResNet-20 trained on the same images (``generation_quality.py``'s ``classifier``), the calibrated threshold and the
   copy bound 0.975.
 
+**Flowers-102** (``peers-flowers``): the official 10 training images per class, the 1,020 test images of
+``../shared/data``; timm's ``resnet10t`` from random initialisation at 64 px, 240 steps of 64 images (the recipe of
+``train_evidence.py --tables flowers102``). No generator fine-tuned on Flowers fits this CPU's budget (the CIFAR one
+took 43 minutes at 32 px on 1,000 images; 64 px costs about four times as much per step), so every set is the tiny
+preset's, **random weights**: ``augment --recipe R --preset tiny`` at 64 px (``diffusemix`` on the tiny edit model, as
+its recipe asks), the default tiny embedder. Their images are noise: the table measures what each recipe's way of
+using synthetic images costs or gains when the images carry no class content, the lower bound of every row.
+
+**Records.** Run folders are work files (``benchmarks/.work/``, not committed), so each table keeps what its runs
+measured in ``benchmarks/results/peers_<dataset>.json``: per row and seed, top-1, top-5 and the run's step time; per
+synthetic set its figures; the side-by-side overhead. A rerun adds the seeds it trained, and a run that the record
+already holds must give the recorded top-1 exactly (the runs are deterministic: one thread, seeded), else the table
+stops and says which: a changed environment would otherwise mix two experiments. Where a record holds only the mean
+and standard deviation of some seeds' top-5 (their run folders were lost before the record existed), the table pools
+them with the per-seed values of the other seeds.
+
 The table pairs each row with ``none`` and with ``diffcoremix`` by seed (mean difference and its 95% t-interval, as
 ``compare`` computes them), and adds the overhead per step over ``none`` measured side by side on a quiet machine
 (``python benchmarks/peers.py OUT --overhead``: interleaved rounds of 20 steps of every row, the median step time; in
 parentheses when only the runs' own step times are there, which the machine's load makes noise), the generation
 seconds per accepted image (the manifest's per-image share of its batch's wall time, every attempt, over the accepted
 images) and the copy share of the accepted set (nearest real training image's cosine above 0.975 in the filter's
-ResNet-20 features: ``nearest_real_score``). ``benchmarks/figures/peers_overhead_accuracy.png`` (the paper's Fig. 4
-for the peers) plots top-1 against the side-by-side overhead.
+embedder: ``nearest_real_score``). ``benchmarks/figures/peers_overhead_accuracy.png`` (the paper's Fig. 4 for the
+peers) plots top-1 against the side-by-side overhead.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / ".work" / "generation_quality"
+RESULTS = REPO / "benchmarks" / "results"
 COPY_CUT = 0.975
 THRESHOLD = "0.8603317079422172"
-"""The prototype rule's calibrated threshold for the text counterparts (``generation_quality.py``)."""
+"""The prototype rule's calibrated threshold for the CIFAR-10 text counterparts (``generation_quality.py``)."""
 RECIPES = ("diffusemix", "diff-mix", "da-fusion", "real-guidance", "diffcoremix+")
-RECIPE_FLAGS: dict[str, list[str]] = {
-    "diffusemix": ["--counterpart", "img2img", "--strength", "0.5"],  # no InstructPix2Pix offline (see above)
-    "diffcoremix+": ["--mask-from", str(WORK / "classifier"), "--threshold", THRESHOLD],
-}
-ROWS: tuple[tuple[str, str, str, str], ...] = (
-    # (row, compare folder, run label, what it is)
-    ("none", "text-base", "none", "baseline"),
-    ("mixup", "text", "mixup", "baseline"),
-    ("cutmix", "text", "cutmix", "baseline"),
-    ("diffusemix", "recipes", "recipe:diffusemix", "recipe"),
-    ("diff-mix", "recipes", "recipe:diff-mix", "recipe"),
-    ("da-fusion", "recipes", "recipe:da-fusion", "recipe"),
-    ("real-guidance", "recipes", "recipe:real-guidance", "recipe"),
-    ("diffcoremix", "text-base", "diffcoremix", "recipe"),
-    ("diffcoremix+", "recipes", "recipe:diffcoremix+", "recipe"),
-    ("fc, text", "text-base", "fc", "usage"),
-    ("fr, text", "text", "fr", "usage"),
-    ("lrr p 0.5, text", "text", "lrr", "usage"),
-    ("grr p 0.1, text", "text-grr", "grr", "usage"),
+"""The recipes of the ``recipes`` compare folder (``diffcoremix``'s set is the text set, trained in ``text-base``)."""
+BASELINES = ("none", "mixup", "cutmix")
+
+
+class Row(NamedTuple):
+    name: str
+    folder: str
+    """The compare folder under ``OUT/<dataset>`` that trains it."""
+    label: str
+    """Its run label there."""
+    synthetic: str | None
+    """The synthetic set it trains with: ``text`` or a recipe's name; None for the baselines."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """One dataset's table: its rows, its compare recipe and where its record is kept."""
+
+    key: str
+    """The folder under OUT and the record's name."""
+    title: str
+    train: str
+    """The training and test folders under ``../shared/data``."""
+    test: str
+    recipe: tuple[str, ...]
+    """compare's recipe flags (the step budget included)."""
+    recipes: tuple[str, ...]
+    """The recipes of its ``recipes`` compare folder."""
+    rows: tuple[Row, ...]
+
+    @property
+    def record(self) -> Path:
+        return RESULTS / f"peers_{self.key}.json"
+
+    @property
+    def figure(self) -> Path:
+        suffix = "" if self.key == "cifar10" else f"_{self.key}"
+        return REPO / "benchmarks" / "figures" / f"peers_overhead_accuracy{suffix}.png"
+
+    def text_set(self, out: Path) -> Path:
+        """The text counterparts of the ``diffcoremix`` and usage-mode rows."""
+        return WORK / "generated" if self.key == "cifar10" else out / self.key / "synth" / "diffcoremix"
+
+    def set_folder(self, out: Path, name: str) -> Path:
+        return self.text_set(out) if name == "text" else out / self.key / "synth" / name
+
+
+def _rows(recipes: tuple[str, ...], text_folder: str) -> tuple[Row, ...]:
+    return (
+        Row("none", "base", "none", None),
+        Row("mixup", "base", "mixup", None),
+        Row("cutmix", "base", "cutmix", None),
+        *(Row(r, "recipes", f"recipe:{r}", r) for r in recipes if r != "diffcoremix+"),
+        Row("diffcoremix", text_folder, "diffcoremix", "text"),
+        *(Row(r, "recipes", f"recipe:{r}", r) for r in recipes if r == "diffcoremix+"),
+        Row("fc, text", text_folder, "fc", "text"),
+        Row("fr, text", "text", "fr", "text"),
+        Row("lrr p 0.5, text", "text", "lrr", "text"),
+        Row("grr p 0.1, text", "text-grr", "grr", "text"),
+    )
+
+
+CIFAR10 = Study(
+    key="cifar10",
+    title="CIFAR-10, 100/class, ResNet-20, 400 steps",
+    train="cifar10/train",
+    test="cifar10/test",
+    recipe=("--config", "cifar", "--max-steps", "400"),
+    recipes=RECIPES,
+    rows=_rows(RECIPES, "text-base"),
 )
-SYNTHETIC = {"text-base": "text", "text": "text", "text-grr": "text"}
+FLOWERS_RECIPES = ("diffusemix", "diff-mix", "da-fusion", "real-guidance")
+FLOWERS = Study(
+    key="flowers102",
+    title="Flowers-102, 10/class, resnet10t at 64 px, 240 steps, tiny preset (random weights)",
+    train="flowers102/train",
+    test="flowers102/test",
+    recipe=("--config", "cifar", "--model", "resnet10t", "--img-size", "64", "--transform", "imagenet", "--mean",
+            "0.485", "0.456", "0.406", "--std", "0.229", "0.224", "0.225", "-b", "64", "--max-steps", "240"),
+    recipes=FLOWERS_RECIPES,
+    rows=_rows(FLOWERS_RECIPES, "text"),
+)  # fmt: skip
+STUDIES = {"peers": CIFAR10, "peers-flowers": FLOWERS}
 
 
-def commands(data: Path, out: Path, seeds: str) -> list[list[str]]:
-    """The augment and compare command lines, in order; each resumes."""
+def commands(data: Path, out: Path, seeds: str, study: Study = CIFAR10) -> list[list[str]]:
+    """The augment and compare command lines of a table, in order; each resumes."""
     program = [sys.executable, "-m", "diffcoremix"]
-    train, test = data / "cifar10" / "train", data / "cifar10" / "test"
-    embedder = f"resnet20:{data.parent / 'models' / 'resnet20_cifar10.th'}"
-    generated = WORK / "generated"
-    root = out / "cifar10"
-    compare = [*program, "compare", str(train), "--test", str(test), "--config", "cifar", "--max-steps", "400",
-               "--seeds", seeds]  # fmt: skip
+    train, test = data / study.train, data / study.test
+    root = out / study.key
+    compare = [*program, "compare", str(train), "--test", str(test), *study.recipe, "--seeds", seeds]
+    text = study.text_set(out)
+    if study is CIFAR10:
+        embedder = f"resnet20:{data.parent / 'models' / 'resnet20_cifar10.th'}"
+        generator = ["--model", str(WORK / "generator"), "--batch-size", "50", "--embedder", embedder]
+        flags = {
+            "diffusemix": ["--counterpart", "img2img", "--strength", "0.5"],  # no InstructPix2Pix offline
+            "diffcoremix+": ["--mask-from", str(WORK / "classifier"), "--threshold", THRESHOLD],
+        }
+        made = list(study.recipes)  # the text set is generation_quality.py's
+    else:
+        generator, flags = ["--height", "64", "--width", "64", "--batch-size", "34"], {}
+        made = [*study.recipes, "diffcoremix"]
     lines = [
         [*program, "augment", str(train), "-o", str(root / "synth" / recipe), "--recipe", recipe, "--preset", "tiny",
-         "--model", str(WORK / "generator"), "--batch-size", "50", "--embedder", embedder, "--seed", "0",
-         *RECIPE_FLAGS.get(recipe, [])]
-        for recipe in RECIPES
+         *generator, "--seed", "0", *flags.get(recipe, [])]
+        for recipe in made
     ]  # fmt: skip
+    text_folder = "text-base" if study is CIFAR10 else "text"
     lines += [
-        [*compare, "--synthetic", str(generated), "--methods", "none,fc,diffcoremix", "-o", str(root / "text-base")],
-        [*compare, "--synthetic", str(generated), "--methods", "mixup,cutmix,fr,lrr", "-o", str(root / "text")],
-        [*compare, "--synthetic", str(generated), "--methods", "grr", "--synthetic-prob", "0.1", "-o",
+        [*compare, "--methods", "none,mixup,cutmix", "-o", str(root / "base")],
+        [*compare, "--synthetic", str(text), "--methods", "diffcoremix,fc", "-o", str(root / text_folder)],
+        [*compare, "--synthetic", str(text), "--methods", "fr,lrr", "-o", str(root / "text")],
+        [*compare, "--synthetic", str(text), "--methods", "grr", "--synthetic-prob", "0.1", "-o",
          str(root / "text-grr")],
-        [*compare, "--synthetic", str(root / "synth"), "--recipes", ",".join(RECIPES), "-o", str(root / "recipes")],
+        [*compare, "--synthetic", str(root / "synth"), "--recipes", ",".join(study.recipes), "-o",
+         str(root / "recipes")],
     ]  # fmt: skip
     return lines
 
@@ -115,22 +207,90 @@ def set_figures(synthetic: Path) -> dict[str, float | int]:
     }
 
 
-def _row_run(row: str, folder: str, label: str, root: Path) -> tuple[str, float, Path | None]:
+# --- the record -------------------------------------------------------------------------------------------------
+
+
+def load_record(study: Study) -> dict[str, Any]:
+    """The study's record (empty when there is none yet)."""
+    if study.record.is_file():
+        return dict(json.loads(study.record.read_text(encoding="utf-8")))
+    return {"runs": {}, "top5_pooled": {}, "sets": {}, "overhead": {}}
+
+
+def update_record(record: dict[str, Any], study: Study, out: Path) -> None:
+    """Add the runs, sets and overhead found under ``out`` to the record.
+
+    Raises:
+        SystemExit: a run that the record holds gives another top-1 (another environment: the table would mix two
+            experiments).
+    """
+    root = out / study.key
+    differ = []
+    for row in study.rows:
+        seeds = record["runs"].setdefault(row.name, {})
+        for seed, summary in _summaries(root / row.folder, row.label).items():
+            test = summary["test"]
+            found = {
+                "top1": float(test["top1"]),
+                "top5": float(test["top5"]),
+                "step_s": float(summary["time"]["step_s"]),
+            }
+            held = seeds.get(str(seed))
+            if held is not None and not math.isclose(held["top1"], found["top1"], abs_tol=1e-9):
+                differ.append(f"{row.name} seed {seed}: recorded {held['top1']:.4f}, this run {found['top1']:.4f}")
+                continue
+            seeds[str(seed)] = found
+    if differ:
+        raise SystemExit(f"runs under {root} do not reproduce {study.record}:\n  " + "\n  ".join(differ))
+    names = {row.synthetic for row in study.rows if row.synthetic}
+    for name in sorted(names):
+        folder = study.set_folder(out, name)
+        if (folder / "manifest.jsonl").is_file() or (folder / "filter.jsonl").is_file():
+            record["sets"][name] = set_figures(folder)
+    quiet = root / "overhead.json"
+    if quiet.is_file():
+        record["overhead"] = json.loads(quiet.read_text(encoding="utf-8"))
+    study.record.parent.mkdir(parents=True, exist_ok=True)
+    study.record.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def top5_estimate(record: dict[str, Any], row: str) -> Any:
+    """Mean and std of a row's top-5 over its seeds; where the record holds only some seeds' mean and std
+    (``top5_pooled``), they are pooled with the other seeds' values (exact sums of squares, up to their rounding)."""
+    from diffcoremix.train.comparison import Estimate, estimate
+
+    runs = record["runs"][row]
+    pooled = record["top5_pooled"].get(row)
+    if pooled is None or all(runs[str(s)].get("top5") is not None for s in pooled["seeds"]):
+        return estimate([v["top5"] for v in runs.values()])
+    n1, m1, s1 = len(pooled["seeds"]), pooled["mean"], pooled["std"] or 0.0
+    others = [v["top5"] for s, v in runs.items() if int(s) not in pooled["seeds"]]
+    n = n1 + len(others)
+    mean = (n1 * m1 + math.fsum(others)) / n
+    squares = (n1 - 1) * s1**2 + n1 * m1**2 + math.fsum(v * v for v in others)
+    return Estimate(mean, math.sqrt(max(squares - n * mean**2, 0.0) / (n - 1)) if n > 1 else None, n)
+
+
+# --- the overhead, side by side ---------------------------------------------------------------------------------
+
+
+def _row_run(row: Row, study: Study, out: Path) -> tuple[str, float, Path | None]:
     """A row's method, p and synthetic set (what its compare runs train with)."""
-    if folder == "recipes":
+    if row.folder == "recipes":
         from diffcoremix.recipes import RECIPES as REGISTRY
 
-        recipe = REGISTRY.get(row)
-        return recipe.method, recipe.mix_prob if recipe.mix_prob is not None else 0.5, root / "synth" / row
-    if row in ("none", "mixup", "cutmix"):
-        return label, 0.5, None
-    return label, 0.1 if label == "grr" else 0.5, WORK / "generated"
+        recipe = REGISTRY.get(row.name)
+        p = recipe.mix_prob if recipe.mix_prob is not None else 0.5
+        return recipe.method, p, study.set_folder(out, row.name)
+    if row.synthetic is None:
+        return row.label, 0.5, None
+    return row.label, 0.1 if row.label == "grr" else 0.5, study.set_folder(out, "text")
 
 
-def measure_overhead(out: Path, steps: int = 20, rounds: int = 2) -> dict[str, float]:
+def measure_overhead(out: Path, study: Study = CIFAR10, steps: int = 20, rounds: int = 2) -> dict[str, float]:
     """Time per step of every row's method against ``none``, side by side: interleaved rounds of ``steps`` steps
     each (the compare recipe, one torch thread, its own set), the median over every round's steps after the first;
-    written to ``out/overhead.json`` (row -> ratio - 1). Run it on a quiet machine."""
+    written to ``out/<dataset>/overhead.json`` (row -> ratio - 1). Run it on a quiet machine."""
     import statistics
     import tempfile
 
@@ -139,24 +299,30 @@ def measure_overhead(out: Path, steps: int = 20, rounds: int = 2) -> dict[str, f
     from diffcoremix.config import build_config, load_config_file
     from diffcoremix.train import TrainConfig, read_metrics, train
 
+    if study is not CIFAR10:
+        raise SystemExit("--overhead measures the CIFAR-10 table's rows")
     torch.set_num_threads(1)
-    data = shared_data() / "cifar10" / "train"
+    data = shared_data() / study.train
     recipe = build_config(TrainConfig, load_config_file("cifar", "train"), section="train")
-    times: dict[str, list[float]] = {row: [] for row, *_ in ROWS}
+    times: dict[str, list[float]] = {row.name: [] for row in study.rows}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(rounds):
-            for index, (row, folder, label, _kind) in enumerate(ROWS):
-                method, p, synthetic = _row_run(row, folder, label, out / "cifar10")
+            for index, row in enumerate(study.rows):
+                method, p, synthetic = _row_run(row, study, out)
                 config = TrainConfig(**{**recipe.__dict__, "method": method, "mix_prob": p, "max_steps": steps,
                                         "epochs": 1, "warmup_epochs": 0.0, "seed": round_})  # fmt: skip
                 run = Path(tmp) / f"row{index}-round{round_}"
                 train(data, config=config, output=run, synthetic=synthetic)
                 for line in read_metrics(run, "step")[1:]:
-                    times[row].append(line["data_s"] + line["mix_s"] + line["compute_s"])
+                    times[row.name].append(line["data_s"] + line["mix_s"] + line["compute_s"])
     base = statistics.median(times["none"])
     ratios = {row: statistics.median(values) / base - 1 for row, values in times.items()}
-    (out / "overhead.json").write_text(json.dumps({"steps": steps, "rounds": rounds, "ratios": ratios}, indent=1))
+    measured = {"steps": steps, "rounds": rounds, "ratios": ratios}
+    (out / study.key / "overhead.json").write_text(json.dumps(measured, indent=1))
     return ratios
+
+
+# --- the table --------------------------------------------------------------------------------------------------
 
 
 def _cell(d: Any) -> str:
@@ -166,71 +332,65 @@ def _cell(d: Any) -> str:
     return f"{100 * d.mean:+.2f} {interval}"
 
 
-def table(out: Path) -> str:
-    """The Markdown table of every row with runs, and ``out/peers.json`` / the overhead-accuracy figure."""
-    from diffcoremix.train.comparison import estimate, method_rows, overhead, paired_difference, plot_overhead_accuracy
+def table(out: Path, study: Study = CIFAR10) -> str:
+    """The Markdown table of every row the record (updated from the runs under ``out``) holds; also written to
+    ``out/<dataset>/peers.md``, with the overhead-accuracy figure."""
+    from diffcoremix.train.comparison import MethodRow, estimate, overhead, paired_difference, plot_overhead_accuracy
 
-    root = out / "cifar10"
-    runs = {row: _summaries(root / folder, label) for row, folder, label, _ in ROWS}
-    runs = {row: found for row, found in runs.items() if found}
+    record = load_record(study)
+    update_record(record, study, out)
+    runs = {row.name: record["runs"][row.name] for row in study.rows if record["runs"].get(row.name)}
     if "none" not in runs:
-        raise SystemExit(f"no finished run of none under {root}")
-    top1 = {row: {s: float(v["test"]["top1"]) for s, v in found.items()} for row, found in runs.items()}
-    top5 = {row: {s: float(v["test"]["top5"]) for s, v in found.items()} for row, found in runs.items()}
-    step = {row: {s: float(v["time"]["step_s"]) for s, v in found.items()} for row, found in runs.items()}
-    sets = {"text": set_figures(WORK / "generated")}
-    for recipe in RECIPES:
-        if (root / "synth" / recipe / "filter.jsonl").is_file():
-            sets[recipe] = set_figures(root / "synth" / recipe)
+        raise SystemExit(f"no run of none under {out / study.key} or in {study.record}")
+    top1 = {row: {int(s): v["top1"] for s, v in found.items()} for row, found in runs.items()}
+    step = {row: {int(s): v["step_s"] for s, v in found.items() if v.get("step_s")} for row, found in runs.items()}
+    quiet = record["overhead"].get("ratios", {})
     lines = [
         "| row | seeds | top-1 (%) | top-5 (%) | Δ top-1 vs none (95% CI) | Δ top-1 vs diffcoremix (95% CI) "
         "| overhead/step (+%) | accepted | gen. s / accepted | copy share > 0.975 |",
         "|---|---|---|---|---|---|---:|---:|---:|---:|",
     ]
-    figures: dict[str, Any] = {}
-    quiet_file = out / "overhead.json"
-    quiet = json.loads(quiet_file.read_text())["ratios"] if quiet_file.is_file() else {}
-    for row, folder, _label, _kind in ROWS:
-        if row not in runs:
+    plotted = []
+    for row in study.rows:
+        if row.name not in runs:
             continue
-        e1, e5 = estimate(list(top1[row].values())), estimate(list(top5[row].values()))
-        vs_none = paired_difference(top1[row], top1["none"]) if row != "none" else None
+        e1, e5 = estimate(list(top1[row.name].values())), top5_estimate(record, row.name)
+        vs_none = paired_difference(top1[row.name], top1["none"]) if row.name != "none" else None
         vs_dcm = None
-        if row != "diffcoremix" and "diffcoremix" in top1:
-            vs_dcm = paired_difference(top1[row], top1["diffcoremix"])
-        over = overhead(step[row], step["none"])
-        over_cell = f"{100 * quiet[row]:+.0f}" if row in quiet else f"({100 * over.mean:+.0f})"
-        name = SYNTHETIC.get(folder, row) if row not in ("none", "mixup", "cutmix") else None
-        made = sets.get(name) if name else None
-        std = f" ± {100 * e1.std:.2f}" if e1.std is not None else ""
-        std5 = f" ± {100 * e5.std:.2f}" if e5.std is not None else ""
+        if row.name != "diffcoremix" and "diffcoremix" in top1:
+            vs_dcm = paired_difference(top1[row.name], top1["diffcoremix"])
+        if row.name in quiet:
+            over_cell = f"{100 * quiet[row.name]:+.0f}"
+            plotted.append(MethodRow(row.name, row.label, "", tuple(top1[row.name]), e1, e5, vs_none, None,
+                                     estimate([0.0]), estimate([quiet[row.name]])))  # fmt: skip
+        else:
+            over = overhead(step[row.name], step["none"])
+            over_cell = f"({100 * over.mean:+.0f})" if over else ""
+        made = record["sets"].get(row.synthetic) if row.synthetic else None
         made_cells = ["", "", ""]
         if made:
-            made_cells = [
-                str(made["accepted"]),
-                f"{made['seconds_per_accepted']:.3f}",
-                f"{100 * made['copy_share']:.1f}%",
-            ]
-        seeds = ",".join(map(str, sorted(top1[row])))
+            share = f"{made['seconds_per_accepted']:.3f}"
+            made_cells = [str(made["accepted"]), share, f"{100 * made['copy_share']:.1f}%"]
+        std = f" ± {100 * e1.std:.2f}" if e1.std is not None else ""
+        std5 = f" ± {100 * e5.std:.2f}" if e5.std is not None else ""
+        seeds = ",".join(map(str, sorted(top1[row.name])))
         lines.append(
-            f"| {row} | {seeds} | {100 * e1.mean:.2f}{std} | {100 * e5.mean:.2f}{std5} "
-            f"| {'baseline' if row == 'none' else _cell(vs_none)} | {_cell(vs_dcm)} "
+            f"| {row.name} | {seeds} | {100 * e1.mean:.2f}{std} | {100 * e5.mean:.2f}{std5} "
+            f"| {'baseline' if row.name == 'none' else _cell(vs_none)} | {_cell(vs_dcm)} "
             f"| {over_cell} | " + " | ".join(made_cells) + " |"
         )
-        figures[row] = {"top1": top1[row], "top5": top5[row], "step_s": step[row], "set": made}
-    per_seed = ["", "Per seed, top-1 (%):", "", "| row | " + " | ".join(f"seed {s}" for s in range(5)) + " |",
-                "|---|" + "---:|" * 5]  # fmt: skip
-    for row in figures:
-        per_seed.append(f"| {row} | " + " | ".join(f"{100 * top1[row][s]:.2f}" if s in top1[row] else ""
-                                                   for s in range(5)) + " |")  # fmt: skip
+    width = max(max(values) for values in top1.values()) + 1
+    per_seed = ["", "Per seed, top-1 (%):", "", "| row | " + " | ".join(f"seed {s}" for s in range(width)) + " |",
+                "|---|" + "---:|" * width]  # fmt: skip
+    for row in study.rows:
+        if row.name in top1:
+            cells = (f"{100 * top1[row.name][s]:.2f}" if s in top1[row.name] else "" for s in range(width))
+            per_seed.append(f"| {row.name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines + per_seed) + "\n"
-    (out / "peers.md").write_text(text, encoding="utf-8")
-    (out / "peers.json").write_text(json.dumps(figures, indent=1), encoding="utf-8")
-    if quiet:  # the figure's x is the side-by-side measurement only: the runs' own times are load noise here
-        rows, _where = method_rows({row: runs[row] for row in figures})
-        rows = [dataclasses.replace(r, overhead=estimate([quiet[r.label]])) for r in rows if r.label in quiet]
-        figure = REPO / "benchmarks" / "figures" / "peers_overhead_accuracy.png"
-        figure.write_bytes(plot_overhead_accuracy(rows, "CIFAR-10, 100/class, ResNet-20, 400 steps"))
+    (out / study.key).mkdir(parents=True, exist_ok=True)
+    (out / study.key / "peers.md").write_text(text, encoding="utf-8")
+    if plotted:  # the figure's x is the side-by-side measurement only: the runs' own times are load noise here
+        study.figure.write_bytes(plot_overhead_accuracy(plotted, study.title))
     return text
 
 
@@ -241,8 +401,11 @@ def shared_data() -> Path:
     raise SystemExit("../shared/data not found")
 
 
-if __name__ == "__main__":  # python benchmarks/peers.py [OUT] [--overhead]: the table from the runs there are
+if (
+    __name__ == "__main__"
+):  # python benchmarks/peers.py [OUT] [--flowers] [--overhead]: the table of the record and runs
     where = Path(next((a for a in sys.argv[1:] if not a.startswith("--")), REPO / "benchmarks" / ".work" / "peers"))
+    chosen = FLOWERS if "--flowers" in sys.argv else CIFAR10
     if "--overhead" in sys.argv:
-        print(json.dumps(measure_overhead(where), indent=1))
-    print(table(where))
+        print(json.dumps(measure_overhead(where, chosen), indent=1))
+    print(table(where, chosen))

@@ -20,7 +20,11 @@ Three tables (the commands below are exactly what runs; every step resumes, so a
 - ``peers``: the peers under one recipe (issue 28): ``none``, ``mixup``, ``cutmix``, every recipe
   (``diffusemix``, ``diff-mix``, ``da-fusion``, ``real-guidance``, ``diffcoremix``, ``diffcoremix+``) and every usage
   mode with the text counterparts, on the ``cifar10-finetuned`` recipe with the fine-tuned generator's sets; see
-  ``benchmarks/peers.py`` (its commands and its table, written to ``DIR/peers.md``). ``--seeds`` [0,1,2,3,4].
+  ``benchmarks/peers.py`` (its commands and its table, written to ``DIR/cifar10/peers.md``; what the runs measured
+  is kept in ``benchmarks/results/peers_cifar10.json``). ``--seeds`` [0,1,2,3,4].
+- ``peers-flowers``: the same rows on Flowers-102 (10 training images per class, the ``flowers102`` recipe) with
+  the tiny preset's sets (random weights: no generator fine-tuned on Flowers fits this CPU's budget); see
+  ``benchmarks/peers.py``.
 
 Run: ``.venv/bin/python benchmarks/train_evidence.py [--tables cifar10,flowers102] [--out DIR]``; the tables are
 printed and written to ``DIR/<table>/results.md``.
@@ -78,7 +82,7 @@ def commands(table: str, data: Path, out: Path) -> list[list[str]]:
                    "--methods", "none,cutmix,diffcoremix@real,diffcoremix@generated", "--seeds", "0,1",
                    "--max-steps", "240"]  # fmt: skip
     else:
-        raise SystemExit(f"unknown table {table!r}: cifar10, flowers102 or cifar10-finetuned")
+        raise SystemExit(f"unknown table {table!r}: cifar10, flowers102, cifar10-finetuned, peers or peers-flowers")
     return [
         [*program, "augment", str(train), "-o", str(synth), "--preset", "tiny", "--height", size, "--width", size,
          "--seed", "0"],
@@ -95,13 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     data = shared_data()
     for table in args.tables.split(","):
-        lines = peers.commands(data, args.out, args.seeds) if table == "peers" else commands(table, data, args.out)
+        study = peers.STUDIES.get(table)
+        lines = peers.commands(data, args.out, args.seeds, study) if study else commands(table, data, args.out)
         for command in lines:
             print("$", " ".join(command[2:] if command[1] == "-m" else command), file=sys.stderr)
-            one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # the peers table's runs: one torch thread each
-            subprocess.run(command, check=True, env=one_thread if table == "peers" else None)
-        if table == "peers":
-            print(peers.table(args.out))
+            one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # the peers tables' runs: one torch thread each
+            subprocess.run(command, check=True, env=one_thread if study else None)
+        if study:
+            print(peers.table(args.out, study))
     return 0
 
 
