@@ -416,6 +416,7 @@ GENERATION_PHASES = {
     "relayout": "train/*",
     "relayout-rejected": "rejected/*",
     "layout": "layout.json",
+    "augment-record": "augment.json",
 }
 
 RECORD_PHASES = {

@@ -181,3 +181,45 @@ def test_augment_with_an_embedder_from_local_files(
         assert run_in_process(capsys, "filter", out, "--embedder", "tiny:1", "--threshold", "-1").returncode == 0
         tiny = read_decisions(out)
         assert {k: d["score"] for k, d in tiny.items()} == {k: d["score"] for k, d in decisions.items()}
+
+
+def test_a_run_killed_between_two_rounds_is_recorded_unfinished_until_a_rerun_finishes_it(
+    data: Path, threshold: float, tmp_path: Path
+) -> None:
+    # Killed at the first image of round 2 (the first regeneration's PNG, before it is renamed into place): round 1 is
+    # written and every generated image is decided, which alone would look like a finished set.
+    from diffcoremix.manifest.layout import read_augment_record
+    from diffcoremix.recipes import RECIPES, set_problem
+
+    out = tmp_path / "out"
+    command = ("augment", data, "-o", out, "--recipe", "diffcoremix", "--preset", "tiny", "--num-inference-steps",
+               "1", "--per-image", "2", "--embedder", "tiny", "--threshold", repr(threshold),
+               "--retries", "2")  # fmt: skip
+    killed = run_cli(*command, env={"DIFFCOREMIX_FAULT": "*.r1.png@1"})
+    assert killed.returncode == -9, killed.stderr
+    made = read_manifest(out).query("status == 'ok'")  # round 2's records are still being written
+    assert set(made.attempt) == {0}
+    assert made.accepted.notna().all()
+    assert not made.accepted.all()
+    record = read_augment_record(out)
+    assert record is not None
+    assert not record.finished
+    assert record.retries == 2
+    recipe = RECIPES.get("diffcoremix")
+    assert set_problem(out, recipe) == "was left before augment finished its rounds (unfinished)"
+    finished = run_cli(*command)
+    assert finished.returncode == 0, finished.stderr
+    record = read_augment_record(out)
+    assert record is not None
+    assert record.finished
+    assert record.rounds is not None
+    assert record.rounds > 1
+    assert record.accepted == read_manifest(out).query("accepted == True").groupby("class_folder").size().to_dict()
+    assert set_problem(out, recipe) is None
+    # Asked for more rounds than it finished with, a rerun marks the run unfinished again until it ends: killed at
+    # its first new image when the budget is still short, else it replays its rounds and finishes.
+    assert record.budget is not None
+    short = any(record.accepted.get(c, 0) < n for c, n in record.budget.items())
+    again = run_cli(*command[:-1], "3", env={"DIFFCOREMIX_FAULT": "*.r3.png@1"})
+    assert again.returncode == (-9 if short else 0), again.stderr
+    assert set_problem(out, recipe) == ("was left before augment finished its rounds (unfinished)" if short else None)

@@ -57,7 +57,7 @@ def _assert_survived(trial: faultkit.Trial, kills: int) -> None:
 
 def test_the_reference_run_writes_in_every_phase(augmented: tuple[faultkit.Job, faultkit.Reference, Path]) -> None:
     _, ref, _ = augmented
-    for phase in ("settings", "image", "manifest", "embedding", "decisions", "relayout", "layout"):
+    for phase in ("settings", "image", "manifest", "embedding", "decisions", "relayout", "layout", "augment-record"):
         assert ref.writes[phase] >= 1, phase
     assert ref.writes["decisions"] >= 2  # more than one round: regenerations were made
     assert ref.writes["other"] == 0, "a write outside the phases the harness knows"
@@ -72,6 +72,15 @@ def test_a_record_torn_in_half_then_a_kill_amid_the_embeddings_rerun_to_the_unin
     # in the batches an uninterrupted run used: batched float32 rounds by batch)
     points = [("manifest", 2), ("embedding", ref.writes["embedding"] // 2 + 1)]
     _assert_survived(faultkit.trial(job, tmp_path / "out", ref, points), 2)
+
+
+def test_augment_killed_as_it_records_its_rounds_finished_reruns_to_the_uninterrupted_result(
+    augmented: tuple[faultkit.Job, faultkit.Reference, Path], tmp_path: Path
+) -> None:
+    job, ref, _ = augmented
+    # the last write of augment.json (every round done, the record about to say so); the rerun replays the rounds
+    assert ref.writes["augment-record"] == 2  # unfinished before the first round, finished after the last
+    _assert_survived(faultkit.trial(job, tmp_path / "out", ref, [("augment-record", 2)]), 1)
 
 
 @pytest.mark.slow  # heavy; make test-all (augment's image and link phases: benchmarks/faults.py runs 42 augment trials)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from diffcoremix.atomic import write_text_if_changed
 from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.cluster.executor import ray_cluster
 from diffcoremix.counterparts import PLAN_BYTES_PER_CANDIDATE
@@ -39,6 +40,7 @@ from diffcoremix.filter.runner import FilterReport, Scored, resolve_embedder_spe
 from diffcoremix.generate.backend import ImageGenerator
 from diffcoremix.generate.config import GenerateConfig, resolve_settings
 from diffcoremix.generate.runner import GenerationRunner, ModelSlot, run_generation
+from diffcoremix.manifest.layout import AUGMENT_FILE, AugmentRecord, OutputFolderError, read_augment_record
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig, build_prompts
 from diffcoremix.sequences import LazySequence
@@ -132,6 +134,7 @@ def augment(
             else functools.partial(run_generation, slot=ModelSlot(generator), settings=settings)
         )
         embed: EmbedFiles = cluster.embedding(spec, filter_config.device) if cluster else embed_files
+        _mark_started(folder.path, retries)
         generated = attempt = 0
         while True:
             summary = run(folder, data, records, prompts, generate_config, data_config=data_config,
@@ -150,8 +153,21 @@ def augment(
             logger.info("attempt %d: regenerating %d rejected candidate(s)", attempt, len(retried))
             latest.update((r.key.split("@", 1)[0], r) for r in retried)
             records.retried += retried
-    accepted = dict(Counter(r["class_folder"] for r in scored.rows if r["accepted"]))
+        accepted = dict(Counter(r["class_folder"] for r in scored.rows if r["accepted"]))
+        done = AugmentRecord(finished=True, retries=retries, rounds=attempt + 1, budget=budget, accepted=accepted)
+        write_text_if_changed(folder / AUGMENT_FILE, done.to_json())
     return AugmentResult(scored.report, budget, accepted, attempt + 1, generated)
+
+
+def _mark_started(out: Path, retries: int) -> None:
+    """Mark the run unfinished before its first round, unless it finished with these retries (then this run
+    replays its rounds and changes nothing)."""
+    try:
+        held = read_augment_record(out)
+    except OutputFolderError:
+        held = None  # damaged: replaced below
+    if held is None or not held.finished or held.retries != retries:
+        write_text_if_changed(out / AUGMENT_FILE, AugmentRecord(finished=False, retries=retries).to_json())
 
 
 def _redo(

@@ -36,7 +36,7 @@ from diffcoremix.data.sources import DataConfig
 from diffcoremix.errors import ConfigError, DiffCoReMixError
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.generate.config import GenerateConfig
-from diffcoremix.manifest.layout import CONFIG_FILE, OutputFolder
+from diffcoremix.manifest.layout import CONFIG_FILE, OutputFolder, OutputFolderError, read_augment_record
 from diffcoremix.prompts.builder import PromptsConfig
 from diffcoremix.registry import Registry
 from diffcoremix.train.comparison import BASELINE, CompareResult, MethodSpec, compare, parse_methods
@@ -308,7 +308,8 @@ def recorded_recipe(folder: str | Path) -> str | None:
 def set_problem(folder: Path, recipe: Recipe) -> str | None:
     """Why ``folder`` is not (yet) the recipe's finished synthetic set, in words that follow its path; None if it is.
 
-    Finished: an output of ours, made with ``--recipe NAME``, every generated image decided by the filter.
+    Finished: an output of ours, made with ``--recipe NAME``, every generated image decided by the filter, and (for a
+    set that ``augment`` made) its last round done: ``OUT/augment.json``.
     """
     if not folder.exists():
         return "does not exist"
@@ -320,6 +321,12 @@ def set_problem(folder: Path, recipe: Recipe) -> str | None:
     made_by = recorded_recipe(folder)
     if made_by != recipe.name:
         return f"was made by {'recipe ' + made_by if made_by else 'no recipe'}, not {recipe.name}"
+    try:
+        rounds = read_augment_record(folder)
+    except OutputFolderError:
+        return "has a damaged augment record (unfinished)"
+    if rounds is not None and not rounds.finished:
+        return "was left before augment finished its rounds (unfinished)"
     from diffcoremix.manifest.records import read_manifest
 
     table = read_manifest(folder)

@@ -9,6 +9,7 @@
     OUT/manifest/shard-RRRRR-of-WWWWW.jsonl  one record per candidate (names every image above)
     OUT/filter.jsonl                         the filter's decisions, one per candidate
     OUT/judge.jsonl                          the judge's label of each generated image (``diffcoremix judge``)
+    OUT/augment.json                         whether ``augment`` finished its rounds (see :class:`AugmentRecord`)
     OUT/train/<class>/..., OUT/rejected/<class>/...   hard links to the images, by decision
     OUT/train/metadata.jsonl                 Hugging Face imagefolder metadata (prompt, score, source, label)
     OUT/layout.json                          every file the filter placed (train/, rejected/, plots)
@@ -21,11 +22,13 @@ opens OUT, and how it starts afresh, is in :mod:`diffcoremix.manifest.ownership`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,8 @@ FILTER_FILES = (FILTER_CONFIG_FILE, FILTER_REPORT_FILE, CALIBRATION_FILE, JUDGE_
 """Fixed-name files that the filter and the judge write (starting afresh deletes them by name). The judge's file is
 named here, not in the layout record: a re-filtering prunes that record to the filter's own files, and a judgement
 outlives a re-filtering."""
+AUGMENT_FILE = "augment.json"
+"""``augment``'s record of its rounds (:class:`AugmentRecord`); ours by its name."""
 REPORT_DIR = "filter_report"
 """Where the filter's histograms go (the files are named in the layout record)."""
 
@@ -177,6 +182,44 @@ class OutputFolder:
         """Mark the folder as ours: ``run.json`` names DATA and the facts of the run (atomic, if changed)."""
         record = {"made_by": MADE_BY, "data": str(data.resolve()), **facts}
         write_text_if_changed(self.path / RUN_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class AugmentRecord:
+    """``OUT/augment.json``: whether ``augment`` finished its rounds with ``retries`` regeneration rounds allowed.
+
+    ``augment`` marks the folder unfinished before its first round (unless it already finished with the same
+    retries: a rerun of a finished job changes no file) and finished after its last. A run killed between two rounds
+    leaves every generated image decided, which looks like a finished set; this record is what tells them apart.
+    """
+
+    finished: bool
+    retries: int
+    rounds: int | None = None
+    """Rounds of generation run (1 + retries used); None while unfinished."""
+    budget: dict[str, int] | None = None
+    """Planned candidates per class."""
+    accepted: dict[str, int] | None = None
+    """Accepted images per class, every attempt."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n"
+
+
+def read_augment_record(out: str | Path) -> AugmentRecord | None:
+    """``OUT/augment.json``; None without one (a folder of ``generate`` and ``filter``, or of a version before it).
+
+    Raises:
+        OutputFolderError: the record is damaged.
+    """
+    path = Path(out) / AUGMENT_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return AugmentRecord(**raw)
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
+        raise OutputFolderError(f"{path} is damaged ({err}): rerun augment to finish the run") from None
 
 
 def inside(path: Path, folder: Path) -> bool:

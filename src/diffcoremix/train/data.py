@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from diffcoremix.data.folder import DatasetListing, ImageItem, list_images
 from diffcoremix.data.images import open_image
 from diffcoremix.errors import DatasetError
+from diffcoremix.manifest.layout import OutputFolderError, read_augment_record
 from diffcoremix.mix import PairedDataset
 from diffcoremix.mix.paired import accepted_images, soft_label_targets
 from diffcoremix.seeds import derive_seed
@@ -87,6 +88,13 @@ def check_synthetic_classes(listing: DatasetListing, synthetic: Path) -> int:
             "(was it generated from another dataset?)"
         )
     soft_label_targets(rows, listing.classes, synthetic)  # checked now, before the run claims its folder
+    try:
+        unfinished = (record := read_augment_record(synthetic)) is not None and not record.finished
+    except OutputFolderError:
+        unfinished = True
+    if unfinished:
+        logger.warning("--synthetic %s: augment stopped before it finished its rounds; training uses the %d images "
+                       "accepted so far (rerun the augment command to finish it)", synthetic, len(rows))  # fmt: skip
     return len(rows)
 
 
