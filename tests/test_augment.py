@@ -4,6 +4,7 @@ recorded, a rerun of a finished job changes nothing (a killed run: tests/test_fa
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -184,12 +185,14 @@ def test_augment_with_an_embedder_from_local_files(
 
 
 def test_a_run_killed_between_two_rounds_is_recorded_unfinished_until_a_rerun_finishes_it(
-    data: Path, threshold: float, tmp_path: Path
+    data: Path, threshold: float, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Killed at the first image of round 2 (the first regeneration's PNG, before it is renamed into place): round 1 is
     # written and every generated image is decided, which alone would look like a finished set.
+    from diffcoremix.data.folder import list_images
     from diffcoremix.manifest.layout import read_augment_record
     from diffcoremix.recipes import RECIPES, set_problem
+    from diffcoremix.train.data import check_synthetic_classes
 
     out = tmp_path / "out"
     command = ("augment", data, "-o", out, "--recipe", "diffcoremix", "--preset", "tiny", "--num-inference-steps",
@@ -207,6 +210,10 @@ def test_a_run_killed_between_two_rounds_is_recorded_unfinished_until_a_rerun_fi
     assert record.retries == 2
     recipe = RECIPES.get("diffcoremix")
     assert set_problem(out, recipe) == "was left before augment finished its rounds (unfinished)"
+    with caplog.at_level(logging.WARNING, logger="diffcoremix.train.data"):
+        assert check_synthetic_classes(list_images(data), out) == made.accepted.sum()
+    assert "augment stopped before it finished its rounds" in caplog.text
+    caplog.clear()
     finished = run_cli(*command)
     assert finished.returncode == 0, finished.stderr
     record = read_augment_record(out)
@@ -216,6 +223,8 @@ def test_a_run_killed_between_two_rounds_is_recorded_unfinished_until_a_rerun_fi
     assert record.rounds > 1
     assert record.accepted == read_manifest(out).query("accepted == True").groupby("class_folder").size().to_dict()
     assert set_problem(out, recipe) is None
+    check_synthetic_classes(list_images(data), out)
+    assert "augment stopped" not in caplog.text
     # Asked for more rounds than it finished with, a rerun marks the run unfinished again until it ends: killed at
     # its first new image when the budget is still short, else it replays its rounds and finishes.
     assert record.budget is not None
