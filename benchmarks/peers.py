@@ -210,11 +210,28 @@ def set_figures(synthetic: Path) -> dict[str, float | int]:
 # --- the record -------------------------------------------------------------------------------------------------
 
 
+def environment() -> dict[str, str]:
+    """What a run's float results depend on besides its settings: the CPU's vector unit and torch's version (the same
+    seeded run gives other accuracies on an AVX-512 machine than on an AVX2 one)."""
+    import platform
+
+    import torch
+
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        info = ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    vector = next((v for v in ("avx512f", "avx2") if v in flags), platform.machine())
+    return {"cpu": model or platform.processor(), "vector": vector, "torch": torch.__version__}
+
+
 def load_record(study: Study) -> dict[str, Any]:
     """The study's record (empty when there is none yet)."""
     if study.record.is_file():
         return dict(json.loads(study.record.read_text(encoding="utf-8")))
-    return {"runs": {}, "top5_pooled": {}, "sets": {}, "overhead": {}}
+    return {"environment": environment(), "runs": {}, "top5_pooled": {}, "sets": {}, "overhead": {}}
 
 
 def update_record(record: dict[str, Any], study: Study, out: Path) -> None:
@@ -225,6 +242,10 @@ def update_record(record: dict[str, Any], study: Study, out: Path) -> None:
             experiments).
     """
     root = out / study.key
+    here, held_on = environment(), record.get("environment")
+    if held_on is not None and held_on != here and any(_summaries(root / r.folder, r.label) for r in study.rows):
+        raise SystemExit(f"{study.record} was measured on {held_on}, and this is {here}: runs do not reproduce across "
+                         "machines. Move the record aside and run every row again to start a new one.")  # fmt: skip
     differ = []
     for row in study.rows:
         seeds = record["runs"].setdefault(row.name, {})
@@ -241,7 +262,13 @@ def update_record(record: dict[str, Any], study: Study, out: Path) -> None:
                 continue
             seeds[str(seed)] = found
     if differ:
-        raise SystemExit(f"runs under {root} do not reproduce {study.record}:\n  " + "\n  ".join(differ))
+        held_on = record.get("environment") or "an unrecorded machine"
+        raise SystemExit(
+            f"runs under {root} do not reproduce {study.record} (measured on {held_on}; this is {environment()}):\n  "
+            + "\n  ".join(differ)
+            + "\nThe seeds of one table must come from one kind of machine: move the record aside and run every row "
+            "again to start a new one."
+        )
     names = {row.synthetic for row in study.rows if row.synthetic}
     for name in sorted(names):
         folder = study.set_folder(out, name)
