@@ -185,7 +185,11 @@ def test_augment_with_an_embedder_from_local_files(
 
 
 def test_a_run_killed_between_two_rounds_is_recorded_unfinished_until_a_rerun_finishes_it(
-    data: Path, threshold: float, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    data: Path,
+    threshold: float,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Killed at the first image of round 2 (the first regeneration's PNG, before it is renamed into place): round 1 is
     # written and every generated image is decided, which alone would look like a finished set.
@@ -214,7 +218,7 @@ def test_a_run_killed_between_two_rounds_is_recorded_unfinished_until_a_rerun_fi
         assert check_synthetic_classes(list_images(data), out) == made.accepted.sum()
     assert "augment stopped before it finished its rounds" in caplog.text
     caplog.clear()
-    finished = run_cli(*command)
+    finished = run_in_process(capsys, *command)
     assert finished.returncode == 0, finished.stderr
     record = read_augment_record(out)
     assert record is not None

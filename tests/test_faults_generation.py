@@ -74,6 +74,7 @@ def test_a_record_torn_in_half_then_a_kill_amid_the_embeddings_rerun_to_the_unin
     _assert_survived(faultkit.trial(job, tmp_path / "out", ref, points), 2)
 
 
+@pytest.mark.slow  # one more augment trial: make test-all (benchmarks/faults.py kills in every phase)
 def test_augment_killed_as_it_records_its_rounds_finished_reruns_to_the_uninterrupted_result(
     augmented: tuple[faultkit.Job, faultkit.Reference, Path], tmp_path: Path
 ) -> None:
