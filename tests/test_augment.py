@@ -195,10 +195,10 @@ def test_a_run_killed_between_two_rounds_is_recorded_unfinished_until_a_rerun_fi
     # written and every generated image is decided, which alone would look like a finished set.
     from diffcoremix.data.folder import list_images
     from diffcoremix.manifest.layout import read_augment_record
-    from diffcoremix.recipes import RECIPES, set_problem
+    from diffcoremix.recipes import RECIPES, augment_command, build_sets, set_problem
     from diffcoremix.train.data import check_synthetic_classes
 
-    out = tmp_path / "out"
+    out = tmp_path / "diffcoremix"  # the recipe's set in SYN = tmp_path
     command = ("augment", data, "-o", out, "--recipe", "diffcoremix", "--preset", "tiny", "--num-inference-steps",
                "1", "--per-image", "2", "--embedder", "tiny", "--threshold", repr(threshold),
                "--retries", "2")  # fmt: skip
@@ -218,8 +218,12 @@ def test_a_run_killed_between_two_rounds_is_recorded_unfinished_until_a_rerun_fi
         assert check_synthetic_classes(list_images(data), out) == made.accepted.sum()
     assert "augment stopped before it finished its rounds" in caplog.text
     caplog.clear()
-    finished = run_in_process(capsys, *command)
-    assert finished.returncode == 0, finished.stderr
+    # compare --recipes names (and --build runs) the augment that finishes it, with the retries it was started with
+    assert augment_command(recipe, data, tmp_path).endswith(" --retries 2")
+    shared = tmp_path / "shared.yaml"
+    shared.write_text(f"generate: {{preset: tiny, num_inference_steps: 1}}\nprompts: {{per_image: 2}}\n"
+                      f"filter: {{embedder: tiny, threshold: {threshold!r}}}\n")  # fmt: skip
+    build_sets([recipe], data, tmp_path, config=shared)
     record = read_augment_record(out)
     assert record is not None
     assert record.finished
@@ -229,10 +233,19 @@ def test_a_run_killed_between_two_rounds_is_recorded_unfinished_until_a_rerun_fi
     assert set_problem(out, recipe) is None
     check_synthetic_classes(list_images(data), out)
     assert "augment stopped" not in caplog.text
-    # Asked for more rounds than it finished with, a rerun marks the run unfinished again until it ends: killed at
-    # its first new image when the budget is still short, else it replays its rounds and finishes.
-    assert record.budget is not None
-    short = any(record.accepted.get(c, 0) < n for c, n in record.budget.items())
-    again = run_cli(*command[:-1], "3", env={"DIFFCOREMIX_FAULT": "*.r3.png@1"})
-    assert again.returncode == (-9 if short else 0), again.stderr
-    assert set_problem(out, recipe) == ("was left before augment finished its rounds (unfinished)" if short else None)
+    # A rerun refused for other settings (and other retries) changes no file, augment.json included.
+    before = _files(out)
+    refused = run_in_process(capsys, *command[:-1], "3", "--num-inference-steps", "2")
+    assert refused.returncode == 2, refused.stderr
+    assert _files(out) == before
+    # A rerun with a stricter threshold (the same retries) redoes rounds: killed at its first decisions write, the set
+    # is unfinished (its decisions are a round's that is not the last, or the new images are undecided) until it ends.
+    stricter = [*command]
+    stricter[stricter.index("--threshold") + 1] = repr(
+        float(read_manifest(out).query("accepted == True").score.median())
+    )
+    killed = run_cli(*stricter, env={"DIFFCOREMIX_FAULT": "*/filter.jsonl@1"})
+    assert killed.returncode == -9, killed.stderr
+    assert set_problem(out, recipe) is not None
+    assert run_in_process(capsys, *stricter).returncode == 0
+    assert set_problem(out, recipe) is None

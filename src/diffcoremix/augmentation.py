@@ -40,7 +40,7 @@ from diffcoremix.filter.runner import FilterReport, Scored, resolve_embedder_spe
 from diffcoremix.generate.backend import ImageGenerator
 from diffcoremix.generate.config import GenerateConfig, resolve_settings
 from diffcoremix.generate.runner import GenerationRunner, ModelSlot, run_generation
-from diffcoremix.manifest.layout import AUGMENT_FILE, AugmentRecord, OutputFolderError, read_augment_record
+from diffcoremix.manifest.layout import AUGMENT_FILE, GENERATION_FILES, AugmentRecord
 from diffcoremix.manifest.ownership import open_output
 from diffcoremix.prompts.builder import PromptPlan, PromptRecord, PromptsConfig, build_prompts
 from diffcoremix.sequences import LazySequence
@@ -116,7 +116,7 @@ def augment(
         raise ConfigError("executor", executor.executor, "local when a generator or embedder object is passed "
                           "(Ray workers load the models from the configs)")  # fmt: skip
     with (
-        open_output(out, data=data, overwrite=overwrite) as folder,
+        open_output(out, data=data, overwrite=overwrite, fixed=GENERATION_FILES) as folder,
         ray_cluster(executor, generate_config.device) as cluster,
     ):
         sources = usable_sources(data, data_config, progress=progress)  # checked before any model loads
@@ -134,7 +134,6 @@ def augment(
             else functools.partial(run_generation, slot=ModelSlot(generator), settings=settings)
         )
         embed: EmbedFiles = cluster.embedding(spec, filter_config.device) if cluster else embed_files
-        _mark_started(folder.path, retries)
         generated = attempt = 0
         while True:
             summary = run(folder, data, records, prompts, generate_config, data_config=data_config,
@@ -145,6 +144,8 @@ def augment(
             plan.warn_conflicts()
             redo = _redo(plan, latest, budget, scored) if attempt < retries else []
             if summary.generated or summary.failed or summary.flagged or not redo:  # a replayed round writes nothing
+                if redo:  # decisions of a round that is not the last: the set is not finished until the last's
+                    write_text_if_changed(folder / AUGMENT_FILE, AugmentRecord(False, retries).to_json())
                 write_outputs(folder, data, filter_config, scored)
             if not redo:
                 break
@@ -157,17 +158,6 @@ def augment(
         done = AugmentRecord(finished=True, retries=retries, rounds=attempt + 1, budget=budget, accepted=accepted)
         write_text_if_changed(folder / AUGMENT_FILE, done.to_json())
     return AugmentResult(scored.report, budget, accepted, attempt + 1, generated)
-
-
-def _mark_started(out: Path, retries: int) -> None:
-    """Mark the run unfinished before its first round, unless it finished with these retries (then this run
-    replays its rounds and changes nothing)."""
-    try:
-        held = read_augment_record(out)
-    except OutputFolderError:
-        held = None  # damaged: replaced below
-    if held is None or not held.finished or held.retries != retries:
-        write_text_if_changed(out / AUGMENT_FILE, AugmentRecord(finished=False, retries=retries).to_json())
 
 
 def _redo(

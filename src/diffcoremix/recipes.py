@@ -357,6 +357,9 @@ def augment_command(
         words += ["--max-per-class", str(data_config.max_per_class)]
     if recipe.needs_masks and not _config_names_masks(config):
         words += ["--masks", "DIR"]  # or --mask-from RUN: said after the command
+    retries = recorded_retries(set_folder(synthetic, recipe.name))
+    if retries:
+        words += ["--retries", str(retries)]
     return shlex.join(words)
 
 
@@ -454,8 +457,19 @@ def build_sets(
     for recipe in recipes:
         prompts, generate, filter_config = recipe_configs(recipe, config)
         folder = set_folder(synthetic, recipe.name)
+        retries = recorded_retries(folder)  # an unfinished augment --retries R resumes with its R
         logger.info("making the synthetic set of recipe %s: %s", recipe.name, folder)
-        augment(data, folder, prompts, generate, filter_config, data_config=data_config, progress=progress)
+        augment(data, folder, prompts, generate, filter_config, data_config=data_config, retries=retries,
+                progress=progress)  # fmt: skip
+
+
+def recorded_retries(folder: Path) -> int:
+    """The retries of the augment run that made ``folder`` (0 without a readable record)."""
+    try:
+        record = read_augment_record(folder)
+    except OutputFolderError:
+        return 0
+    return record.retries if record is not None else 0
 
 
 def compare_recipes(

@@ -44,6 +44,7 @@ from diffcoremix.generate.safety import FLAGGED, Flagged
 from diffcoremix.generate.sources import SourceConditions
 from diffcoremix.manifest.layout import (
     CONFIG_FILE,
+    GENERATION_FILES,
     RUN_FILE,
     SETTINGS_FILE,
     OutputFolder,
@@ -188,7 +189,7 @@ def generate(
     settings = resolve_settings(config)
     prompts = (prompts or PromptsConfig()).for_generator(settings.model, settings.mode)
     shard = resolve_shard(config.rank, config.world_size)
-    with open_output(out, data=data, shard=shard, overwrite=overwrite) as folder:
+    with open_output(out, data=data, shard=shard, overwrite=overwrite, fixed=GENERATION_FILES) as folder:
         skipped: tuple[Finding, ...] = ()
         if records is None:  # every source is checked before any model loads
             sources = usable_sources(data, data_config, progress=progress)

@@ -60,7 +60,10 @@ FILTER_FILES = (FILTER_CONFIG_FILE, FILTER_REPORT_FILE, CALIBRATION_FILE, JUDGE_
 named here, not in the layout record: a re-filtering prunes that record to the filter's own files, and a judgement
 outlives a re-filtering."""
 AUGMENT_FILE = "augment.json"
-"""``augment``'s record of its rounds (:class:`AugmentRecord`); ours by its name."""
+"""``augment``'s record of its rounds (:class:`AugmentRecord`); ours by its name in a generation folder."""
+GENERATION_FILES = (AUGMENT_FILE,)
+"""Fixed-name files of a generation folder beyond the filter's (``generate``/``augment`` ``--overwrite`` delete them by
+name; other commands' folders do not hold them)."""
 REPORT_DIR = "filter_report"
 """Where the filter's histograms go (the files are named in the layout record)."""
 
@@ -186,11 +189,13 @@ class OutputFolder:
 
 @dataclass(frozen=True)
 class AugmentRecord:
-    """``OUT/augment.json``: whether ``augment`` finished its rounds with ``retries`` regeneration rounds allowed.
+    """``OUT/augment.json``: whether ``augment``'s rounds finished, with ``retries`` regeneration rounds allowed.
 
-    ``augment`` marks the folder unfinished before its first round (unless it already finished with the same
-    retries: a rerun of a finished job changes no file) and finished after its last. A run killed between two rounds
-    leaves every generated image decided, which looks like a finished set; this record is what tells them apart.
+    ``augment`` writes it unfinished just before it writes the decisions of a round that is not its last, and finished
+    just after the last round's: a run killed between two rounds leaves every image it made decided, which alone would
+    look like a finished set. A rerun that replays a finished job writes nothing new, so it changes no file. ``rounds``,
+    ``budget`` and ``accepted`` describe the augment run as it ended (a later ``filter`` of OUT changes its decisions,
+    not this record).
     """
 
     finished: bool
@@ -200,26 +205,41 @@ class AugmentRecord:
     budget: dict[str, int] | None = None
     """Planned candidates per class."""
     accepted: dict[str, int] | None = None
-    """Accepted images per class, every attempt."""
+    """Accepted images per class, every attempt, when the run ended."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True) + "\n"
+
+
+def _counts(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and all(isinstance(v, int) for v in value.values()))
 
 
 def read_augment_record(out: str | Path) -> AugmentRecord | None:
     """``OUT/augment.json``; None without one (a folder of ``generate`` and ``filter``, or of a version before it).
 
     Raises:
-        OutputFolderError: the record is damaged.
+        OutputFolderError: the record is damaged (rerun augment: it writes it again).
     """
     path = Path(out) / AUGMENT_FILE
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-        return AugmentRecord(**raw)
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as err:
-        raise OutputFolderError(f"{path} is damaged ({err}): rerun augment to finish the run") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise OutputFolderError(f"{path} is damaged ({err}): rerun augment to write it again") from None
+    fields = {f.name for f in dataclasses.fields(AugmentRecord)}
+    valid = (
+        isinstance(raw, dict)
+        and isinstance(raw.get("finished"), bool)
+        and isinstance(raw.get("retries"), int)
+        and isinstance(raw.get("rounds"), int | None)
+        and _counts(raw.get("budget"))
+        and _counts(raw.get("accepted"))
+    )
+    if not valid:
+        raise OutputFolderError(f"{path} is damaged (not an augment record): rerun augment to write it again")
+    return AugmentRecord(**{k: v for k, v in raw.items() if k in fields})
 
 
 def inside(path: Path, folder: Path) -> bool:

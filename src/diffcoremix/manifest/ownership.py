@@ -22,7 +22,6 @@ from typing import Any
 from diffcoremix.atomic import atomic_write_text
 from diffcoremix.manifest.decisions import adopt_views
 from diffcoremix.manifest.layout import (
-    AUGMENT_FILE,
     CACHE_DIR,
     CONFIG_FILE,
     DECISIONS_FILE,
@@ -77,8 +76,7 @@ def owned_files(folder: OutputFolder, fixed: Iterable[str] = ()) -> tuple[list[P
         else:
             changed.append(path.relative_to(out).as_posix())
     named.update(folder.shard_paths())
-    bookkeeping = (RUN_FILE, SETTINGS_FILE, CONFIG_FILE, DECISIONS_FILE, LAYOUT_FILE, AUGMENT_FILE, *FILTER_FILES)
-    for name in (*bookkeeping, *fixed):
+    for name in (RUN_FILE, SETTINGS_FILE, CONFIG_FILE, DECISIONS_FILE, LAYOUT_FILE, *FILTER_FILES, *fixed):
         named.add(out / name)
     layout = Layout(out, damaged="reset")
     if layout.damaged:

@@ -89,12 +89,15 @@ def check_synthetic_classes(listing: DatasetListing, synthetic: Path) -> int:
         )
     soft_label_targets(rows, listing.classes, synthetic)  # checked now, before the run claims its folder
     try:
-        unfinished = (record := read_augment_record(synthetic)) is not None and not record.finished
-    except OutputFolderError:
-        unfinished = True
-    if unfinished:
-        logger.warning("--synthetic %s: augment stopped before it finished its rounds; training uses the %d images "
-                       "accepted so far (rerun the augment command to finish it)", synthetic, len(rows))  # fmt: skip
+        record = read_augment_record(synthetic)
+    except OutputFolderError as err:
+        logger.warning("--synthetic: %s; training uses the %d images accepted there", err, len(rows))
+    else:
+        if record is not None and not record.finished:
+            logger.warning(
+                "--synthetic %s: augment stopped before it finished its rounds; training uses the %d images accepted "
+                "so far (rerun the augment command to finish it)", synthetic, len(rows),
+            )  # fmt: skip
     return len(rows)
 
 
