@@ -278,7 +278,7 @@ def update_record(study: Study, out: Path) -> tuple[dict[str, Any], Path]:
     names = {row.synthetic for row in study.rows if row.synthetic}
     for name in sorted(names):
         folder = study.set_folder(out, name)
-        if (folder / "manifest").is_dir() and (folder / "filter.jsonl").is_file():
+        if (folder / "manifest").is_dir() and (folder / "filter.jsonl").is_file() and _finished(folder):
             record["sets"][name] = set_figures(folder)
     quiet = root / "overhead.json"
     if quiet.is_file():
@@ -289,6 +289,14 @@ def update_record(study: Study, out: Path) -> tuple[dict[str, Any], Path]:
     return record, path
 
 
+def _finished(folder: Path) -> bool:
+    """Whether a set's augment finished its rounds (a set of ``generate`` and ``filter`` has no augment record)."""
+    from diffcoremix.manifest.layout import read_augment_record
+
+    record = read_augment_record(folder)
+    return record is None or record.finished
+
+
 def top5_estimate(record: dict[str, Any], row: str) -> Any:
     """Mean and std of a row's top-5 over its seeds; where the record holds only some seeds' mean and std
     (``top5_pooled``), they are pooled with the other seeds' values (exact sums of squares, up to their rounding)."""
@@ -296,7 +304,7 @@ def top5_estimate(record: dict[str, Any], row: str) -> Any:
 
     runs = record["runs"][row]
     pooled = record["top5_pooled"].get(row)
-    if pooled is None or all(runs[str(s)].get("top5") is not None for s in pooled["seeds"]):
+    if pooled is None or all((runs.get(str(s)) or {}).get("top5") is not None for s in pooled["seeds"]):
         return estimate([v["top5"] for v in runs.values()])
     n1, m1, s1 = len(pooled["seeds"]), pooled["mean"], pooled["std"] or 0.0
     others = [v["top5"] for s, v in runs.items() if int(s) not in pooled["seeds"]]
@@ -373,11 +381,12 @@ def table(out: Path, study: Study = CIFAR10, *, published: bool = False) -> str:
     figure."""
     from diffcoremix.train.comparison import MethodRow, estimate, overhead, paired_difference, plot_overhead_accuracy
 
-    record, path = update_record(study, out)
-    if (
-        published or not record["runs"]
-    ) and study.published.is_file():  # nothing measured on this machine: the published table
+    if published and study.published.is_file():
         record, path = load_record(study.published), study.published
+    else:
+        record, path = update_record(study, out)
+        if not record["runs"] and study.published.is_file():  # nothing measured on this machine: the published table
+            record, path = load_record(study.published), study.published
     runs = {row.name: record["runs"][row.name] for row in study.rows if record["runs"].get(row.name)}
     if "none" not in runs:
         raise SystemExit(f"no run of none under {out / study.key} or in {path}")

@@ -21,7 +21,8 @@ Three tables (the commands below are exactly what runs; every step resumes, so a
   (``diffusemix``, ``diff-mix``, ``da-fusion``, ``real-guidance``, ``diffcoremix``, ``diffcoremix+``) and every usage
   mode with the text counterparts, on the ``cifar10-finetuned`` recipe with the fine-tuned generator's sets; see
   ``benchmarks/peers.py`` (its commands and its table, written to ``DIR/cifar10/peers.md``; what the runs measured
-  is kept in ``benchmarks/results/peers_cifar10.json``). ``--seeds`` [0,1,2,3,4].
+  is kept in ``benchmarks/results/peers_cifar10.<machine>.json``, one record per kind of machine). ``--seeds``
+  [0,1,2,3,4].
 - ``peers-flowers``: the same rows on Flowers-102 (10 training images per class, the ``flowers102`` recipe) with
   the tiny preset's sets (random weights: no generator fine-tuned on Flowers fits this CPU's budget); see
   ``benchmarks/peers.py``.
