@@ -28,7 +28,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, shared_data  # benchmarks/common.py
+
 WORK = REPO / "benchmarks" / ".work" / "generation_quality"
 
 RECORDED = {  # top-1 (%) of seeds 0-2, benchmarks/README.md "CIFAR-10 with the fine-tuned tiny generator's images"
@@ -36,13 +37,6 @@ RECORDED = {  # top-1 (%) of seeds 0-2, benchmarks/README.md "CIFAR-10 with the 
     "synthetic-add, text": {0: 48.93, 1: 49.85, 2: 50.36},
     "diffcoremix, text": {0: 49.67, 1: 48.78, 2: 50.03},
 }
-
-
-def shared_data() -> Path:
-    for parent in REPO.parents:
-        if (parent / "shared" / "data").is_dir():
-            return parent / "shared" / "data"
-    raise SystemExit("../shared/data not found")
 
 
 def lanes(data: Path, out: Path, mode: Path, copy: Path) -> list[list[list[str]]]:

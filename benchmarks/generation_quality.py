@@ -30,19 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_dir() -> Path:
-    if "DIFFCOREMIX_SHARED_DATA" in os.environ:
-        return Path(os.environ["DIFFCOREMIX_SHARED_DATA"]).parent
-    return next((p / "shared" for p in REPO.parents if (p / "shared" / "data").is_dir()), REPO.parent / "shared")
+from common import REPO, shared_dir  # benchmarks/common.py
 
 
 def roc_auc(scores: list[float], positive: list[bool]) -> float | None:

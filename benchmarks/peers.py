@@ -56,7 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-REPO = Path(__file__).resolve().parents[1]
+from common import REPO, shared_data  # benchmarks/common.py
+
 WORK = REPO / "benchmarks" / ".work" / "generation_quality"
 RESULTS = REPO / "benchmarks" / "results"
 COPY_CUT = 0.975
@@ -291,10 +292,9 @@ def update_record(study: Study, out: Path) -> tuple[dict[str, Any], Path]:
 
 def _finished(folder: Path) -> bool:
     """Whether a set's augment finished its rounds (a set of ``generate`` and ``filter`` has no augment record)."""
-    from diffcoremix.manifest.layout import read_augment_record
+    from diffcoremix.manifest.layout import augment_problem
 
-    record = read_augment_record(folder)
-    return record is None or record.finished
+    return augment_problem(folder) is None
 
 
 def top5_estimate(record: dict[str, Any], row: str) -> Any:
@@ -441,13 +441,6 @@ def table(out: Path, study: Study = CIFAR10, *, published: bool = False) -> str:
     if plotted:  # the figure's x is the side-by-side measurement only: the runs' own times are load noise here
         study.figure.write_bytes(plot_overhead_accuracy(plotted, study.title))
     return text
-
-
-def shared_data() -> Path:
-    for parent in REPO.parents:
-        if (parent / "shared" / "data").is_dir():
-            return parent / "shared" / "data"
-    raise SystemExit("../shared/data not found")
 
 
 if (

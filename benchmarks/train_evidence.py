@@ -41,15 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # benchmarks/peers.py
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data() -> Path:
-    for parent in REPO.parents:
-        if (parent / "shared" / "data").is_dir():
-            return parent / "shared" / "data"
-    raise SystemExit("../shared/data not found")
+from common import REPO, shared_data  # benchmarks/common.py
 
 
 def commands(table: str, data: Path, out: Path) -> list[list[str]]:

@@ -21,19 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import shared_data  # benchmarks/common.py
 from diffcoremix.config import build_config, load_config_file
 from diffcoremix.train import TrainConfig, read_metrics, train
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = ("none", "mixup", "cutmix", "synthetic-sub", "diffcoremix-pixel", "diffcoremix-patch", "diffcoremix")
 KEYS = ("step", "data_s", "mix_s", "compute_s")
-
-
-def shared_data() -> Path:
-    for parent in REPO.parents:
-        if (parent / "shared" / "data").is_dir():
-            return parent / "shared" / "data"
-    raise SystemExit("../shared/data not found")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -213,7 +213,9 @@ def test_a_run_killed_between_two_rounds_is_recorded_unfinished_until_a_rerun_fi
     assert not record.finished
     assert record.retries == 2
     recipe = RECIPES.get("diffcoremix")
-    assert set_problem(out, recipe) == "was left before augment finished its rounds (unfinished)"
+    assert set_problem(out, recipe) == (
+        "is unfinished: augment stopped before it finished its rounds (rerun the augment command to finish it)"
+    )
     with caplog.at_level(logging.WARNING, logger="diffcoremix.train.data"):
         assert check_synthetic_classes(list_images(data), out) == made.accepted.sum()
     assert "augment stopped before it finished its rounds" in caplog.text

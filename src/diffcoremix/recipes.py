@@ -36,7 +36,13 @@ from diffcoremix.data.sources import DataConfig
 from diffcoremix.errors import ConfigError, DiffCoReMixError
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.generate.config import GenerateConfig
-from diffcoremix.manifest.layout import CONFIG_FILE, OutputFolder, OutputFolderError, read_augment_record
+from diffcoremix.manifest.layout import (
+    CONFIG_FILE,
+    OutputFolder,
+    OutputFolderError,
+    augment_problem,
+    read_augment_record,
+)
 from diffcoremix.prompts.builder import PromptsConfig
 from diffcoremix.registry import Registry
 from diffcoremix.train.comparison import BASELINE, CompareResult, MethodSpec, compare, parse_methods
@@ -321,12 +327,9 @@ def set_problem(folder: Path, recipe: Recipe) -> str | None:
     made_by = recorded_recipe(folder)
     if made_by != recipe.name:
         return f"was made by {'recipe ' + made_by if made_by else 'no recipe'}, not {recipe.name}"
-    try:
-        rounds = read_augment_record(folder)
-    except OutputFolderError:
-        return "has a damaged augment record (unfinished)"
-    if rounds is not None and not rounds.finished:
-        return "was left before augment finished its rounds (unfinished)"
+    unfinished = augment_problem(folder)
+    if unfinished is not None:
+        return f"is unfinished: {unfinished}"
     from diffcoremix.manifest.records import read_manifest
 
     table = read_manifest(folder)

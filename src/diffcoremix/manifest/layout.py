@@ -242,6 +242,19 @@ def read_augment_record(out: str | Path) -> AugmentRecord | None:
     return AugmentRecord(**{k: v for k, v in raw.items() if k in fields})
 
 
+def augment_problem(out: str | Path) -> str | None:
+    """Why the augment run that made OUT has not finished, in words; None when it finished or when no augment run made
+    OUT (a folder of ``generate`` and ``filter`` has no record). The one reading of the record for every caller that
+    asks "may I use this set as it is?"."""
+    try:
+        record = read_augment_record(out)
+    except OutputFolderError as err:
+        return str(err)
+    if record is not None and not record.finished:
+        return "augment stopped before it finished its rounds (rerun the augment command to finish it)"
+    return None
+
+
 def inside(path: Path, folder: Path) -> bool:
     """Whether ``path`` lies below ``folder`` (lexically: ``..`` in a record cannot lead out)."""
     return os.path.normpath(path).startswith(os.path.normpath(folder) + os.sep)

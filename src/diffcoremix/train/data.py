@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from diffcoremix.data.folder import DatasetListing, ImageItem, list_images
 from diffcoremix.data.images import open_image
 from diffcoremix.errors import DatasetError
-from diffcoremix.manifest.layout import OutputFolderError, read_augment_record
+from diffcoremix.manifest.layout import augment_problem
 from diffcoremix.mix import PairedDataset
 from diffcoremix.mix.paired import accepted_images, soft_label_targets
 from diffcoremix.seeds import derive_seed
@@ -88,16 +88,9 @@ def check_synthetic_classes(listing: DatasetListing, synthetic: Path) -> int:
             "(was it generated from another dataset?)"
         )
     soft_label_targets(rows, listing.classes, synthetic)  # checked now, before the run claims its folder
-    try:
-        record = read_augment_record(synthetic)
-    except OutputFolderError as err:
-        logger.warning("--synthetic: %s; training uses the %d images accepted there", err, len(rows))
-    else:
-        if record is not None and not record.finished:
-            logger.warning(
-                "--synthetic %s: augment stopped before it finished its rounds; training uses the %d images accepted "
-                "so far (rerun the augment command to finish it)", synthetic, len(rows),
-            )  # fmt: skip
+    problem = augment_problem(synthetic)
+    if problem is not None:
+        logger.warning("--synthetic %s: %s; training uses the %d images accepted there", synthetic, problem, len(rows))
     return len(rows)
 
 
