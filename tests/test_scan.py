@@ -326,7 +326,7 @@ def test_scan_output_writes_report_and_config(tmp_path: Path) -> None:
     assert problem_map(written) == {"b/small.png": "too_small"}
     config_path = tmp_path / "reports" / "report.config.yaml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-    assert config == {"scan": {"min_side": 25, "max_pixels": None, "workers": 0, "strict": False}}
+    assert config == {"scan": {"min_side": 25, "max_pixels": None, "workers": 0, "strict": False, "recheck": False}}
     assert sorted(p.name for p in out.parent.iterdir()) == ["report.config.yaml", "report.json"]
 
     # The written config repeats the run.

@@ -47,10 +47,16 @@ SETTLE_SECONDS = 2.0
 """A file modified this recently is hashed but not remembered (its times may not show a write still to come)."""
 
 
+def user_cache_dir() -> Path:
+    """The tool's own cache folder: ``$XDG_CACHE_HOME/diffcoremix`` (``~/.cache/diffcoremix`` when unset). Everything
+    in it may be deleted at any time: it is rebuilt."""
+    root = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    return Path(root) / "diffcoremix"
+
+
 def cache_path() -> Path:
     """Where the digests are remembered: ``$XDG_CACHE_HOME/diffcoremix/weights-sha256.json``."""
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
-    return Path(root) / "diffcoremix" / CACHE_FILE
+    return user_cache_dir() / CACHE_FILE
 
 
 def local_weights_sha256(name: str | None) -> str | None:

@@ -22,8 +22,9 @@ from diffcoremix.cli.options import add_config_options, config_from_args, config
 from diffcoremix.cluster.config import ExecutorConfig
 from diffcoremix.config import check_config_target, write_resolved_config
 from diffcoremix.counterparts import STREAMED_BYTES_PER_CANDIDATE
+from diffcoremix.data.checks import ScanConfig
 from diffcoremix.data.sample import make_sample_dataset
-from diffcoremix.data.scan import ScanConfig, scan_dataset
+from diffcoremix.data.scan import scan_dataset
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.generate.config import GenerateConfig

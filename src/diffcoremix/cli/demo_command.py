@@ -26,9 +26,10 @@ from diffcoremix._version import __version__
 from diffcoremix.atomic import write_text_if_changed
 from diffcoremix.cli.commands import Command, show_progress
 from diffcoremix.config import write_resolved_config
+from diffcoremix.data.checks import ScanConfig
 from diffcoremix.data.sample import MARKER as SAMPLE_MARKER
 from diffcoremix.data.sample import make_sample_dataset
-from diffcoremix.data.scan import ScanConfig, scan_dataset
+from diffcoremix.data.scan import scan_dataset
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.filter.config import FilterConfig
 from diffcoremix.finetune.config import FinetuneConfig

@@ -131,7 +131,7 @@ def config_layers(
 def config_sections() -> dict[str, type]:
     """Every section a ``--config`` file may hold, and the stage config whose fields are its keys."""
     from diffcoremix.cluster.config import ExecutorConfig
-    from diffcoremix.data.scan import ScanConfig
+    from diffcoremix.data.checks import ScanConfig
     from diffcoremix.data.sources import DataConfig
     from diffcoremix.filter.config import FilterConfig
     from diffcoremix.finetune.config import FinetuneConfig

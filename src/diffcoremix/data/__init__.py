@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from diffcoremix.data.checks import ScanConfig
 from diffcoremix.data.classnames import class_names, load_class_map, prompt_name
 from diffcoremix.data.folder import DatasetListing, Finding, ImageItem, list_images
 from diffcoremix.data.images import IMAGE_EXTENSIONS, decode_image, is_image_file, open_image, to_rgb
-from diffcoremix.data.scan import PROBLEM_KINDS, ScanConfig, ScanReport, scan_dataset
+from diffcoremix.data.scan import PROBLEM_KINDS, ScanReport, scan_dataset
 from diffcoremix.data.sources import DataConfig, Sources, usable_sources
 
 __all__ = [

@@ -44,6 +44,10 @@ class ImageItem:
     file: tuple[int, int] | None = field(default=None, compare=False, repr=False)
     """The file's ``(device, inode)``, links followed: two items with the same are one file on disk (None for an
     item not found by :func:`list_images`)."""
+    stamp: tuple[int, int, int, int] | None = field(default=None, compare=False, repr=False)
+    """The file's ``(size, mtime_ns, ctime_ns, inode)`` when it was listed, links followed: how the check index
+    (:mod:`diffcoremix.data.checks`) knows a file it checked before (None for an item not found by
+    :func:`list_images`)."""
 
 
 @dataclass(frozen=True)
@@ -206,8 +210,8 @@ _KIND_REASONS = {
 }
 
 
-def _entry_kind(path: Path) -> tuple[str, tuple[int, int] | None]:
-    """``dir``, ``file``, or a problem code, following symbolic links; and the ``(device, inode)`` it leads to."""
+def _entry_kind(path: Path) -> tuple[str, os.stat_result | None]:
+    """``dir``, ``file``, or a problem code, following symbolic links; and the status of what it leads to."""
     try:
         st = os.stat(path)
     except OSError as err:
@@ -216,12 +220,16 @@ def _entry_kind(path: Path) -> tuple[str, tuple[int, int] | None]:
         if err.errno == errno.ENOENT:
             return "broken_symlink", None
         return "unreadable", None
-    ident = (st.st_dev, st.st_ino)
     if stat.S_ISDIR(st.st_mode):
-        return "dir", ident
+        return "dir", st
     if stat.S_ISREG(st.st_mode):
-        return "file", ident
-    return "special", ident
+        return "file", st
+    return "special", st
+
+
+def file_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """``(size, mtime_ns, ctime_ns, inode)``: what changes when a file is written, replaced or moved."""
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def _walk_class(
@@ -258,12 +266,12 @@ def _walk_class(
             if entry.name.startswith("."):
                 ignored.append(Finding(rel, "hidden", "hidden entry"))
                 continue
-            kind, file = _entry_kind(path)
+            kind, target = _entry_kind(path)
             if kind == "dir":
                 subdirs.append(path)
-            elif kind == "file":
+            elif kind == "file" and target is not None:
                 if is_image_file(path):
-                    item = ImageItem(path, rel, label, cls, file)
+                    item = ImageItem(path, rel, label, cls, (target.st_dev, target.st_ino), file_stamp(target))
                     found.append((str(directory), entry.name, item))
                 else:
                     ignored.append(Finding(rel, "not_image_extension", f"extension {path.suffix!r} is not read"))

@@ -62,11 +62,9 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, max_pixels: int |
             raise ImageReadError(path, "not_an_image", "not an image PIL can identify") from None
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise ImageReadError(path, "corrupt", f"cannot read image header: {err}") from None
-    width, height = image.size
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageReadError(
-            path, "too_large", f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
-        )
+    over = over_max_pixels(image.size, max_pixels)
+    if over is not None:
+        raise ImageReadError(path, "too_large", over)
     try:
         image.load()
     except OSError as err:
@@ -75,6 +73,14 @@ def decode_image(data: bytes, path: str | Path = "<bytes>", *, max_pixels: int |
     except (SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
         raise ImageReadError(path, "corrupt", f"corrupt image data: {err}") from None
     return image
+
+
+def over_max_pixels(size: tuple[int, int], max_pixels: int | None) -> str | None:
+    """Why an image of ``size`` is refused under ``max_pixels`` (None when it is not)."""
+    width, height = size
+    if max_pixels is None or width * height <= max_pixels:
+        return None
+    return f"{width}x{height} = {width * height} pixels exceeds max_pixels={max_pixels}"
 
 
 def _gray_from_array(array: np.ndarray, scale: float, transparent: object = None) -> Image.Image:

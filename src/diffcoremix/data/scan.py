@@ -1,7 +1,8 @@
 """``diffcoremix scan``: check a class-folder dataset before anything is generated from it.
 
-Every image is read and fully decoded (in worker processes for large datasets); its content hash finds
-byte-identical files, and its identity on disk the files that links make images of two classes (the listing's
+Every image is read and fully decoded (in worker processes for large datasets), once: later checks read what was
+found from the dataset's check index (:mod:`diffcoremix.data.checks`; ``--recheck`` decodes again). Its content hash
+finds byte-identical files, and its identity on disk the files that links make images of two classes (the listing's
 :meth:`~diffcoremix.data.folder.DatasetListing.linked`, which every command that reads DATA names). Nothing in the
 dataset is modified. Problems are reported per file with a code and a
 reason; a file with any problem is not counted among the class's images.
@@ -9,24 +10,17 @@ reason; a file with any problem is not counted among the class's images.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import statistics
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from diffcoremix.cells import text_cell
-from diffcoremix.config import check_types, require
-from diffcoremix.data.folder import LINKED, DatasetListing, Finding, ImageItem, list_images
-from diffcoremix.data.images import decode_image, read_bytes
-from diffcoremix.errors import ImageReadError
+from diffcoremix.data.checks import FileResult, check_files
+from diffcoremix.data.checks import ScanConfig as ScanConfig  # its home was here: imported from here everywhere
+from diffcoremix.data.folder import LINKED, DatasetListing, Finding, list_images
 
 logger = logging.getLogger(__name__)
 
@@ -48,38 +42,6 @@ PROBLEM_KINDS = {
     "special": "not a regular file or directory",
 }
 """Every problem code ``scan`` can report, with a short gloss."""
-
-
-@dataclass(frozen=True)
-class ScanConfig:
-    """Options of ``diffcoremix scan``."""
-
-    min_side: int = 32
-    """Images whose shorter side is below this many pixels are reported as ``too_small``."""
-    max_pixels: int | None = None
-    """Images with more pixels are reported as ``too_large``; null keeps PIL's decompression-bomb limit."""
-    workers: int = 0
-    """Processes that decode images; 0 picks one per core for large datasets and none for small ones."""
-    strict: bool = False
-    """Exit with status 1 when any problem is found (the report is printed either way)."""
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        require(self.min_side >= 1, "min_side", self.min_side, ">= 1")
-        require(self.max_pixels is None or self.max_pixels >= 1, "max_pixels", self.max_pixels, ">= 1 or null")
-        require(self.workers >= 0, "workers", self.workers, ">= 0")
-
-
-@dataclass(frozen=True)
-class FileResult:
-    """What decoding one file found."""
-
-    relpath: str
-    digest: str
-    size: tuple[int, int] | None = None
-    mode: str | None = None
-    format: str | None = None
-    problem: Finding | None = None
 
 
 @dataclass(frozen=True)
@@ -160,47 +122,6 @@ class ScanReport:
         return "\n".join(lines)
 
 
-def inspect_file(path: str, relpath: str, min_side: int, max_pixels: int | None) -> FileResult:
-    """Read, hash and fully decode one file; never raises for a bad file."""
-    try:
-        data = read_bytes(path)
-    except ImageReadError as err:
-        return FileResult(relpath, "", problem=Finding(relpath, err.kind, err.reason))
-    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-    try:
-        image = decode_image(data, relpath, max_pixels=max_pixels)
-    except ImageReadError as err:
-        return FileResult(relpath, digest, problem=Finding(relpath, err.kind, err.reason))
-    size = image.size
-    problem = None
-    if min(size) < min_side:
-        problem = Finding(relpath, "too_small", f"{size[0]}x{size[1]} has a side below min_side={min_side}")
-    return FileResult(relpath, digest, size, image.mode, image.format or "?", problem)
-
-
-def _inspect_args(args: tuple[str, str, int, int | None]) -> FileResult:
-    return inspect_file(*args)
-
-
-def inspect_all(items: list[ImageItem], config: ScanConfig, progress: bool) -> Iterator[FileResult]:
-    """Decode every item (in worker processes for large datasets), yielding one result per file in order."""
-    jobs = [(str(i.path), i.relpath, config.min_side, config.max_pixels) for i in items]
-    workers = config.workers or (min(os.cpu_count() or 1, 8) if len(jobs) >= 2000 else 0)
-    bar = tqdm(total=len(jobs), desc="scan", unit="img", disable=not progress, leave=False)
-    try:
-        if workers <= 1:
-            for job in jobs:
-                yield _inspect_args(job)
-                bar.update()
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                for result in pool.map(_inspect_args, jobs, chunksize=64):
-                    yield result
-                    bar.update()
-    finally:
-        bar.close()
-
-
 def scan_dataset(
     root: str | Path | DatasetListing, config: ScanConfig | None = None, *, progress: bool = False
 ) -> ScanReport:
@@ -224,7 +145,7 @@ def scan_dataset(
     """
     config = config or ScanConfig()
     listing = root if isinstance(root, DatasetListing) else list_images(root)
-    results = list(inspect_all(list(listing.items), config, progress))
+    results = list(check_files(listing.root, listing.items, config, progress=progress))
     class_of = {item.relpath: item.class_folder for item in listing.items}
 
     problems = {r.relpath: r.problem for r in results if r.problem is not None}

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diffcoremix.config import check_types, require
+from diffcoremix.data.checks import ScanConfig, check_files
 from diffcoremix.data.folder import DatasetListing, Finding, ImageItem, list_images
-from diffcoremix.data.scan import ScanConfig, inspect_all
 from diffcoremix.errors import DatasetError
 
 logger = logging.getLogger(__name__)
@@ -142,7 +142,7 @@ class ImageCheck:
         todo = list({i.relpath: i for i in items if i.relpath not in self.problems}.values())
         if not todo:
             return
-        for result in inspect_all(todo, self.scan, self.progress):
+        for result in check_files(self.listing.root, todo, self.scan, progress=self.progress):
             self.problems[result.relpath] = result.problem
 
     def _usable(self, problem: Finding | None) -> bool:

@@ -32,8 +32,8 @@ import numpy as np
 from diffcoremix.atomic import write_text_if_changed
 from diffcoremix.cells import text_cell
 from diffcoremix.config import write_resolved_config
+from diffcoremix.data.checks import ScanConfig
 from diffcoremix.data.folder import DatasetListing
-from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, ImageCheck
 from diffcoremix.devices import resolve_device
 from diffcoremix.embedders import default_embedder

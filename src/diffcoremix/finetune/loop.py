@@ -44,7 +44,7 @@ from diffcoremix import faults
 from diffcoremix.atomic import atomic_write_bytes, atomic_write_text, ensure_folder
 from diffcoremix.checkpoints import load_torch_file
 from diffcoremix.config import to_plain, write_resolved_config
-from diffcoremix.data.scan import ScanConfig
+from diffcoremix.data.checks import ScanConfig
 from diffcoremix.data.sources import DataConfig, usable_sources
 from diffcoremix.devices import resolve_device
 from diffcoremix.digests import file_sha256

@@ -16,8 +16,8 @@ import torch
 
 from diffcoremix.atomic import atomic_write_bytes
 from diffcoremix.counterparts import available_memory
+from diffcoremix.data.checks import ScanConfig
 from diffcoremix.data.folder import DatasetListing, list_images
-from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import usable_sources
 from diffcoremix.errors import ConfigError, DatasetError
 from diffcoremix.mix.mixers import make_mixer

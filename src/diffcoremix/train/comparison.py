@@ -56,7 +56,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 from diffcoremix.atomic import write_bytes_if_changed, write_text_if_changed
 from diffcoremix.config import write_resolved_config
-from diffcoremix.data.scan import ScanConfig
+from diffcoremix.data.checks import ScanConfig
 from diffcoremix.data.sources import DataConfig, require_classes, skips_named_once, usable_sources
 from diffcoremix.errors import ConfigError, DatasetError, DiffCoReMixError, UnknownNameError
 from diffcoremix.manifest.layout import CONFIG_FILE, Layout, OutputFolder, OutputFolderError, check_separate

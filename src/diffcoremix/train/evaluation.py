@@ -41,11 +41,11 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from diffcoremix.classifiers import run_labels
+from diffcoremix.data.checks import ScanConfig
 from diffcoremix.data.classnames import prompt_name
 from diffcoremix.data.dataset import ClassFolderDataset
 from diffcoremix.data.folder import DatasetListing, ImageItem
 from diffcoremix.data.images import open_image
-from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import usable_sources
 from diffcoremix.devices import resolve_device
 from diffcoremix.errors import ConfigError, DiffCoReMixError

@@ -52,8 +52,8 @@ from diffcoremix.atomic import (
 )
 from diffcoremix.checkpoints import load_torch_file
 from diffcoremix.config import to_plain, write_resolved_config
+from diffcoremix.data.checks import ScanConfig
 from diffcoremix.data.folder import DatasetListing
-from diffcoremix.data.scan import ScanConfig
 from diffcoremix.data.sources import DataConfig, require_classes, usable_sources
 from diffcoremix.devices import check_compiler, resolve_device
 from diffcoremix.errors import ConfigError, DatasetError
