@@ -19,7 +19,7 @@ import dataclasses
 import errno
 import os
 import stat
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,9 +110,11 @@ class DatasetListing:
     def shared_files(self) -> list[tuple[ImageItem, ...]]:
         """The files that are images of more than one class (through links), each with its items in listing order;
         the files in the order their first item is listed. Only this listing's items count (a subset's)."""
+        counts = Counter(item.file for item in self.items if item.file is not None)
+        repeated = {file for file, n in counts.items() if n > 1}  # most datasets: none (one pass, no list per file)
         by_file: dict[tuple[int, int], list[ImageItem]] = defaultdict(list)
         for item in self.items:
-            if item.file is not None:
+            if item.file in repeated:
                 by_file[item.file].append(item)
         return [tuple(items) for items in by_file.values() if len({i.class_folder for i in items}) > 1]
 
