@@ -129,7 +129,9 @@ def _prompts(args: argparse.Namespace) -> int:
     if config.rank_by is not None:  # the resolved config names the ranking run by its weights
         config = dataclasses.replace(config, rank_by_sha256=config.rank_by_weights())
     _check_file_output(args.data, args.output)
-    plan = build_prompts(usable_sources(args.data, _data_config(args)).listing, config, progress=show_progress(args))
+    progress = show_progress(args)
+    plan = build_prompts(usable_sources(args.data, _data_config(args), progress=progress).listing, config,
+                         progress=progress)  # fmt: skip
     plan.check_fits(STREAMED_BYTES_PER_CANDIDATE)  # what generate would need to run it
     plan.write_jsonl(args.output)  # streamed: the plan is never held whole
     plan.warn_conflicts()
