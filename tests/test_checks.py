@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import PIL
 import pytest
 from PIL import Image
 
@@ -122,26 +123,40 @@ def test_a_changed_file_is_decoded_again_even_with_its_old_modification_time(
     assert kinds == {"001.cat/img_0.png": "not_an_image", "001.cat/img_1.png": "too_small"}
 
 
-def test_files_written_just_before_a_check_are_not_remembered(tmp_path: Path) -> None:
+def test_files_written_just_before_a_check_are_not_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = small(tmp_path / "data")
-    scan_dataset(root)
+    with monkeypatch.context() as patch:
+        patch.setattr(checks, "SETTLE_SECONDS", 3600.0)  # "just before": within the hour (a loaded machine is slow)
+        scan_dataset(root)
     assert rows(root) == 0
     settle()
     scan_dataset(root)
     assert rows(root) == 6
 
 
-def test_an_index_of_another_pillow_or_a_damaged_one_is_not_trusted(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_file_changed_after_the_listing_is_decoded_as_it_is_now(tmp_path: Path) -> None:
+    root = small(tmp_path / "data")
+    settle()
+    listing = list_images(root)
+    scan_dataset(listing)
+    (root / "002.dog" / "img_1.png").write_bytes(b"")  # after the listing, before the next check
+    report = scan_dataset(listing)
+    assert {p.relpath: p.kind for p in report.problems} == {"002.dog/img_1.png": "empty_file"}
+
+
+def test_an_index_of_another_pillow_is_another_file_and_a_damaged_one_is_not_trusted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     caplog.set_level(logging.INFO, logger="diffcoremix.data.checks")
     root = small(tmp_path / "data")
     settle()
     first = scan_dataset(root)
-    with sqlite3.connect(index_path(root)) as connection:
-        connection.execute("UPDATE meta SET value = '0.0' WHERE key = 'pillow'")
-    assert scan_dataset(root) == first
-    assert decoded(caplog) == (6, 0)
+    ours = index_path(root)
+    with monkeypatch.context() as patch:
+        patch.setattr(PIL, "__version__", "0.0")  # what another Pillow would report
+        assert index_path(root) != ours
+        assert scan_dataset(root) == first
+        assert decoded(caplog) == (6, 0)
     assert scan_dataset(root) == first
     assert decoded(caplog) == (0, 6)
 
@@ -149,6 +164,37 @@ def test_an_index_of_another_pillow_or_a_damaged_one_is_not_trusted(
     assert scan_dataset(root) == first
     assert decoded(caplog) == (6, 0)
     assert any("cannot be used" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_no_index_inside_data_and_names_sqlite_cannot_hold_are_checked_each_time(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="diffcoremix.data.checks")
+    root = small(tmp_path / "data")
+    odd = root / "001.cat" / os.fsdecode(b"caf\xe9.png")  # a Latin-1 name: not UTF-8
+    Image.new("RGB", (40, 40)).save(odd, format="PNG")
+    settle()
+    first = scan_dataset(root)
+    assert first.num_images == 7
+    assert scan_dataset(root) == first
+    assert decoded(caplog) == (1, 6)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root / "001.cat"))  # a cache inside DATA is never written
+    before = sorted(p.name for p in (root / "001.cat").iterdir())
+    assert scan_dataset(root) == first
+    assert decoded(caplog) == (7, 0)
+    assert sorted(p.name for p in (root / "001.cat").iterdir()) == before
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG specification says
+    assert not str(index_path(root)).startswith("relative")
+
+
+def test_an_inode_above_the_signed_64_bit_range_is_held() -> None:
+    # No file system here gives such inodes (some network ones do): a status tuple stands in for one.
+    status = os.stat_result((0o100644, 2**64 - 5, 1, 1, 0, 0, 123, 0, 0, 0))
+    stamp = checks.file_stamp(status)
+    assert stamp[3] == -5
+    with sqlite3.connect(":memory:") as connection:
+        connection.execute("CREATE TABLE t (inode INTEGER)")
+        connection.execute("INSERT INTO t VALUES (?)", (stamp[3],))
 
 
 def test_a_check_stopped_midway_keeps_the_batches_it_committed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -167,5 +213,5 @@ def test_a_check_stopped_midway_keeps_the_batches_it_committed(tmp_path: Path, m
     with CheckIndex.opened(root) as index:
         assert index is not None
         with pytest.raises(KeyboardInterrupt):
-            list(index.remembering(stopped()))
+            list(index.remembering(stopped(), {i.relpath for i in items}))
     assert rows(root) == 4

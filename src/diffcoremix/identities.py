@@ -50,7 +50,9 @@ SETTLE_SECONDS = 2.0
 def user_cache_dir() -> Path:
     """The tool's own cache folder: ``$XDG_CACHE_HOME/diffcoremix`` (``~/.cache/diffcoremix`` when unset). Everything
     in it may be deleted at any time: it is rebuilt."""
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
+    root = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(root):  # unset, or relative (which the XDG specification says to ignore)
+        root = str(Path("~/.cache").expanduser())
     return Path(root) / "diffcoremix"
 
 

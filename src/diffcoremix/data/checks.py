@@ -19,9 +19,10 @@ the index.
 one that did not (``empty_file``, ``not_an_image``, ``corrupt``, ``truncated``). The limits of a check (``min_side``,
 ``max_pixels``) are applied afresh to what is kept, so one index serves every command's settings. Read failures
 (permission, a vanished file) and files refused before decoding (``too_large``) are never kept: they are checked
-again each time. The index is one SQLite database per dataset, written in transactions (a killed check keeps what
-it committed; the next run checks the rest); one made by another Pillow (whose decoders decide what decodes) or
-another format is emptied before use. When the cache folder cannot be written, or the database is damaged, the
+again each time. The index is one SQLite database per dataset, Pillow version (whose decoders decide what decodes)
+and format, written in transactions (a killed check keeps what it committed; the next run checks the rest). A file
+is looked up by its status when the lookup runs, not when DATA was listed. File names that are not UTF-8 are checked
+each time. When the cache folder cannot be written or lies inside DATA, or the database is damaged, the
 command checks every file as without an index and says so once.
 """
 
@@ -33,16 +34,17 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import PIL
+from PIL import Image
 from tqdm import tqdm
 
 from diffcoremix.config import check_types, require
-from diffcoremix.data.folder import Finding, ImageItem, file_stamp
+from diffcoremix.data.folder import Finding, ImageItem
 from diffcoremix.data.images import decode_image, over_max_pixels, read_bytes
 from diffcoremix.errors import ImageReadError
 from diffcoremix.identities import user_cache_dir
@@ -161,31 +163,56 @@ def check_files(
     root: Path, items: Sequence[ImageItem], config: ScanConfig, *, progress: bool = False
 ) -> Iterator[FileResult]:
     """One result per item, in order: from the dataset's check index where it knows the file as it is now (unless
-    ``config.recheck``), else by decoding it (:func:`inspect_all`), which the index then remembers."""
+    ``config.recheck``), else by decoding it (:func:`inspect_all`), which the index then remembers.
+
+    Only items that :func:`~diffcoremix.data.folder.list_images` found under ``root`` and whose path SQLite can hold
+    (valid UTF-8) are looked up and remembered."""
+    indexable = {i.relpath for i in items if i.file is not None and _encodable(i.relpath)}
     with CheckIndex.opened(root) as index:
-        known = {} if index is None or config.recheck else index.lookup(items, config)
+        known = {} if index is None or config.recheck else index.lookup([i for i in items if i.relpath in indexable],
+                                                                          config)  # fmt: skip
         todo = [item for item in items if item.relpath not in known]
         fresh = inspect_all(todo, config, progress)
         if index is not None:
-            fresh = index.remembering(fresh)
+            fresh = index.remembering(fresh, indexable)
         decoded = {r.relpath: r for r in fresh}
     logger.info("%s: %d image(s) decoded, %d known to the check index", root, len(todo), len(known))
     for item in items:
         yield known[item.relpath] if item.relpath in known else decoded[item.relpath]
 
 
+def file_stamp(st: os.stat_result) -> Stamp:
+    """``(size, mtime_ns, ctime_ns, inode)``: what changes when a file is written, replaced or moved (the inode as a
+    signed 64-bit number, which SQLite holds: some network file systems give inodes of 2**63 and above)."""
+    inode = st.st_ino - 2**64 if st.st_ino >= 2**63 else st.st_ino
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, inode
+
+
+def _encodable(relpath: str) -> bool:
+    try:
+        relpath.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8 (held with surrogate escapes): checked each time
+        return False
+    return True
+
+
 def index_path(root: str | Path) -> Path:
-    """The check index of the dataset folder ``root`` (by its real path)."""
+    """The check index of the dataset folder ``root``: one file per real path of ``root``, index format, Pillow version
+    (whose decoders decide what decodes) and Pillow's pixel limit, so that no index is ever read by another Pillow."""
     real = os.path.realpath(root)
     name = hashlib.blake2b(real.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
-    return user_cache_dir() / "checks" / f"{name}.sqlite3"
+    decoder = f"{INDEX_FORMAT}-{PIL.__version__}-{Image.MAX_IMAGE_PIXELS}"
+    version = hashlib.blake2b(decoder.encode(), digest_size=4).hexdigest()
+    return user_cache_dir() / "checks" / f"{name}-{version}.sqlite3"
 
 
 _COLUMNS = "relpath, bytes, mtime_ns, ctime_ns, inode, digest, width, height, mode, format, kind, reason"
 _SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS checks ({_COLUMNS.replace("relpath", "relpath TEXT PRIMARY KEY")});
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checks ({_COLUMNS.replace("relpath", "relpath TEXT PRIMARY KEY")}) WITHOUT ROWID;
 """
+_FAILURES = (sqlite3.Error, ValueError, OverflowError)
+"""What SQLite may raise on a value it cannot hold or a database it cannot use: the index is then left alone."""
 _warned: set[str] = set()
 
 
@@ -195,25 +222,29 @@ class CheckIndex:
     def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
         self.connection = connection
         self.path = path
+        self.failed = False
+        """Set at the first failure: the index is not used again in this command (no wait on a lock per batch)."""
 
     @classmethod
     @contextlib.contextmanager
     def opened(cls, root: Path) -> Iterator[CheckIndex | None]:
-        """The index of ``root``, or None (said once per process) when it cannot be used."""
-        path = index_path(root)
+        """The index of ``root``, or None (said once per process) when it cannot be used; never one inside ``root``."""
         try:
+            path = index_path(root)
+            if os.path.realpath(path).startswith(os.path.realpath(root) + os.sep):
+                raise OSError("the cache folder lies inside the dataset, which is never written")
             path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(path, timeout=60, isolation_level=None)
-        except (OSError, sqlite3.Error) as err:
-            _unusable(path, err)
+        except (OSError, RuntimeError, *_FAILURES) as err:  # RuntimeError: no home folder to put the cache in
+            _unusable(f"for {root}", err)
             yield None
             return
         try:
             index = cls(connection, path)
             try:
                 index._prepare(str(os.path.realpath(root)))
-            except sqlite3.Error as err:
-                _unusable(path, err)
+            except _FAILURES as err:
+                _unusable(str(path), err)
                 yield None
             else:
                 yield index
@@ -222,13 +253,11 @@ class CheckIndex:
 
     def _prepare(self, root: str) -> None:
         self.connection.executescript(_SCHEMA)
-        expected = {"format": str(INDEX_FORMAT), "pillow": PIL.__version__, "root": root}
         with self._transaction():
-            held = dict(self.connection.execute("SELECT key, value FROM meta").fetchall())
-            if held != expected:  # another format or Pillow, or a new index: what it holds cannot be trusted
-                self.connection.execute("DELETE FROM checks")
-                self.connection.execute("DELETE FROM meta")
-                self.connection.executemany("INSERT INTO meta VALUES (?, ?)", expected.items())
+            self.connection.execute("INSERT OR IGNORE INTO meta VALUES ('root', ?)", (root,))
+            (held,) = self.connection.execute("SELECT value FROM meta WHERE key = 'root'").fetchone()
+        if held != root:  # two folders whose paths hash alike: not ours to use
+            raise sqlite3.DatabaseError(f"it is the index of {held}")
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
@@ -241,28 +270,29 @@ class CheckIndex:
         self.connection.execute("COMMIT")
 
     def lookup(self, items: Sequence[ImageItem], config: ScanConfig) -> dict[str, FileResult]:
-        """relpath -> the result, under ``config``'s limits, of each item the index knows as its listing found it."""
+        """relpath -> the result, under ``config``'s limits, of each item the index knows as the file is now (its
+        status is read again here: a file changed since it was listed is not taken for the one checked)."""
         found: dict[str, FileResult] = {}
-        stamped = [i for i in items if i.stamp is not None]
         try:
-            for start in range(0, len(stamped), 500):
-                chunk = {i.relpath: i for i in stamped[start : start + 500]}
+            for start in range(0, len(items), 500):
+                chunk = {i.relpath: i for i in items[start : start + 500]}
                 marks = ",".join("?" * len(chunk))
                 rows = self.connection.execute(f"SELECT {_COLUMNS} FROM checks WHERE relpath IN ({marks})", list(chunk))
-                for row in rows:
-                    result = _result(row, chunk[row[0]].stamp, config)
+                for row in rows.fetchall():
+                    result = _result(row, _stamp(str(chunk[row[0]].path)), config)
                     if result is not None:
                         found[result.relpath] = result
-        except sqlite3.Error as err:
-            _unusable(self.path, err)
+        except _FAILURES as err:
+            self._failed(err)
             return {}
         return found
 
-    def remembering(self, results: Iterable[FileResult]) -> Iterator[FileResult]:
-        """``results``, passed on, each remembered when it may be (committed every :data:`COMMIT_EVERY`)."""
+    def remembering(self, results: Iterable[FileResult], indexable: Collection[str]) -> Iterator[FileResult]:
+        """``results``, passed on; those of ``indexable`` paths remembered when they may be (committed every
+        :data:`COMMIT_EVERY`)."""
         batch: list[tuple[object, ...]] = []
         for result in results:
-            if result.stamp is not None:
+            if result.stamp is not None and result.relpath in indexable:
                 batch.append(_row(result, result.stamp))
             if len(batch) >= COMMIT_EVERY:
                 self._write(batch)
@@ -271,14 +301,18 @@ class CheckIndex:
         self._write(batch)
 
     def _write(self, rows: list[tuple[object, ...]]) -> None:
-        if not rows:
+        if not rows or self.failed:
             return
         try:
             with self._transaction():
                 self.connection.executemany(f"INSERT OR REPLACE INTO checks ({_COLUMNS}) VALUES ({','.join('?' * 12)})",
                                             rows)  # fmt: skip
-        except sqlite3.Error as err:
-            _unusable(self.path, err)
+        except _FAILURES as err:
+            self._failed(err)
+
+    def _failed(self, err: BaseException) -> None:
+        self.failed = True
+        _unusable(str(self.path), err)
 
 
 def _row(result: FileResult, stamp: Stamp) -> tuple[object, ...]:
@@ -291,7 +325,9 @@ def _row(result: FileResult, stamp: Stamp) -> tuple[object, ...]:
 def _result(row: tuple[object, ...], stamp: Stamp | None, config: ScanConfig) -> FileResult | None:
     """The remembered check of ``row`` under ``config``, or None when the file is no longer the one checked."""
     relpath, size_bytes, mtime_ns, ctime_ns, inode, digest, width, height, mode, format_, kind, reason = row
-    if stamp != (size_bytes, mtime_ns, ctime_ns, inode) or not isinstance(relpath, str) or not isinstance(digest, str):
+    if stamp is None or stamp != (size_bytes, mtime_ns, ctime_ns, inode):
+        return None
+    if not isinstance(relpath, str) or not isinstance(digest, str):
         return None
     if isinstance(kind, str):
         if kind in ("corrupt", "truncated") and config.max_pixels is not None:
@@ -307,8 +343,8 @@ def _result(row: tuple[object, ...], stamp: Stamp | None, config: ScanConfig) ->
     return FileResult(relpath, digest, size, str(mode), str(format_), problem, stamp)
 
 
-def _unusable(path: Path, err: BaseException) -> None:
-    if str(path) not in _warned:
-        _warned.add(str(path))
-        logger.warning("the check index %s cannot be used (%s): every image is decoded; delete the file if it is "
-                       "damaged", path, err)  # fmt: skip
+def _unusable(where: str, err: BaseException) -> None:
+    if where not in _warned:
+        _warned.add(where)
+        logger.warning("the check index %s cannot be used (%s): images are decoded as without one (delete the file if "
+                       "it is damaged)", where, err)  # fmt: skip

@@ -44,10 +44,6 @@ class ImageItem:
     file: tuple[int, int] | None = field(default=None, compare=False, repr=False)
     """The file's ``(device, inode)``, links followed: two items with the same are one file on disk (None for an
     item not found by :func:`list_images`)."""
-    stamp: tuple[int, int, int, int] | None = field(default=None, compare=False, repr=False)
-    """The file's ``(size, mtime_ns, ctime_ns, inode)`` when it was listed, links followed: how the check index
-    (:mod:`diffcoremix.data.checks`) knows a file it checked before (None for an item not found by
-    :func:`list_images`)."""
 
 
 @dataclass(frozen=True)
@@ -229,11 +225,6 @@ def _entry_kind(path: Path) -> tuple[str, os.stat_result | None]:
     return "special", st
 
 
-def file_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
-    """``(size, mtime_ns, ctime_ns, inode)``: what changes when a file is written, replaced or moved."""
-    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-
-
 def _walk_class(
     root: Path, class_dir: Path, label: int, cls: str, problems: list[Finding], ignored: list[Finding]
 ) -> list[ImageItem]:
@@ -273,7 +264,7 @@ def _walk_class(
                 subdirs.append(path)
             elif kind == "file" and target is not None:
                 if is_image_file(path):
-                    item = ImageItem(path, rel, label, cls, (target.st_dev, target.st_ino), file_stamp(target))
+                    item = ImageItem(path, rel, label, cls, (target.st_dev, target.st_ino))
                     found.append((str(directory), entry.name, item))
                 else:
                     ignored.append(Finding(rel, "not_image_extension", f"extension {path.suffix!r} is not read"))
