@@ -175,10 +175,13 @@ def check_files(
         fresh = inspect_all(todo, config, progress)
         if index is not None:
             fresh = index.remembering(fresh, indexable)
-        decoded = {r.relpath: r for r in fresh}
+        for item in items:  # streamed: the fresh results come in the order of ``todo``, a subsequence of ``items``
+            yield known[item.relpath] if item.relpath in known else next(fresh)
+        if (
+            next(fresh, None) is not None
+        ):  # none left: this runs ``remembering`` to its end, which commits its last batch
+            raise RuntimeError("more checks than images")
     logger.info("%s: %d image(s) decoded, %d known to the check index", root, len(todo), len(known))
-    for item in items:
-        yield known[item.relpath] if item.relpath in known else decoded[item.relpath]
 
 
 def file_stamp(st: os.stat_result) -> Stamp:
