@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -246,7 +247,9 @@ def modes_table(
     if not (classifier / "model.pt").is_file():  # a ResNet-20 trained here on the same images: its Grad-CAM masks
         command = [sys.executable, "-m", "diffcoremix", "train", str(data), "--config", "cifar", "--max-steps", "400",
                    "--max-per-class", str(subset.max_per_class), "-o", str(classifier)]  # fmt: skip
-        subprocess.run(command, check=True)
+        # Two torch threads, whatever the caller's: the recorded masks (and the peers' diffcoremix+ set) come from a
+        # classifier trained so (one thread gives other weights, other masks and 818 kept images instead of 817).
+        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     feats = JudgeFeatures(judge_path)
     listing = list_images(data)
     chosen = listing.subset(list(listing.classes), subset.max_per_class).items
