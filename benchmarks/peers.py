@@ -29,12 +29,12 @@ using synthetic images costs or gains when the images carry no class content, th
 machine, so what the runs measured is kept in ``benchmarks/results/peers_<dataset>.<machine>.json``, one record per
 kind of machine (CPU, its vector unit, torch): per row and seed, top-1, top-5 and the run's step time; per synthetic
 set its figures; the side-by-side overhead. A seeded one-thread run gives the same accuracy on the same kind of machine
-but not on another (on 2026-12-07, ``none`` seed 3 gave 46.77 on the machine of the published table and 47.88 on an
-AVX2 AMD EPYC), so the seeds of one table come from one record: a rerun adds the seeds it trained to its machine's
-record, and a run that the record already holds must give the recorded top-1 exactly, else the table stops and says
-which. ``peers_<dataset>.json`` is the published table of a machine that was not recorded; the table prints it while
-this machine's record is empty (or with ``--published``). Where a record holds only the mean and standard deviation of
-some seeds' top-5 (their run folders were lost before records existed), the table pools them with the other seeds'.
+but not on another (on 2026-12-07, ``none`` seed 3 gave 46.77 on an AVX-512 AMD EPYC and 47.88 on an AVX2 one), so
+the seeds of one table come from one record: a rerun adds the seeds it trained to its machine's record, and a run
+that the record already holds must give the recorded top-1 exactly, else the table stops and says which.
+``python benchmarks/peers.py --record FILE`` prints a committed record without run folders. The first CIFAR-10 table
+(2026-12-07) was published before records named their machine; every one of its runs repeated to the hundredth on an
+AVX-512 AMD EPYC with torch 2.14.1, whose record now holds all five seeds of every row.
 
 The table pairs each row with ``none`` and with ``diffcoremix`` by seed (mean difference and its 95% t-interval, as
 ``compare`` computes them), and adds the overhead per step over ``none`` measured side by side on a quiet machine
@@ -95,11 +95,6 @@ class Study:
     rows: tuple[Row, ...]
     copies: bool = True
     """Whether the filter's embedder can tell a copy (the tiny preset's random one cannot: no copy share)."""
-
-    @property
-    def published(self) -> Path:
-        """The record of a machine that was not recorded (before records named theirs): printed, never added to."""
-        return RESULTS / f"peers_{self.key}.json"
 
     def record(self, machine: dict[str, str]) -> Path:
         """The record of the runs made on one kind of machine."""
@@ -245,7 +240,7 @@ def load_record(path: Path) -> dict[str, Any]:
     """A record (empty, of this machine, when there is none yet)."""
     if path.is_file():
         return dict(json.loads(path.read_text(encoding="utf-8")))
-    return {"environment": environment(), "runs": {}, "top5_pooled": {}, "sets": {}, "overhead": {}}
+    return {"environment": environment(), "runs": {}, "sets": {}, "overhead": {}}
 
 
 def update_record(study: Study, out: Path) -> tuple[dict[str, Any], Path]:
@@ -295,23 +290,6 @@ def _finished(folder: Path) -> bool:
     from diffcoremix.manifest.layout import augment_problem
 
     return augment_problem(folder) is None
-
-
-def top5_estimate(record: dict[str, Any], row: str) -> Any:
-    """Mean and std of a row's top-5 over its seeds; where the record holds only some seeds' mean and std
-    (``top5_pooled``), they are pooled with the other seeds' values (exact sums of squares, up to their rounding)."""
-    from diffcoremix.train.comparison import Estimate, estimate
-
-    runs = record["runs"][row]
-    pooled = record["top5_pooled"].get(row)
-    if pooled is None or all((runs.get(str(s)) or {}).get("top5") is not None for s in pooled["seeds"]):
-        return estimate([v["top5"] for v in runs.values()])
-    n1, m1, s1 = len(pooled["seeds"]), pooled["mean"], pooled["std"] or 0.0
-    others = [v["top5"] for s, v in runs.items() if int(s) not in pooled["seeds"]]
-    n = n1 + len(others)
-    mean = (n1 * m1 + math.fsum(others)) / n
-    squares = (n1 - 1) * s1**2 + n1 * m1**2 + math.fsum(v * v for v in others)
-    return Estimate(mean, math.sqrt(max(squares - n * mean**2, 0.0) / (n - 1)) if n > 1 else None, n)
 
 
 # --- the overhead, side by side ---------------------------------------------------------------------------------
@@ -375,18 +353,12 @@ def _cell(d: Any) -> str:
     return f"{100 * d.mean:+.2f} {interval}"
 
 
-def table(out: Path, study: Study = CIFAR10, *, published: bool = False) -> str:
-    """The Markdown table of every row that this machine's record (updated from the runs under ``out``) holds, or the
-    published record when this machine has none; also written to ``out/<dataset>/peers.md``, with the overhead-accuracy
-    figure."""
+def table(out: Path, study: Study = CIFAR10, *, machine: Path | None = None) -> str:
+    """The Markdown table of every row that this machine's record (updated from the runs under ``out``) holds, or, with
+    ``machine``, that record as it is; also written to ``out/<dataset>/peers.md``, with the overhead-accuracy figure."""
     from diffcoremix.train.comparison import MethodRow, estimate, overhead, paired_difference, plot_overhead_accuracy
 
-    if published and study.published.is_file():
-        record, path = load_record(study.published), study.published
-    else:
-        record, path = update_record(study, out)
-        if not record["runs"] and study.published.is_file():  # nothing measured on this machine: the published table
-            record, path = load_record(study.published), study.published
+    record, path = (load_record(machine), machine) if machine is not None else update_record(study, out)
     runs = {row.name: record["runs"][row.name] for row in study.rows if record["runs"].get(row.name)}
     if "none" not in runs:
         raise SystemExit(f"no run of none under {out / study.key} or in {path}")
@@ -402,7 +374,7 @@ def table(out: Path, study: Study = CIFAR10, *, published: bool = False) -> str:
     for row in study.rows:
         if row.name not in runs:
             continue
-        e1, e5 = estimate(list(top1[row.name].values())), top5_estimate(record, row.name)
+        e1, e5 = estimate(list(top1[row.name].values())), estimate([v["top5"] for v in runs[row.name].values()])
         vs_none = paired_difference(top1[row.name], top1["none"]) if row.name != "none" else None
         vs_dcm = None
         if row.name != "diffcoremix" and "diffcoremix" in top1:
@@ -443,11 +415,23 @@ def table(out: Path, study: Study = CIFAR10, *, published: bool = False) -> str:
     return text
 
 
-if (
-    __name__ == "__main__"
-):  # python benchmarks/peers.py [OUT] [--flowers] [--overhead] [--published]: the table of the record and runs
-    where = Path(next((a for a in sys.argv[1:] if not a.startswith("--")), REPO / "benchmarks" / ".work" / "peers"))
-    chosen = FLOWERS if "--flowers" in sys.argv else CIFAR10
-    if "--overhead" in sys.argv:
-        print(json.dumps(measure_overhead(where, chosen), indent=1))
-    print(table(where, chosen, published="--published" in sys.argv))
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="the peers tables: this machine's record, updated from the run folders"
+    )
+    parser.add_argument("out", nargs="?", type=Path, default=REPO / "benchmarks" / ".work" / "peers")
+    parser.add_argument("--flowers", action="store_true", help="the Flowers-102 table")
+    parser.add_argument("--overhead", action="store_true", help="measure the overhead column first (quiet machine)")
+    parser.add_argument("--record", type=Path, help="print this committed record as it is (no run folders needed)")
+    args = parser.parse_args(argv)
+    chosen = FLOWERS if args.flowers else CIFAR10
+    if args.overhead:
+        print(json.dumps(measure_overhead(args.out, chosen), indent=1))
+    print(table(args.out, chosen, machine=args.record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
