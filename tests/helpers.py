@@ -53,6 +53,16 @@ def run_in_process(capsys: Any, *args: str | os.PathLike[str]) -> subprocess.Com
     return subprocess.CompletedProcess([str(a) for a in args], code, captured.out, captured.err)
 
 
+NUMERIC_ENV_PREFIXES = ("OPENBLAS_", "MKL_", "OMP_", "DNNL_", "ONEDNN_", "ATEN_")
+"""Variables that choose a numeric library's kernels (``OPENBLAS_CORETYPE=Haswell`` on an AVX-512 machine, say)."""
+
+
+def numeric_env() -> dict[str, str]:
+    """This process's numeric-library variables: a subprocess given a minimal environment must keep them, else its
+    float results differ from this process's in the last bits (OpenBLAS picks other kernels)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(NUMERIC_ENV_PREFIXES)}
+
+
 def make_class_folders(root: Path, counts: dict[str, int], size: int = 40) -> Path:
     """Write ``counts[folder]`` small distinct PNGs into each class folder of ``root``."""
     import numpy as np

@@ -22,7 +22,7 @@ from diffcoremix.cli.main import main
 from diffcoremix.generate import read_manifest
 from diffcoremix.manifest import read_decisions
 
-from .helpers import cli_command, make_class_folders
+from .helpers import cli_command, make_class_folders, numeric_env
 
 
 def _unshare_works() -> bool:
@@ -85,7 +85,8 @@ def test_a_full_disk_is_one_line_and_a_rerun_with_room_resumes_to_the_uninterrup
     disk, results, ref = tmp_path / "disk", tmp_path / "results", tmp_path / "ref"
     disk.mkdir()
     results.mkdir()
-    env = {"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "SIZES": sizes}
+    # the uninterrupted run below is in this process: the namespace run keeps its numeric libraries' settings
+    env = {**numeric_env(), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "SIZES": sizes}
     command = cli_command("augment", data, "-o", disk / "out", *AUGMENT)
     script = subprocess.Popen(["unshare", "-rm", "sh", "-c", SCRIPT, "sh", disk, results, *command], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
