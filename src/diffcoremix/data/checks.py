@@ -47,20 +47,18 @@ from diffcoremix.config import check_types, require
 from diffcoremix.data.folder import Finding, ImageItem
 from diffcoremix.data.images import decode_image, over_max_pixels, read_bytes
 from diffcoremix.errors import ImageReadError
-from diffcoremix.identities import user_cache_dir
+from diffcoremix.identities import SETTLE_SECONDS, user_cache_dir
 
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT = 1
-SETTLE_SECONDS = 2.0
-"""A file written this recently is checked but not remembered (its times may not show a write still to come)."""
 DECODE_PROBLEMS = frozenset({"empty_file", "not_an_image", "corrupt", "truncated"})
 """The problems that belong to a file's content, and so are kept in the index."""
 COMMIT_EVERY = 2000
 """Results are committed in batches of this many: a killed first check keeps what it committed."""
 
 Stamp = tuple[int, int, int, int]
-"""``(size, mtime_ns, ctime_ns, inode)`` of a file (:func:`diffcoremix.data.folder.file_stamp`)."""
+"""``(size, mtime_ns, ctime_ns, inode)`` of a file (:func:`file_stamp`)."""
 
 
 @dataclass(frozen=True)
@@ -177,9 +175,8 @@ def check_files(
             fresh = index.remembering(fresh, indexable)
         for item in items:  # streamed: the fresh results come in the order of ``todo``, a subsequence of ``items``
             yield known[item.relpath] if item.relpath in known else next(fresh)
-        if (
-            next(fresh, None) is not None
-        ):  # none left: this runs ``remembering`` to its end, which commits its last batch
+        # None is left: asking runs ``remembering`` on to its end, which commits its last batch.
+        if next(fresh, None) is not None:
             raise RuntimeError("more checks than images")
     logger.info("%s: %d image(s) decoded, %d known to the check index", root, len(todo), len(known))
 

@@ -208,8 +208,8 @@ _KIND_REASONS = {
 }
 
 
-def _entry_kind(path: Path) -> tuple[str, os.stat_result | None]:
-    """``dir``, ``file``, or a problem code, following symbolic links; and the status of what it leads to."""
+def _entry_kind(path: Path) -> tuple[str, tuple[int, int] | None]:
+    """``dir``, ``file``, or a problem code, following symbolic links; and the ``(device, inode)`` it leads to."""
     try:
         st = os.stat(path)
     except OSError as err:
@@ -218,11 +218,12 @@ def _entry_kind(path: Path) -> tuple[str, os.stat_result | None]:
         if err.errno == errno.ENOENT:
             return "broken_symlink", None
         return "unreadable", None
+    ident = (st.st_dev, st.st_ino)
     if stat.S_ISDIR(st.st_mode):
-        return "dir", st
+        return "dir", ident
     if stat.S_ISREG(st.st_mode):
-        return "file", st
-    return "special", st
+        return "file", ident
+    return "special", ident
 
 
 def _walk_class(
@@ -259,12 +260,12 @@ def _walk_class(
             if entry.name.startswith("."):
                 ignored.append(Finding(rel, "hidden", "hidden entry"))
                 continue
-            kind, target = _entry_kind(path)
+            kind, file = _entry_kind(path)
             if kind == "dir":
                 subdirs.append(path)
-            elif kind == "file" and target is not None:
+            elif kind == "file":
                 if is_image_file(path):
-                    item = ImageItem(path, rel, label, cls, (target.st_dev, target.st_ino))
+                    item = ImageItem(path, rel, label, cls, file)
                     found.append((str(directory), entry.name, item))
                 else:
                     ignored.append(Finding(rel, "not_image_extension", f"extension {path.suffix!r} is not read"))
